@@ -1,0 +1,641 @@
+//! Configuration: typed with serde, defaults in one place, validated at load.
+//!
+//! Every error names the file, the key (a dotted path such as `mqtt.keep_alive`) and the reason, so
+//! an operator on a gateway can fix a typo without reading source code. Unknown keys are errors:
+//! a misspelt option that is silently ignored is worse than one that stops the daemon.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, a key is unknown or a value has the wrong type.
+    #[error("{file}:{line}: key `{key}`: {reason}")]
+    Parse {
+        file: PathBuf,
+        line: usize,
+        key: String,
+        reason: String,
+    },
+    /// The values parse but do not make sense together.
+    #[error("{file}: key `{key}`: {reason}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+/// The whole daemon configuration (`config/fieldwatch.toml` documents every option).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub mqtt: MqttConfig,
+    pub decode: DecodeConfig,
+    pub store: StoreConfig,
+    pub detect: DetectConfig,
+    pub incident: IncidentConfig,
+    pub ticket: TicketConfig,
+    pub admin: AdminConfig,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Where the sled database lives. Under systemd this is `StateDirectory=`.
+    pub data_dir: PathBuf,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/fieldwatch"),
+        }
+    }
+}
+
+/// Where a secret comes from. Secrets never sit in the config text itself, so the config can be
+/// versioned and shared without leaking credentials.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// Read the secret from this file (trailing newline trimmed).
+    pub file: Option<PathBuf>,
+    /// Read the secret from this environment variable.
+    pub env: Option<String>,
+}
+
+/// Why a secret could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read secret file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("environment variable {0} is not set")]
+    Env(String),
+    #[error("neither `file` nor `env` is set")]
+    Missing,
+}
+
+impl SecretRef {
+    /// Reads the secret now. The value is never logged.
+    pub fn resolve(&self) -> Result<String, SecretError> {
+        if let Some(path) = &self.file {
+            let text = std::fs::read_to_string(path).map_err(|source| SecretError::File {
+                path: path.clone(),
+                source,
+            })?;
+            return Ok(text.trim_end_matches(['\r', '\n']).to_string());
+        }
+        if let Some(var) = &self.env {
+            return std::env::var(var).map_err(|_| SecretError::Env(var.clone()));
+        }
+        Err(SecretError::Missing)
+    }
+}
+
+/// The MQTT connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    /// Fixed client id: with a persistent session the broker keeps our queue under this id.
+    pub client_id: String,
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// `false` keeps a persistent session so QoS 1 messages published while we are away are kept.
+    pub clean_session: bool,
+    pub username: Option<String>,
+    pub password: Option<SecretRef>,
+    /// Topic filters subscribed at QoS 1.
+    pub topics: Vec<String>,
+    /// Unacknowledged QoS 1 messages the broker may have in flight to us.
+    pub inflight: u16,
+    pub max_packet_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: "fieldwatch".into(),
+            keep_alive: Duration::from_secs(30),
+            clean_session: false,
+            username: None,
+            password: None,
+            topics: vec!["plant/+/+/telemetry".into()],
+            inflight: 256,
+            max_packet_bytes: 256 * 1024,
+            reconnect_min: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(60),
+            tls: None,
+        }
+    }
+}
+
+/// TLS towards the broker (rustls).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the CA certificate(s) that signed the broker's certificate.
+    pub ca_file: PathBuf,
+    /// PEM client certificate chain, for brokers that require mutual TLS.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key matching `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// How a payload's event time is written.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampFormat {
+    /// RFC 3339 strings, or numbers: seconds below 10^11, milliseconds above.
+    #[default]
+    Auto,
+    Rfc3339,
+    EpochS,
+    EpochMs,
+}
+
+/// One metric taken from a JSON pointer instead of a top-level field.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricMapping {
+    /// Metric name as it appears in tickets and the store.
+    pub name: String,
+    /// JSON pointer (RFC 6901), e.g. `/sensors/discharge/temp`.
+    pub pointer: String,
+    /// Unit shown to technicians, e.g. `°C`.
+    pub unit: Option<String>,
+}
+
+/// How a message becomes readings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodeConfig {
+    /// Topic pattern with `{device}` and optional `{site}` placeholders.
+    pub topic_pattern: Option<String>,
+    /// JSON pointer to the device id, used when the topic does not name it.
+    pub device_field: Option<String>,
+    /// JSON pointer to the site, used when the topic does not name it.
+    pub site_field: Option<String>,
+    /// JSON pointer to the event time; absent means receive time.
+    pub timestamp_field: Option<String>,
+    pub timestamp_format: TimestampFormat,
+    /// Explicit metrics. When empty, every numeric top-level field (except the device, site and
+    /// timestamp fields) is a metric.
+    pub metrics: Vec<MetricMapping>,
+    /// Units for metrics found automatically (`metric name -> unit`).
+    pub units: BTreeMap<String, String>,
+    pub max_payload_bytes: usize,
+    /// Reject readings from devices not listed in `known_devices`.
+    pub require_known_devices: bool,
+    pub known_devices: Vec<String>,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        Self {
+            topic_pattern: Some("plant/{site}/{device}/telemetry".into()),
+            device_field: None,
+            site_field: None,
+            timestamp_field: Some("/ts".into()),
+            timestamp_format: TimestampFormat::Auto,
+            metrics: Vec::new(),
+            units: BTreeMap::new(),
+            max_payload_bytes: 64 * 1024,
+            require_known_devices: false,
+            known_devices: Vec::new(),
+        }
+    }
+}
+
+/// The embedded database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Readings older than this (by event time) are deleted in the background.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+    /// Largest group-commit batch (messages).
+    pub batch_max: usize,
+    /// Longest a message waits for its batch to fill before the batch is committed.
+    #[serde(with = "humantime_serde")]
+    pub batch_linger: Duration,
+    /// sled page cache; its own default is 1 GiB, far too much for a gateway.
+    pub cache_mb: u64,
+    /// Rejected payloads kept for inspection; the oldest are dropped beyond this.
+    pub rejected_max: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(14 * 24 * 3600),
+            retention_interval: Duration::from_secs(600),
+            batch_max: 512,
+            batch_linger: Duration::from_millis(20),
+            cache_mb: 64,
+            rejected_max: 10_000,
+        }
+    }
+}
+
+/// A fixed limit for one metric (any device), or for one device's metric.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    pub metric: String,
+    /// Only this device; absent means every device.
+    pub device: Option<String>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// Streaming detectors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// Readings a series needs before its baseline may raise anomalies.
+    pub warmup_readings: u32,
+    /// Half-life of the baseline, in readings.
+    pub baseline_half_life: f64,
+    /// Deviation, in robust standard deviations, above which a reading is anomalous.
+    pub z_threshold: f64,
+    /// Smallest spread the baseline assumes, relative to its level, so a near-constant series
+    /// does not alarm on noise in the last digit.
+    pub min_relative_spread: f64,
+    /// A series that repeats the same value this long is reported as stuck.
+    #[serde(with = "humantime_serde")]
+    pub flatline_after: Duration,
+    /// ... and at least this many identical readings in a row.
+    pub flatline_readings: u32,
+    pub limits: Vec<LimitConfig>,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            warmup_readings: 60,
+            baseline_half_life: 300.0,
+            z_threshold: 5.0,
+            min_relative_spread: 0.002,
+            flatline_after: Duration::from_secs(300),
+            flatline_readings: 30,
+            limits: Vec::new(),
+        }
+    }
+}
+
+/// When anomalies become incidents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncidentConfig {
+    /// Consecutive anomalous readings before an incident opens ...
+    pub debounce_readings: u32,
+    /// ... or this long of continuous anomaly, whichever comes first.
+    #[serde(with = "humantime_serde")]
+    pub debounce_for: Duration,
+    /// An open incident resolves after this long without anomaly.
+    #[serde(with = "humantime_serde")]
+    pub quiet_period: Duration,
+    /// Readings kept as evidence in a ticket.
+    pub evidence_readings: usize,
+}
+
+impl Default for IncidentConfig {
+    fn default() -> Self {
+        Self {
+            debounce_readings: 3,
+            debounce_for: Duration::from_secs(120),
+            quiet_period: Duration::from_secs(600),
+            evidence_readings: 10,
+        }
+    }
+}
+
+/// Ticket delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TicketConfig {
+    pub sinks: Vec<SinkConfig>,
+    #[serde(with = "humantime_serde")]
+    pub retry_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+impl Default for TicketConfig {
+    fn default() -> Self {
+        Self {
+            sinks: Vec::new(),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One ticket destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
+pub enum SinkConfig {
+    /// POST each ticket command as JSON.
+    Webhook {
+        name: String,
+        url: String,
+        token: Option<SecretRef>,
+        #[serde(with = "humantime_serde", default = "default_http_timeout")]
+        timeout: Duration,
+    },
+    /// Append each ticket command as a JSON line.
+    File { name: String, path: PathBuf },
+}
+
+fn default_http_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl SinkConfig {
+    /// The sink's name, unique within the config; it keys the sink's outbox queue.
+    pub fn name(&self) -> &str {
+        match self {
+            SinkConfig::Webhook { name, .. } | SinkConfig::File { name, .. } => name,
+        }
+    }
+}
+
+/// The loopback HTTP endpoint for `/metrics` and health checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `host:port`; empty disables it.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9797".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `file` is only used in error messages.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|err| {
+            let key = err.path().to_string();
+            let inner = err.into_inner();
+            let line = inner
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(0);
+            ConfigError::Parse {
+                file: file.to_path_buf(),
+                line,
+                key,
+                reason: inner.message().to_string(),
+            }
+        })?;
+        config.validate().map_err(|(key, reason)| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key,
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot; returns the offending key and why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, reason: &str| Err((key.to_string(), reason.to_string()));
+        if self.mqtt.host.trim().is_empty() {
+            return bad("mqtt.host", "must not be empty");
+        }
+        if self.mqtt.client_id.trim().is_empty() {
+            return bad("mqtt.client_id", "must not be empty (a persistent session needs a fixed id)");
+        }
+        if self.mqtt.topics.is_empty() {
+            return bad("mqtt.topics", "subscribe to at least one topic filter");
+        }
+        for (i, t) in self.mqtt.topics.iter().enumerate() {
+            if !rumqttc::valid_filter(t) {
+                return Err((format!("mqtt.topics[{i}]"), format!("`{t}` is not a valid MQTT topic filter")));
+            }
+        }
+        if self.mqtt.keep_alive < Duration::from_secs(5) {
+            return bad("mqtt.keep_alive", "must be at least 5s");
+        }
+        if self.mqtt.inflight == 0 {
+            return bad("mqtt.inflight", "must be at least 1");
+        }
+        if self.mqtt.reconnect_min.is_zero() || self.mqtt.reconnect_min > self.mqtt.reconnect_max {
+            return bad("mqtt.reconnect_min", "must be above zero and at most mqtt.reconnect_max");
+        }
+        if let Some(pw) = &self.mqtt.password {
+            if pw.file.is_none() && pw.env.is_none() {
+                return bad("mqtt.password", "set `file` or `env`");
+            }
+            if self.mqtt.username.is_none() {
+                return bad("mqtt.username", "a password is configured but no username");
+            }
+        }
+        if let Some(tls) = &self.mqtt.tls {
+            if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+                return bad("mqtt.tls.client_key_file", "client_cert_file and client_key_file go together");
+            }
+        }
+        self.validate_decode()?;
+        if self.store.batch_max == 0 {
+            return bad("store.batch_max", "must be at least 1");
+        }
+        if self.store.retention < Duration::from_secs(3600) {
+            return bad("store.retention", "must be at least 1h");
+        }
+        if self.store.cache_mb == 0 {
+            return bad("store.cache_mb", "must be at least 1");
+        }
+        let d = &self.detect;
+        if !(d.z_threshold.is_finite() && d.z_threshold > 0.0) {
+            return bad("detect.z_threshold", "must be a positive number");
+        }
+        if !(d.baseline_half_life.is_finite() && d.baseline_half_life >= 1.0) {
+            return bad("detect.baseline_half_life", "must be at least 1 reading");
+        }
+        if !(d.min_relative_spread.is_finite() && d.min_relative_spread >= 0.0) {
+            return bad("detect.min_relative_spread", "must be zero or positive");
+        }
+        if d.flatline_readings < 2 {
+            return bad("detect.flatline_readings", "must be at least 2");
+        }
+        for (i, l) in d.limits.iter().enumerate() {
+            if l.min.is_none() && l.max.is_none() {
+                return Err((format!("detect.limits[{i}]"), "set `min`, `max` or both".into()));
+            }
+            if let (Some(lo), Some(hi)) = (l.min, l.max) {
+                if lo >= hi {
+                    return Err((format!("detect.limits[{i}].min"), "must be below `max`".into()));
+                }
+            }
+        }
+        if self.incident.debounce_readings == 0 {
+            return bad("incident.debounce_readings", "must be at least 1");
+        }
+        if self.incident.quiet_period.is_zero() {
+            return bad("incident.quiet_period", "must be above zero");
+        }
+        if self.ticket.retry_min.is_zero() || self.ticket.retry_min > self.ticket.retry_max {
+            return bad("ticket.retry_min", "must be above zero and at most ticket.retry_max");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, sink) in self.ticket.sinks.iter().enumerate() {
+            let key = format!("ticket.sinks[{i}]");
+            if sink.name().is_empty() || !names.insert(sink.name().to_string()) {
+                return Err((format!("{key}.name"), "must be non-empty and unique".into()));
+            }
+            if let SinkConfig::Webhook { url, token, .. } = sink {
+                match reqwest::Url::parse(url) {
+                    Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                    _ => return Err((format!("{key}.url"), format!("`{url}` is not an http(s) URL"))),
+                }
+                if let Some(t) = token {
+                    if t.file.is_none() && t.env.is_none() {
+                        return Err((format!("{key}.token"), "set `file` or `env`".into()));
+                    }
+                }
+            }
+        }
+        if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad("admin.listen", "must be host:port, e.g. 127.0.0.1:9797, or empty");
+        }
+        Ok(())
+    }
+
+    fn validate_decode(&self) -> Result<(), (String, String)> {
+        let d = &self.decode;
+        let bad = |key: &str, reason: String| Err((key.to_string(), reason));
+        match &d.topic_pattern {
+            Some(p) => {
+                if !p.contains("{device}") && d.device_field.is_none() {
+                    return bad("decode.topic_pattern", "must contain `{device}` unless decode.device_field is set".into());
+                }
+            }
+            None if d.device_field.is_none() => {
+                return bad("decode.device_field", "set decode.topic_pattern or decode.device_field to find the device".into());
+            }
+            None => {}
+        }
+        for (key, ptr) in [
+            ("decode.device_field", &d.device_field),
+            ("decode.site_field", &d.site_field),
+            ("decode.timestamp_field", &d.timestamp_field),
+        ] {
+            if let Some(p) = ptr {
+                if !p.starts_with('/') {
+                    return bad(key, format!("`{p}` is not a JSON pointer (it must start with `/`)"));
+                }
+            }
+        }
+        for (i, m) in d.metrics.iter().enumerate() {
+            if m.name.is_empty() {
+                return Err((format!("decode.metrics[{i}].name"), "must not be empty".into()));
+            }
+            if !m.pointer.starts_with('/') {
+                return Err((format!("decode.metrics[{i}].pointer"), format!("`{}` is not a JSON pointer", m.pointer)));
+            }
+        }
+        if d.max_payload_bytes == 0 {
+            return bad("decode.max_payload_bytes", "must be at least 1".into());
+        }
+        if d.require_known_devices && d.known_devices.is_empty() {
+            return bad("decode.known_devices", "require_known_devices is set but the list is empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_config_takes_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.mqtt.port, 1883);
+        assert!(!c.mqtt.clean_session);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path_and_line() {
+        let err = parse("[mqtt]\nhost = \"b\"\nkeepalive = \"5s\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("test.toml:3"), "{msg}");
+        assert!(msg.contains("mqtt.keepalive"), "{msg}");
+        assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let msg = parse("[mqtt]\nport = \"high\"\n").unwrap_err().to_string();
+        assert!(msg.contains("mqtt.port"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_value_names_key_and_reason() {
+        let msg = parse("[detect]\nz_threshold = -1.0\n").unwrap_err().to_string();
+        assert!(msg.contains("detect.z_threshold") && msg.contains("positive"), "{msg}");
+    }
+
+    #[test]
+    fn sinks_parse_and_bad_url_is_rejected() {
+        let ok = parse("[[ticket.sinks]]\ntype = \"file\"\nname = \"f\"\npath = \"/tmp/t.jsonl\"\n").unwrap();
+        assert_eq!(ok.ticket.sinks[0].name(), "f");
+        let msg = parse("[[ticket.sinks]]\ntype = \"webhook\"\nname = \"w\"\nurl = \"ftp://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("ticket.sinks[0].url"), "{msg}");
+    }
+
+    #[test]
+    fn shipped_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fieldwatch.toml");
+        Config::load(&path).unwrap();
+    }
+}

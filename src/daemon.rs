@@ -1,0 +1,210 @@
+//! The daemon: wires the stages together and shuts them down in order.
+//!
+//! ```text
+//! mqtt ingest ──(bounded mpsc)──► batcher: core + flush + ack ──► outbox ──► one task per sink
+//!                                   side tasks: retention · admin HTTP
+//! ```
+//! On shutdown the source stops first; the batcher stores and acknowledges what it holds; the
+//! sinks stop between deliveries (the outbox keeps the rest). Nothing in flight is lost.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rumqttc::AsyncClient;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::core::Core;
+use crate::ingest::mqtt::{self, Inbound};
+use crate::metrics::Metrics;
+use crate::store::{run_retention, Store, StoreError};
+use crate::ticket::outbox::{deliver, RetryPolicy};
+use crate::ticket::{Sink, SinkBuildError};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot open the database in {dir}: {source}")]
+    Store { dir: std::path::PathBuf, source: StoreError },
+    #[error("database: {0}")]
+    Database(#[from] StoreError),
+    #[error("{0}")]
+    Sink(#[from] SinkBuildError),
+    #[error("{0}")]
+    Ingest(#[from] mqtt::IngestError),
+    #[error("admin.listen {addr}: {source}")]
+    Admin { addr: String, source: std::io::Error },
+}
+
+/// A running daemon. Dropping it does not stop it: call [`Daemon::shutdown`].
+pub struct Daemon {
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    metrics: Arc<Metrics>,
+    store: Arc<Store>,
+    admin_addr: Option<SocketAddr>,
+}
+
+impl Daemon {
+    /// Opens the store, builds every stage and starts them.
+    pub async fn start(config: Config) -> Result<Daemon, DaemonError> {
+        let metrics = Arc::new(Metrics::new());
+        let dir = config.daemon.data_dir.clone();
+        let store = Arc::new(
+            Store::open(&dir, config.store.cache_mb, config.store.rejected_max)
+                .map_err(|source| DaemonError::Store { dir: dir.clone(), source })?,
+        );
+        let sinks = config
+            .ticket
+            .sinks
+            .iter()
+            .map(|s| Ok((s.name().to_string(), Sink::build(s)?)))
+            .collect::<Result<Vec<_>, SinkBuildError>>()?;
+        let core = Core::new(&config, store.clone(), metrics.clone())?;
+        let open = core.open_incidents().len();
+
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let wake = Arc::new(Notify::new());
+        let retry = RetryPolicy { min: config.ticket.retry_min, max: config.ticket.retry_max };
+
+        let admin_addr = if config.admin.listen.is_empty() {
+            None
+        } else {
+            let listener = tokio::net::TcpListener::bind(&config.admin.listen)
+                .await
+                .map_err(|source| DaemonError::Admin { addr: config.admin.listen.clone(), source })?;
+            let addr = listener.local_addr().ok();
+            tracker.spawn(crate::admin::serve(listener, metrics.clone(), cancel.clone()));
+            addr
+        };
+
+        for (name, sink) in sinks {
+            tracker.spawn(deliver(name, sink, store.clone(), wake.clone(), metrics.clone(), retry, cancel.clone()));
+        }
+        tracker.spawn(run_retention(
+            store.clone(),
+            config.store.retention,
+            config.store.retention_interval,
+            metrics.clone(),
+            cancel.clone(),
+        ));
+
+        let batch_max = config.store.batch_max;
+        let request_capacity = (4 * batch_max).max(4 * usize::from(config.mqtt.inflight)).max(1024);
+        let (client, eventloop) = mqtt::connect(&config.mqtt, request_capacity)?;
+        let (tx, rx) = mpsc::channel(2 * batch_max);
+        let drained = CancellationToken::new();
+        tracker.spawn(mqtt::run(
+            client.clone(),
+            eventloop,
+            config.mqtt.clone(),
+            tx,
+            metrics.clone(),
+            cancel.clone(),
+            drained.clone(),
+        ));
+        tracker.spawn(batcher(core, rx, client, store.clone(), wake, metrics.clone(), config.clone(), drained));
+        tracker.close();
+        tracing::info!(data_dir = %dir.display(), open_incidents = open, admin = ?admin_addr, "fieldwatch started");
+        Ok(Daemon { cancel, tracker, metrics, store, admin_addr })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The bound address of the admin HTTP server, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// A token that stops the daemon when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Stops every stage in order and waits for them; flushes the store.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.wait().await;
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        tracing::info!("fieldwatch stopped");
+    }
+
+    /// Runs until `signal` completes, then shuts down.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        tokio::select! {
+            _ = signal => {}
+            _ = self.cancel.cancelled() => {}
+        }
+        self.shutdown().await;
+    }
+}
+
+/// Group commit: collect up to `batch_max` messages (waiting at most `batch_linger` after the
+/// first), run them through the core, flush, then acknowledge them to the broker.
+#[allow(clippy::too_many_arguments)]
+async fn batcher(
+    mut core: Core,
+    mut rx: mpsc::Receiver<Inbound>,
+    client: AsyncClient,
+    store: Arc<Store>,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    config: Config,
+    drained: CancellationToken,
+) {
+    let batch_max = config.store.batch_max;
+    let linger = config.store.batch_linger;
+    let mut batch: Vec<Inbound> = Vec::with_capacity(batch_max);
+    loop {
+        let Some(first) = rx.recv().await else { break };
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < batch_max {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(m)) => batch.push(m),
+                _ => break,
+            }
+        }
+        let started = Instant::now();
+        let messages: Vec<_> = batch.iter().map(|i| i.message.clone()).collect();
+        let outcome = core.process_messages(&messages);
+        match outcome {
+            Ok(outcome) => {
+                if let Err(e) = store.flush().await {
+                    // Not durable: do not ack; the broker redelivers after reconnect.
+                    tracing::error!(error = %e, "flush failed; batch not acknowledged");
+                    batch.clear();
+                    continue;
+                }
+                metrics.batch_commit_seconds.observe(started.elapsed().as_secs_f64());
+                if !outcome.transitions.is_empty() {
+                    wake.notify_waiters();
+                }
+                for inbound in batch.drain(..) {
+                    if let Some(p) = inbound.publish {
+                        if let Err(e) = client.try_ack(&p) {
+                            tracing::debug!(error = %e, "cannot queue ack; the broker will redeliver");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store batch; not acknowledged");
+                batch.clear();
+            }
+        }
+    }
+    drained.cancel();
+}

@@ -1,0 +1,360 @@
+//! Decode: a message (topic + JSON payload) becomes readings, mapped by `[decode]` config.
+//!
+//! Pure and synchronous, so it is tested without a broker. A message that cannot be decoded is
+//! rejected whole, with a [`RejectReason`] that is counted, logged and kept aside by the caller.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use crate::config::{DecodeConfig, MetricMapping, TimestampFormat};
+use crate::reading::{Message, Reading};
+
+/// Why a message was rejected. The label is a Prometheus label value, so keep it short and fixed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RejectReason {
+    #[error("payload is {size} bytes, over the {limit} byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("payload is not JSON: {0}")]
+    NotJson(String),
+    #[error("payload is not a JSON object")]
+    NotObject,
+    #[error("no device id in topic or payload")]
+    NoDevice,
+    #[error("device id `{0}` is not acceptable (1-128 printable characters)")]
+    BadDevice(String),
+    #[error("device `{0}` is not in decode.known_devices")]
+    UnknownDevice(String),
+    #[error("metric `{metric}` is {found}, expected a number")]
+    WrongType { metric: String, found: &'static str },
+    #[error("metric `{0}` is not a finite number")]
+    NonFinite(String),
+    #[error("timestamp is not usable: {0}")]
+    BadTimestamp(String),
+    #[error("payload has no numeric metrics")]
+    NoMetrics,
+}
+
+/// Every label [`RejectReason::label`] can return.
+pub const ALL_REJECT_LABELS: [&str; 10] = [
+    "too_large",
+    "not_json",
+    "not_object",
+    "no_device",
+    "bad_device",
+    "unknown_device",
+    "wrong_type",
+    "non_finite",
+    "bad_timestamp",
+    "no_metrics",
+];
+
+impl RejectReason {
+    /// A stable, low-cardinality label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RejectReason::TooLarge { .. } => "too_large",
+            RejectReason::NotJson(_) => "not_json",
+            RejectReason::NotObject => "not_object",
+            RejectReason::NoDevice => "no_device",
+            RejectReason::BadDevice(_) => "bad_device",
+            RejectReason::UnknownDevice(_) => "unknown_device",
+            RejectReason::WrongType { .. } => "wrong_type",
+            RejectReason::NonFinite(_) => "non_finite",
+            RejectReason::BadTimestamp(_) => "bad_timestamp",
+            RejectReason::NoMetrics => "no_metrics",
+        }
+    }
+}
+
+/// One segment of a topic pattern.
+#[derive(Debug, Clone, PartialEq)]
+enum Segment {
+    Literal(String),
+    Device,
+    Site,
+    /// Any other `{name}` or `+`: matches one level, value ignored.
+    Any,
+}
+
+/// Turns messages into readings according to the `[decode]` config.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    pattern: Option<Vec<Segment>>,
+    device_field: Option<String>,
+    site_field: Option<String>,
+    timestamp_field: Option<String>,
+    timestamp_format: TimestampFormat,
+    metrics: Vec<MetricMapping>,
+    max_payload_bytes: usize,
+    known_devices: Option<HashSet<String>>,
+}
+
+/// Event times further than this ahead of the receive time are rejected: a device with a wrong
+/// clock would otherwise write readings that retention never removes and baselines never reach.
+const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
+
+impl Decoder {
+    pub fn new(cfg: &DecodeConfig) -> Decoder {
+        let pattern = cfg.topic_pattern.as_ref().map(|p| {
+            p.split('/')
+                .map(|s| match s {
+                    "{device}" => Segment::Device,
+                    "{site}" => Segment::Site,
+                    "+" => Segment::Any,
+                    s if s.starts_with('{') && s.ends_with('}') => Segment::Any,
+                    s => Segment::Literal(s.to_string()),
+                })
+                .collect()
+        });
+        Decoder {
+            pattern,
+            device_field: cfg.device_field.clone(),
+            site_field: cfg.site_field.clone(),
+            timestamp_field: cfg.timestamp_field.clone(),
+            timestamp_format: cfg.timestamp_format,
+            metrics: cfg.metrics.clone(),
+            max_payload_bytes: cfg.max_payload_bytes,
+            known_devices: cfg
+                .require_known_devices
+                .then(|| cfg.known_devices.iter().cloned().collect()),
+        }
+    }
+
+    /// Decodes one message into its readings, or says why it cannot.
+    pub fn decode(&self, msg: &Message) -> Result<Vec<Reading>, RejectReason> {
+        if msg.payload.len() > self.max_payload_bytes {
+            return Err(RejectReason::TooLarge {
+                size: msg.payload.len(),
+                limit: self.max_payload_bytes,
+            });
+        }
+        let json: Value = serde_json::from_slice(&msg.payload)
+            .map_err(|e| RejectReason::NotJson(e.to_string()))?;
+        let obj = json.as_object().ok_or(RejectReason::NotObject)?;
+
+        let (mut device, mut site) = self.match_topic(&msg.topic);
+        if let Some(ptr) = &self.device_field {
+            if let Some(v) = json.pointer(ptr) {
+                device = Some(id_string(v));
+            }
+        }
+        if let Some(ptr) = &self.site_field {
+            if let Some(v) = json.pointer(ptr) {
+                site = Some(id_string(v));
+            }
+        }
+        let device = device.ok_or(RejectReason::NoDevice)?;
+        if device.is_empty() || device.len() > 128 || device.chars().any(char::is_control) {
+            return Err(RejectReason::BadDevice(device));
+        }
+        if let Some(known) = &self.known_devices {
+            if !known.contains(&device) {
+                return Err(RejectReason::UnknownDevice(device));
+            }
+        }
+
+        let ts = match self.timestamp_field.as_ref().and_then(|p| json.pointer(p)) {
+            Some(v) => parse_timestamp(v, self.timestamp_format)?,
+            None => msg.received_ms,
+        };
+        if ts > msg.received_ms.saturating_add(MAX_FUTURE_MS) {
+            return Err(RejectReason::BadTimestamp("more than 24 h in the future".into()));
+        }
+        if ts < 0 {
+            return Err(RejectReason::BadTimestamp("before 1970".into()));
+        }
+
+        let mut readings = Vec::new();
+        let mut push = |metric: &str, value: f64| {
+            readings.push(Reading {
+                device: device.clone(),
+                site: site.clone(),
+                metric: metric.to_string(),
+                ts,
+                value,
+            })
+        };
+        if self.metrics.is_empty() {
+            let skip = |key: &str| {
+                [&self.device_field, &self.site_field, &self.timestamp_field]
+                    .iter()
+                    .any(|f| f.as_deref().map(|p| &p[1..]) == Some(key))
+            };
+            for (key, v) in obj {
+                if skip(key) {
+                    continue;
+                }
+                if let Some(n) = v.as_f64() {
+                    if !n.is_finite() {
+                        return Err(RejectReason::NonFinite(key.clone()));
+                    }
+                    push(key, n);
+                }
+            }
+        } else {
+            for m in &self.metrics {
+                match json.pointer(&m.pointer) {
+                    None | Some(Value::Null) => {} // a device may omit a metric in one message
+                    Some(v) => match v.as_f64() {
+                        Some(n) if n.is_finite() => push(&m.name, n),
+                        Some(_) => return Err(RejectReason::NonFinite(m.name.clone())),
+                        None => {
+                            return Err(RejectReason::WrongType {
+                                metric: m.name.clone(),
+                                found: type_name(v),
+                            })
+                        }
+                    },
+                }
+            }
+        }
+        if readings.is_empty() {
+            return Err(RejectReason::NoMetrics);
+        }
+        Ok(readings)
+    }
+
+    fn match_topic(&self, topic: &str) -> (Option<String>, Option<String>) {
+        let Some(pattern) = &self.pattern else {
+            return (None, None);
+        };
+        let levels: Vec<&str> = topic.split('/').collect();
+        if levels.len() != pattern.len() {
+            return (None, None);
+        }
+        let (mut device, mut site) = (None, None);
+        for (seg, level) in pattern.iter().zip(levels) {
+            match seg {
+                Segment::Literal(l) if l != level => return (None, None),
+                Segment::Device => device = Some(level.to_string()),
+                Segment::Site => site = Some(level.to_string()),
+                _ => {}
+            }
+        }
+        (device, site)
+    }
+}
+
+fn id_string(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Parses an event time: RFC 3339 text, or epoch seconds / milliseconds.
+pub fn parse_timestamp(v: &Value, format: TimestampFormat) -> Result<i64, RejectReason> {
+    let bad = |why: String| RejectReason::BadTimestamp(why);
+    match (v, format) {
+        (Value::String(s), TimestampFormat::Auto | TimestampFormat::Rfc3339) => {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| bad(format!("`{s}`: {e}")))
+        }
+        (Value::Number(n), TimestampFormat::Auto | TimestampFormat::EpochS | TimestampFormat::EpochMs) => {
+            let x = n.as_f64().filter(|x| x.is_finite()).ok_or_else(|| bad(n.to_string()))?;
+            let ms = match format {
+                TimestampFormat::EpochMs => x,
+                TimestampFormat::EpochS => x * 1000.0,
+                // Seconds until the year 5138, milliseconds after 1973: unambiguous in practice.
+                _ if x.abs() < 1e11 => x * 1000.0,
+                _ => x,
+            };
+            if ms.abs() > 1e15 {
+                return Err(bad(format!("{n} is out of range")));
+            }
+            Ok(ms.round() as i64)
+        }
+        (other, f) => Err(bad(format!("{} where {f:?} was expected", type_name(other)))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, payload: &str) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: bytes::Bytes::from(payload.to_string()),
+            received_ms: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn device_and_site_come_from_the_topic() {
+        let d = Decoder::new(&DecodeConfig::default());
+        let r = d
+            .decode(&msg("plant/s1/pump-7/telemetry", r#"{"ts": 1700000000, "temp": 71.5, "status": "ok"}"#))
+            .unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].device, "pump-7");
+        assert_eq!(r[0].site.as_deref(), Some("s1"));
+        assert_eq!(r[0].metric, "temp");
+        assert_eq!(r[0].ts, 1_700_000_000_000);
+    }
+
+    #[test]
+    fn timestamps_in_every_format() {
+        use TimestampFormat::*;
+        let t = |v: Value, f| parse_timestamp(&v, f);
+        assert_eq!(t(Value::from("2023-11-14T22:13:20Z"), Auto), Ok(1_700_000_000_000));
+        assert_eq!(t(Value::from(1_700_000_000_123i64), Auto), Ok(1_700_000_000_123));
+        assert_eq!(t(Value::from(1_700_000_000.5), EpochS), Ok(1_700_000_000_500));
+        assert!(t(Value::from("yesterday"), Auto).is_err());
+        assert!(t(Value::from(true), Auto).is_err());
+    }
+
+    #[test]
+    fn device_from_a_json_field_and_pointer_metrics() {
+        let cfg = DecodeConfig {
+            topic_pattern: None,
+            device_field: Some("/id".into()),
+            metrics: vec![MetricMapping {
+                name: "discharge_temp".into(),
+                pointer: "/sensors/discharge/temp".into(),
+                unit: Some("°C".into()),
+            }],
+            ..DecodeConfig::default()
+        };
+        let d = Decoder::new(&cfg);
+        let r = d
+            .decode(&msg("x/y", r#"{"id": 42, "sensors": {"discharge": {"temp": 97.1}}}"#))
+            .unwrap();
+        assert_eq!((r[0].device.as_str(), r[0].metric.as_str(), r[0].value), ("42", "discharge_temp", 97.1));
+        let err = d.decode(&msg("x/y", r#"{"id": 1, "sensors": {"discharge": {"temp": "hot"}}}"#));
+        assert_eq!(err.unwrap_err().label(), "wrong_type");
+    }
+
+    #[test]
+    fn malformed_payloads_are_rejected_with_a_reason() {
+        let cfg = DecodeConfig {
+            max_payload_bytes: 64,
+            require_known_devices: true,
+            known_devices: vec!["p1".into()],
+            ..DecodeConfig::default()
+        };
+        let d = Decoder::new(&cfg);
+        let label = |t: &str, p: &str| d.decode(&msg(t, p)).unwrap_err().label();
+        assert_eq!(label("plant/s/p1/telemetry", "{not json"), "not_json");
+        assert_eq!(label("plant/s/p1/telemetry", "[1,2]"), "not_object");
+        assert_eq!(label("plant/s/p1/telemetry", &format!("{{\"a\": \"{}\"}}", "x".repeat(80))), "too_large");
+        assert_eq!(label("plant/s/zz/telemetry", r#"{"t": 1}"#), "unknown_device");
+        assert_eq!(label("other/topic", r#"{"t": 1}"#), "no_device");
+        assert_eq!(label("plant/s/p1/telemetry", r#"{"t": 1e999}"#), "not_json");
+        assert_eq!(label("plant/s/p1/telemetry", r#"{"ts": "soon", "t": 1}"#), "bad_timestamp");
+        assert_eq!(label("plant/s/p1/telemetry", r#"{"status": "ok"}"#), "no_metrics");
+    }
+}

@@ -1,0 +1,148 @@
+//! Detect: streaming detectors score each reading of a series as it arrives.
+//!
+//! Every detector implements [`SeriesDetector`]: it sees one series' readings in event-time order
+//! and may report an [`Anomaly`] with a score calibrated to 0..1, so one incident policy serves
+//! all detectors. The [`DetectorBank`] keeps one set of detectors per series.
+//!
+//! Learned per-device models (linfa) will plug in beside these as further detectors that see a
+//! device's metrics together; the bank is the seam where they attach.
+
+mod baseline;
+mod flatline;
+mod limits;
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use baseline::Baseline;
+pub use flatline::Flatline;
+pub use limits::{Limit, LimitTable};
+
+use crate::config::DetectConfig;
+
+/// What kind of fault a detector saw. Together with the metric it names an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// The value left its learned baseline (spike, step or fast drift).
+    Deviation,
+    /// The sensor repeats the same value: stuck or frozen.
+    Stuck,
+    /// Above a configured maximum.
+    AboveLimit,
+    /// Below a configured minimum.
+    BelowLimit,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 4] = [
+        FaultKind::Deviation,
+        FaultKind::Stuck,
+        FaultKind::AboveLimit,
+        FaultKind::BelowLimit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Deviation => "deviation",
+            FaultKind::Stuck => "stuck",
+            FaultKind::AboveLimit => "above_limit",
+            FaultKind::BelowLimit => "below_limit",
+        }
+    }
+}
+
+/// What a detector says about one reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Anomaly {
+    pub kind: FaultKind,
+    /// Which detector said so (`baseline`, `flatline`, `limit`).
+    pub detector: String,
+    pub ts: i64,
+    pub value: f64,
+    /// Calibrated: 0 is normal, 0.5 is the alarm threshold, 1 is certain.
+    pub score: f64,
+    /// The level the detector expected, when it has one.
+    pub expected: Option<f64>,
+    /// The spread around `expected` (robust standard deviation).
+    pub spread: Option<f64>,
+    /// Deviation in spreads (signed), for baseline detectors.
+    pub z: Option<f64>,
+    /// The limit crossed, for limit detectors; the stuck duration (s) for flatline.
+    pub bound: Option<f64>,
+}
+
+/// A streaming detector over one series.
+pub trait SeriesDetector: Send {
+    /// Sees the next reading (event-time order) and reports an anomaly if there is one.
+    fn observe(&mut self, ts: i64, value: f64) -> Option<Anomaly>;
+}
+
+/// The detectors of one series.
+pub struct SeriesDetectors {
+    detectors: Vec<Box<dyn SeriesDetector>>,
+}
+
+impl SeriesDetectors {
+    /// Feeds one reading to every detector of the series.
+    pub fn observe(&mut self, ts: i64, value: f64) -> Vec<Anomaly> {
+        self.detectors.iter_mut().filter_map(|d| d.observe(ts, value)).collect()
+    }
+}
+
+/// One set of detectors per (device, metric), created on first sight.
+pub struct DetectorBank {
+    config: DetectConfig,
+    limits: LimitTable,
+    series: HashMap<(String, String), SeriesDetectors>,
+}
+
+impl DetectorBank {
+    pub fn new(config: &DetectConfig) -> DetectorBank {
+        DetectorBank {
+            limits: LimitTable::new(&config.limits),
+            config: config.clone(),
+            series: HashMap::new(),
+        }
+    }
+
+    /// Scores one reading of a series.
+    pub fn observe(&mut self, device: &str, metric: &str, ts: i64, value: f64) -> Vec<Anomaly> {
+        let key = (device.to_string(), metric.to_string());
+        if !self.series.contains_key(&key) {
+            let s = self.build(device, metric);
+            self.series.insert(key.clone(), s);
+        }
+        match self.series.get_mut(&key) {
+            Some(s) => s.observe(ts, value),
+            None => Vec::new(),
+        }
+    }
+
+    fn build(&self, device: &str, metric: &str) -> SeriesDetectors {
+        let c = &self.config;
+        let mut detectors: Vec<Box<dyn SeriesDetector>> = vec![
+            Box::new(Baseline::new(c.warmup_readings, c.baseline_half_life, c.z_threshold, c.min_relative_spread)),
+            Box::new(Flatline::new(c.flatline_readings, c.flatline_after.as_millis() as i64)),
+        ];
+        if let Some(limit) = self.limits.lookup(device, metric) {
+            detectors.push(Box::new(limit));
+        }
+        SeriesDetectors { detectors }
+    }
+
+    /// Number of series with detector state (memory is bounded by the number of series).
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+}
+
+/// Maps a deviation measured in thresholds to a 0..1 score: 0.5 at the threshold, ~0.94 at twice it.
+pub fn calibrate(excess_ratio: f64) -> f64 {
+    1.0 - 0.5f64.powf(excess_ratio * excess_ratio)
+}

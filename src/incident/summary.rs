@@ -1,0 +1,121 @@
+//! Plain words for technicians: what happened, in one sentence a person would write.
+
+use super::{Incident, IncidentState};
+use crate::detect::FaultKind;
+
+/// Formats a duration in ms as `45 s`, `6 min`, `2 h 5 min` or `3 d 4 h`.
+pub fn format_duration(ms: i64) -> String {
+    let s = (ms.max(0) + 500) / 1000;
+    match s {
+        0..=89 => format!("{s} s"),
+        90..=5399 => format!("{} min", (s + 30) / 60),
+        5400..=172_799 => {
+            let m = (s + 30) / 60;
+            format!("{} h {} min", m / 60, m % 60)
+        }
+        _ => format!("{} d {} h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+fn num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1000.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// A short title and a one-sentence summary of an incident.
+pub fn describe(inc: &Incident, unit: Option<&str>) -> (String, String) {
+    let u = |v: f64| match unit {
+        Some(unit) if !unit.is_empty() => format!("{} {unit}", num(v)),
+        _ => num(v),
+    };
+    let p = &inc.peak;
+    let lasting = format_duration(inc.last_anomaly_at.max(inc.opened_at) - inc.first_seen);
+    let m = &inc.metric;
+    let (title, mut summary) = match inc.fault {
+        FaultKind::Deviation => {
+            let z = p.z.unwrap_or(0.0);
+            let (verb, side) = if z >= 0.0 { ("rose to", "above") } else { ("fell to", "below") };
+            let base = p.expected.map(u).unwrap_or_else(|| "?".into());
+            (
+                format!("{}: {m} {side} normal", inc.device),
+                format!("{m} {verb} {}, {:.1}σ {side} its baseline of {base}, for {lasting}", u(p.value), z.abs()),
+            )
+        }
+        FaultKind::Stuck => (
+            format!("{}: {m} sensor stuck", inc.device),
+            format!(
+                "{m} has reported exactly {} for {}; the sensor or its transmitter looks stuck",
+                u(p.value),
+                format_duration((p.bound.unwrap_or(0.0) * 1000.0) as i64)
+            ),
+        ),
+        FaultKind::AboveLimit | FaultKind::BelowLimit => {
+            let side = if inc.fault == FaultKind::AboveLimit { "above its maximum" } else { "below its minimum" };
+            (
+                format!("{}: {m} {side}", inc.device),
+                format!("{m} reached {}, {side} of {}, for {lasting}", u(p.value), p.bound.map(u).unwrap_or_default()),
+            )
+        }
+    };
+    if let (IncidentState::Resolved, Some(at)) = (inc.state, inc.resolved_at) {
+        summary = format!(
+            "Resolved: {m} has been normal for {}. Was: {summary}",
+            format_duration(at - inc.last_anomaly_at)
+        );
+    }
+    (title, summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::Anomaly;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(format_duration(45_000), "45 s");
+        assert_eq!(format_duration(6 * 60_000), "6 min");
+        assert_eq!(format_duration(125 * 60_000), "2 h 5 min");
+        assert_eq!(format_duration(3 * 86_400_000 + 4 * 3_600_000), "3 d 4 h");
+    }
+
+    #[test]
+    fn deviation_summary_names_value_baseline_and_duration() {
+        let inc = Incident {
+            id: "FW-1".into(),
+            key: "k".into(),
+            idempotency_key: "x".into(),
+            device: "comp-3".into(),
+            site: None,
+            metric: "discharge_temp".into(),
+            fault: FaultKind::Deviation,
+            state: IncidentState::Open,
+            first_seen: 0,
+            opened_at: 360_000,
+            last_anomaly_at: 360_000,
+            resolved_at: None,
+            anomalous_readings: 6,
+            peak: Anomaly {
+                kind: FaultKind::Deviation,
+                detector: "baseline".into(),
+                ts: 360_000,
+                value: 97.14,
+                score: 0.9,
+                expected: Some(71.4),
+                spread: Some(4.9),
+                z: Some(5.2),
+                bound: None,
+            },
+            recent: vec![],
+        };
+        let (title, summary) = describe(&inc, Some("°C"));
+        assert_eq!(title, "comp-3: discharge_temp above normal");
+        assert_eq!(summary, "discharge_temp rose to 97.1 °C, 5.2σ above its baseline of 71.4 °C, for 6 min");
+    }
+}

@@ -1,0 +1,3 @@
+//! Ingest: where messages come from. Today MQTT; files and the simulator feed the core directly.
+
+pub mod mqtt;

@@ -1,0 +1,169 @@
+//! MQTT source (rumqttc): QoS 1, persistent session, manual acks.
+//!
+//! The event loop is polled continuously in its own task (rumqttc requires it). Each publish is
+//! forwarded, with the packet needed to acknowledge it, over a bounded channel to the batcher,
+//! which acknowledges only after the batch is durably stored. When the batcher falls behind the
+//! channel fills and this task stops polling: backpressure reaches the broker instead of memory.
+//! Connection errors back off exponentially with jitter; the loop is never hot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::MqttConfig;
+use crate::metrics::Metrics;
+use crate::reading::{now_ms, Message};
+use crate::ticket::outbox::backoff;
+
+/// Why the MQTT client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("mqtt.password: {0}")]
+    Password(#[from] crate::config::SecretError),
+    #[error("{key}: cannot read {path}: {source}")]
+    File {
+        key: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A message and, for QoS 1, the packet to acknowledge once it is stored.
+#[derive(Debug)]
+pub struct Inbound {
+    pub message: Message,
+    pub publish: Option<Publish>,
+}
+
+/// Builds client options from config (resolving the password and reading TLS files now).
+pub fn options(cfg: &MqttConfig, request_capacity: usize) -> Result<MqttOptions, IngestError> {
+    let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    o.set_keep_alive(cfg.keep_alive)
+        .set_clean_session(cfg.clean_session)
+        .set_manual_acks(true)
+        .set_inflight(cfg.inflight)
+        .set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes)
+        // Acks are queued here by the batcher; room for a full broker in-flight window of them
+        // keeps the batcher from waiting on the event loop while the event loop waits on it.
+        .set_request_channel_capacity(request_capacity);
+    if let Some(user) = &cfg.username {
+        let password = match &cfg.password {
+            Some(p) => p.resolve()?,
+            None => String::new(),
+        };
+        o.set_credentials(user.clone(), password);
+    }
+    if let Some(tls) = &cfg.tls {
+        let read = |key: &'static str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| IngestError::File { key, path: path.to_path_buf(), source })
+        };
+        let ca = read("mqtt.tls.ca_file", &tls.ca_file)?;
+        let client_auth = match (&tls.client_cert_file, &tls.client_key_file) {
+            (Some(c), Some(k)) => Some((read("mqtt.tls.client_cert_file", c)?, read("mqtt.tls.client_key_file", k)?)),
+            _ => None,
+        };
+        o.set_transport(Transport::Tls(TlsConfiguration::Simple { ca, alpn: None, client_auth }));
+    }
+    Ok(o)
+}
+
+/// Creates the client and its event loop.
+pub fn connect(cfg: &MqttConfig, request_capacity: usize) -> Result<(AsyncClient, EventLoop), IngestError> {
+    let opts = options(cfg, request_capacity)?;
+    Ok(AsyncClient::new(opts, request_capacity))
+}
+
+/// Polls the event loop until `cancel`, forwarding publishes to `tx`.
+pub async fn run(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    cfg: MqttConfig,
+    tx: mpsc::Sender<Inbound>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+    drained: CancellationToken,
+) {
+    let mut delays = backoff(cfg.reconnect_min, cfg.reconnect_max);
+    let mut connected = false;
+    loop {
+        let event = tokio::select! {
+            _ = cancel.cancelled() => break,
+            e = eventloop.poll() => e,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                connected = true;
+                metrics.mqtt_connected.set(1);
+                delays = backoff(cfg.reconnect_min, cfg.reconnect_max);
+                tracing::info!(host = %cfg.host, port = cfg.port, session_present = ack.session_present, "connected to broker");
+                // Subscribing again on a resumed session is harmless and covers a broker that
+                // lost its session store. try_: the event loop that drains requests is this task.
+                let filters = cfg.topics.iter().map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                if let Err(e) = client.try_subscribe_many(filters) {
+                    tracing::error!(error = %e, "cannot subscribe");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let message = Message {
+                    topic: p.topic.clone(),
+                    payload: p.payload.clone(),
+                    received_ms: now_ms(),
+                };
+                let publish = (p.qos != QoS::AtMostOnce).then_some(p);
+                let send = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    r = tx.send(Inbound { message, publish }) => r,
+                };
+                if send.is_err() {
+                    break; // the batcher is gone: we are shutting down
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                tracing::debug!(?ack.return_codes, "subscribed");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                metrics.mqtt_connection_errors.inc();
+                metrics.mqtt_connected.set(0);
+                let delay = delays.next().unwrap_or(cfg.reconnect_max);
+                if connected {
+                    tracing::warn!(error = %e, retry_in = ?delay, "lost broker connection");
+                } else {
+                    tracing::warn!(error = %e, retry_in = ?delay, host = %cfg.host, port = cfg.port, "cannot reach broker");
+                }
+                connected = false;
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    // Stop forwarding, let the batcher store and ack what it has, and keep polling meanwhile so
+    // those acks reach the broker. Anything unacked is redelivered after restart.
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            tokio::select! {
+                _ = drained.cancelled() => break,
+                ev = eventloop.poll() => if ev.is_err() { break },
+            }
+        }
+    })
+    .await;
+    metrics.mqtt_connected.set(0);
+    // Best effort: a clean DISCONNECT keeps the persistent session and avoids a will message.
+    if client.try_disconnect().is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Ok(ev) = eventloop.poll().await {
+                if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,38 @@
+//! # fieldwatch
+//!
+//! An edge daemon for proactive field service: it watches equipment telemetry arriving over MQTT
+//! on a gateway and opens a service ticket before the customer notices an outage.
+//!
+//! ## Layout
+//! One stage, one module; the core does not know where readings come from.
+//!
+//! - [`config`]: the typed, validated configuration (`config/fieldwatch.toml`).
+//! - [`ingest`]: the MQTT source (rumqttc, QoS 1, manual acks after storage).
+//! - [`decode`]: topic + JSON payload → [`reading::Reading`]s, or a counted rejection.
+//! - [`store`]: the sled database: readings, rejected messages, incidents, the ticket outbox.
+//! - [`detect`]: streaming detectors per series (baseline, flatline, limits).
+//! - [`incident`]: debounce, dedup and auto-resolve; plain-words summaries.
+//! - [`ticket`]: ticket content, the durable outbox and its sinks (webhook, file).
+//! - [`core`]: decode → store → detect → incidents → outbox for one batch.
+//! - [`daemon`]: wires the stages with bounded channels and shuts them down in order.
+//! - [`sim`] and [`demo`]: simulated equipment and the self-contained demo.
+//! - [`metrics`] and [`admin`]: Prometheus counters and the loopback HTTP endpoint.
+
+pub mod admin;
+pub mod config;
+pub mod core;
+pub mod daemon;
+pub mod decode;
+#[cfg(feature = "embedded-broker")]
+pub mod demo;
+pub mod detect;
+pub mod incident;
+pub mod ingest;
+pub mod metrics;
+pub mod reading;
+pub mod sim;
+pub mod store;
+pub mod ticket;
+
+pub use config::Config;
+pub use daemon::Daemon;

@@ -1,0 +1,128 @@
+//! The `fieldwatch` command line: parse, set up logging, dispatch. Everything else is the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use fieldwatch::{Config, Daemon};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "fieldwatch", version, about = "Watches equipment telemetry and opens service tickets before the customer notices")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// Configuration file.
+        #[arg(short, long, default_value = "/etc/fieldwatch/fieldwatch.toml")]
+        config: PathBuf,
+    },
+    /// Check a configuration file and exit: 0 when valid, 2 with the file, key and reason when not.
+    CheckConfig {
+        /// Configuration file.
+        file: PathBuf,
+    },
+    /// Run everything on this machine: embedded broker, simulated equipment, the real pipeline.
+    #[cfg(feature = "embedded-broker")]
+    Demo {
+        /// Stop by itself after this long (e.g. `30s`, `2m`); without it, run until Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Where the database and `tickets.jsonl` go.
+        #[arg(long, default_value = "fieldwatch-demo")]
+        data_dir: PathBuf,
+        /// Number of simulated compressors.
+        #[arg(long, default_value_t = 20)]
+        devices: usize,
+    },
+}
+
+fn init_logging(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            init_logging("info,rumqttc=warn");
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            run_async(async move {
+                let daemon = Daemon::start(config).await?;
+                daemon.run_until(shutdown_signal()).await;
+                Ok(())
+            })
+        }
+        #[cfg(feature = "embedded-broker")]
+        Command::Demo { duration, data_dir, devices } => {
+            init_logging("warn,fieldwatch=warn");
+            run_async(async move {
+                let opts = fieldwatch::demo::DemoOptions { duration, data_dir, devices };
+                fieldwatch::demo::run(opts, shutdown_signal()).await?;
+                Ok(())
+            })
+        }
+    }
+}
+
+fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

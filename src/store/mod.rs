@@ -1,0 +1,438 @@
+//! Store: the embedded sled database every accepted reading lands in before it is acknowledged.
+//!
+//! Trees:
+//! - `series`: `device \0 metric` → series id (u32 BE); `series_by_id` is the reverse map.
+//! - `readings`: `series id (BE) ‖ ts (order-preserving BE)` → value (f64 BE), so a range scan is
+//!   one series in time order, and storing a redelivered reading again is a no-op.
+//! - `rejected`: seq (BE) → a JSON [`Rejected`] record, bounded to `rejected_max` entries.
+//! - `incidents`: incident key → JSON; `outbox`: `sink \0 seq (BE)` → JSON ticket command;
+//!   `dead_letters`: commands a sink refused for good. Incident changes and their outbox entries
+//!   are written in one transaction, so a crash can never leave one without the other.
+//!
+//! Nothing here is durable until [`Store::flush`]: the caller group-commits a batch, flushes once,
+//! then acknowledges the batch to the broker.
+
+mod retention;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+pub use retention::run_retention;
+
+/// Why the store failed. Disk errors are the daemon's to report; they are never the input's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("cannot encode record: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+/// A message that could not be decoded, kept aside for the operator to inspect.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Rejected {
+    pub received_ms: i64,
+    pub topic: String,
+    pub reason: String,
+    /// The payload as text (lossy), cut to [`REJECTED_PAYLOAD_MAX`] bytes.
+    pub payload: String,
+}
+
+/// Bytes of a rejected payload that are kept; enough to see what went wrong.
+pub const REJECTED_PAYLOAD_MAX: usize = 4096;
+
+/// A ticket command waiting in a sink's outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    pub key: sled::IVec,
+    pub body: Vec<u8>,
+}
+
+/// The embedded database, shared by every stage.
+pub struct Store {
+    db: sled::Db,
+    series: sled::Tree,
+    series_by_id: sled::Tree,
+    readings: sled::Tree,
+    rejected: sled::Tree,
+    incidents: sled::Tree,
+    outbox: sled::Tree,
+    dead_letters: sled::Tree,
+    /// Series ids are looked up on every reading; the cache keeps that off the disk.
+    series_cache: Mutex<HashMap<(String, String), u32>>,
+    rejected_len: AtomicUsize,
+    rejected_max: usize,
+}
+
+/// Big-endian key of one reading: sorts by series, then time.
+pub fn reading_key(series: u32, ts: i64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&series.to_be_bytes());
+    // Flipping the sign bit makes signed times sort correctly as unsigned bytes.
+    k[4..].copy_from_slice(&((ts as u64) ^ (1 << 63)).to_be_bytes());
+    k
+}
+
+fn decode_reading(key: &[u8], value: &[u8]) -> Result<(i64, f64), StoreError> {
+    let ts: [u8; 8] = key
+        .get(4..12)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| StoreError::Corrupt("reading key".into()))?;
+    let v: [u8; 8] = value
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("reading value".into()))?;
+    Ok(((u64::from_be_bytes(ts) ^ (1 << 63)) as i64, f64::from_be_bytes(v)))
+}
+
+fn outbox_prefix(sink: &str) -> Vec<u8> {
+    let mut p = sink.as_bytes().to_vec();
+    p.push(0);
+    p
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path, cache_mb: u64, rejected_max: usize) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_mb * 1024 * 1024)
+            .open()?;
+        Store::from_db(db, rejected_max)
+    }
+
+    /// A throw-away database (for `replay` and benchmarks): the same code, nothing kept.
+    pub fn temporary() -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(256 * 1024 * 1024)
+            .open()?;
+        Store::from_db(db, 1000)
+    }
+
+    fn from_db(db: sled::Db, rejected_max: usize) -> Result<Store, StoreError> {
+        let rejected = db.open_tree("rejected")?;
+        Ok(Store {
+            series: db.open_tree("series")?,
+            series_by_id: db.open_tree("series_by_id")?,
+            readings: db.open_tree("readings")?,
+            rejected_len: AtomicUsize::new(rejected.len()),
+            rejected,
+            incidents: db.open_tree("incidents")?,
+            outbox: db.open_tree("outbox")?,
+            dead_letters: db.open_tree("dead_letters")?,
+            series_cache: Mutex::new(HashMap::new()),
+            rejected_max,
+            db,
+        })
+    }
+
+    /// The compact id of a (device, metric) series, allocated on first sight.
+    pub fn series_id(&self, device: &str, metric: &str) -> Result<u32, StoreError> {
+        let cache_key = (device.to_string(), metric.to_string());
+        if let Some(id) = self.cache().get(&cache_key) {
+            return Ok(*id);
+        }
+        let name = [device.as_bytes(), &[0], metric.as_bytes()].concat();
+        let id = match self.series.get(&name)? {
+            Some(v) => u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("series id".into()))?),
+            None => {
+                let id = u32::try_from(self.db.generate_id()? % u64::from(u32::MAX))
+                    .map_err(|_| StoreError::Corrupt("series id overflow".into()))?;
+                // Reverse entry first: a crash between the two leaves an orphan, never a dangling id.
+                self.series_by_id.insert(id.to_be_bytes(), name.as_slice())?;
+                match self.series.compare_and_swap(&name, None as Option<&[u8]>, Some(&id.to_be_bytes()))? {
+                    Ok(()) => id,
+                    Err(cas) => {
+                        let cur = cas.current.ok_or_else(|| StoreError::Corrupt("series id".into()))?;
+                        u32::from_be_bytes(cur.as_ref().try_into().map_err(|_| StoreError::Corrupt("series id".into()))?)
+                    }
+                }
+            }
+        };
+        self.cache().insert(cache_key, id);
+        Ok(id)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u32>> {
+        // A poisoned cache is still a valid cache: entries are only ever inserted whole.
+        self.series_cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The (device, metric) of a series id.
+    pub fn series_name(&self, id: u32) -> Result<Option<(String, String)>, StoreError> {
+        Ok(self.series_by_id.get(id.to_be_bytes())?.and_then(|v| {
+            let s = String::from_utf8_lossy(&v).into_owned();
+            s.split_once('\0').map(|(d, m)| (d.to_string(), m.to_string()))
+        }))
+    }
+
+    /// Stores one reading. Returns `false` when exactly this reading was already stored (a
+    /// redelivery), so the caller does not feed it to the detectors twice.
+    pub fn insert_reading(&self, series: u32, ts: i64, value: f64) -> Result<bool, StoreError> {
+        let old = self.readings.insert(reading_key(series, ts), &value.to_be_bytes())?;
+        Ok(old.is_none())
+    }
+
+    /// Up to `n` most recent readings of a series at or before `until`, oldest first.
+    pub fn recent(&self, series: u32, until: i64, n: usize) -> Result<Vec<(i64, f64)>, StoreError> {
+        let mut out = Vec::with_capacity(n);
+        for kv in self
+            .readings
+            .range(reading_key(series, i64::MIN)..=reading_key(series, until))
+            .rev()
+            .take(n)
+        {
+            let (k, v) = kv?;
+            out.push(decode_reading(&k, &v)?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// All readings of a series in `[from, to]`, in time order.
+    pub fn range(&self, series: u32, from: i64, to: i64) -> Result<Vec<(i64, f64)>, StoreError> {
+        self.readings
+            .range(reading_key(series, from)..=reading_key(series, to))
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode_reading(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Every known series: (id, device, metric).
+    pub fn all_series(&self) -> Result<Vec<(u32, String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.series_by_id.iter() {
+            let (k, v) = kv?;
+            let id = u32::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt("series id".into()))?);
+            let s = String::from_utf8_lossy(&v).into_owned();
+            if let Some((d, m)) = s.split_once('\0') {
+                out.push((id, d.to_string(), m.to_string()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of stored readings (a full scan: for tests and the CLI, not the hot path).
+    pub fn reading_count(&self) -> usize {
+        self.readings.len()
+    }
+
+    /// Keeps a rejected message aside; drops the oldest beyond the configured bound.
+    pub fn reject(&self, rec: &Rejected) -> Result<(), StoreError> {
+        let seq = self.db.generate_id()?;
+        self.rejected.insert(seq.to_be_bytes(), serde_json::to_vec(rec)?)?;
+        let len = self.rejected_len.fetch_add(1, Ordering::Relaxed) + 1;
+        if len > self.rejected_max && self.rejected.pop_min()?.is_some() {
+            self.rejected_len.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The most recent rejected messages, newest last.
+    pub fn rejected(&self, limit: usize) -> Result<Vec<Rejected>, StoreError> {
+        let mut out: Vec<Rejected> = self
+            .rejected
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect::<Result<_, StoreError>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Writes an incident record and queues ticket commands for every sink, atomically.
+    pub fn save_incident<T: Serialize, C: Serialize>(
+        &self,
+        key: &str,
+        incident: &T,
+        command: Option<&C>,
+        sinks: &[String],
+    ) -> Result<(), StoreError> {
+        let record = serde_json::to_vec(incident)?;
+        let body = command.map(serde_json::to_vec).transpose()?;
+        let mut keys = Vec::new();
+        if body.is_some() {
+            for sink in sinks {
+                let mut k = outbox_prefix(sink);
+                k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+                keys.push(k);
+            }
+        }
+        (&self.incidents, &self.outbox).transaction(|(incidents, outbox)| {
+            incidents.insert(key.as_bytes(), record.as_slice())?;
+            if let Some(body) = &body {
+                for k in &keys {
+                    outbox.insert(k.as_slice(), body.as_slice())?;
+                }
+            }
+            Ok::<(), ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+
+    /// Every stored incident record.
+    pub fn incidents<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<T>, StoreError> {
+        self.incidents
+            .iter()
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect()
+    }
+
+    /// The oldest command waiting for `sink`.
+    pub fn outbox_first(&self, sink: &str) -> Result<Option<OutboxEntry>, StoreError> {
+        Ok(self
+            .outbox
+            .scan_prefix(outbox_prefix(sink))
+            .next()
+            .transpose()?
+            .map(|(key, body)| OutboxEntry { key, body: body.to_vec() }))
+    }
+
+    /// Commands waiting for `sink`.
+    pub fn outbox_len(&self, sink: &str) -> usize {
+        self.outbox.scan_prefix(outbox_prefix(sink)).count()
+    }
+
+    /// Removes a delivered command and makes that durable.
+    pub async fn outbox_done(&self, entry: &OutboxEntry) -> Result<(), StoreError> {
+        self.outbox.remove(&entry.key)?;
+        self.flush().await
+    }
+
+    /// Moves a command the sink refused for good aside, with the reason.
+    pub async fn outbox_dead(&self, entry: &OutboxEntry, reason: &str) -> Result<(), StoreError> {
+        let record = serde_json::json!({
+            "reason": reason,
+            "command": serde_json::from_slice::<serde_json::Value>(&entry.body)?,
+        });
+        self.dead_letters.insert(&entry.key, serde_json::to_vec(&record)?)?;
+        self.outbox.remove(&entry.key)?;
+        self.flush().await
+    }
+
+    /// Commands that were refused for good.
+    pub fn dead_letters(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        self.dead_letters
+            .iter()
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect()
+    }
+
+    /// Makes everything written so far durable (group commit).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Blocking flush, for synchronous callers (replay, benchmarks).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Deletes readings older than `cutoff` (event time, ms). Returns how many were removed.
+    pub fn prune_before(&self, cutoff: i64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for kv in self.series_by_id.iter() {
+            let (k, _) = kv?;
+            let id = u32::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt("series id".into()))?);
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for kv in self.readings.range(reading_key(id, i64::MIN)..reading_key(id, cutoff)) {
+                batch.remove(kv?.0);
+                n += 1;
+            }
+            if n > 0 {
+                self.readings.apply_batch(batch)?;
+                removed += n;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_by_series_then_time() {
+        assert!(reading_key(1, -5) < reading_key(1, 3));
+        assert!(reading_key(1, i64::MAX) < reading_key(2, i64::MIN));
+        let (ts, v) = decode_reading(&reading_key(7, -42), &1.5f64.to_be_bytes()).unwrap();
+        assert_eq!((ts, v), (-42, 1.5));
+    }
+
+    #[test]
+    fn readings_round_trip_and_redelivery_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8, 10).unwrap();
+        let id = store.series_id("pump", "temp").unwrap();
+        assert_eq!(store.series_id("pump", "temp").unwrap(), id);
+        assert_ne!(store.series_id("pump", "flow").unwrap(), id);
+        for t in 0..5 {
+            assert!(store.insert_reading(id, t * 1000, t as f64).unwrap());
+        }
+        assert!(!store.insert_reading(id, 2000, 2.0).unwrap());
+        assert_eq!(store.recent(id, 3000, 2).unwrap(), vec![(2000, 2.0), (3000, 3.0)]);
+        assert_eq!(store.range(id, 1000, 2000).unwrap().len(), 2);
+        assert_eq!(store.prune_before(2000).unwrap(), 2);
+        assert_eq!(store.range(id, 0, 10_000).unwrap().len(), 3);
+        store.flush_blocking().unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), 8, 10).unwrap();
+        assert_eq!(store.series_id("pump", "temp").unwrap(), id);
+        assert_eq!(store.series_name(id).unwrap(), Some(("pump".into(), "temp".into())));
+        assert_eq!(store.reading_count(), 3);
+    }
+
+    #[test]
+    fn rejected_is_bounded_and_keeps_the_newest() {
+        let store = Store::temporary().unwrap();
+        let store = Store { rejected_max: 3, ..store };
+        for i in 0..5 {
+            store
+                .reject(&Rejected { received_ms: i, topic: "t".into(), reason: "r".into(), payload: "p".into() })
+                .unwrap();
+        }
+        let kept = store.rejected(10).unwrap();
+        assert_eq!(kept.iter().map(|r| r.received_ms).collect::<Vec<_>>(), vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn incident_and_outbox_are_written_together() {
+        let store = Store::temporary().unwrap();
+        let sinks = vec!["a".to_string(), "b".to_string()];
+        store.save_incident("k", &serde_json::json!({"x": 1}), Some(&serde_json::json!({"cmd": 1})), &sinks).unwrap();
+        assert_eq!(store.incidents::<serde_json::Value>().unwrap().len(), 1);
+        assert_eq!(store.outbox_len("a"), 1);
+        assert_eq!(store.outbox_len("b"), 1);
+        let first = store.outbox_first("a").unwrap().unwrap();
+        futures_lite_block_on(store.outbox_done(&first)).unwrap();
+        assert_eq!(store.outbox_len("a"), 0);
+        assert_eq!(store.outbox_len("b"), 1);
+    }
+
+    fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+}

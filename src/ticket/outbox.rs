@@ -1,0 +1,115 @@
+//! Outbox delivery: one task per sink drains that sink's queue, oldest first.
+//!
+//! A command is removed only after the sink confirmed it, so a crash, a restart or a long API
+//! outage loses nothing; the per-command idempotency key lets the receiver drop a repeat of a
+//! request whose confirmation was lost. Failures back off exponentially with jitter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Sink, SinkError, TicketCommand};
+use crate::metrics::{Metrics, SinkLabel};
+use crate::store::Store;
+
+/// Retry timing for one sink.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+/// Exponential backoff with jitter and no attempt limit: tickets are never given up on.
+pub fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Runs until `cancel`: delivers every queued command for `name` through `sink`.
+pub async fn deliver(
+    name: String,
+    mut sink: Sink,
+    store: Arc<Store>,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    retry: RetryPolicy,
+    cancel: CancellationToken,
+) {
+    let label = SinkLabel { sink: name.clone() };
+    let mut delays = backoff(retry.min, retry.max);
+    loop {
+        metrics.outbox_depth.get_or_create(&label).set(store.outbox_len(&name) as i64);
+        let entry = match store.outbox_first(&name) {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = wake.notified() => continue,
+                    // Belt and braces: a missed wake-up costs at most a second.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+            Err(e) => {
+                tracing::error!(sink = %name, error = %e, "cannot read outbox");
+                if sleep_or_cancel(retry.max.min(Duration::from_secs(5)), &cancel).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let cmd: TicketCommand = match serde_json::from_slice(&entry.body) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(sink = %name, error = %e, "corrupt outbox entry moved to dead letters");
+                metrics.tickets_dead.get_or_create(&label).inc();
+                let _ = store.outbox_dead(&entry, &format!("corrupt: {e}")).await;
+                continue;
+            }
+        };
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = sink.send(&cmd) => r,
+        };
+        match result {
+            Ok(()) => {
+                if let Err(e) = store.outbox_done(&entry).await {
+                    // It will be sent again after restart; the idempotency key makes that harmless.
+                    tracing::error!(sink = %name, error = %e, "delivered but cannot remove from outbox");
+                }
+                metrics.tickets_delivered.get_or_create(&label).inc();
+                tracing::info!(sink = %name, ticket = %cmd.ticket.id, action = ?cmd.action, device = %cmd.ticket.device, fault = %cmd.ticket.fault, "ticket delivered");
+                delays = backoff(retry.min, retry.max);
+            }
+            Err(SinkError::Retry(why)) => {
+                metrics.ticket_attempts_failed.get_or_create(&label).inc();
+                let delay = delays.next().unwrap_or(retry.max);
+                tracing::warn!(sink = %name, ticket = %cmd.ticket.id, error = %why, retry_in = ?delay, "ticket delivery failed, will retry");
+                if sleep_or_cancel(delay, &cancel).await {
+                    return;
+                }
+            }
+            Err(SinkError::Permanent(why)) => {
+                metrics.tickets_dead.get_or_create(&label).inc();
+                tracing::error!(sink = %name, ticket = %cmd.ticket.id, error = %why, "sink refused ticket for good; kept in dead letters");
+                if let Err(e) = store.outbox_dead(&entry, &why).await {
+                    tracing::error!(sink = %name, error = %e, "cannot move ticket to dead letters");
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps; returns `true` if cancelled meanwhile.
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}

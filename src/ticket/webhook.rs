@@ -1,0 +1,63 @@
+//! Generic webhook: POST each ticket command as JSON, with an `Idempotency-Key` header.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use super::{SinkError, TicketCommand};
+
+/// Posts ticket commands to one URL.
+pub struct WebhookSink {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    /// Bearer token; never logged.
+    token: Option<String>,
+}
+
+impl WebhookSink {
+    pub fn new(url: &str, token: Option<String>, timeout: Duration) -> Result<WebhookSink, String> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .user_agent(concat!("fieldwatch/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let url = reqwest::Url::parse(url).map_err(|e| format!("url `{url}`: {e}"))?;
+        Ok(WebhookSink { client, url, token })
+    }
+
+    pub async fn send(&self, cmd: &TicketCommand) -> Result<(), SinkError> {
+        let mut req = self
+            .client
+            .post(self.url.clone())
+            .header("Idempotency-Key", &cmd.idempotency_key)
+            .json(cmd);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| SinkError::Retry(format!("{}", without_url(&e))))?;
+        let status = resp.status();
+        if status.is_success() || status == StatusCode::CONFLICT {
+            // 409: the receiver already has this idempotency key, i.e. an earlier attempt landed.
+            return Ok(());
+        }
+        let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
+        let msg = format!("HTTP {status}: {body}");
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT {
+            Err(SinkError::Retry(msg))
+        } else {
+            Err(SinkError::Permanent(msg))
+        }
+    }
+}
+
+/// Errors may carry the URL, which can carry credentials in its query: strip it.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(url) = e.url() {
+        s = s.replace(url.as_str(), "<url>");
+    }
+    s
+}
