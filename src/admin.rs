@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 
 /// Serves until `cancel`.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, cancel: CancellationToken) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -28,7 +32,10 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, can
 
 async fn metrics_text(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         m.render(),
     )
 }
@@ -38,6 +45,9 @@ async fn ready(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     if m.mqtt_connected.get() == 1 {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not connected to the broker\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to the broker\n",
+        )
     }
 }

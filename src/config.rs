@@ -431,11 +431,13 @@ impl Config {
                 reason: inner.message().to_string(),
             }
         })?;
-        config.validate().map_err(|(key, reason)| ConfigError::Invalid {
-            file: file.to_path_buf(),
-            key,
-            reason,
-        })?;
+        config
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                file: file.to_path_buf(),
+                key,
+                reason,
+            })?;
         Ok(config)
     }
 
@@ -446,14 +448,20 @@ impl Config {
             return bad("mqtt.host", "must not be empty");
         }
         if self.mqtt.client_id.trim().is_empty() {
-            return bad("mqtt.client_id", "must not be empty (a persistent session needs a fixed id)");
+            return bad(
+                "mqtt.client_id",
+                "must not be empty (a persistent session needs a fixed id)",
+            );
         }
         if self.mqtt.topics.is_empty() {
             return bad("mqtt.topics", "subscribe to at least one topic filter");
         }
         for (i, t) in self.mqtt.topics.iter().enumerate() {
             if !rumqttc::valid_filter(t) {
-                return Err((format!("mqtt.topics[{i}]"), format!("`{t}` is not a valid MQTT topic filter")));
+                return Err((
+                    format!("mqtt.topics[{i}]"),
+                    format!("`{t}` is not a valid MQTT topic filter"),
+                ));
             }
         }
         if self.mqtt.keep_alive < Duration::from_secs(5) {
@@ -463,7 +471,10 @@ impl Config {
             return bad("mqtt.inflight", "must be at least 1");
         }
         if self.mqtt.reconnect_min.is_zero() || self.mqtt.reconnect_min > self.mqtt.reconnect_max {
-            return bad("mqtt.reconnect_min", "must be above zero and at most mqtt.reconnect_max");
+            return bad(
+                "mqtt.reconnect_min",
+                "must be above zero and at most mqtt.reconnect_max",
+            );
         }
         if let Some(pw) = &self.mqtt.password {
             if pw.file.is_none() && pw.env.is_none() {
@@ -475,7 +486,10 @@ impl Config {
         }
         if let Some(tls) = &self.mqtt.tls {
             if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
-                return bad("mqtt.tls.client_key_file", "client_cert_file and client_key_file go together");
+                return bad(
+                    "mqtt.tls.client_key_file",
+                    "client_cert_file and client_key_file go together",
+                );
             }
         }
         self.validate_decode()?;
@@ -503,11 +517,17 @@ impl Config {
         }
         for (i, l) in d.limits.iter().enumerate() {
             if l.min.is_none() && l.max.is_none() {
-                return Err((format!("detect.limits[{i}]"), "set `min`, `max` or both".into()));
+                return Err((
+                    format!("detect.limits[{i}]"),
+                    "set `min`, `max` or both".into(),
+                ));
             }
             if let (Some(lo), Some(hi)) = (l.min, l.max) {
                 if lo >= hi {
-                    return Err((format!("detect.limits[{i}].min"), "must be below `max`".into()));
+                    return Err((
+                        format!("detect.limits[{i}].min"),
+                        "must be below `max`".into(),
+                    ));
                 }
             }
         }
@@ -518,7 +538,10 @@ impl Config {
             return bad("incident.quiet_period", "must be above zero");
         }
         if self.ticket.retry_min.is_zero() || self.ticket.retry_min > self.ticket.retry_max {
-            return bad("ticket.retry_min", "must be above zero and at most ticket.retry_max");
+            return bad(
+                "ticket.retry_min",
+                "must be above zero and at most ticket.retry_max",
+            );
         }
         let mut names = std::collections::HashSet::new();
         for (i, sink) in self.ticket.sinks.iter().enumerate() {
@@ -529,7 +552,12 @@ impl Config {
             if let SinkConfig::Webhook { url, token, .. } = sink {
                 match reqwest::Url::parse(url) {
                     Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                    _ => return Err((format!("{key}.url"), format!("`{url}` is not an http(s) URL"))),
+                    _ => {
+                        return Err((
+                            format!("{key}.url"),
+                            format!("`{url}` is not an http(s) URL"),
+                        ))
+                    }
                 }
                 if let Some(t) = token {
                     if t.file.is_none() && t.env.is_none() {
@@ -538,8 +566,13 @@ impl Config {
                 }
             }
         }
-        if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad("admin.listen", "must be host:port, e.g. 127.0.0.1:9797, or empty");
+        if !self.admin.listen.is_empty()
+            && self.admin.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return bad(
+                "admin.listen",
+                "must be host:port, e.g. 127.0.0.1:9797, or empty",
+            );
         }
         Ok(())
     }
@@ -548,13 +581,18 @@ impl Config {
         let d = &self.decode;
         let bad = |key: &str, reason: String| Err((key.to_string(), reason));
         match &d.topic_pattern {
-            Some(p) => {
-                if !p.contains("{device}") && d.device_field.is_none() {
-                    return bad("decode.topic_pattern", "must contain `{device}` unless decode.device_field is set".into());
-                }
+            Some(p) if !p.contains("{device}") && d.device_field.is_none() => {
+                return bad(
+                    "decode.topic_pattern",
+                    "must contain `{device}` unless decode.device_field is set".into(),
+                );
             }
+            Some(_) => {}
             None if d.device_field.is_none() => {
-                return bad("decode.device_field", "set decode.topic_pattern or decode.device_field to find the device".into());
+                return bad(
+                    "decode.device_field",
+                    "set decode.topic_pattern or decode.device_field to find the device".into(),
+                );
             }
             None => {}
         }
@@ -565,23 +603,35 @@ impl Config {
         ] {
             if let Some(p) = ptr {
                 if !p.starts_with('/') {
-                    return bad(key, format!("`{p}` is not a JSON pointer (it must start with `/`)"));
+                    return bad(
+                        key,
+                        format!("`{p}` is not a JSON pointer (it must start with `/`)"),
+                    );
                 }
             }
         }
         for (i, m) in d.metrics.iter().enumerate() {
             if m.name.is_empty() {
-                return Err((format!("decode.metrics[{i}].name"), "must not be empty".into()));
+                return Err((
+                    format!("decode.metrics[{i}].name"),
+                    "must not be empty".into(),
+                ));
             }
             if !m.pointer.starts_with('/') {
-                return Err((format!("decode.metrics[{i}].pointer"), format!("`{}` is not a JSON pointer", m.pointer)));
+                return Err((
+                    format!("decode.metrics[{i}].pointer"),
+                    format!("`{}` is not a JSON pointer", m.pointer),
+                ));
             }
         }
         if d.max_payload_bytes == 0 {
             return bad("decode.max_payload_bytes", "must be at least 1".into());
         }
         if d.require_known_devices && d.known_devices.is_empty() {
-            return bad("decode.known_devices", "require_known_devices is set but the list is empty".into());
+            return bad(
+                "decode.known_devices",
+                "require_known_devices is set but the list is empty".into(),
+            );
         }
         Ok(())
     }
@@ -619,13 +669,20 @@ mod tests {
 
     #[test]
     fn invalid_value_names_key_and_reason() {
-        let msg = parse("[detect]\nz_threshold = -1.0\n").unwrap_err().to_string();
-        assert!(msg.contains("detect.z_threshold") && msg.contains("positive"), "{msg}");
+        let msg = parse("[detect]\nz_threshold = -1.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("detect.z_threshold") && msg.contains("positive"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn sinks_parse_and_bad_url_is_rejected() {
-        let ok = parse("[[ticket.sinks]]\ntype = \"file\"\nname = \"f\"\npath = \"/tmp/t.jsonl\"\n").unwrap();
+        let ok =
+            parse("[[ticket.sinks]]\ntype = \"file\"\nname = \"f\"\npath = \"/tmp/t.jsonl\"\n")
+                .unwrap();
         assert_eq!(ok.ticket.sinks[0].name(), "f");
         let msg = parse("[[ticket.sinks]]\ntype = \"webhook\"\nname = \"w\"\nurl = \"ftp://x\"\n")
             .unwrap_err()

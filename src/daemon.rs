@@ -21,6 +21,7 @@ use crate::core::Core;
 use crate::ingest::mqtt::{self, Inbound};
 use crate::metrics::Metrics;
 use crate::store::{run_retention, Store, StoreError};
+use crate::systemd::{self, Liveness};
 use crate::ticket::outbox::{deliver, RetryPolicy};
 use crate::ticket::{Sink, SinkBuildError};
 
@@ -28,7 +29,10 @@ use crate::ticket::{Sink, SinkBuildError};
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("cannot open the database in {dir}: {source}")]
-    Store { dir: std::path::PathBuf, source: StoreError },
+    Store {
+        dir: std::path::PathBuf,
+        source: StoreError,
+    },
     #[error("database: {0}")]
     Database(#[from] StoreError),
     #[error("{0}")]
@@ -36,7 +40,10 @@ pub enum DaemonError {
     #[error("{0}")]
     Ingest(#[from] mqtt::IngestError),
     #[error("admin.listen {addr}: {source}")]
-    Admin { addr: String, source: std::io::Error },
+    Admin {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// A running daemon. Dropping it does not stop it: call [`Daemon::shutdown`].
@@ -54,8 +61,12 @@ impl Daemon {
         let metrics = Arc::new(Metrics::new());
         let dir = config.daemon.data_dir.clone();
         let store = Arc::new(
-            Store::open(&dir, config.store.cache_mb, config.store.rejected_max)
-                .map_err(|source| DaemonError::Store { dir: dir.clone(), source })?,
+            Store::open(&dir, config.store.cache_mb, config.store.rejected_max).map_err(
+                |source| DaemonError::Store {
+                    dir: dir.clone(),
+                    source,
+                },
+            )?,
         );
         let sinks = config
             .ticket
@@ -69,21 +80,39 @@ impl Daemon {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let wake = Arc::new(Notify::new());
-        let retry = RetryPolicy { min: config.ticket.retry_min, max: config.ticket.retry_max };
+        let retry = RetryPolicy {
+            min: config.ticket.retry_min,
+            max: config.ticket.retry_max,
+        };
 
         let admin_addr = if config.admin.listen.is_empty() {
             None
         } else {
             let listener = tokio::net::TcpListener::bind(&config.admin.listen)
                 .await
-                .map_err(|source| DaemonError::Admin { addr: config.admin.listen.clone(), source })?;
+                .map_err(|source| DaemonError::Admin {
+                    addr: config.admin.listen.clone(),
+                    source,
+                })?;
             let addr = listener.local_addr().ok();
-            tracker.spawn(crate::admin::serve(listener, metrics.clone(), cancel.clone()));
+            tracker.spawn(crate::admin::serve(
+                listener,
+                metrics.clone(),
+                cancel.clone(),
+            ));
             addr
         };
 
         for (name, sink) in sinks {
-            tracker.spawn(deliver(name, sink, store.clone(), wake.clone(), metrics.clone(), retry, cancel.clone()));
+            tracker.spawn(deliver(
+                name,
+                sink,
+                store.clone(),
+                wake.clone(),
+                metrics.clone(),
+                retry,
+                cancel.clone(),
+            ));
         }
         tracker.spawn(run_retention(
             store.clone(),
@@ -94,7 +123,9 @@ impl Daemon {
         ));
 
         let batch_max = config.store.batch_max;
-        let request_capacity = (4 * batch_max).max(4 * usize::from(config.mqtt.inflight)).max(1024);
+        let request_capacity = (4 * batch_max)
+            .max(4 * usize::from(config.mqtt.inflight))
+            .max(1024);
         let (client, eventloop) = mqtt::connect(&config.mqtt, request_capacity)?;
         let (tx, rx) = mpsc::channel(2 * batch_max);
         let drained = CancellationToken::new();
@@ -107,10 +138,27 @@ impl Daemon {
             cancel.clone(),
             drained.clone(),
         ));
-        tracker.spawn(batcher(core, rx, client, store.clone(), wake, metrics.clone(), config.clone(), drained));
+        let liveness = Arc::new(Liveness::default());
+        tracker.spawn(systemd::watchdog(liveness.clone(), cancel.clone()));
+        let stage = Batcher {
+            client,
+            store: store.clone(),
+            wake,
+            metrics: metrics.clone(),
+            liveness,
+            config: config.clone(),
+        };
+        tracker.spawn(stage.run(core, rx, drained));
         tracker.close();
+        systemd::ready();
         tracing::info!(data_dir = %dir.display(), open_incidents = open, admin = ?admin_addr, "fieldwatch started");
-        Ok(Daemon { cancel, tracker, metrics, store, admin_addr })
+        Ok(Daemon {
+            cancel,
+            tracker,
+            metrics,
+            store,
+            admin_addr,
+        })
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -133,6 +181,7 @@ impl Daemon {
 
     /// Stops every stage in order and waits for them; flushes the store.
     pub async fn shutdown(self) {
+        systemd::stopping();
         self.cancel.cancel();
         self.tracker.wait().await;
         if let Err(e) = self.store.flush().await {
@@ -151,60 +200,74 @@ impl Daemon {
     }
 }
 
-/// Group commit: collect up to `batch_max` messages (waiting at most `batch_linger` after the
-/// first), run them through the core, flush, then acknowledge them to the broker.
-#[allow(clippy::too_many_arguments)]
-async fn batcher(
-    mut core: Core,
-    mut rx: mpsc::Receiver<Inbound>,
+/// The group-commit stage and what it needs besides its input.
+struct Batcher {
     client: AsyncClient,
     store: Arc<Store>,
+    /// Wakes the sink tasks when a batch queued ticket commands.
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    liveness: Arc<Liveness>,
     config: Config,
-    drained: CancellationToken,
-) {
-    let batch_max = config.store.batch_max;
-    let linger = config.store.batch_linger;
-    let mut batch: Vec<Inbound> = Vec::with_capacity(batch_max);
-    loop {
-        let Some(first) = rx.recv().await else { break };
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + linger;
-        while batch.len() < batch_max {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(m)) => batch.push(m),
-                _ => break,
+}
+
+impl Batcher {
+    /// Group commit: collect up to `batch_max` messages (waiting at most `batch_linger` after
+    /// the first), run them through the core, flush, then acknowledge them to the broker.
+    /// Ends when the source closes the channel, after the last batch; then cancels `drained`.
+    async fn run(
+        self,
+        mut core: Core,
+        mut rx: mpsc::Receiver<Inbound>,
+        drained: CancellationToken,
+    ) {
+        let batch_max = self.config.store.batch_max;
+        let linger = self.config.store.batch_linger;
+        let mut batch: Vec<Inbound> = Vec::with_capacity(batch_max);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            let deadline = tokio::time::Instant::now() + linger;
+            while batch.len() < batch_max {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(m)) => batch.push(m),
+                    _ => break,
+                }
             }
+            self.liveness.batch_started();
+            self.commit(&mut core, &mut batch).await;
+            self.liveness.batch_done();
         }
+        drained.cancel();
+    }
+
+    async fn commit(&self, core: &mut Core, batch: &mut Vec<Inbound>) {
         let started = Instant::now();
         let messages: Vec<_> = batch.iter().map(|i| i.message.clone()).collect();
-        let outcome = core.process_messages(&messages);
-        match outcome {
-            Ok(outcome) => {
-                if let Err(e) = store.flush().await {
-                    // Not durable: do not ack; the broker redelivers after reconnect.
-                    tracing::error!(error = %e, "flush failed; batch not acknowledged");
-                    batch.clear();
-                    continue;
-                }
-                metrics.batch_commit_seconds.observe(started.elapsed().as_secs_f64());
-                if !outcome.transitions.is_empty() {
-                    wake.notify_waiters();
-                }
-                for inbound in batch.drain(..) {
-                    if let Some(p) = inbound.publish {
-                        if let Err(e) = client.try_ack(&p) {
-                            tracing::debug!(error = %e, "cannot queue ack; the broker will redeliver");
-                        }
-                    }
-                }
-            }
+        let outcome = match core.process_messages(&messages) {
+            Ok(o) => o,
             Err(e) => {
-                tracing::error!(error = %e, "cannot store batch; not acknowledged");
+                tracing::error!(error = %e, "cannot store batch; not acknowledged, the broker will redeliver");
                 batch.clear();
+                return;
+            }
+        };
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(error = %e, "flush failed; batch not acknowledged, the broker will redeliver");
+            batch.clear();
+            return;
+        }
+        self.metrics
+            .batch_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if !outcome.transitions.is_empty() {
+            self.wake.notify_waiters();
+        }
+        for inbound in batch.drain(..) {
+            if let Some(p) = inbound.publish {
+                if let Err(e) = self.client.try_ack(&p) {
+                    tracing::debug!(error = %e, "cannot queue ack; the broker will redeliver");
+                }
             }
         }
     }
-    drained.cancel();
 }

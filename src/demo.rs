@@ -52,7 +52,9 @@ pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
 /// A free TCP port on loopback (the embedded broker cannot bind port 0 and report it).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Starts rumqttd on `127.0.0.1:port` in its own thread (its `start` blocks).
@@ -77,7 +79,8 @@ max_inflight_count = 500
 dynamic_filters = true
 "#
     );
-    let config: rumqttd::Config = toml::from_str(&text).map_err(|e| DemoError::Broker(e.to_string()))?;
+    let config: rumqttd::Config =
+        toml::from_str(&text).map_err(|e| DemoError::Broker(e.to_string()))?;
     std::thread::Builder::new()
         .name("embedded-broker".into())
         .spawn(move || {
@@ -92,7 +95,9 @@ dynamic_filters = true
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(DemoError::Broker(format!("did not start listening on 127.0.0.1:{port}")))
+    Err(DemoError::Broker(format!(
+        "did not start listening on 127.0.0.1:{port}"
+    )))
 }
 
 /// The daemon config for a demo on `port`, writing into `dir`.
@@ -109,14 +114,23 @@ pub fn demo_config(port: u16, dir: &Path) -> Result<Config, DemoError> {
 }
 
 /// Runs the demo until its duration elapses or `stop` completes.
-pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>) -> Result<DemoReport, DemoError> {
+pub async fn run(
+    opts: DemoOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<DemoReport, DemoError> {
     std::fs::create_dir_all(&opts.data_dir)?;
     let port = free_port()?;
     start_broker(port)?;
     let config = demo_config(port, &opts.data_dir)?;
     let tickets_file = opts.data_dir.join("tickets.jsonl");
-    let already = std::fs::metadata(&tickets_file).map(|m| m.len()).unwrap_or(0);
-    println!("fieldwatch demo: broker on 127.0.0.1:{port}, {} simulated compressors, data in {}", opts.devices, opts.data_dir.display());
+    let already = std::fs::metadata(&tickets_file)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!(
+        "fieldwatch demo: broker on 127.0.0.1:{port}, {} simulated compressors, data in {}",
+        opts.devices,
+        opts.data_dir.display()
+    );
     println!("tickets are written to {}\n", tickets_file.display());
 
     let daemon = Daemon::start(config).await?;
@@ -124,7 +138,9 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     let cancel = CancellationToken::new();
 
     let mut opts_pub = rumqttc::MqttOptions::new("fieldwatch-demo-sim", "127.0.0.1", port);
-    opts_pub.set_inflight(200).set_request_channel_capacity(1000);
+    opts_pub
+        .set_inflight(200)
+        .set_request_channel_capacity(1000);
     let (client, mut eventloop) = rumqttc::AsyncClient::new(opts_pub, 1000);
     let pub_cancel = cancel.clone();
     let poller = tokio::spawn(async move {
@@ -139,10 +155,20 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     let mut sim = Simulator::new(opts.devices, Simulator::demo_faults(live_start), 42);
     let sim_cancel = cancel.clone();
     let publisher = tokio::spawn(async move {
-        sim.publish(&client, Duration::from_secs(600), Duration::from_secs(1), None, &sim_cancel).await
+        sim.publish(
+            &client,
+            Duration::from_secs(600),
+            Duration::from_secs(1),
+            None,
+            &sim_cancel,
+        )
+        .await
     });
 
-    let mut report = DemoReport { tickets_file: tickets_file.clone(), ..DemoReport::default() };
+    let mut report = DemoReport {
+        tickets_file: tickets_file.clone(),
+        ..DemoReport::default()
+    };
     let mut offset = already;
     let deadline = async {
         match opts.duration {
@@ -188,7 +214,9 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
 
 /// Reads ticket lines appended since `offset`.
 fn read_new_tickets(path: &Path, offset: &mut u64) -> Vec<TicketCommand> {
-    let Ok(mut f) = std::fs::File::open(path) else { return Vec::new() };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
     if f.seek(std::io::SeekFrom::Start(*offset)).is_err() {
         return Vec::new();
     }

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod reading;
 pub mod sim;
 pub mod store;
+pub mod systemd;
 pub mod ticket;
 
 pub use config::Config;

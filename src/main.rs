@@ -9,7 +9,11 @@ use fieldwatch::{Config, Daemon};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "fieldwatch", version, about = "Watches equipment telemetry and opens service tickets before the customer notices")]
+#[command(
+    name = "fieldwatch",
+    version,
+    about = "Watches equipment telemetry and opens service tickets before the customer notices"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +49,10 @@ enum Command {
 
 fn init_logging(default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn shutdown_signal() {
@@ -99,10 +106,18 @@ fn main() -> ExitCode {
             })
         }
         #[cfg(feature = "embedded-broker")]
-        Command::Demo { duration, data_dir, devices } => {
+        Command::Demo {
+            duration,
+            data_dir,
+            devices,
+        } => {
             init_logging("warn,fieldwatch=warn");
             run_async(async move {
-                let opts = fieldwatch::demo::DemoOptions { duration, data_dir, devices };
+                let opts = fieldwatch::demo::DemoOptions {
+                    duration,
+                    data_dir,
+                    devices,
+                };
                 fieldwatch::demo::run(opts, shutdown_signal()).await?;
                 Ok(())
             })

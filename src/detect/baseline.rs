@@ -89,7 +89,10 @@ mod tests {
     fn quiet_during_warmup_and_on_normal_noise() {
         let mut b = Baseline::new(30, 100.0, 5.0, 0.0);
         for i in 0..2000 {
-            assert!(b.observe(i64::from(i), 70.0 + noisy(i)).is_none(), "false alarm at {i}");
+            assert!(
+                b.observe(i64::from(i), 70.0 + noisy(i)).is_none(),
+                "false alarm at {i}"
+            );
         }
     }
 

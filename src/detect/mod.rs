@@ -87,7 +87,10 @@ pub struct SeriesDetectors {
 impl SeriesDetectors {
     /// Feeds one reading to every detector of the series.
     pub fn observe(&mut self, ts: i64, value: f64) -> Vec<Anomaly> {
-        self.detectors.iter_mut().filter_map(|d| d.observe(ts, value)).collect()
+        self.detectors
+            .iter_mut()
+            .filter_map(|d| d.observe(ts, value))
+            .collect()
     }
 }
 
@@ -123,8 +126,16 @@ impl DetectorBank {
     fn build(&self, device: &str, metric: &str) -> SeriesDetectors {
         let c = &self.config;
         let mut detectors: Vec<Box<dyn SeriesDetector>> = vec![
-            Box::new(Baseline::new(c.warmup_readings, c.baseline_half_life, c.z_threshold, c.min_relative_spread)),
-            Box::new(Flatline::new(c.flatline_readings, c.flatline_after.as_millis() as i64)),
+            Box::new(Baseline::new(
+                c.warmup_readings,
+                c.baseline_half_life,
+                c.z_threshold,
+                c.min_relative_spread,
+            )),
+            Box::new(Flatline::new(
+                c.flatline_readings,
+                c.flatline_after.as_millis() as i64,
+            )),
         ];
         if let Some(limit) = self.limits.lookup(device, metric) {
             detectors.push(Box::new(limit));

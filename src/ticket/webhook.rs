@@ -37,15 +37,24 @@ impl WebhookSink {
         let resp = req
             .send()
             .await
-            .map_err(|e| SinkError::Retry(format!("{}", without_url(&e))))?;
+            .map_err(|e| SinkError::Retry(without_url(&e)))?;
         let status = resp.status();
         if status.is_success() || status == StatusCode::CONFLICT {
             // 409: the receiver already has this idempotency key, i.e. an earlier attempt landed.
             return Ok(());
         }
-        let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
+        let body: String = resp
+            .text()
+            .await
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
         let msg = format!("HTTP {status}: {body}");
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT {
+        if status.is_server_error()
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::REQUEST_TIMEOUT
+        {
             Err(SinkError::Retry(msg))
         } else {
             Err(SinkError::Permanent(msg))

@@ -1,0 +1,237 @@
+//! Test harness: real parts only. A `mosquitto` process per test on a free loopback port (stop
+//! and restart it at will), a wiremock HTTP server standing in for the ticket API, and a daemon
+//! on a temporary sled directory.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fieldwatch::config::{Config, SinkConfig};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn mosquitto_binary() -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain([
+        "/usr/sbin",
+        "/usr/local/sbin",
+        "/sbin",
+    ]) {
+        let p = Path::new(dir).join("mosquitto");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("mosquitto not found: install it (the test script does: apt-get install mosquitto)");
+}
+
+/// A real mosquitto broker with persistence, owned by one test.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        // Default queue limits drop QoS 1 messages under a burst: raise them, as operators should.
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\n\
+                 max_queued_messages 1000000\nmax_inflight_messages 100\nlog_dest file {dir}/mosquitto.log\n",
+                port = self.port,
+                dir = self.dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!(
+            "mosquitto did not start on port {}: {}",
+            self.port,
+            self.log()
+        );
+    }
+
+    /// Stops the broker cleanly (SIGTERM: it saves its persistent sessions).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same persistence file.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A daemon config for tests: fast timers, small warm-up, the given broker and data dir.
+pub fn test_config(port: u16, data_dir: &Path, sinks: Vec<SinkConfig>) -> Config {
+    let text = r#"
+[mqtt]
+client_id = "CLIENT"
+topics = ["plant/+/+/telemetry"]
+reconnect_min = "100ms"
+reconnect_max = "1s"
+[decode]
+topic_pattern = "plant/{site}/{device}/telemetry"
+[decode.units]
+discharge_temp = "°C"
+[store]
+batch_linger = "5ms"
+cache_mb = 16
+[detect]
+warmup_readings = 30
+baseline_half_life = 100
+z_threshold = 5.0
+[incident]
+debounce_readings = 3
+quiet_period = "10m"
+evidence_readings = 5
+[ticket]
+retry_min = "100ms"
+retry_max = "500ms"
+[admin]
+listen = ""
+"#;
+    let mut config = Config::parse(text, Path::new("test.toml")).unwrap();
+    config.mqtt.port = port;
+    config.mqtt.client_id = format!(
+        "fieldwatch-test-{}",
+        data_dir.file_name().unwrap().to_string_lossy()
+    );
+    config.daemon.data_dir = data_dir.to_path_buf();
+    config.ticket.sinks = sinks;
+    config
+}
+
+/// A webhook sink pointing at a wiremock server.
+pub fn webhook(url: String, token_env: Option<&str>) -> SinkConfig {
+    let text = match token_env {
+        Some(var) => format!("type = \"webhook\"\nname = \"api\"\nurl = \"{url}\"\ntimeout = \"2s\"\ntoken = {{ env = \"{var}\" }}\n"),
+        None => format!("type = \"webhook\"\nname = \"api\"\nurl = \"{url}\"\ntimeout = \"2s\"\n"),
+    };
+    toml::from_str(&text).unwrap()
+}
+
+/// A QoS 1 publisher with its event loop driven in the background.
+pub struct Publisher {
+    pub client: AsyncClient,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    pub async fn connect(port: u16, id: &str) -> Publisher {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_inflight(100)
+            .set_keep_alive(Duration::from_secs(10))
+            .set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(o, 1000);
+        let task = tokio::spawn(async move {
+            loop {
+                if eventloop.poll().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        Publisher { client, task }
+    }
+
+    /// Publishes a JSON reading at QoS 1.
+    pub async fn send(&self, device: &str, ts_ms: i64, temp: f64) {
+        let payload = serde_json::json!({ "ts": ts_ms, "discharge_temp": temp }).to_string();
+        self.raw(
+            &format!("plant/site-1/{device}/telemetry"),
+            payload.into_bytes(),
+        )
+        .await;
+    }
+
+    pub async fn raw(&self, topic: &str, payload: Vec<u8>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A healthy reading: small deterministic wobble around 70 °C.
+pub fn normal(i: i64) -> f64 {
+    70.0 + 0.5 * (i as f64 * 0.7).sin()
+}
+
+/// A start time for a test's readings: a whole second, an hour ago. Reading `i` is at
+/// `t0 + i * 1000`.
+pub fn base_ts() -> i64 {
+    fieldwatch::reading::now_ms() / 1000 * 1000 - 3_600_000
+}
+
+/// Waits (bounded) until `cond` holds; panics with `what` otherwise. Not a timing assertion:
+/// the bound is generous, it only keeps a broken build from hanging.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
