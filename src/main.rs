@@ -111,7 +111,7 @@ fn main() -> ExitCode {
             data_dir,
             devices,
         } => {
-            init_logging("warn,fieldwatch=warn");
+            init_logging("warn,rumqttd=off");
             run_async(async move {
                 let opts = fieldwatch::demo::DemoOptions {
                     duration,

@@ -17,15 +17,13 @@ pub fn format_duration(ms: i64) -> String {
     }
 }
 
+/// A reading as a technician would write it: at most two decimals, no trailing zeros.
 fn num(v: f64) -> String {
-    let a = v.abs();
-    if a >= 1000.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
+    if v.abs() >= 1000.0 {
+        return format!("{v:.0}");
     }
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// A short title and a one-sentence summary of an incident.
