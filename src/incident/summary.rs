@@ -132,7 +132,7 @@ mod tests {
         assert_eq!(title, "comp-3: discharge_temp above normal");
         assert_eq!(
             summary,
-            "discharge_temp rose to 97.1 °C, 5.2σ above its baseline of 71.4 °C, for 6 min"
+            "discharge_temp rose to 97.14 °C, 5.2σ above its baseline of 71.4 °C, for 6 min"
         );
     }
 }
