@@ -282,6 +282,72 @@ async fn ticket_is_delivered_after_the_api_answers_500_several_times() {
     assert!(body["ticket"]["summary"]
         .as_str()
         .unwrap()
-        .starts_with("discharge_temp fell to 20.0 °C"));
+        .starts_with("discharge_temp fell to 20 °C"));
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_published_across_a_broker_restart_are_all_stored_once() {
+    let mut broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(test_config(broker.port, dir.path(), vec![]))
+        .await
+        .unwrap();
+    let m = daemon.metrics().clone();
+    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let p = Publisher::connect(broker.port, "pub-broker-restart").await;
+    let t0 = base_ts();
+    publish_normal(&p, "comp-5", t0, 0, 20).await;
+    wait_until("first half stored", || m.readings.get() == 20).await;
+
+    broker.restart();
+    wait_until("daemon noticed the outage", || {
+        m.mqtt_connection_errors.get() >= 1
+    })
+    .await;
+    wait_until("daemon reconnected", || m.mqtt_connected.get() == 1).await;
+    publish_normal(&p, "comp-5", t0, 20, 20).await;
+    wait_until("second half stored", || m.readings.get() == 40).await;
+    let store = daemon.store().clone();
+    let series = store.series_id("comp-5", "discharge_temp").unwrap();
+    assert_eq!(store.range(series, 0, i64::MAX).unwrap().len(), 40);
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoint_serves_metrics_and_health() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(broker.port, dir.path(), vec![]);
+    config.admin.listen = "127.0.0.1:0".into();
+    let daemon = Daemon::start(config).await.unwrap();
+    let m = daemon.metrics().clone();
+    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let base = format!("http://{}", daemon.admin_addr().unwrap());
+    let p = Publisher::connect(broker.port, "pub-admin").await;
+    publish_normal(&p, "comp-9", base_ts(), 0, 3).await;
+    wait_until("stored", || m.readings.get() == 3).await;
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("fieldwatch_readings_total 3"), "{text}");
+    assert!(text.contains("fieldwatch_mqtt_connected 1"), "{text}");
+    assert_eq!(
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(format!("{base}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     daemon.shutdown().await;
 }

@@ -1,0 +1,194 @@
+//! The daemon binary killed with SIGKILL at the worst moments: no ticket lost, none duplicated.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// The real binary, `fieldwatch run`, with its logs in the test's directory.
+struct Process {
+    child: Child,
+    admin: String,
+}
+
+impl Process {
+    fn start(config: &Path, admin: &str, log: &Path) -> Process {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_fieldwatch"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Process {
+            child,
+            admin: admin.to_string(),
+        }
+    }
+
+    /// A counter from `/metrics`, or None while the daemon is not up.
+    async fn metric(&self, name: &str) -> Option<u64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    async fn wait_metric(&self, name: &str, at_least: u64) {
+        for _ in 0..600 {
+            if self.metric(name).await.is_some_and(|v| v >= at_least) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("{name} never reached {at_least}");
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL: no shutdown path runs
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, broker_port: u16, api: &str, admin: &str) -> std::path::PathBuf {
+    let mut config = test_config(broker_port, &dir.join("db"), vec![]);
+    let text = format!(
+        r#"[daemon]
+data_dir = "{data}"
+[mqtt]
+port = {broker_port}
+client_id = "{client}"
+topics = ["plant/+/+/telemetry"]
+reconnect_min = "100ms"
+reconnect_max = "1s"
+[store]
+batch_linger = "5ms"
+cache_mb = 16
+[detect]
+warmup_readings = {warmup}
+baseline_half_life = 100
+[incident]
+debounce_readings = 3
+[ticket]
+retry_min = "100ms"
+retry_max = "300ms"
+[[ticket.sinks]]
+type = "webhook"
+name = "api"
+url = "{api}/tickets"
+[admin]
+listen = "{admin}"
+"#,
+        data = dir.join("db").display(),
+        client = config.mqtt.client_id,
+        warmup = config.detect.warmup_readings,
+    );
+    config.daemon.data_dir = dir.join("db");
+    let path = dir.join("fieldwatch.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn open_requests(api: &MockServer) -> Vec<serde_json::Value> {
+    api.received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap())
+        .filter(|b| b["action"] == "open")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_daemon_neither_loses_nor_duplicates_tickets() {
+    let broker = Mosquitto::start();
+    let api = MockServer::start().await;
+    // The ticket API is down at first: the ticket waits in the outbox when the daemon dies.
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&api)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = write_config(dir.path(), broker.port, &api.uri(), &admin);
+    let log = dir.path().join("daemon.log");
+
+    let daemon = Process::start(&config, &admin, &log);
+    daemon.wait_metric("fieldwatch_mqtt_connected", 1).await;
+    let p = Publisher::connect(broker.port, "pub-crash").await;
+    let t0 = base_ts();
+    for i in 0..40 {
+        p.send("comp-1", t0 + i * 1000, normal(i)).await;
+    }
+    for i in 40..45 {
+        p.send("comp-1", t0 + i * 1000, 99.0).await;
+    }
+    daemon
+        .wait_metric("fieldwatch_incidents_opened_total", 1)
+        .await;
+    daemon
+        .wait_metric("fieldwatch_ticket_attempts_failed_total{sink=\"api\"}", 2)
+        .await;
+    daemon.kill9();
+
+    // The fault goes on while the daemon is dead; the API recovers.
+    for i in 45..50 {
+        p.send("comp-1", t0 + i * 1000, 99.0).await;
+    }
+    api.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&api)
+        .await;
+
+    let daemon = Process::start(&config, &admin, &log);
+    daemon
+        .wait_metric("fieldwatch_tickets_delivered_total{sink=\"api\"}", 1)
+        .await;
+    daemon.wait_metric("fieldwatch_readings_total", 5).await;
+    assert_eq!(
+        daemon.metric("fieldwatch_incidents_opened_total").await,
+        Some(0),
+        "the stored incident is not reopened"
+    );
+    daemon.kill9();
+
+    // Killed again right after delivery: a restart must not send the ticket a second time.
+    let daemon = Process::start(&config, &admin, &log);
+    daemon.wait_metric("fieldwatch_mqtt_connected", 1).await;
+    for i in 50..55 {
+        p.send("comp-1", t0 + i * 1000, 99.0).await;
+    }
+    daemon.wait_metric("fieldwatch_readings_total", 5).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let opens = open_requests(&api).await;
+    assert_eq!(
+        opens.len(),
+        1,
+        "exactly one ticket after two kills; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(opens[0]["ticket"]["device"], "comp-1");
+    drop(daemon);
+}
