@@ -22,19 +22,10 @@ pub enum ConfigError {
     },
     /// The TOML is malformed, a key is unknown or a value has the wrong type.
     #[error("{file}:{line}: key `{key}`: {reason}")]
-    Parse {
-        file: PathBuf,
-        line: usize,
-        key: String,
-        reason: String,
-    },
+    Parse { file: PathBuf, line: usize, key: String, reason: String },
     /// The values parse but do not make sense together.
     #[error("{file}: key `{key}`: {reason}")]
-    Invalid {
-        file: PathBuf,
-        key: String,
-        reason: String,
-    },
+    Invalid { file: PathBuf, key: String, reason: String },
 }
 
 /// The whole daemon configuration (`config/fieldwatch.toml` documents every option).
@@ -61,9 +52,7 @@ pub struct DaemonConfig {
 
 impl Default for DaemonConfig {
     fn default() -> Self {
-        Self {
-            data_dir: PathBuf::from("/var/lib/fieldwatch"),
-        }
+        Self { data_dir: PathBuf::from("/var/lib/fieldwatch") }
     }
 }
 
@@ -82,10 +71,7 @@ pub struct SecretRef {
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("cannot read secret file {path}: {source}")]
-    File {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    File { path: PathBuf, source: std::io::Error },
     #[error("environment variable {0} is not set")]
     Env(String),
     #[error("neither `file` nor `env` is set")]
@@ -96,10 +82,8 @@ impl SecretRef {
     /// Reads the secret now. The value is never logged.
     pub fn resolve(&self) -> Result<String, SecretError> {
         if let Some(path) = &self.file {
-            let text = std::fs::read_to_string(path).map_err(|source| SecretError::File {
-                path: path.clone(),
-                source,
-            })?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| SecretError::File { path: path.clone(), source })?;
             return Ok(text.trim_end_matches(['\r', '\n']).to_string());
         }
         if let Some(var) = &self.env {
@@ -351,11 +335,7 @@ pub struct TicketConfig {
 
 impl Default for TicketConfig {
     fn default() -> Self {
-        Self {
-            sinks: Vec::new(),
-            retry_min: Duration::from_secs(1),
-            retry_max: Duration::from_secs(300),
-        }
+        Self { sinks: Vec::new(), retry_min: Duration::from_secs(1), retry_max: Duration::from_secs(300) }
     }
 }
 
@@ -398,19 +378,15 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:9797".into(),
-        }
+        Self { listen: "127.0.0.1:9797".into() }
     }
 }
 
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_path_buf(), source })?;
         Config::parse(&text, path)
     }
 
@@ -420,24 +396,11 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(de).map_err(|err| {
             let key = err.path().to_string();
             let inner = err.into_inner();
-            let line = inner
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
-                .unwrap_or(0);
-            ConfigError::Parse {
-                file: file.to_path_buf(),
-                line,
-                key,
-                reason: inner.message().to_string(),
-            }
+            let line =
+                inner.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1).unwrap_or(0);
+            ConfigError::Parse { file: file.to_path_buf(), line, key, reason: inner.message().to_string() }
         })?;
-        config
-            .validate()
-            .map_err(|(key, reason)| ConfigError::Invalid {
-                file: file.to_path_buf(),
-                key,
-                reason,
-            })?;
+        config.validate().map_err(|(key, reason)| ConfigError::Invalid { file: file.to_path_buf(), key, reason })?;
         Ok(config)
     }
 
@@ -448,20 +411,14 @@ impl Config {
             return bad("mqtt.host", "must not be empty");
         }
         if self.mqtt.client_id.trim().is_empty() {
-            return bad(
-                "mqtt.client_id",
-                "must not be empty (a persistent session needs a fixed id)",
-            );
+            return bad("mqtt.client_id", "must not be empty (a persistent session needs a fixed id)");
         }
         if self.mqtt.topics.is_empty() {
             return bad("mqtt.topics", "subscribe to at least one topic filter");
         }
         for (i, t) in self.mqtt.topics.iter().enumerate() {
             if !rumqttc::valid_filter(t) {
-                return Err((
-                    format!("mqtt.topics[{i}]"),
-                    format!("`{t}` is not a valid MQTT topic filter"),
-                ));
+                return Err((format!("mqtt.topics[{i}]"), format!("`{t}` is not a valid MQTT topic filter")));
             }
         }
         if self.mqtt.keep_alive < Duration::from_secs(5) {
@@ -471,10 +428,7 @@ impl Config {
             return bad("mqtt.inflight", "must be at least 1");
         }
         if self.mqtt.reconnect_min.is_zero() || self.mqtt.reconnect_min > self.mqtt.reconnect_max {
-            return bad(
-                "mqtt.reconnect_min",
-                "must be above zero and at most mqtt.reconnect_max",
-            );
+            return bad("mqtt.reconnect_min", "must be above zero and at most mqtt.reconnect_max");
         }
         if let Some(pw) = &self.mqtt.password {
             if pw.file.is_none() && pw.env.is_none() {
@@ -486,10 +440,7 @@ impl Config {
         }
         if let Some(tls) = &self.mqtt.tls {
             if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
-                return bad(
-                    "mqtt.tls.client_key_file",
-                    "client_cert_file and client_key_file go together",
-                );
+                return bad("mqtt.tls.client_key_file", "client_cert_file and client_key_file go together");
             }
         }
         self.validate_decode()?;
@@ -517,17 +468,11 @@ impl Config {
         }
         for (i, l) in d.limits.iter().enumerate() {
             if l.min.is_none() && l.max.is_none() {
-                return Err((
-                    format!("detect.limits[{i}]"),
-                    "set `min`, `max` or both".into(),
-                ));
+                return Err((format!("detect.limits[{i}]"), "set `min`, `max` or both".into()));
             }
             if let (Some(lo), Some(hi)) = (l.min, l.max) {
                 if lo >= hi {
-                    return Err((
-                        format!("detect.limits[{i}].min"),
-                        "must be below `max`".into(),
-                    ));
+                    return Err((format!("detect.limits[{i}].min"), "must be below `max`".into()));
                 }
             }
         }
@@ -538,10 +483,7 @@ impl Config {
             return bad("incident.quiet_period", "must be above zero");
         }
         if self.ticket.retry_min.is_zero() || self.ticket.retry_min > self.ticket.retry_max {
-            return bad(
-                "ticket.retry_min",
-                "must be above zero and at most ticket.retry_max",
-            );
+            return bad("ticket.retry_min", "must be above zero and at most ticket.retry_max");
         }
         let mut names = std::collections::HashSet::new();
         for (i, sink) in self.ticket.sinks.iter().enumerate() {
@@ -552,12 +494,7 @@ impl Config {
             if let SinkConfig::Webhook { url, token, .. } = sink {
                 match reqwest::Url::parse(url) {
                     Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                    _ => {
-                        return Err((
-                            format!("{key}.url"),
-                            format!("`{url}` is not an http(s) URL"),
-                        ))
-                    }
+                    _ => return Err((format!("{key}.url"), format!("`{url}` is not an http(s) URL"))),
                 }
                 if let Some(t) = token {
                     if t.file.is_none() && t.env.is_none() {
@@ -566,13 +503,8 @@ impl Config {
                 }
             }
         }
-        if !self.admin.listen.is_empty()
-            && self.admin.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return bad(
-                "admin.listen",
-                "must be host:port, e.g. 127.0.0.1:9797, or empty",
-            );
+        if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad("admin.listen", "must be host:port, e.g. 127.0.0.1:9797, or empty");
         }
         Ok(())
     }
@@ -582,10 +514,7 @@ impl Config {
         let bad = |key: &str, reason: String| Err((key.to_string(), reason));
         match &d.topic_pattern {
             Some(p) if !p.contains("{device}") && d.device_field.is_none() => {
-                return bad(
-                    "decode.topic_pattern",
-                    "must contain `{device}` unless decode.device_field is set".into(),
-                );
+                return bad("decode.topic_pattern", "must contain `{device}` unless decode.device_field is set".into());
             }
             Some(_) => {}
             None if d.device_field.is_none() => {
@@ -603,35 +532,23 @@ impl Config {
         ] {
             if let Some(p) = ptr {
                 if !p.starts_with('/') {
-                    return bad(
-                        key,
-                        format!("`{p}` is not a JSON pointer (it must start with `/`)"),
-                    );
+                    return bad(key, format!("`{p}` is not a JSON pointer (it must start with `/`)"));
                 }
             }
         }
         for (i, m) in d.metrics.iter().enumerate() {
             if m.name.is_empty() {
-                return Err((
-                    format!("decode.metrics[{i}].name"),
-                    "must not be empty".into(),
-                ));
+                return Err((format!("decode.metrics[{i}].name"), "must not be empty".into()));
             }
             if !m.pointer.starts_with('/') {
-                return Err((
-                    format!("decode.metrics[{i}].pointer"),
-                    format!("`{}` is not a JSON pointer", m.pointer),
-                ));
+                return Err((format!("decode.metrics[{i}].pointer"), format!("`{}` is not a JSON pointer", m.pointer)));
             }
         }
         if d.max_payload_bytes == 0 {
             return bad("decode.max_payload_bytes", "must be at least 1".into());
         }
         if d.require_known_devices && d.known_devices.is_empty() {
-            return bad(
-                "decode.known_devices",
-                "require_known_devices is set but the list is empty".into(),
-            );
+            return bad("decode.known_devices", "require_known_devices is set but the list is empty".into());
         }
         Ok(())
     }
@@ -669,24 +586,16 @@ mod tests {
 
     #[test]
     fn invalid_value_names_key_and_reason() {
-        let msg = parse("[detect]\nz_threshold = -1.0\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("detect.z_threshold") && msg.contains("positive"),
-            "{msg}"
-        );
+        let msg = parse("[detect]\nz_threshold = -1.0\n").unwrap_err().to_string();
+        assert!(msg.contains("detect.z_threshold") && msg.contains("positive"), "{msg}");
     }
 
     #[test]
     fn sinks_parse_and_bad_url_is_rejected() {
-        let ok =
-            parse("[[ticket.sinks]]\ntype = \"file\"\nname = \"f\"\npath = \"/tmp/t.jsonl\"\n")
-                .unwrap();
+        let ok = parse("[[ticket.sinks]]\ntype = \"file\"\nname = \"f\"\npath = \"/tmp/t.jsonl\"\n").unwrap();
         assert_eq!(ok.ticket.sinks[0].name(), "f");
-        let msg = parse("[[ticket.sinks]]\ntype = \"webhook\"\nname = \"w\"\nurl = \"ftp://x\"\n")
-            .unwrap_err()
-            .to_string();
+        let msg =
+            parse("[[ticket.sinks]]\ntype = \"webhook\"\nname = \"w\"\nurl = \"ftp://x\"\n").unwrap_err().to_string();
         assert!(msg.contains("ticket.sinks[0].url"), "{msg}");
     }
 

@@ -49,11 +49,7 @@ pub struct Core {
 
 impl Core {
     /// Builds the core and reloads open incidents from the store.
-    pub fn new(
-        config: &Config,
-        store: Arc<Store>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Core, StoreError> {
+    pub fn new(config: &Config, store: Arc<Store>, metrics: Arc<Metrics>) -> Result<Core, StoreError> {
         let stored: Vec<Incident> = store.incidents()?;
         let mut units: HashMap<String, String> = config.decode.units.clone().into_iter().collect();
         for m in &config.decode.metrics {
@@ -65,12 +61,7 @@ impl Core {
             decoder: Decoder::new(&config.decode),
             detectors: DetectorBank::new(&config.detect),
             incidents: IncidentPolicy::new(&config.incident, stored),
-            sinks: config
-                .ticket
-                .sinks
-                .iter()
-                .map(|s| s.name().to_string())
-                .collect(),
+            sinks: config.ticket.sinks.iter().map(|s| s.name().to_string()).collect(),
             units,
             evidence_readings: config.incident.evidence_readings,
             store,
@@ -116,17 +107,9 @@ impl Core {
 
     fn log_rejected(&mut self, label: &'static str, topic: &str, reason: &str) {
         let now = Instant::now();
-        let entry = self
-            .reject_log
-            .entry(label)
-            .or_insert((now - REJECT_LOG_EVERY, 0));
+        let entry = self.reject_log.entry(label).or_insert((now - REJECT_LOG_EVERY, 0));
         if now.duration_since(entry.0) >= REJECT_LOG_EVERY {
-            tracing::warn!(
-                topic,
-                reason,
-                suppressed_since_last = entry.1,
-                "message rejected and kept aside"
-            );
+            tracing::warn!(topic, reason, suppressed_since_last = entry.1, "message rejected and kept aside");
             *entry = (now, 0);
         } else {
             entry.1 += 1;
@@ -134,11 +117,7 @@ impl Core {
     }
 
     /// Stores and scores one reading; readings already stored are counted and skipped.
-    pub fn process_reading(
-        &mut self,
-        r: &Reading,
-        out: &mut BatchOutcome,
-    ) -> Result<(), StoreError> {
+    pub fn process_reading(&mut self, r: &Reading, out: &mut BatchOutcome) -> Result<(), StoreError> {
         let series = self.store.series_id(&r.device, &r.metric)?;
         if !self.store.insert_reading(series, r.ts, r.value)? {
             out.duplicates += 1;
@@ -149,12 +128,7 @@ impl Core {
         self.metrics.readings.inc();
         let anomalies = self.detectors.observe(&r.device, &r.metric, r.ts, r.value);
         for a in &anomalies {
-            self.metrics
-                .anomalies
-                .get_or_create(&ReasonLabel {
-                    reason: a.kind.as_str().into(),
-                })
-                .inc();
+            self.metrics.anomalies.get_or_create(&ReasonLabel { reason: a.kind.as_str().into() }).inc();
         }
         for t in self.incidents.observe(r, &anomalies) {
             let t = self.persist(series, t)?;
@@ -167,9 +141,7 @@ impl Core {
     fn persist(&mut self, series: u32, t: Transition) -> Result<Transition, StoreError> {
         let t = match t {
             Transition::Opened(mut inc) => {
-                inc.recent = self
-                    .store
-                    .recent(series, inc.opened_at, self.evidence_readings)?;
+                inc.recent = self.store.recent(series, inc.opened_at, self.evidence_readings)?;
                 self.incidents.attach_recent(&inc.key, inc.recent.clone());
                 self.metrics.incidents_opened.inc();
                 Transition::Opened(inc)
@@ -187,8 +159,7 @@ impl Core {
             incident = %inc.id, device = %inc.device, fault = %cmd.ticket.fault, action = ?cmd.action,
             summary = %cmd.ticket.summary, "incident {}", if matches!(t, Transition::Opened(_)) { "opened" } else { "resolved" }
         );
-        self.store
-            .save_incident(&inc.key, inc, Some(&cmd), &self.sinks)?;
+        self.store.save_incident(&inc.key, inc, Some(&cmd), &self.sinks)?;
         Ok(t)
     }
 

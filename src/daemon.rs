@@ -29,10 +29,7 @@ use crate::ticket::{Sink, SinkBuildError};
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("cannot open the database in {dir}: {source}")]
-    Store {
-        dir: std::path::PathBuf,
-        source: StoreError,
-    },
+    Store { dir: std::path::PathBuf, source: StoreError },
     #[error("database: {0}")]
     Database(#[from] StoreError),
     #[error("{0}")]
@@ -40,10 +37,7 @@ pub enum DaemonError {
     #[error("{0}")]
     Ingest(#[from] mqtt::IngestError),
     #[error("admin.listen {addr}: {source}")]
-    Admin {
-        addr: String,
-        source: std::io::Error,
-    },
+    Admin { addr: String, source: std::io::Error },
 }
 
 /// A running daemon. Dropping it does not stop it: call [`Daemon::shutdown`].
@@ -61,12 +55,8 @@ impl Daemon {
         let metrics = Arc::new(Metrics::new());
         let dir = config.daemon.data_dir.clone();
         let store = Arc::new(
-            Store::open(&dir, config.store.cache_mb, config.store.rejected_max).map_err(
-                |source| DaemonError::Store {
-                    dir: dir.clone(),
-                    source,
-                },
-            )?,
+            Store::open(&dir, config.store.cache_mb, config.store.rejected_max)
+                .map_err(|source| DaemonError::Store { dir: dir.clone(), source })?,
         );
         let sinks = config
             .ticket
@@ -80,39 +70,21 @@ impl Daemon {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let wake = Arc::new(Notify::new());
-        let retry = RetryPolicy {
-            min: config.ticket.retry_min,
-            max: config.ticket.retry_max,
-        };
+        let retry = RetryPolicy { min: config.ticket.retry_min, max: config.ticket.retry_max };
 
         let admin_addr = if config.admin.listen.is_empty() {
             None
         } else {
             let listener = tokio::net::TcpListener::bind(&config.admin.listen)
                 .await
-                .map_err(|source| DaemonError::Admin {
-                    addr: config.admin.listen.clone(),
-                    source,
-                })?;
+                .map_err(|source| DaemonError::Admin { addr: config.admin.listen.clone(), source })?;
             let addr = listener.local_addr().ok();
-            tracker.spawn(crate::admin::serve(
-                listener,
-                metrics.clone(),
-                cancel.clone(),
-            ));
+            tracker.spawn(crate::admin::serve(listener, metrics.clone(), cancel.clone()));
             addr
         };
 
         for (name, sink) in sinks {
-            tracker.spawn(deliver(
-                name,
-                sink,
-                store.clone(),
-                wake.clone(),
-                metrics.clone(),
-                retry,
-                cancel.clone(),
-            ));
+            tracker.spawn(deliver(name, sink, store.clone(), wake.clone(), metrics.clone(), retry, cancel.clone()));
         }
         tracker.spawn(run_retention(
             store.clone(),
@@ -123,9 +95,7 @@ impl Daemon {
         ));
 
         let batch_max = config.store.batch_max;
-        let request_capacity = (4 * batch_max)
-            .max(4 * usize::from(config.mqtt.inflight))
-            .max(1024);
+        let request_capacity = (4 * batch_max).max(4 * usize::from(config.mqtt.inflight)).max(1024);
         let (client, eventloop) = mqtt::connect(&config.mqtt, request_capacity)?;
         let (tx, rx) = mpsc::channel(2 * batch_max);
         let drained = CancellationToken::new();
@@ -140,25 +110,13 @@ impl Daemon {
         ));
         let liveness = Arc::new(Liveness::default());
         tracker.spawn(systemd::watchdog(liveness.clone(), cancel.clone()));
-        let stage = Batcher {
-            client,
-            store: store.clone(),
-            wake,
-            metrics: metrics.clone(),
-            liveness,
-            config: config.clone(),
-        };
+        let stage =
+            Batcher { client, store: store.clone(), wake, metrics: metrics.clone(), liveness, config: config.clone() };
         tracker.spawn(stage.run(core, rx, drained));
         tracker.close();
         systemd::ready();
         tracing::info!(data_dir = %dir.display(), open_incidents = open, admin = ?admin_addr, "fieldwatch started");
-        Ok(Daemon {
-            cancel,
-            tracker,
-            metrics,
-            store,
-            admin_addr,
-        })
+        Ok(Daemon { cancel, tracker, metrics, store, admin_addr })
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -215,12 +173,7 @@ impl Batcher {
     /// Group commit: collect up to `batch_max` messages (waiting at most `batch_linger` after
     /// the first), run them through the core, flush, then acknowledge them to the broker.
     /// Ends when the source closes the channel, after the last batch; then cancels `drained`.
-    async fn run(
-        self,
-        mut core: Core,
-        mut rx: mpsc::Receiver<Inbound>,
-        drained: CancellationToken,
-    ) {
+    async fn run(self, mut core: Core, mut rx: mpsc::Receiver<Inbound>, drained: CancellationToken) {
         let batch_max = self.config.store.batch_max;
         let linger = self.config.store.batch_linger;
         let mut batch: Vec<Inbound> = Vec::with_capacity(batch_max);
@@ -256,9 +209,7 @@ impl Batcher {
             batch.clear();
             return;
         }
-        self.metrics
-            .batch_commit_seconds
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_commit_seconds.observe(started.elapsed().as_secs_f64());
         if !outcome.transitions.is_empty() {
             self.wake.notify_waiters();
         }

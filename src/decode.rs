@@ -115,22 +115,16 @@ impl Decoder {
             timestamp_format: cfg.timestamp_format,
             metrics: cfg.metrics.clone(),
             max_payload_bytes: cfg.max_payload_bytes,
-            known_devices: cfg
-                .require_known_devices
-                .then(|| cfg.known_devices.iter().cloned().collect()),
+            known_devices: cfg.require_known_devices.then(|| cfg.known_devices.iter().cloned().collect()),
         }
     }
 
     /// Decodes one message into its readings, or says why it cannot.
     pub fn decode(&self, msg: &Message) -> Result<Vec<Reading>, RejectReason> {
         if msg.payload.len() > self.max_payload_bytes {
-            return Err(RejectReason::TooLarge {
-                size: msg.payload.len(),
-                limit: self.max_payload_bytes,
-            });
+            return Err(RejectReason::TooLarge { size: msg.payload.len(), limit: self.max_payload_bytes });
         }
-        let json: Value = serde_json::from_slice(&msg.payload)
-            .map_err(|e| RejectReason::NotJson(e.to_string()))?;
+        let json: Value = serde_json::from_slice(&msg.payload).map_err(|e| RejectReason::NotJson(e.to_string()))?;
         let obj = json.as_object().ok_or(RejectReason::NotObject)?;
 
         let (mut device, mut site) = self.match_topic(&msg.topic);
@@ -159,9 +153,7 @@ impl Decoder {
             None => msg.received_ms,
         };
         if ts > msg.received_ms.saturating_add(MAX_FUTURE_MS) {
-            return Err(RejectReason::BadTimestamp(
-                "more than 24 h in the future".into(),
-            ));
+            return Err(RejectReason::BadTimestamp("more than 24 h in the future".into()));
         }
         if ts < 0 {
             return Err(RejectReason::BadTimestamp("before 1970".into()));
@@ -169,13 +161,7 @@ impl Decoder {
 
         let mut readings = Vec::new();
         let mut push = |metric: &str, value: f64| {
-            readings.push(Reading {
-                device: device.clone(),
-                site: site.clone(),
-                metric: metric.to_string(),
-                ts,
-                value,
-            })
+            readings.push(Reading { device: device.clone(), site: site.clone(), metric: metric.to_string(), ts, value })
         };
         if self.metrics.is_empty() {
             let skip = |key: &str| {
@@ -201,12 +187,7 @@ impl Decoder {
                     Some(v) => match v.as_f64() {
                         Some(n) if n.is_finite() => push(&m.name, n),
                         Some(_) => return Err(RejectReason::NonFinite(m.name.clone())),
-                        None => {
-                            return Err(RejectReason::WrongType {
-                                metric: m.name.clone(),
-                                found: type_name(v),
-                            })
-                        }
+                        None => return Err(RejectReason::WrongType { metric: m.name.clone(), found: type_name(v) }),
                     },
                 }
             }
@@ -260,19 +241,11 @@ fn type_name(v: &Value) -> &'static str {
 pub fn parse_timestamp(v: &Value, format: TimestampFormat) -> Result<i64, RejectReason> {
     let bad = |why: String| RejectReason::BadTimestamp(why);
     match (v, format) {
-        (Value::String(s), TimestampFormat::Auto | TimestampFormat::Rfc3339) => {
-            chrono::DateTime::parse_from_rfc3339(s)
-                .map(|t| t.timestamp_millis())
-                .map_err(|e| bad(format!("`{s}`: {e}")))
-        }
-        (
-            Value::Number(n),
-            TimestampFormat::Auto | TimestampFormat::EpochS | TimestampFormat::EpochMs,
-        ) => {
-            let x = n
-                .as_f64()
-                .filter(|x| x.is_finite())
-                .ok_or_else(|| bad(n.to_string()))?;
+        (Value::String(s), TimestampFormat::Auto | TimestampFormat::Rfc3339) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| t.timestamp_millis())
+            .map_err(|e| bad(format!("`{s}`: {e}"))),
+        (Value::Number(n), TimestampFormat::Auto | TimestampFormat::EpochS | TimestampFormat::EpochMs) => {
+            let x = n.as_f64().filter(|x| x.is_finite()).ok_or_else(|| bad(n.to_string()))?;
             let ms = match format {
                 TimestampFormat::EpochMs => x,
                 TimestampFormat::EpochS => x * 1000.0,
@@ -285,10 +258,7 @@ pub fn parse_timestamp(v: &Value, format: TimestampFormat) -> Result<i64, Reject
             }
             Ok(ms.round() as i64)
         }
-        (other, f) => Err(bad(format!(
-            "{} where {f:?} was expected",
-            type_name(other)
-        ))),
+        (other, f) => Err(bad(format!("{} where {f:?} was expected", type_name(other)))),
     }
 }
 
@@ -307,12 +277,8 @@ mod tests {
     #[test]
     fn device_and_site_come_from_the_topic() {
         let d = Decoder::new(&DecodeConfig::default());
-        let r = d
-            .decode(&msg(
-                "plant/s1/pump-7/telemetry",
-                r#"{"ts": 1700000000, "temp": 71.5, "status": "ok"}"#,
-            ))
-            .unwrap();
+        let r =
+            d.decode(&msg("plant/s1/pump-7/telemetry", r#"{"ts": 1700000000, "temp": 71.5, "status": "ok"}"#)).unwrap();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].device, "pump-7");
         assert_eq!(r[0].site.as_deref(), Some("s1"));
@@ -324,18 +290,9 @@ mod tests {
     fn timestamps_in_every_format() {
         use TimestampFormat::*;
         let t = |v: Value, f| parse_timestamp(&v, f);
-        assert_eq!(
-            t(Value::from("2023-11-14T22:13:20Z"), Auto),
-            Ok(1_700_000_000_000)
-        );
-        assert_eq!(
-            t(Value::from(1_700_000_000_123i64), Auto),
-            Ok(1_700_000_000_123)
-        );
-        assert_eq!(
-            t(Value::from(1_700_000_000.5), EpochS),
-            Ok(1_700_000_000_500)
-        );
+        assert_eq!(t(Value::from("2023-11-14T22:13:20Z"), Auto), Ok(1_700_000_000_000));
+        assert_eq!(t(Value::from(1_700_000_000_123i64), Auto), Ok(1_700_000_000_123));
+        assert_eq!(t(Value::from(1_700_000_000.5), EpochS), Ok(1_700_000_000_500));
         assert!(t(Value::from("yesterday"), Auto).is_err());
         assert!(t(Value::from(true), Auto).is_err());
     }
@@ -353,20 +310,9 @@ mod tests {
             ..DecodeConfig::default()
         };
         let d = Decoder::new(&cfg);
-        let r = d
-            .decode(&msg(
-                "x/y",
-                r#"{"id": 42, "sensors": {"discharge": {"temp": 97.1}}}"#,
-            ))
-            .unwrap();
-        assert_eq!(
-            (r[0].device.as_str(), r[0].metric.as_str(), r[0].value),
-            ("42", "discharge_temp", 97.1)
-        );
-        let err = d.decode(&msg(
-            "x/y",
-            r#"{"id": 1, "sensors": {"discharge": {"temp": "hot"}}}"#,
-        ));
+        let r = d.decode(&msg("x/y", r#"{"id": 42, "sensors": {"discharge": {"temp": 97.1}}}"#)).unwrap();
+        assert_eq!((r[0].device.as_str(), r[0].metric.as_str(), r[0].value), ("42", "discharge_temp", 97.1));
+        let err = d.decode(&msg("x/y", r#"{"id": 1, "sensors": {"discharge": {"temp": "hot"}}}"#));
         assert_eq!(err.unwrap_err().label(), "wrong_type");
     }
 
@@ -382,26 +328,11 @@ mod tests {
         let label = |t: &str, p: &str| d.decode(&msg(t, p)).unwrap_err().label();
         assert_eq!(label("plant/s/p1/telemetry", "{not json"), "not_json");
         assert_eq!(label("plant/s/p1/telemetry", "[1,2]"), "not_object");
-        assert_eq!(
-            label(
-                "plant/s/p1/telemetry",
-                &format!("{{\"a\": \"{}\"}}", "x".repeat(80))
-            ),
-            "too_large"
-        );
-        assert_eq!(
-            label("plant/s/zz/telemetry", r#"{"t": 1}"#),
-            "unknown_device"
-        );
+        assert_eq!(label("plant/s/p1/telemetry", &format!("{{\"a\": \"{}\"}}", "x".repeat(80))), "too_large");
+        assert_eq!(label("plant/s/zz/telemetry", r#"{"t": 1}"#), "unknown_device");
         assert_eq!(label("other/topic", r#"{"t": 1}"#), "no_device");
         assert_eq!(label("plant/s/p1/telemetry", r#"{"t": 1e999}"#), "not_json");
-        assert_eq!(
-            label("plant/s/p1/telemetry", r#"{"ts": "soon", "t": 1}"#),
-            "bad_timestamp"
-        );
-        assert_eq!(
-            label("plant/s/p1/telemetry", r#"{"status": "ok"}"#),
-            "no_metrics"
-        );
+        assert_eq!(label("plant/s/p1/telemetry", r#"{"ts": "soon", "t": 1}"#), "bad_timestamp");
+        assert_eq!(label("plant/s/p1/telemetry", r#"{"status": "ok"}"#), "no_metrics");
     }
 }

@@ -52,9 +52,7 @@ pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
 /// A free TCP port on loopback (the embedded broker cannot bind port 0 and report it).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Starts rumqttd on `127.0.0.1:port` in its own thread (its `start` blocks).
@@ -79,25 +77,20 @@ max_inflight_count = 500
 dynamic_filters = true
 "#
     );
-    let config: rumqttd::Config =
-        toml::from_str(&text).map_err(|e| DemoError::Broker(e.to_string()))?;
-    std::thread::Builder::new()
-        .name("embedded-broker".into())
-        .spawn(move || {
-            let mut broker = rumqttd::Broker::new(config);
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "embedded broker stopped");
-            }
-        })?;
+    let config: rumqttd::Config = toml::from_str(&text).map_err(|e| DemoError::Broker(e.to_string()))?;
+    std::thread::Builder::new().name("embedded-broker".into()).spawn(move || {
+        let mut broker = rumqttd::Broker::new(config);
+        if let Err(e) = broker.start() {
+            tracing::error!(error = %e, "embedded broker stopped");
+        }
+    })?;
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(DemoError::Broker(format!(
-        "did not start listening on 127.0.0.1:{port}"
-    )))
+    Err(DemoError::Broker(format!("did not start listening on 127.0.0.1:{port}")))
 }
 
 /// The daemon config for a demo on `port`, writing into `dir`.
@@ -114,18 +107,13 @@ pub fn demo_config(port: u16, dir: &Path) -> Result<Config, DemoError> {
 }
 
 /// Runs the demo until its duration elapses or `stop` completes.
-pub async fn run(
-    opts: DemoOptions,
-    stop: impl std::future::Future<Output = ()>,
-) -> Result<DemoReport, DemoError> {
+pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>) -> Result<DemoReport, DemoError> {
     std::fs::create_dir_all(&opts.data_dir)?;
     let port = free_port()?;
     start_broker(port)?;
     let config = demo_config(port, &opts.data_dir)?;
     let tickets_file = opts.data_dir.join("tickets.jsonl");
-    let already = std::fs::metadata(&tickets_file)
-        .map(|m| m.len())
-        .unwrap_or(0);
+    let already = std::fs::metadata(&tickets_file).map(|m| m.len()).unwrap_or(0);
     println!(
         "fieldwatch demo: broker on 127.0.0.1:{port}, {} simulated compressors, data in {}",
         opts.devices,
@@ -138,9 +126,7 @@ pub async fn run(
     let cancel = CancellationToken::new();
 
     let mut opts_pub = rumqttc::MqttOptions::new("fieldwatch-demo-sim", "127.0.0.1", port);
-    opts_pub
-        .set_inflight(200)
-        .set_request_channel_capacity(1000);
+    opts_pub.set_inflight(200).set_request_channel_capacity(1000);
     let (client, mut eventloop) = rumqttc::AsyncClient::new(opts_pub, 1000);
     let pub_cancel = cancel.clone();
     let poller = tokio::spawn(async move {
@@ -155,20 +141,10 @@ pub async fn run(
     let mut sim = Simulator::new(opts.devices, Simulator::demo_faults(live_start), 42);
     let sim_cancel = cancel.clone();
     let publisher = tokio::spawn(async move {
-        sim.publish(
-            &client,
-            Duration::from_secs(600),
-            Duration::from_secs(1),
-            None,
-            &sim_cancel,
-        )
-        .await
+        sim.publish(&client, Duration::from_secs(600), Duration::from_secs(1), None, &sim_cancel).await
     });
 
-    let mut report = DemoReport {
-        tickets_file: tickets_file.clone(),
-        ..DemoReport::default()
-    };
+    let mut report = DemoReport { tickets_file: tickets_file.clone(), ..DemoReport::default() };
     let mut offset = already;
     let deadline = async {
         match opts.duration {
@@ -244,6 +220,8 @@ fn print_ticket(cmd: &TicketCommand) {
             "TICKET {} opened  [{} / {}] {}\n    {}\n    first seen {}, opened {}, score {:.2} ({})\n",
             t.id, site, t.device, t.title, t.summary, t.first_seen, t.opened_at, t.evidence.score, t.evidence.detector
         ),
-        Action::Resolve => println!("TICKET {} resolved [{} / {}] {}\n    {}\n", t.id, site, t.device, t.title, t.summary),
+        Action::Resolve => {
+            println!("TICKET {} resolved [{} / {}] {}\n    {}\n", t.id, site, t.device, t.title, t.summary)
+        }
     }
 }

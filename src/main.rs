@@ -49,10 +49,7 @@ enum Command {
 
 fn init_logging(default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 async fn shutdown_signal() {
@@ -106,18 +103,10 @@ fn main() -> ExitCode {
             })
         }
         #[cfg(feature = "embedded-broker")]
-        Command::Demo {
-            duration,
-            data_dir,
-            devices,
-        } => {
+        Command::Demo { duration, data_dir, devices } => {
             init_logging("warn,rumqttd=off");
             run_async(async move {
-                let opts = fieldwatch::demo::DemoOptions {
-                    duration,
-                    data_dir,
-                    devices,
-                };
+                let opts = fieldwatch::demo::DemoOptions { duration, data_dir, devices };
                 fieldwatch::demo::run(opts, shutdown_signal()).await?;
                 Ok(())
             })

@@ -71,86 +71,30 @@ impl Metrics {
         };
         let r = &mut registry;
         r.register("messages", "MQTT messages received", m.messages.clone());
-        r.register(
-            "readings",
-            "Readings stored (new, not redelivered)",
-            m.readings.clone(),
-        );
-        r.register(
-            "readings_duplicate",
-            "Redelivered readings that were already stored",
-            m.readings_duplicate.clone(),
-        );
-        r.register(
-            "rejected_messages",
-            "Messages rejected by decode, by reason",
-            m.rejected.clone(),
-        );
-        r.register(
-            "anomalies",
-            "Anomalous readings, by fault kind",
-            m.anomalies.clone(),
-        );
-        r.register(
-            "incidents_opened",
-            "Incidents opened",
-            m.incidents_opened.clone(),
-        );
-        r.register(
-            "incidents_resolved",
-            "Incidents resolved",
-            m.incidents_resolved.clone(),
-        );
-        r.register(
-            "tickets_delivered",
-            "Ticket commands a sink confirmed",
-            m.tickets_delivered.clone(),
-        );
+        r.register("readings", "Readings stored (new, not redelivered)", m.readings.clone());
+        r.register("readings_duplicate", "Redelivered readings that were already stored", m.readings_duplicate.clone());
+        r.register("rejected_messages", "Messages rejected by decode, by reason", m.rejected.clone());
+        r.register("anomalies", "Anomalous readings, by fault kind", m.anomalies.clone());
+        r.register("incidents_opened", "Incidents opened", m.incidents_opened.clone());
+        r.register("incidents_resolved", "Incidents resolved", m.incidents_resolved.clone());
+        r.register("tickets_delivered", "Ticket commands a sink confirmed", m.tickets_delivered.clone());
         r.register(
             "ticket_attempts_failed",
             "Ticket delivery attempts that failed and will be retried",
             m.ticket_attempts_failed.clone(),
         );
-        r.register(
-            "tickets_dead_lettered",
-            "Ticket commands a sink refused for good",
-            m.tickets_dead.clone(),
-        );
-        r.register(
-            "outbox_depth",
-            "Ticket commands waiting for delivery",
-            m.outbox_depth.clone(),
-        );
-        r.register(
-            "mqtt_connected",
-            "1 while connected to the broker",
-            m.mqtt_connected.clone(),
-        );
-        r.register(
-            "mqtt_connection_errors",
-            "Broker connection errors",
-            m.mqtt_connection_errors.clone(),
-        );
-        r.register(
-            "retention_removed_readings",
-            "Readings deleted by retention",
-            m.retention_removed.clone(),
-        );
-        r.register(
-            "batch_commit_seconds",
-            "Time to store, detect and flush one batch",
-            m.batch_commit_seconds.clone(),
-        );
+        r.register("tickets_dead_lettered", "Ticket commands a sink refused for good", m.tickets_dead.clone());
+        r.register("outbox_depth", "Ticket commands waiting for delivery", m.outbox_depth.clone());
+        r.register("mqtt_connected", "1 while connected to the broker", m.mqtt_connected.clone());
+        r.register("mqtt_connection_errors", "Broker connection errors", m.mqtt_connection_errors.clone());
+        r.register("retention_removed_readings", "Readings deleted by retention", m.retention_removed.clone());
+        r.register("batch_commit_seconds", "Time to store, detect and flush one batch", m.batch_commit_seconds.clone());
         Metrics { registry, ..m }
     }
 
     /// Counts a rejected message under its reason label.
     pub fn count_rejected(&self, reason: &str) {
-        self.rejected
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_string(),
-            })
-            .inc();
+        self.rejected.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
     }
 
     /// Rejected messages so far, all reasons.
@@ -158,22 +102,13 @@ impl Metrics {
         // Family has no sum; encode-free way: the labels we use are a fixed small set.
         crate::decode::ALL_REJECT_LABELS
             .iter()
-            .filter_map(|r| {
-                self.rejected
-                    .get(&ReasonLabel {
-                        reason: r.to_string(),
-                    })
-                    .map(|c| c.get())
-            })
+            .filter_map(|r| self.rejected.get(&ReasonLabel { reason: r.to_string() }).map(|c| c.get()))
             .sum()
     }
 
     /// Per-sink counter value.
     pub fn delivered(&self, sink: &str) -> u64 {
-        self.tickets_delivered
-            .get(&SinkLabel { sink: sink.into() })
-            .map(|c| c.get())
-            .unwrap_or(0)
+        self.tickets_delivered.get(&SinkLabel { sink: sink.into() }).map(|c| c.get()).unwrap_or(0)
     }
 
     /// The Prometheus text exposition.

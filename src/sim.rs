@@ -26,34 +26,10 @@ pub struct SimMetric {
 
 /// The metrics every simulated compressor reports.
 pub const METRICS: [SimMetric; 4] = [
-    SimMetric {
-        name: "discharge_temp",
-        unit: "°C",
-        level: 71.4,
-        noise: 0.4,
-        swing: 1.0,
-    },
-    SimMetric {
-        name: "suction_pressure",
-        unit: "bar",
-        level: 4.2,
-        noise: 0.03,
-        swing: 0.05,
-    },
-    SimMetric {
-        name: "vibration",
-        unit: "mm/s",
-        level: 2.1,
-        noise: 0.08,
-        swing: 0.05,
-    },
-    SimMetric {
-        name: "current",
-        unit: "A",
-        level: 12.5,
-        noise: 0.15,
-        swing: 0.3,
-    },
+    SimMetric { name: "discharge_temp", unit: "°C", level: 71.4, noise: 0.4, swing: 1.0 },
+    SimMetric { name: "suction_pressure", unit: "bar", level: 4.2, noise: 0.03, swing: 0.05 },
+    SimMetric { name: "vibration", unit: "mm/s", level: 2.1, noise: 0.08, swing: 0.05 },
+    SimMetric { name: "current", unit: "A", level: 12.5, noise: 0.15, swing: 0.3 },
 ];
 
 /// A fault to inject.
@@ -91,15 +67,7 @@ impl Simulator {
     pub fn new(n: usize, faults: Vec<PlannedFault>, seed: u64) -> Simulator {
         Simulator {
             devices: (0..n).map(|i| format!("comp-{:02}", i + 1)).collect(),
-            sites: (0..n)
-                .map(|i| {
-                    if i % 2 == 0 {
-                        "site-north".into()
-                    } else {
-                        "site-south".into()
-                    }
-                })
-                .collect(),
+            sites: (0..n).map(|i| if i % 2 == 0 { "site-north".into() } else { "site-south".into() }).collect(),
             frozen: vec![None; n * METRICS.len()],
             faults,
             rng: StdRng::seed_from_u64(seed),
@@ -112,18 +80,8 @@ impl Simulator {
     /// `after` the given time.
     pub fn demo_faults(start_ms: i64) -> Vec<PlannedFault> {
         vec![
-            PlannedFault {
-                device: 2,
-                metric: 0,
-                shape: FaultShape::Step { delta: 18.0 },
-                start_ms,
-            },
-            PlannedFault {
-                device: 6,
-                metric: 2,
-                shape: FaultShape::Stuck,
-                start_ms,
-            },
+            PlannedFault { device: 2, metric: 0, shape: FaultShape::Step { delta: 18.0 }, start_ms },
+            PlannedFault { device: 6, metric: 2, shape: FaultShape::Stuck, start_ms },
             PlannedFault {
                 device: 10,
                 metric: 3,
@@ -141,10 +99,7 @@ impl Simulator {
 
     /// The MQTT topic of a device.
     pub fn topic(&self, device: usize) -> String {
-        format!(
-            "plant/{}/{}/telemetry",
-            self.sites[device], self.devices[device]
-        )
+        format!("plant/{}/{}/telemetry", self.sites[device], self.devices[device])
     }
 
     /// The values of a device at time `ts` (ms).
@@ -152,16 +107,10 @@ impl Simulator {
         let mut out = Vec::with_capacity(METRICS.len());
         for (m, spec) in METRICS.iter().enumerate() {
             let phase = (ts as f64 / 600_000.0 + device as f64 * 0.37) * std::f64::consts::TAU;
-            let mut v = spec.level
-                + spec.swing * phase.sin()
-                + spec.noise * self.noise.sample(&mut self.rng);
+            let mut v = spec.level + spec.swing * phase.sin() + spec.noise * self.noise.sample(&mut self.rng);
             let slot = device * METRICS.len() + m;
             let mut stuck = false;
-            for f in self
-                .faults
-                .iter()
-                .filter(|f| f.device == device && f.metric == m && ts >= f.start_ms)
-            {
+            for f in self.faults.iter().filter(|f| f.device == device && f.metric == m && ts >= f.start_ms) {
                 match f.shape {
                     FaultShape::Step { delta } => v += delta,
                     FaultShape::Drift { per_s } => v += per_s * (ts - f.start_ms) as f64 / 1000.0,
@@ -207,9 +156,7 @@ impl Simulator {
             let ts = start - s * 1000;
             for d in 0..self.devices.len() {
                 let payload = self.payload(d, ts);
-                client
-                    .publish(self.topic(d), QoS::AtLeastOnce, false, payload)
-                    .await?;
+                client.publish(self.topic(d), QoS::AtLeastOnce, false, payload).await?;
                 sent += 1;
             }
             if cancel.is_cancelled() {
@@ -229,9 +176,7 @@ impl Simulator {
             let ts = now_ms();
             for d in 0..self.devices.len() {
                 let payload = self.payload(d, ts);
-                client
-                    .publish(self.topic(d), QoS::AtLeastOnce, false, payload)
-                    .await?;
+                client.publish(self.topic(d), QoS::AtLeastOnce, false, payload).await?;
                 sent += 1;
             }
         }
@@ -245,18 +190,8 @@ mod tests {
     #[test]
     fn faults_shape_the_values() {
         let faults = vec![
-            PlannedFault {
-                device: 0,
-                metric: 0,
-                shape: FaultShape::Step { delta: 20.0 },
-                start_ms: 10_000,
-            },
-            PlannedFault {
-                device: 1,
-                metric: 2,
-                shape: FaultShape::Stuck,
-                start_ms: 10_000,
-            },
+            PlannedFault { device: 0, metric: 0, shape: FaultShape::Step { delta: 20.0 }, start_ms: 10_000 },
+            PlannedFault { device: 1, metric: 2, shape: FaultShape::Stuck, start_ms: 10_000 },
         ];
         let mut sim = Simulator::new(2, faults, 7);
         let before = sim.values(0, 0)[0];

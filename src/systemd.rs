@@ -59,9 +59,7 @@ pub async fn watchdog(liveness: Arc<Liveness>, cancel: CancellationToken) {
         if liveness.healthy(period) {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         } else {
-            tracing::error!(
-                "batcher stuck; withholding watchdog ping so systemd restarts the daemon"
-            );
+            tracing::error!("batcher stuck; withholding watchdog ping so systemd restarts the daemon");
         }
     }
 }

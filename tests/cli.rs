@@ -10,16 +10,8 @@ fn fieldwatch() -> Command {
 fn config_with_unknown_key_fails_check_config_naming_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
-    std::fs::write(
-        &file,
-        "[mqtt]\nhost = \"broker\"\n\n[incident]\nquiet_perod = \"5m\"\n",
-    )
-    .unwrap();
-    let out = fieldwatch()
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    std::fs::write(&file, "[mqtt]\nhost = \"broker\"\n\n[incident]\nquiet_perod = \"5m\"\n").unwrap();
+    let out = fieldwatch().arg("check-config").arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:5", file.display())), "{err}");
@@ -32,43 +24,24 @@ fn invalid_value_fails_check_config_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
     std::fs::write(&file, "[mqtt]\ntopics = [\"plant/#/x\"]\n").unwrap();
-    let out = fieldwatch()
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = fieldwatch().arg("check-config").arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("mqtt.topics[0]") && err.contains("not a valid MQTT topic filter"),
-        "{err}"
-    );
+    assert!(err.contains("mqtt.topics[0]") && err.contains("not a valid MQTT topic filter"), "{err}");
 }
 
 #[test]
 fn shipped_configs_pass_check_config() {
     for name in ["config/fieldwatch.toml", "config/demo.toml"] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
-        let out = fieldwatch()
-            .arg("check-config")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = fieldwatch().arg("check-config").arg(&path).output().unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
 #[test]
 fn missing_config_file_is_a_clear_error() {
-    let out = fieldwatch()
-        .arg("check-config")
-        .arg("/nonexistent/fw.toml")
-        .output()
-        .unwrap();
+    let out = fieldwatch().arg("check-config").arg("/nonexistent/fw.toml").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/fw.toml: cannot read"));
 }

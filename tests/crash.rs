@@ -17,11 +17,7 @@ struct Process {
 
 impl Process {
     fn start(config: &Path, admin: &str, log: &Path) -> Process {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_fieldwatch"))
             .args(["run", "--config"])
             .arg(config)
@@ -30,22 +26,13 @@ impl Process {
             .stderr(log)
             .spawn()
             .unwrap();
-        Process {
-            child,
-            admin: admin.to_string(),
-        }
+        Process { child, admin: admin.to_string() }
     }
 
     /// A counter from `/metrics`, or None while the daemon is not up.
     async fn metric(&self, name: &str) -> Option<u64> {
-        let text = reqwest::get(format!("http://{}/metrics", self.admin))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        let text = reqwest::get(format!("http://{}/metrics", self.admin)).await.ok()?.text().await.ok()?;
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     async fn wait_metric(&self, name: &str, at_least: u64) {
@@ -125,10 +112,7 @@ async fn killed_daemon_neither_loses_nor_duplicates_tickets() {
     let broker = Mosquitto::start();
     let api = MockServer::start().await;
     // The ticket API is down at first: the ticket waits in the outbox when the daemon dies.
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&api)
-        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(503)).mount(&api).await;
     let dir = tempfile::tempdir().unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
     let config = write_config(dir.path(), broker.port, &api.uri(), &admin);
@@ -144,12 +128,8 @@ async fn killed_daemon_neither_loses_nor_duplicates_tickets() {
     for i in 40..45 {
         p.send("comp-1", t0 + i * 1000, 99.0).await;
     }
-    daemon
-        .wait_metric("fieldwatch_incidents_opened_total", 1)
-        .await;
-    daemon
-        .wait_metric("fieldwatch_ticket_attempts_failed_total{sink=\"api\"}", 2)
-        .await;
+    daemon.wait_metric("fieldwatch_incidents_opened_total", 1).await;
+    daemon.wait_metric("fieldwatch_ticket_attempts_failed_total{sink=\"api\"}", 2).await;
     daemon.kill9();
 
     // The fault goes on while the daemon is dead; the API recovers.
@@ -157,15 +137,10 @@ async fn killed_daemon_neither_loses_nor_duplicates_tickets() {
         p.send("comp-1", t0 + i * 1000, 99.0).await;
     }
     api.reset().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201))
-        .mount(&api)
-        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(201)).mount(&api).await;
 
     let daemon = Process::start(&config, &admin, &log);
-    daemon
-        .wait_metric("fieldwatch_tickets_delivered_total{sink=\"api\"}", 1)
-        .await;
+    daemon.wait_metric("fieldwatch_tickets_delivered_total{sink=\"api\"}", 1).await;
     daemon.wait_metric("fieldwatch_readings_total", 5).await;
     assert_eq!(
         daemon.metric("fieldwatch_incidents_opened_total").await,

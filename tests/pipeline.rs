@@ -11,11 +11,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 async fn ticket_api() -> MockServer {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/tickets"))
-        .respond_with(ResponseTemplate::new(201))
-        .mount(&server)
-        .await;
+    Mock::given(method("POST")).and(path("/tickets")).respond_with(ResponseTemplate::new(201)).mount(&server).await;
     server
 }
 
@@ -52,10 +48,7 @@ async fn fault_published_through_mosquitto_opens_exactly_one_webhook_ticket() {
     let config = test_config(
         broker.port,
         dir.path(),
-        vec![webhook(
-            format!("{}/tickets", api.uri()),
-            Some("FW_TEST_TOKEN_ONE"),
-        )],
+        vec![webhook(format!("{}/tickets", api.uri()), Some("FW_TEST_TOKEN_ONE"))],
     );
     let daemon = Daemon::start(config).await.unwrap();
     let m = daemon.metrics().clone();
@@ -85,10 +78,7 @@ async fn fault_published_through_mosquitto_opens_exactly_one_webhook_ticket() {
     assert_eq!(t["state"], "open");
     assert!(t["id"].as_str().unwrap().starts_with("FW-"));
     let summary = t["summary"].as_str().unwrap();
-    assert!(
-        summary.starts_with("discharge_temp rose to 97.1 °C"),
-        "{summary}"
-    );
+    assert!(summary.starts_with("discharge_temp rose to 97.1 °C"), "{summary}");
     assert!(summary.contains("above its baseline of 70"), "{summary}");
     assert_eq!(t["evidence"]["value"], 97.1);
     assert!((t["evidence"]["baseline"].as_f64().unwrap() - 70.0).abs() < 1.0);
@@ -96,16 +86,8 @@ async fn fault_published_through_mosquitto_opens_exactly_one_webhook_ticket() {
     let recent = t["evidence"]["recent"].as_array().unwrap();
     assert_eq!(recent.len(), 5);
     assert_eq!(recent.last().unwrap()["value"], 97.1);
-    let key = requests[0]
-        .headers
-        .get("idempotency-key")
-        .unwrap()
-        .to_str()
-        .unwrap();
-    assert_eq!(
-        key,
-        format!("{}:open", t["idempotency_key"].as_str().unwrap())
-    );
+    let key = requests[0].headers.get("idempotency-key").unwrap().to_str().unwrap();
+    assert_eq!(key, format!("{}:open", t["idempotency_key"].as_str().unwrap()));
     assert_eq!(t["opened_at"], fieldwatch::reading::format_ts(t0 + 62_000));
     assert_eq!(t["first_seen"], fieldwatch::reading::format_ts(t0 + 60_000));
     daemon.shutdown().await;
@@ -115,9 +97,7 @@ async fn fault_published_through_mosquitto_opens_exactly_one_webhook_ticket() {
 async fn malformed_payload_is_rejected_and_counted_while_good_readings_arrive() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(test_config(broker.port, dir.path(), vec![]))
-        .await
-        .unwrap();
+    let daemon = Daemon::start(test_config(broker.port, dir.path(), vec![])).await.unwrap();
     let m = daemon.metrics().clone();
     wait_until("connected", || m.mqtt_connected.get() == 1).await;
 
@@ -127,11 +107,7 @@ async fn malformed_payload_is_rejected_and_counted_while_good_readings_arrive() 
     p.send("comp-1", t0, 70.0).await;
     p.raw(topic, b"{not json".to_vec()).await;
     p.send("comp-1", t0 + 1000, 70.1).await;
-    p.raw(
-        topic,
-        br#"{"ts": "half past nine", "discharge_temp": 70}"#.to_vec(),
-    )
-    .await;
+    p.raw(topic, br#"{"ts": "half past nine", "discharge_temp": 70}"#.to_vec()).await;
     p.raw(topic, vec![b'x'; 70_000]).await; // over the 64 KiB limit
     p.raw(topic, br#"{"status": "ok"}"#.to_vec()).await;
     p.send("comp-1", t0 + 2000, 70.2).await;
@@ -143,27 +119,15 @@ async fn malformed_payload_is_rejected_and_counted_while_good_readings_arrive() 
     let rejected = store.rejected(10).unwrap();
     let reasons: Vec<_> = rejected.iter().map(|r| r.reason.as_str()).collect();
     assert!(reasons[0].starts_with("payload is not JSON"), "{reasons:?}");
-    assert!(
-        reasons[1].starts_with("timestamp is not usable"),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons[2].contains("over the 65536 byte limit"),
-        "{reasons:?}"
-    );
+    assert!(reasons[1].starts_with("timestamp is not usable"), "{reasons:?}");
+    assert!(reasons[2].contains("over the 65536 byte limit"), "{reasons:?}");
     assert_eq!(reasons[3], "payload has no numeric metrics");
     assert_eq!(rejected[0].topic, topic);
     assert_eq!(rejected[0].payload, "{not json");
-    assert_eq!(
-        rejected[2].payload.len(),
-        4096,
-        "large payloads are kept cut"
-    );
+    assert_eq!(rejected[2].payload.len(), 4096, "large payloads are kept cut");
     let series = store.series_id("comp-1", "discharge_temp").unwrap();
     assert_eq!(store.range(series, 0, i64::MAX).unwrap().len(), 3);
-    assert!(m
-        .render()
-        .contains("fieldwatch_rejected_messages_total{reason=\"not_json\"} 1"));
+    assert!(m.render().contains("fieldwatch_rejected_messages_total{reason=\"not_json\"} 1"));
     daemon.shutdown().await;
 }
 
@@ -172,11 +136,7 @@ async fn readings_and_open_incidents_survive_a_daemon_restart() {
     let broker = Mosquitto::start();
     let api = ticket_api().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = test_config(
-        broker.port,
-        dir.path(),
-        vec![webhook(format!("{}/tickets", api.uri()), None)],
-    );
+    let config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/tickets", api.uri()), None)]);
     let p = Publisher::connect(broker.port, "pub-restart").await;
     let t0 = base_ts();
 
@@ -200,30 +160,17 @@ async fn readings_and_open_incidents_survive_a_daemon_restart() {
     let m = daemon.metrics().clone();
     let store = daemon.store().clone();
     let series = store.series_id("comp-3", "discharge_temp").unwrap();
-    assert!(
-        store.range(series, 0, i64::MAX).unwrap().len() >= 55,
-        "readings survived the restart"
-    );
+    assert!(store.range(series, 0, i64::MAX).unwrap().len() >= 55, "readings survived the restart");
     let incidents: Vec<fieldwatch::incident::Incident> = store.incidents().unwrap();
     assert_eq!(incidents.len(), 1);
-    assert_eq!(
-        incidents[0].state,
-        fieldwatch::incident::IncidentState::Open
-    );
-    wait_until("queued readings delivered after restart", || {
-        m.readings.get() == 5
-    })
-    .await;
+    assert_eq!(incidents[0].state, fieldwatch::incident::IncidentState::Open);
+    wait_until("queued readings delivered after restart", || m.readings.get() == 5).await;
     for i in 60..65 {
         p.send("comp-3", t0 + i * 1000, 99.0).await;
     }
     wait_until("stored", || m.readings.get() == 10).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        m.incidents_opened.get(),
-        0,
-        "the reloaded incident is not opened again"
-    );
+    assert_eq!(m.incidents_opened.get(), 0, "the reloaded incident is not opened again");
     assert_eq!(bodies(&api).await.len(), 1, "no second ticket");
     assert_eq!(store.range(series, 0, i64::MAX).unwrap().len(), 65);
     daemon.shutdown().await;
@@ -239,19 +186,12 @@ async fn ticket_is_delivered_after_the_api_answers_500_several_times() {
         .with_priority(1)
         .mount(&api)
         .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201))
-        .with_priority(2)
-        .mount(&api)
-        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(201)).with_priority(2).mount(&api).await;
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(test_config(
-        broker.port,
-        dir.path(),
-        vec![webhook(format!("{}/tickets", api.uri()), None)],
-    ))
-    .await
-    .unwrap();
+    let daemon =
+        Daemon::start(test_config(broker.port, dir.path(), vec![webhook(format!("{}/tickets", api.uri()), None)]))
+            .await
+            .unwrap();
     let m = daemon.metrics().clone();
     wait_until("connected", || m.mqtt_connected.get() == 1).await;
     let p = Publisher::connect(broker.port, "pub-retry").await;
@@ -263,26 +203,12 @@ async fn ticket_is_delivered_after_the_api_answers_500_several_times() {
     wait_until("ticket delivered", || m.delivered("api") == 1).await;
     let requests = api.received_requests().await.unwrap();
     assert_eq!(requests.len(), 4, "three failures, then success");
-    let keys: Vec<_> = requests
-        .iter()
-        .map(|r| r.headers.get("idempotency-key").unwrap().clone())
-        .collect();
-    assert!(
-        keys.iter().all(|k| *k == keys[0]),
-        "every retry carries the same idempotency key"
-    );
-    assert_eq!(
-        m.ticket_attempts_failed
-            .get_or_create(&fieldwatch::metrics::SinkLabel { sink: "api".into() })
-            .get(),
-        3
-    );
+    let keys: Vec<_> = requests.iter().map(|r| r.headers.get("idempotency-key").unwrap().clone()).collect();
+    assert!(keys.iter().all(|k| *k == keys[0]), "every retry carries the same idempotency key");
+    assert_eq!(m.ticket_attempts_failed.get_or_create(&fieldwatch::metrics::SinkLabel { sink: "api".into() }).get(), 3);
     assert_eq!(daemon.store().outbox_len("api"), 0);
     let body: serde_json::Value = serde_json::from_slice(&requests[3].body).unwrap();
-    assert!(body["ticket"]["summary"]
-        .as_str()
-        .unwrap()
-        .starts_with("discharge_temp fell to 20 °C"));
+    assert!(body["ticket"]["summary"].as_str().unwrap().starts_with("discharge_temp fell to 20 °C"));
     daemon.shutdown().await;
 }
 
@@ -290,9 +216,7 @@ async fn ticket_is_delivered_after_the_api_answers_500_several_times() {
 async fn readings_published_across_a_broker_restart_are_all_stored_once() {
     let mut broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(test_config(broker.port, dir.path(), vec![]))
-        .await
-        .unwrap();
+    let daemon = Daemon::start(test_config(broker.port, dir.path(), vec![])).await.unwrap();
     let m = daemon.metrics().clone();
     wait_until("connected", || m.mqtt_connected.get() == 1).await;
     let p = Publisher::connect(broker.port, "pub-broker-restart").await;
@@ -301,10 +225,7 @@ async fn readings_published_across_a_broker_restart_are_all_stored_once() {
     wait_until("first half stored", || m.readings.get() == 20).await;
 
     broker.restart();
-    wait_until("daemon noticed the outage", || {
-        m.mqtt_connection_errors.get() >= 1
-    })
-    .await;
+    wait_until("daemon noticed the outage", || m.mqtt_connection_errors.get() >= 1).await;
     wait_until("daemon reconnected", || m.mqtt_connected.get() == 1).await;
     publish_normal(&p, "comp-5", t0, 20, 20).await;
     wait_until("second half stored", || m.readings.get() == 40).await;
@@ -327,27 +248,10 @@ async fn admin_endpoint_serves_metrics_and_health() {
     let p = Publisher::connect(broker.port, "pub-admin").await;
     publish_normal(&p, "comp-9", base_ts(), 0, 3).await;
     wait_until("stored", || m.readings.get() == 3).await;
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
     assert!(text.contains("fieldwatch_readings_total 3"), "{text}");
     assert!(text.contains("fieldwatch_mqtt_connected 1"), "{text}");
-    assert_eq!(
-        reqwest::get(format!("{base}/healthz"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        reqwest::get(format!("{base}/readyz"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 200);
+    assert_eq!(reqwest::get(format!("{base}/readyz")).await.unwrap().status(), 200);
     daemon.shutdown().await;
 }

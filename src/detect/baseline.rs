@@ -32,10 +32,7 @@ impl Baseline {
     }
 
     fn spread(&self) -> f64 {
-        self.var
-            .sqrt()
-            .max(self.mean.abs() * self.min_relative_spread)
-            .max(1e-9)
+        self.var.sqrt().max(self.mean.abs() * self.min_relative_spread).max(1e-9)
     }
 
     /// The current level and spread, once warmed up.
@@ -89,10 +86,7 @@ mod tests {
     fn quiet_during_warmup_and_on_normal_noise() {
         let mut b = Baseline::new(30, 100.0, 5.0, 0.0);
         for i in 0..2000 {
-            assert!(
-                b.observe(i64::from(i), 70.0 + noisy(i)).is_none(),
-                "false alarm at {i}"
-            );
+            assert!(b.observe(i64::from(i), 70.0 + noisy(i)).is_none(), "false alarm at {i}");
         }
     }
 

@@ -17,14 +17,7 @@ pub struct Flatline {
 
 impl Flatline {
     pub fn new(min_readings: u32, min_ms: i64) -> Flatline {
-        Flatline {
-            min_readings,
-            min_ms,
-            last: None,
-            run_start: 0,
-            run_len: 0,
-            has_varied: false,
-        }
+        Flatline { min_readings, min_ms, last: None, run_start: 0, run_len: 0, has_varied: false }
     }
 }
 
@@ -44,19 +37,17 @@ impl SeriesDetector for Flatline {
         }
         self.last = Some(value);
         let stuck_ms = ts - self.run_start;
-        (self.has_varied && self.run_len >= self.min_readings && stuck_ms >= self.min_ms).then(
-            || Anomaly {
-                kind: FaultKind::Stuck,
-                detector: "flatline".into(),
-                ts,
-                value,
-                score: 1.0,
-                expected: None,
-                spread: None,
-                z: None,
-                bound: Some(stuck_ms as f64 / 1000.0),
-            },
-        )
+        (self.has_varied && self.run_len >= self.min_readings && stuck_ms >= self.min_ms).then(|| Anomaly {
+            kind: FaultKind::Stuck,
+            detector: "flatline".into(),
+            ts,
+            value,
+            score: 1.0,
+            expected: None,
+            spread: None,
+            z: None,
+            bound: Some(stuck_ms as f64 / 1000.0),
+        })
     }
 }
 
@@ -68,10 +59,7 @@ mod tests {
     fn frozen_sensor_is_reported_constant_one_is_not() {
         let mut f = Flatline::new(5, 4000);
         for t in 0..20 {
-            assert!(
-                f.observe(t * 1000, 3.0).is_none(),
-                "never-varying series is not stuck"
-            );
+            assert!(f.observe(t * 1000, 3.0).is_none(), "never-varying series is not stuck");
         }
         let mut f = Flatline::new(5, 4000);
         for t in 0..10 {

@@ -39,9 +39,7 @@ pub struct LimitTable {
 
 impl LimitTable {
     pub fn new(entries: &[LimitConfig]) -> LimitTable {
-        LimitTable {
-            entries: entries.to_vec(),
-        }
+        LimitTable { entries: entries.to_vec() }
     }
 
     /// The limit that applies to a series, if any.
@@ -53,10 +51,7 @@ impl LimitTable {
                     && (dev_specific || l.device.is_none())
             })
         };
-        matching(true).or_else(|| matching(false)).map(|l| Limit {
-            min: l.min,
-            max: l.max,
-        })
+        matching(true).or_else(|| matching(false)).map(|l| Limit { min: l.min, max: l.max })
     }
 }
 
@@ -67,18 +62,8 @@ mod tests {
     #[test]
     fn device_limit_wins_and_crossings_are_reported() {
         let table = LimitTable::new(&[
-            LimitConfig {
-                metric: "t".into(),
-                device: None,
-                min: Some(0.0),
-                max: Some(100.0),
-            },
-            LimitConfig {
-                metric: "t".into(),
-                device: Some("d2".into()),
-                min: None,
-                max: Some(50.0),
-            },
+            LimitConfig { metric: "t".into(), device: None, min: Some(0.0), max: Some(100.0) },
+            LimitConfig { metric: "t".into(), device: Some("d2".into()), min: None, max: Some(50.0) },
         ]);
         let mut d1 = table.lookup("d1", "t").unwrap();
         let mut d2 = table.lookup("d2", "t").unwrap();

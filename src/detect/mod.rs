@@ -36,12 +36,8 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 4] = [
-        FaultKind::Deviation,
-        FaultKind::Stuck,
-        FaultKind::AboveLimit,
-        FaultKind::BelowLimit,
-    ];
+    pub const ALL: [FaultKind; 4] =
+        [FaultKind::Deviation, FaultKind::Stuck, FaultKind::AboveLimit, FaultKind::BelowLimit];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -87,10 +83,7 @@ pub struct SeriesDetectors {
 impl SeriesDetectors {
     /// Feeds one reading to every detector of the series.
     pub fn observe(&mut self, ts: i64, value: f64) -> Vec<Anomaly> {
-        self.detectors
-            .iter_mut()
-            .filter_map(|d| d.observe(ts, value))
-            .collect()
+        self.detectors.iter_mut().filter_map(|d| d.observe(ts, value)).collect()
     }
 }
 
@@ -103,11 +96,7 @@ pub struct DetectorBank {
 
 impl DetectorBank {
     pub fn new(config: &DetectConfig) -> DetectorBank {
-        DetectorBank {
-            limits: LimitTable::new(&config.limits),
-            config: config.clone(),
-            series: HashMap::new(),
-        }
+        DetectorBank { limits: LimitTable::new(&config.limits), config: config.clone(), series: HashMap::new() }
     }
 
     /// Scores one reading of a series.
@@ -126,16 +115,8 @@ impl DetectorBank {
     fn build(&self, device: &str, metric: &str) -> SeriesDetectors {
         let c = &self.config;
         let mut detectors: Vec<Box<dyn SeriesDetector>> = vec![
-            Box::new(Baseline::new(
-                c.warmup_readings,
-                c.baseline_half_life,
-                c.z_threshold,
-                c.min_relative_spread,
-            )),
-            Box::new(Flatline::new(
-                c.flatline_readings,
-                c.flatline_after.as_millis() as i64,
-            )),
+            Box::new(Baseline::new(c.warmup_readings, c.baseline_half_life, c.z_threshold, c.min_relative_spread)),
+            Box::new(Flatline::new(c.flatline_readings, c.flatline_after.as_millis() as i64)),
         ];
         if let Some(limit) = self.limits.lookup(device, metric) {
             detectors.push(Box::new(limit));

@@ -90,16 +90,8 @@ fn more_severe(a: &Anomaly, b: &Anomaly) -> bool {
 impl IncidentPolicy {
     /// A policy that starts with the open incidents found in the store.
     pub fn new(config: &IncidentConfig, stored: Vec<Incident>) -> IncidentPolicy {
-        let open = stored
-            .into_iter()
-            .filter(|i| i.state == IncidentState::Open)
-            .map(|i| (i.key.clone(), i))
-            .collect();
-        IncidentPolicy {
-            config: config.clone(),
-            pending: HashMap::new(),
-            open,
-        }
+        let open = stored.into_iter().filter(|i| i.state == IncidentState::Open).map(|i| (i.key.clone(), i)).collect();
+        IncidentPolicy { config: config.clone(), pending: HashMap::new(), open }
     }
 
     /// Open incidents, for status pages and tests.
@@ -113,14 +105,10 @@ impl IncidentPolicy {
         for kind in FaultKind::ALL {
             let key = Incident::key_for(&reading.device, &reading.metric, kind);
             // Several detectors may report the same kind; the most severe speaks for them.
-            let hit =
-                anomalies
-                    .iter()
-                    .filter(|a| a.kind == kind)
-                    .fold(None::<&Anomaly>, |best, a| match best {
-                        Some(b) if !more_severe(a, b) => Some(b),
-                        _ => Some(a),
-                    });
+            let hit = anomalies.iter().filter(|a| a.kind == kind).fold(None::<&Anomaly>, |best, a| match best {
+                Some(b) if !more_severe(a, b) => Some(b),
+                _ => Some(a),
+            });
             if let Some(t) = self.step(&key, reading, hit) {
                 out.push(t);
             }
@@ -153,14 +141,11 @@ impl IncidentPolicy {
                 self.pending.remove(key);
                 return None;
             };
-            let p = self
-                .pending
-                .entry(key.to_string())
-                .or_insert_with(|| Pending {
-                    first_seen: ts,
-                    count: 0,
-                    peak: a.clone(),
-                });
+            let p = self.pending.entry(key.to_string()).or_insert_with(|| Pending {
+                first_seen: ts,
+                count: 0,
+                peak: a.clone(),
+            });
             p.count += 1;
             if more_severe(a, &p.peak) {
                 p.peak = a.clone();
@@ -215,13 +200,7 @@ mod tests {
     use std::time::Duration;
 
     fn reading(ts: i64, value: f64) -> Reading {
-        Reading {
-            device: "d".into(),
-            site: None,
-            metric: "m".into(),
-            ts,
-            value,
-        }
+        Reading { device: "d".into(), site: None, metric: "m".into(), ts, value }
     }
 
     fn anomaly(ts: i64, score: f64) -> Anomaly {
@@ -258,14 +237,9 @@ mod tests {
             transitions.extend(p.observe(&reading(t * 1000, 1.0), &[anomaly(t * 1000, 0.9)]));
         }
         assert_eq!(transitions.len(), 1, "one incident for one run");
-        let Transition::Opened(inc) = &transitions[0] else {
-            panic!("expected open")
-        };
+        let Transition::Opened(inc) = &transitions[0] else { panic!("expected open") };
         assert_eq!((inc.first_seen, inc.opened_at), (0, 2000));
-        assert!(
-            p.observe(&reading(15_000, 0.0), &[]).is_empty(),
-            "quiet period not over"
-        );
+        assert!(p.observe(&reading(15_000, 0.0), &[]).is_empty(), "quiet period not over");
         let t = p.observe(&reading(19_000, 0.0), &[]);
         assert!(matches!(&t[..], [Transition::Resolved(i)] if i.resolved_at == Some(19_000)));
     }
@@ -282,17 +256,11 @@ mod tests {
     #[test]
     fn reloaded_open_incident_is_not_opened_again() {
         let mut p = policy();
-        let opened: Vec<_> = (0..3)
-            .flat_map(|t| p.observe(&reading(t, 1.0), &[anomaly(t, 0.9)]))
-            .collect();
-        let Transition::Opened(inc) = opened[0].clone() else {
-            panic!()
-        };
+        let opened: Vec<_> = (0..3).flat_map(|t| p.observe(&reading(t, 1.0), &[anomaly(t, 0.9)])).collect();
+        let Transition::Opened(inc) = opened[0].clone() else { panic!() };
         let mut restarted = IncidentPolicy::new(&policy().config, vec![inc]);
         for t in 3..20 {
-            assert!(restarted
-                .observe(&reading(t, 1.0), &[anomaly(t, 0.9)])
-                .is_empty());
+            assert!(restarted.observe(&reading(t, 1.0), &[anomaly(t, 0.9)]).is_empty());
         }
     }
 }

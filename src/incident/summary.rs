@@ -38,19 +38,11 @@ pub fn describe(inc: &Incident, unit: Option<&str>) -> (String, String) {
     let (title, mut summary) = match inc.fault {
         FaultKind::Deviation => {
             let z = p.z.unwrap_or(0.0);
-            let (verb, side) = if z >= 0.0 {
-                ("rose to", "above")
-            } else {
-                ("fell to", "below")
-            };
+            let (verb, side) = if z >= 0.0 { ("rose to", "above") } else { ("fell to", "below") };
             let base = p.expected.map(u).unwrap_or_else(|| "?".into());
             (
                 format!("{}: {m} {side} normal", inc.device),
-                format!(
-                    "{m} {verb} {}, {:.1}σ {side} its baseline of {base}, for {lasting}",
-                    u(p.value),
-                    z.abs()
-                ),
+                format!("{m} {verb} {}, {:.1}σ {side} its baseline of {base}, for {lasting}", u(p.value), z.abs()),
             )
         }
         FaultKind::Stuck => (
@@ -62,26 +54,16 @@ pub fn describe(inc: &Incident, unit: Option<&str>) -> (String, String) {
             ),
         ),
         FaultKind::AboveLimit | FaultKind::BelowLimit => {
-            let side = if inc.fault == FaultKind::AboveLimit {
-                "above its maximum"
-            } else {
-                "below its minimum"
-            };
+            let side = if inc.fault == FaultKind::AboveLimit { "above its maximum" } else { "below its minimum" };
             (
                 format!("{}: {m} {side}", inc.device),
-                format!(
-                    "{m} reached {}, {side} of {}, for {lasting}",
-                    u(p.value),
-                    p.bound.map(u).unwrap_or_default()
-                ),
+                format!("{m} reached {}, {side} of {}, for {lasting}", u(p.value), p.bound.map(u).unwrap_or_default()),
             )
         }
     };
     if let (IncidentState::Resolved, Some(at)) = (inc.state, inc.resolved_at) {
-        summary = format!(
-            "Resolved: {m} has been normal for {}. Was: {summary}",
-            format_duration(at - inc.last_anomaly_at)
-        );
+        summary =
+            format!("Resolved: {m} has been normal for {}. Was: {summary}", format_duration(at - inc.last_anomaly_at));
     }
     (title, summary)
 }
@@ -130,9 +112,6 @@ mod tests {
         };
         let (title, summary) = describe(&inc, Some("°C"));
         assert_eq!(title, "comp-3: discharge_temp above normal");
-        assert_eq!(
-            summary,
-            "discharge_temp rose to 97.14 °C, 5.2σ above its baseline of 71.4 °C, for 6 min"
-        );
+        assert_eq!(summary, "discharge_temp rose to 97.14 °C, 5.2σ above its baseline of 71.4 °C, for 6 min");
     }
 }

@@ -9,9 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
-};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -26,11 +24,7 @@ pub enum IngestError {
     #[error("mqtt.password: {0}")]
     Password(#[from] crate::config::SecretError),
     #[error("{key}: cannot read {path}: {source}")]
-    File {
-        key: &'static str,
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    File { key: &'static str, path: std::path::PathBuf, source: std::io::Error },
 }
 
 /// A message and, for QoS 1, the packet to acknowledge once it is stored.
@@ -60,34 +54,20 @@ pub fn options(cfg: &MqttConfig, request_capacity: usize) -> Result<MqttOptions,
     }
     if let Some(tls) = &cfg.tls {
         let read = |key: &'static str, path: &std::path::Path| {
-            std::fs::read(path).map_err(|source| IngestError::File {
-                key,
-                path: path.to_path_buf(),
-                source,
-            })
+            std::fs::read(path).map_err(|source| IngestError::File { key, path: path.to_path_buf(), source })
         };
         let ca = read("mqtt.tls.ca_file", &tls.ca_file)?;
         let client_auth = match (&tls.client_cert_file, &tls.client_key_file) {
-            (Some(c), Some(k)) => Some((
-                read("mqtt.tls.client_cert_file", c)?,
-                read("mqtt.tls.client_key_file", k)?,
-            )),
+            (Some(c), Some(k)) => Some((read("mqtt.tls.client_cert_file", c)?, read("mqtt.tls.client_key_file", k)?)),
             _ => None,
         };
-        o.set_transport(Transport::Tls(TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth,
-        }));
+        o.set_transport(Transport::Tls(TlsConfiguration::Simple { ca, alpn: None, client_auth }));
     }
     Ok(o)
 }
 
 /// Creates the client and its event loop.
-pub fn connect(
-    cfg: &MqttConfig,
-    request_capacity: usize,
-) -> Result<(AsyncClient, EventLoop), IngestError> {
+pub fn connect(cfg: &MqttConfig, request_capacity: usize) -> Result<(AsyncClient, EventLoop), IngestError> {
     let opts = options(cfg, request_capacity)?;
     Ok(AsyncClient::new(opts, request_capacity))
 }
@@ -117,20 +97,13 @@ pub async fn run(
                 tracing::info!(host = %cfg.host, port = cfg.port, session_present = ack.session_present, "connected to broker");
                 // Subscribing again on a resumed session is harmless and covers a broker that
                 // lost its session store. try_: the event loop that drains requests is this task.
-                let filters = cfg
-                    .topics
-                    .iter()
-                    .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                let filters = cfg.topics.iter().map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
                 if let Err(e) = client.try_subscribe_many(filters) {
                     tracing::error!(error = %e, "cannot subscribe");
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let message = Message {
-                    topic: p.topic.clone(),
-                    payload: p.payload.clone(),
-                    received_ms: now_ms(),
-                };
+                let message = Message { topic: p.topic.clone(), payload: p.payload.clone(), received_ms: now_ms() };
                 let publish = (p.qos != QoS::AtMostOnce).then_some(p);
                 let send = tokio::select! {
                     _ = cancel.cancelled() => break,

@@ -90,17 +90,10 @@ pub fn reading_key(series: u32, ts: i64) -> [u8; 12] {
 }
 
 fn decode_reading(key: &[u8], value: &[u8]) -> Result<(i64, f64), StoreError> {
-    let ts: [u8; 8] = key
-        .get(4..12)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| StoreError::Corrupt("reading key".into()))?;
-    let v: [u8; 8] = value
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("reading value".into()))?;
-    Ok((
-        (u64::from_be_bytes(ts) ^ (1 << 63)) as i64,
-        f64::from_be_bytes(v),
-    ))
+    let ts: [u8; 8] =
+        key.get(4..12).and_then(|s| s.try_into().ok()).ok_or_else(|| StoreError::Corrupt("reading key".into()))?;
+    let v: [u8; 8] = value.try_into().map_err(|_| StoreError::Corrupt("reading value".into()))?;
+    Ok(((u64::from_be_bytes(ts) ^ (1 << 63)) as i64, f64::from_be_bytes(v)))
 }
 
 fn outbox_prefix(sink: &str) -> Vec<u8> {
@@ -112,19 +105,13 @@ fn outbox_prefix(sink: &str) -> Vec<u8> {
 impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path, cache_mb: u64, rejected_max: usize) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_mb * 1024 * 1024)
-            .open()?;
+        let db = sled::Config::new().path(dir).cache_capacity(cache_mb * 1024 * 1024).open()?;
         Store::from_db(db, rejected_max)
     }
 
     /// A throw-away database (for `replay` and benchmarks): the same code, nothing kept.
     pub fn temporary() -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .temporary(true)
-            .cache_capacity(256 * 1024 * 1024)
-            .open()?;
+        let db = sled::Config::new().temporary(true).cache_capacity(256 * 1024 * 1024).open()?;
         Store::from_db(db, 1000)
     }
 
@@ -153,31 +140,18 @@ impl Store {
         }
         let name = [device.as_bytes(), &[0], metric.as_bytes()].concat();
         let id = match self.series.get(&name)? {
-            Some(v) => u32::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("series id".into()))?,
-            ),
+            Some(v) => u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("series id".into()))?),
             None => {
                 let id = u32::try_from(self.db.generate_id()? % u64::from(u32::MAX))
                     .map_err(|_| StoreError::Corrupt("series id overflow".into()))?;
                 // Reverse entry first: a crash between the two leaves an orphan, never a dangling id.
-                self.series_by_id
-                    .insert(id.to_be_bytes(), name.as_slice())?;
-                match self.series.compare_and_swap(
-                    &name,
-                    None as Option<&[u8]>,
-                    Some(&id.to_be_bytes()),
-                )? {
+                self.series_by_id.insert(id.to_be_bytes(), name.as_slice())?;
+                match self.series.compare_and_swap(&name, None as Option<&[u8]>, Some(&id.to_be_bytes()))? {
                     Ok(()) => id,
                     Err(cas) => {
-                        let cur = cas
-                            .current
-                            .ok_or_else(|| StoreError::Corrupt("series id".into()))?;
+                        let cur = cas.current.ok_or_else(|| StoreError::Corrupt("series id".into()))?;
                         u32::from_be_bytes(
-                            cur.as_ref()
-                                .try_into()
-                                .map_err(|_| StoreError::Corrupt("series id".into()))?,
+                            cur.as_ref().try_into().map_err(|_| StoreError::Corrupt("series id".into()))?,
                         )
                     }
                 }
@@ -196,29 +170,21 @@ impl Store {
     pub fn series_name(&self, id: u32) -> Result<Option<(String, String)>, StoreError> {
         Ok(self.series_by_id.get(id.to_be_bytes())?.and_then(|v| {
             let s = String::from_utf8_lossy(&v).into_owned();
-            s.split_once('\0')
-                .map(|(d, m)| (d.to_string(), m.to_string()))
+            s.split_once('\0').map(|(d, m)| (d.to_string(), m.to_string()))
         }))
     }
 
     /// Stores one reading. Returns `false` when exactly this reading was already stored (a
     /// redelivery), so the caller does not feed it to the detectors twice.
     pub fn insert_reading(&self, series: u32, ts: i64, value: f64) -> Result<bool, StoreError> {
-        let old = self
-            .readings
-            .insert(reading_key(series, ts), &value.to_be_bytes())?;
+        let old = self.readings.insert(reading_key(series, ts), &value.to_be_bytes())?;
         Ok(old.is_none())
     }
 
     /// Up to `n` most recent readings of a series at or before `until`, oldest first.
     pub fn recent(&self, series: u32, until: i64, n: usize) -> Result<Vec<(i64, f64)>, StoreError> {
         let mut out = Vec::with_capacity(n);
-        for kv in self
-            .readings
-            .range(reading_key(series, i64::MIN)..=reading_key(series, until))
-            .rev()
-            .take(n)
-        {
+        for kv in self.readings.range(reading_key(series, i64::MIN)..=reading_key(series, until)).rev().take(n) {
             let (k, v) = kv?;
             out.push(decode_reading(&k, &v)?);
         }
@@ -242,11 +208,7 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.series_by_id.iter() {
             let (k, v) = kv?;
-            let id = u32::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("series id".into()))?,
-            );
+            let id = u32::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt("series id".into()))?);
             let s = String::from_utf8_lossy(&v).into_owned();
             if let Some((d, m)) = s.split_once('\0') {
                 out.push((id, d.to_string(), m.to_string()));
@@ -263,8 +225,7 @@ impl Store {
     /// Keeps a rejected message aside; drops the oldest beyond the configured bound.
     pub fn reject(&self, rec: &Rejected) -> Result<(), StoreError> {
         let seq = self.db.generate_id()?;
-        self.rejected
-            .insert(seq.to_be_bytes(), serde_json::to_vec(rec)?)?;
+        self.rejected.insert(seq.to_be_bytes(), serde_json::to_vec(rec)?)?;
         let len = self.rejected_len.fetch_add(1, Ordering::Relaxed) + 1;
         if len > self.rejected_max && self.rejected.pop_min()?.is_some() {
             self.rejected_len.fetch_sub(1, Ordering::Relaxed);
@@ -317,10 +278,7 @@ impl Store {
 
     /// Every stored incident record.
     pub fn incidents<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<T>, StoreError> {
-        self.incidents
-            .iter()
-            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
-            .collect()
+        self.incidents.iter().map(|kv| Ok(serde_json::from_slice(&kv?.1)?)).collect()
     }
 
     /// The oldest command waiting for `sink`.
@@ -330,10 +288,7 @@ impl Store {
             .scan_prefix(outbox_prefix(sink))
             .next()
             .transpose()?
-            .map(|(key, body)| OutboxEntry {
-                key,
-                body: body.to_vec(),
-            }))
+            .map(|(key, body)| OutboxEntry { key, body: body.to_vec() }))
     }
 
     /// Commands waiting for `sink`.
@@ -353,18 +308,14 @@ impl Store {
             "reason": reason,
             "command": serde_json::from_slice::<serde_json::Value>(&entry.body)?,
         });
-        self.dead_letters
-            .insert(&entry.key, serde_json::to_vec(&record)?)?;
+        self.dead_letters.insert(&entry.key, serde_json::to_vec(&record)?)?;
         self.outbox.remove(&entry.key)?;
         self.flush().await
     }
 
     /// Commands that were refused for good.
     pub fn dead_letters(&self) -> Result<Vec<serde_json::Value>, StoreError> {
-        self.dead_letters
-            .iter()
-            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
-            .collect()
+        self.dead_letters.iter().map(|kv| Ok(serde_json::from_slice(&kv?.1)?)).collect()
     }
 
     /// Makes everything written so far durable (group commit).
@@ -384,17 +335,10 @@ impl Store {
         let mut removed = 0;
         for kv in self.series_by_id.iter() {
             let (k, _) = kv?;
-            let id = u32::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("series id".into()))?,
-            );
+            let id = u32::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt("series id".into()))?);
             let mut batch = sled::Batch::default();
             let mut n = 0;
-            for kv in self
-                .readings
-                .range(reading_key(id, i64::MIN)..reading_key(id, cutoff))
-            {
+            for kv in self.readings.range(reading_key(id, i64::MIN)..reading_key(id, cutoff)) {
                 batch.remove(kv?.0);
                 n += 1;
             }
@@ -430,10 +374,7 @@ mod tests {
             assert!(store.insert_reading(id, t * 1000, t as f64).unwrap());
         }
         assert!(!store.insert_reading(id, 2000, 2.0).unwrap());
-        assert_eq!(
-            store.recent(id, 3000, 2).unwrap(),
-            vec![(2000, 2.0), (3000, 3.0)]
-        );
+        assert_eq!(store.recent(id, 3000, 2).unwrap(), vec![(2000, 2.0), (3000, 3.0)]);
         assert_eq!(store.range(id, 1000, 2000).unwrap().len(), 2);
         assert_eq!(store.prune_before(2000).unwrap(), 2);
         assert_eq!(store.range(id, 0, 10_000).unwrap().len(), 3);
@@ -441,49 +382,28 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path(), 8, 10).unwrap();
         assert_eq!(store.series_id("pump", "temp").unwrap(), id);
-        assert_eq!(
-            store.series_name(id).unwrap(),
-            Some(("pump".into(), "temp".into()))
-        );
+        assert_eq!(store.series_name(id).unwrap(), Some(("pump".into(), "temp".into())));
         assert_eq!(store.reading_count(), 3);
     }
 
     #[test]
     fn rejected_is_bounded_and_keeps_the_newest() {
         let store = Store::temporary().unwrap();
-        let store = Store {
-            rejected_max: 3,
-            ..store
-        };
+        let store = Store { rejected_max: 3, ..store };
         for i in 0..5 {
             store
-                .reject(&Rejected {
-                    received_ms: i,
-                    topic: "t".into(),
-                    reason: "r".into(),
-                    payload: "p".into(),
-                })
+                .reject(&Rejected { received_ms: i, topic: "t".into(), reason: "r".into(), payload: "p".into() })
                 .unwrap();
         }
         let kept = store.rejected(10).unwrap();
-        assert_eq!(
-            kept.iter().map(|r| r.received_ms).collect::<Vec<_>>(),
-            vec![2, 3, 4]
-        );
+        assert_eq!(kept.iter().map(|r| r.received_ms).collect::<Vec<_>>(), vec![2, 3, 4]);
     }
 
     #[test]
     fn incident_and_outbox_are_written_together() {
         let store = Store::temporary().unwrap();
         let sinks = vec!["a".to_string(), "b".to_string()];
-        store
-            .save_incident(
-                "k",
-                &serde_json::json!({"x": 1}),
-                Some(&serde_json::json!({"cmd": 1})),
-                &sinks,
-            )
-            .unwrap();
+        store.save_incident("k", &serde_json::json!({"x": 1}), Some(&serde_json::json!({"cmd": 1})), &sinks).unwrap();
         assert_eq!(store.incidents::<serde_json::Value>().unwrap().len(), 1);
         assert_eq!(store.outbox_len("a"), 1);
         assert_eq!(store.outbox_len("b"), 1);
@@ -494,9 +414,6 @@ mod tests {
     }
 
     fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
     }
 }

@@ -31,10 +31,7 @@ impl FileSink {
                 }
             }
         }
-        Ok(FileSink {
-            path: path.to_path_buf(),
-            written,
-        })
+        Ok(FileSink { path: path.to_path_buf(), written })
     }
 
     pub async fn send(&mut self, cmd: &TicketCommand) -> Result<(), SinkError> {
@@ -45,10 +42,7 @@ impl FileSink {
         line.push(b'\n');
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)?;
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
             f.write_all(&line)?;
             f.sync_data()
         })

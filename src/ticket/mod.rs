@@ -98,11 +98,7 @@ impl TicketCommand {
             idempotency_key: format!(
                 "{}:{}",
                 inc.idempotency_key,
-                if action == Action::Open {
-                    "open"
-                } else {
-                    "resolve"
-                }
+                if action == Action::Open { "open" } else { "resolve" }
             ),
             ticket: Ticket {
                 id: inc.id.clone(),
@@ -129,10 +125,7 @@ impl TicketCommand {
                     recent: inc
                         .recent
                         .iter()
-                        .map(|&(ts, value)| EvidenceReading {
-                            ts: format_ts(ts),
-                            value,
-                        })
+                        .map(|&(ts, value)| EvidenceReading { ts: format_ts(ts), value })
                         .collect(),
                 },
                 first_seen: format_ts(inc.first_seen),
@@ -165,10 +158,7 @@ pub enum Sink {
 #[derive(Debug, thiserror::Error)]
 pub enum SinkBuildError {
     #[error("sink `{sink}`: token: {source}")]
-    Secret {
-        sink: String,
-        source: crate::config::SecretError,
-    },
+    Secret { sink: String, source: crate::config::SecretError },
     #[error("sink `{sink}`: {reason}")]
     Other { sink: String, reason: String },
 }
@@ -177,35 +167,19 @@ impl Sink {
     /// Builds a sink, resolving its secrets now so a missing token fails at start, not at 3 am.
     pub fn build(cfg: &SinkConfig) -> Result<Sink, SinkBuildError> {
         match cfg {
-            SinkConfig::Webhook {
-                name,
-                url,
-                token,
-                timeout,
-            } => {
+            SinkConfig::Webhook { name, url, token, timeout } => {
                 let token = token
                     .as_ref()
                     .map(|t| t.resolve())
                     .transpose()
-                    .map_err(|source| SinkBuildError::Secret {
-                        sink: name.clone(),
-                        source,
-                    })?;
+                    .map_err(|source| SinkBuildError::Secret { sink: name.clone(), source })?;
                 webhook::WebhookSink::new(url, token, *timeout)
                     .map(Sink::Webhook)
-                    .map_err(|e| SinkBuildError::Other {
-                        sink: name.clone(),
-                        reason: e.to_string(),
-                    })
+                    .map_err(|e| SinkBuildError::Other { sink: name.clone(), reason: e.to_string() })
             }
-            SinkConfig::File { name, path } => {
-                file::FileSink::open(path)
-                    .map(Sink::File)
-                    .map_err(|e| SinkBuildError::Other {
-                        sink: name.clone(),
-                        reason: e.to_string(),
-                    })
-            }
+            SinkConfig::File { name, path } => file::FileSink::open(path)
+                .map(Sink::File)
+                .map_err(|e| SinkBuildError::Other { sink: name.clone(), reason: e.to_string() }),
         }
     }
 

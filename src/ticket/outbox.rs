@@ -45,10 +45,7 @@ pub async fn deliver(
     let label = SinkLabel { sink: name.clone() };
     let mut delays = backoff(retry.min, retry.max);
     loop {
-        metrics
-            .outbox_depth
-            .get_or_create(&label)
-            .set(store.outbox_len(&name) as i64);
+        metrics.outbox_depth.get_or_create(&label).set(store.outbox_len(&name) as i64);
         let entry = match store.outbox_first(&name) {
             Ok(Some(e)) => e,
             Ok(None) => {

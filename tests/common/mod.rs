@@ -12,19 +12,11 @@ use rumqttc::{AsyncClient, MqttOptions, QoS};
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn mosquitto_binary() -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain([
-        "/usr/sbin",
-        "/usr/local/sbin",
-        "/sbin",
-    ]) {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/local/sbin", "/sbin"]) {
         let p = Path::new(dir).join("mosquitto");
         if p.is_file() {
             return p;
@@ -43,11 +35,7 @@ pub struct Mosquitto {
 impl Mosquitto {
     pub fn start() -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = Mosquitto {
-            port: free_port(),
-            dir,
-            child: None,
-        };
+        let mut m = Mosquitto { port: free_port(), dir, child: None };
         m.spawn();
         m
     }
@@ -79,20 +67,13 @@ impl Mosquitto {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!(
-            "mosquitto did not start on port {}: {}",
-            self.port,
-            self.log()
-        );
+        panic!("mosquitto did not start on port {}: {}", self.port, self.log());
     }
 
     /// Stops the broker cleanly (SIGTERM: it saves its persistent sessions).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
             let _ = child.wait();
         }
     }
@@ -148,10 +129,7 @@ listen = ""
 "#;
     let mut config = Config::parse(text, Path::new("test.toml")).unwrap();
     config.mqtt.port = port;
-    config.mqtt.client_id = format!(
-        "fieldwatch-test-{}",
-        data_dir.file_name().unwrap().to_string_lossy()
-    );
+    config.mqtt.client_id = format!("fieldwatch-test-{}", data_dir.file_name().unwrap().to_string_lossy());
     config.daemon.data_dir = data_dir.to_path_buf();
     config.ticket.sinks = sinks;
     config
@@ -160,7 +138,9 @@ listen = ""
 /// A webhook sink pointing at a wiremock server.
 pub fn webhook(url: String, token_env: Option<&str>) -> SinkConfig {
     let text = match token_env {
-        Some(var) => format!("type = \"webhook\"\nname = \"api\"\nurl = \"{url}\"\ntimeout = \"2s\"\ntoken = {{ env = \"{var}\" }}\n"),
+        Some(var) => format!(
+            "type = \"webhook\"\nname = \"api\"\nurl = \"{url}\"\ntimeout = \"2s\"\ntoken = {{ env = \"{var}\" }}\n"
+        ),
         None => format!("type = \"webhook\"\nname = \"api\"\nurl = \"{url}\"\ntimeout = \"2s\"\n"),
     };
     toml::from_str(&text).unwrap()
@@ -175,9 +155,7 @@ pub struct Publisher {
 impl Publisher {
     pub async fn connect(port: u16, id: &str) -> Publisher {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
-        o.set_inflight(100)
-            .set_keep_alive(Duration::from_secs(10))
-            .set_max_packet_size(1 << 20, 1 << 20);
+        o.set_inflight(100).set_keep_alive(Duration::from_secs(10)).set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(o, 1000);
         let task = tokio::spawn(async move {
             loop {
@@ -192,18 +170,11 @@ impl Publisher {
     /// Publishes a JSON reading at QoS 1.
     pub async fn send(&self, device: &str, ts_ms: i64, temp: f64) {
         let payload = serde_json::json!({ "ts": ts_ms, "discharge_temp": temp }).to_string();
-        self.raw(
-            &format!("plant/site-1/{device}/telemetry"),
-            payload.into_bytes(),
-        )
-        .await;
+        self.raw(&format!("plant/site-1/{device}/telemetry"), payload.into_bytes()).await;
     }
 
     pub async fn raw(&self, topic: &str, payload: Vec<u8>) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await
-            .unwrap();
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap();
     }
 }
 
