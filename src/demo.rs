@@ -43,6 +43,7 @@ pub struct DemoOptions {
 pub struct DemoReport {
     pub readings: u64,
     pub tickets_opened: usize,
+    pub tickets_updated: usize,
     pub tickets_resolved: usize,
     pub tickets_file: PathBuf,
 }
@@ -164,6 +165,7 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
                     print_ticket(&cmd);
                     match cmd.action {
                         Action::Open => report.tickets_opened += 1,
+                        Action::Update => report.tickets_updated += 1,
                         Action::Resolve => report.tickets_resolved += 1,
                     }
                 }
@@ -219,6 +221,14 @@ fn print_ticket(cmd: &TicketCommand) {
         Action::Open => println!(
             "TICKET {} opened  [{} / {}] {}\n    {}\n    first seen {}, opened {}, score {:.2} ({})\n",
             t.id, site, t.device, t.title, t.summary, t.first_seen, t.opened_at, t.evidence.score, t.evidence.detector
+        ),
+        Action::Update => println!(
+            "TICKET {} updated [{} / {}] {}\n    {}\n",
+            t.id,
+            site,
+            t.device,
+            t.title,
+            t.note.as_deref().unwrap_or(&t.summary)
         ),
         Action::Resolve => {
             println!("TICKET {} resolved [{} / {}] {}\n    {}\n", t.id, site, t.device, t.title, t.summary)

@@ -20,7 +20,71 @@ use crate::reading::format_ts;
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Open,
+    /// The incident changed (recurrence, escalation, flapping): add a note to the same ticket.
+    Update,
     Resolve,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Open => "open",
+            Action::Update => "update",
+            Action::Resolve => "resolve",
+        }
+    }
+}
+
+/// Ticket priority, P1 (most urgent) to P4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub enum Priority {
+    P1,
+    P2,
+    P3,
+    #[default]
+    P4,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::P1 => "P1",
+            Priority::P2 => "P2",
+            Priority::P3 => "P3",
+            Priority::P4 => "P4",
+        }
+    }
+}
+
+/// The customer behind the asset, as the technician needs to know it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomerRef {
+    pub id: String,
+    pub name: String,
+    /// `tier1` (strategic), `tier2` (growth), `tier3` (all others).
+    pub tier: String,
+}
+
+/// The asset (device) as registered by the operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssetRef {
+    pub id: String,
+    pub model: Option<String>,
+    /// `high`, `medium` or `low`.
+    pub criticality: String,
+    pub location: Option<String>,
+    pub safety_critical: bool,
+    pub contacts: Vec<String>,
+}
+
+/// Something the daemon checked before opening the ticket, so the technician need not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    /// What was checked, e.g. `sensor alive`.
+    pub check: String,
+    /// `ok`, `anomalous` or `unknown`.
+    pub result: String,
+    pub detail: String,
 }
 
 /// One request to a ticket system, as stored in the outbox and sent to sinks.
@@ -82,6 +146,44 @@ pub struct Ticket {
     pub opened_at: String,
     pub state: IncidentState,
     pub resolved_at: Option<String>,
+    /// P1..P4 from asset criticality x customer tier (safety-critical assets are always P1).
+    #[serde(default)]
+    pub priority: Priority,
+    /// Respond by this time (RFC 3339), from the priority's SLA.
+    #[serde(default)]
+    pub respond_by: String,
+    /// Always `proactive`: the daemon, not a customer, raised it.
+    #[serde(default)]
+    pub origin: String,
+    /// How sure the daemon is, 0..1.
+    #[serde(default)]
+    pub confidence: f64,
+    #[serde(default)]
+    pub customer: Option<CustomerRef>,
+    #[serde(default)]
+    pub asset: Option<AssetRef>,
+    /// What happened, in plain words (same as `summary`, named for the technician's form).
+    #[serde(default)]
+    pub what_happened: String,
+    #[serde(default)]
+    pub checks_done: Vec<Check>,
+    /// The fault's runbook steps.
+    #[serde(default)]
+    pub next_steps: Vec<String>,
+    #[serde(default)]
+    pub runbook_link: Option<String>,
+    /// When a trend says the metric will cross its limit (RFC 3339).
+    #[serde(default)]
+    pub predicted_failure_at: Option<String>,
+    /// The incident opened and resolved repeatedly and is held open.
+    #[serde(default)]
+    pub flapping: bool,
+    /// Below the configured confidence: for a person to review before dispatch.
+    #[serde(default)]
+    pub needs_review: bool,
+    /// What this command changes: the update note, escalation or closing note.
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 impl TicketCommand {
@@ -109,7 +211,7 @@ impl TicketCommand {
                 fault: format!("{}.{}", inc.metric, inc.fault.as_str()),
                 fault_kind: inc.fault,
                 title,
-                summary,
+                summary: summary.clone(),
                 evidence: Evidence {
                     value: p.value,
                     unit: unit.map(str::to_string),
@@ -132,6 +234,20 @@ impl TicketCommand {
                 opened_at: format_ts(inc.opened_at),
                 state: inc.state,
                 resolved_at: inc.resolved_at.map(format_ts),
+                priority: Priority::default(),
+                respond_by: format_ts(inc.opened_at),
+                origin: "proactive".into(),
+                confidence: p.score,
+                customer: None,
+                asset: None,
+                what_happened: summary.clone(),
+                checks_done: Vec::new(),
+                next_steps: Vec::new(),
+                runbook_link: None,
+                predicted_failure_at: None,
+                flapping: false,
+                needs_review: false,
+                note: None,
             },
         }
     }
