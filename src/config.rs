@@ -40,6 +40,96 @@ pub struct Config {
     pub incident: IncidentConfig,
     pub ticket: TicketConfig,
     pub admin: AdminConfig,
+    /// The asset registry (customers, devices, runbooks).
+    pub assets: crate::assets::AssetsConfig,
+    /// Priority matrix and SLAs.
+    pub priority: crate::assets::PriorityConfig,
+    /// observe / shadow / ticket, globally and per site.
+    pub modes: ModesConfig,
+    /// Planned work: no tickets.
+    pub maintenance: MaintenanceConfig,
+}
+
+/// What the daemon does with a ticket it would open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Log and count only.
+    Observe,
+    /// Record the ticket it would open (in the store), send nothing.
+    Shadow,
+    /// Send tickets.
+    #[default]
+    Ticket,
+}
+
+/// `[modes]`: roll fieldwatch out safely, site by site.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModesConfig {
+    pub default: Mode,
+    /// Per-site overrides: `site = "shadow"`.
+    pub sites: BTreeMap<String, Mode>,
+}
+
+impl ModesConfig {
+    /// The mode for a site.
+    pub fn for_site(&self, site: Option<&str>) -> Mode {
+        site.and_then(|s| self.sites.get(s)).copied().unwrap_or(self.default)
+    }
+}
+
+/// `[maintenance]`: scheduled windows during which no ticket opens.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    pub windows: Vec<MaintenanceWindow>,
+}
+
+/// One planned-work window for a site or a device: absolute (`start`/`end`, RFC 3339) or daily
+/// (`daily_from`/`daily_to`, `HH:MM` UTC, optionally on some `days` only).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    pub site: Option<String>,
+    pub device: Option<String>,
+    pub start: Option<chrono::DateTime<chrono::Utc>>,
+    pub end: Option<chrono::DateTime<chrono::Utc>>,
+    pub daily_from: Option<chrono::NaiveTime>,
+    pub daily_to: Option<chrono::NaiveTime>,
+    /// Weekdays for a daily window (`mon`..`sun`); empty = every day.
+    #[serde(default)]
+    pub days: Vec<chrono::Weekday>,
+    /// Shown in logs and the suppression record.
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl MaintenanceWindow {
+    /// Whether the window covers `device` at `site` at time `ts` (ms).
+    pub fn covers(&self, device: &str, site: Option<&str>, ts: i64) -> bool {
+        let target = match (&self.device, &self.site) {
+            (Some(d), _) => d == device,
+            (None, Some(s)) => site == Some(s.as_str()),
+            (None, None) => true,
+        };
+        if !target {
+            return false;
+        }
+        let Some(t) = chrono::DateTime::from_timestamp_millis(ts) else { return false };
+        if let (Some(a), Some(b)) = (self.start, self.end) {
+            return a <= t && t < b;
+        }
+        if let (Some(from), Some(to)) = (self.daily_from, self.daily_to) {
+            use chrono::Datelike;
+            if !self.days.is_empty() && !self.days.contains(&t.weekday()) {
+                return false;
+            }
+            let now = t.time();
+            return if from <= to { from <= now && now < to } else { now >= from || now < to };
+        }
+        false
+    }
 }
 
 /// Process-wide settings.
@@ -309,6 +399,20 @@ pub struct IncidentConfig {
     pub quiet_period: Duration,
     /// Readings kept as evidence in a ticket.
     pub evidence_readings: usize,
+    /// A fault that recurs this soon after its incident resolved updates the same ticket
+    /// instead of opening a new one.
+    #[serde(with = "humantime_serde")]
+    pub cool_down: Duration,
+    /// An incident that reopens this many times is marked flapping and held open ...
+    pub flap_reopens: u32,
+    /// ... until it has been quiet this many quiet periods.
+    pub flap_hold_factor: u32,
+    /// Below this confidence (0..1) a ticket goes to review instead of dispatch.
+    pub min_confidence: f64,
+    /// A device that sends nothing this long (while the broker link is up) opens a
+    /// sensor-health incident. Zero disables it.
+    #[serde(with = "humantime_serde")]
+    pub stale_after: Duration,
 }
 
 impl Default for IncidentConfig {
@@ -318,6 +422,11 @@ impl Default for IncidentConfig {
             debounce_for: Duration::from_secs(120),
             quiet_period: Duration::from_secs(600),
             evidence_readings: 10,
+            cool_down: Duration::from_secs(3600),
+            flap_reopens: 3,
+            flap_hold_factor: 3,
+            min_confidence: 0.55,
+            stale_after: Duration::from_secs(900),
         }
     }
 }
@@ -382,24 +491,43 @@ impl Default for AdminConfig {
     }
 }
 
+/// Deserializes TOML, naming the key path and line of the first error.
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let key = err.path().to_string();
+        let inner = err.into_inner();
+        let line = inner.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1).unwrap_or(0);
+        ConfigError::Parse { file: file.to_path_buf(), line, key, reason: inner.message().to_string() }
+    })
+}
+
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_path_buf(), source })?;
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        if let Some(rel) = config.assets.file.clone() {
+            let assets_path = match path.parent() {
+                Some(dir) if rel.is_relative() => dir.join(&rel),
+                _ => rel,
+            };
+            let assets_text = std::fs::read_to_string(&assets_path)
+                .map_err(|source| ConfigError::Read { file: assets_path.clone(), source })?;
+            let extra: crate::assets::AssetsFile = parse_toml(&assets_text, &assets_path)?;
+            crate::assets::Registry::validate(&config.assets, Some(&extra))
+                .map_err(|(key, reason)| ConfigError::Invalid { file: assets_path.clone(), key, reason })?;
+            config.assets.customers.extend(extra.customers);
+            config.assets.devices.extend(extra.devices);
+            config.assets.runbooks.extend(extra.runbooks);
+        }
+        Ok(config)
     }
 
     /// Parses and validates config text; `file` is only used in error messages.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::new(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|err| {
-            let key = err.path().to_string();
-            let inner = err.into_inner();
-            let line =
-                inner.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1).unwrap_or(0);
-            ConfigError::Parse { file: file.to_path_buf(), line, key, reason: inner.message().to_string() }
-        })?;
+        let config: Config = parse_toml(text, file)?;
         config.validate().map_err(|(key, reason)| ConfigError::Invalid { file: file.to_path_buf(), key, reason })?;
         Ok(config)
     }
@@ -501,6 +629,35 @@ impl Config {
                         return Err((format!("{key}.token"), "set `file` or `env`".into()));
                     }
                 }
+            }
+        }
+        if !(0.0..=1.0).contains(&self.incident.min_confidence) {
+            return bad("incident.min_confidence", "must be between 0 and 1");
+        }
+        if self.incident.flap_reopens < 2 {
+            return bad("incident.flap_reopens", "must be at least 2");
+        }
+        if self.incident.flap_hold_factor == 0 {
+            return bad("incident.flap_hold_factor", "must be at least 1");
+        }
+        crate::assets::Registry::validate(&self.assets, None)?;
+        for (i, w) in self.maintenance.windows.iter().enumerate() {
+            let key = format!("maintenance.windows[{i}]");
+            let absolute = w.start.is_some() || w.end.is_some();
+            let daily = w.daily_from.is_some() || w.daily_to.is_some();
+            match (absolute, daily) {
+                (true, true) => return Err((key, "use start/end or daily_from/daily_to, not both".into())),
+                (false, false) => return Err((key, "set start and end, or daily_from and daily_to".into())),
+                (true, false) if w.start.is_none() || w.end.is_none() || w.start >= w.end => {
+                    return Err((format!("{key}.end"), "start and end are both needed, start before end".into()))
+                }
+                (false, true) if w.daily_from.is_none() || w.daily_to.is_none() => {
+                    return Err((format!("{key}.daily_to"), "daily_from and daily_to go together".into()))
+                }
+                _ => {}
+            }
+            if w.site.is_some() && w.device.is_some() {
+                return Err((key, "name a site or a device, not both".into()));
             }
         }
         if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {

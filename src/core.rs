@@ -5,18 +5,20 @@
 //! once. It is synchronous; the caller flushes the store after each batch (group commit) and only
 //! then acknowledges the batch to its source.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::assets::Registry;
+use crate::config::{Config, MaintenanceWindow, Mode, ModesConfig};
 use crate::decode::Decoder;
-use crate::detect::DetectorBank;
+use crate::detect::{DetectorBank, FaultKind};
 use crate::incident::{Incident, IncidentPolicy, Transition};
 use crate::metrics::{Metrics, ReasonLabel};
-use crate::reading::{Message, Reading};
-use crate::store::{Rejected, Store, StoreError, REJECTED_PAYLOAD_MAX};
-use crate::ticket::TicketCommand;
+use crate::reading::{format_ts, Message, Reading};
+use crate::store::{Rejected, Route, Store, StoreError, REJECTED_PAYLOAD_MAX};
+use crate::ticket::content::{self, TicketContext};
+use crate::ticket::{Action, Check};
 
 /// What one batch did.
 #[derive(Debug, Default)]
@@ -45,6 +47,26 @@ pub struct Core {
     evidence_readings: usize,
     metrics: Arc<Metrics>,
     reject_log: HashMap<&'static str, (Instant, u64)>,
+    registry: Registry,
+    modes: ModesConfig,
+    maintenance: Vec<MaintenanceWindow>,
+    min_confidence: f64,
+    /// Per device: its site and the metrics it reports (for the checks in a ticket).
+    device_site: HashMap<String, Option<String>>,
+    device_metrics: HashMap<String, BTreeSet<String>>,
+    /// Event time of each series' last anomalous reading.
+    last_anomaly: HashMap<(String, String), i64>,
+}
+
+/// Suppression reasons that hold a ticket back (kept in the store, sent nowhere).
+const SHADOW: &str = "shadow";
+const NEEDS_REVIEW: &str = "needs_review";
+const OBSERVE: &str = "observe";
+/// Anomalies of two metrics this close in time count as "at the same time".
+const CORRELATION_MS: i64 = 5 * 60 * 1000;
+
+fn join(items: &[&String]) -> String {
+    items.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 impl Core {
@@ -67,6 +89,13 @@ impl Core {
             store,
             metrics,
             reject_log: HashMap::new(),
+            registry: Registry::new(&config.assets, None, &config.priority),
+            modes: config.modes.clone(),
+            maintenance: config.maintenance.windows.clone(),
+            min_confidence: config.incident.min_confidence,
+            device_site: HashMap::new(),
+            device_metrics: HashMap::new(),
+            last_anomaly: HashMap::new(),
         })
     }
 
@@ -130,37 +159,212 @@ impl Core {
         for a in &anomalies {
             self.metrics.anomalies.get_or_create(&ReasonLabel { reason: a.kind.as_str().into() }).inc();
         }
+        if !anomalies.is_empty() {
+            self.last_anomaly.insert((r.device.clone(), r.metric.clone()), r.ts);
+        }
+        if !self.device_site.contains_key(&r.device) {
+            let site = r.site.clone().or_else(|| self.registry.site(&r.device).map(str::to_string));
+            self.device_site.insert(r.device.clone(), site);
+        }
+        let metrics = self.device_metrics.entry(r.device.clone()).or_default();
+        if !metrics.contains(&r.metric) {
+            metrics.insert(r.metric.clone());
+        }
         for t in self.incidents.observe(r, &anomalies) {
-            let t = self.persist(series, t)?;
+            let t = self.persist(t)?;
             out.transitions.push(t);
         }
         Ok(())
     }
 
-    /// Writes an incident transition and its ticket command in one transaction.
-    fn persist(&mut self, series: u32, t: Transition) -> Result<Transition, StoreError> {
-        let t = match t {
-            Transition::Opened(mut inc) => {
+    /// Time-driven changes (escalation of unacknowledged incidents); `now` is wall-clock ms.
+    pub fn tick(&mut self, now: i64) -> Result<Vec<Transition>, StoreError> {
+        let mut out = Vec::new();
+        for t in self.incidents.tick(now) {
+            out.push(self.persist(t)?);
+        }
+        Ok(out)
+    }
+
+    /// Enriches an incident transition, decides where its ticket goes, and writes both in one
+    /// transaction.
+    fn persist(&mut self, t: Transition) -> Result<Transition, StoreError> {
+        let (mut inc, action, note) = match t {
+            Transition::Opened(i) => (i, Action::Open, None),
+            Transition::Updated(i, note) => (i, Action::Update, Some(note)),
+            Transition::Resolved(i) => (i, Action::Resolve, None),
+        };
+        let asset = self.registry.lookup(&inc.device);
+        let site = inc.site.clone().or_else(|| self.registry.site(&inc.device).map(str::to_string));
+        let series = self.store.series_id(&inc.device, &inc.metric)?;
+        match action {
+            Action::Open => {
                 inc.recent = self.store.recent(series, inc.opened_at, self.evidence_readings)?;
-                self.incidents.attach_recent(&inc.key, inc.recent.clone());
+                inc.respond_by = Some(inc.opened_at + asset.respond_within.as_millis() as i64);
+                inc.suppressed = self.suppression(&inc, site.as_deref());
                 self.metrics.incidents_opened.inc();
-                Transition::Opened(inc)
             }
-            Transition::Resolved(inc) => {
+            Action::Update => {
+                inc.updates += 1;
+                self.metrics.incidents_updated.inc();
+                if inc.escalated && note.as_deref().is_some_and(|n| n.starts_with("Escalated")) {
+                    self.metrics
+                        .incidents_escalated
+                        .get_or_create(&ReasonLabel { reason: asset.tier.as_str().into() })
+                        .inc();
+                }
+            }
+            Action::Resolve => {
                 self.metrics.incidents_resolved.inc();
-                Transition::Resolved(inc)
             }
+        }
+        let ctx = TicketContext {
+            unit: self.units.get(&inc.metric).map(String::as_str),
+            runbook: self.registry.runbook(&inc.metric, inc.fault),
+            checks: self.checks(&inc, series, site.as_deref())?,
+            note,
+            predicted_failure_at: None,
+            needs_review: inc.suppressed.as_deref() == Some(NEEDS_REVIEW),
+            asset,
         };
-        let inc = match &t {
-            Transition::Opened(i) | Transition::Resolved(i) => i,
+        let cmd = content::command(&inc, action, &ctx);
+        let route = match inc.suppressed.as_deref() {
+            None => match content::validate(&cmd.ticket) {
+                Ok(()) => Some(Route::Sinks(&self.sinks)),
+                Err(why) => {
+                    tracing::error!(error = %why, "ticket failed validation; held back (this is a bug)");
+                    Some(Route::Held("invalid"))
+                }
+            },
+            Some(reason @ (SHADOW | NEEDS_REVIEW)) => Some(Route::Held(reason)),
+            Some(_) => None,
         };
-        let cmd = TicketCommand::for_incident(inc, self.units.get(&inc.metric).map(String::as_str));
+        if action == Action::Open {
+            if let Some(reason) = &inc.suppressed {
+                let label = reason.split(':').next().unwrap_or(reason).to_string();
+                self.metrics.tickets_suppressed.get_or_create(&ReasonLabel { reason: label }).inc();
+            }
+        }
         tracing::info!(
             incident = %inc.id, device = %inc.device, fault = %cmd.ticket.fault, action = ?cmd.action,
-            summary = %cmd.ticket.summary, "incident {}", if matches!(t, Transition::Opened(_)) { "opened" } else { "resolved" }
+            priority = cmd.ticket.priority.as_str(), suppressed = ?inc.suppressed,
+            summary = %cmd.ticket.summary, note = ?cmd.ticket.note, "incident {}", action.as_str()
         );
-        self.store.save_incident(&inc.key, inc, Some(&cmd), &self.sinks)?;
-        Ok(t)
+        self.incidents.store_open(&inc);
+        self.store.save_incident(&inc.key, &inc, route.map(|r| (&cmd, r)))?;
+        Ok(match action {
+            Action::Open => Transition::Opened(inc),
+            Action::Update => Transition::Updated(inc, cmd.ticket.note.unwrap_or_default()),
+            Action::Resolve => Transition::Resolved(inc),
+        })
+    }
+
+    /// Why an incident that just opened sends no ticket, if it does not.
+    fn suppression(&self, inc: &Incident, site: Option<&str>) -> Option<String> {
+        if let Some(w) = self.maintenance.iter().find(|w| w.covers(&inc.device, site, inc.opened_at)) {
+            tracing::info!(device = %inc.device, reason = %w.reason, "planned maintenance: no ticket");
+            return Some(format!("maintenance: {}", w.reason));
+        }
+        match self.modes.for_site(site) {
+            Mode::Observe => return Some(OBSERVE.into()),
+            Mode::Shadow => return Some(SHADOW.into()),
+            Mode::Ticket => {}
+        }
+        (inc.peak.score < self.min_confidence).then(|| NEEDS_REVIEW.into())
+    }
+
+    /// What the daemon checked, so the technician need not: the sensor, the device's other
+    /// metrics, and the other devices at the site.
+    fn checks(&self, inc: &Incident, series: u32, site: Option<&str>) -> Result<Vec<Check>, StoreError> {
+        let mut checks = Vec::new();
+        let recent = self.store.recent(series, i64::MAX, 10)?;
+        let sensor = match (recent.first(), recent.last()) {
+            _ if inc.fault == FaultKind::Stuck => Check {
+                check: "sensor alive".into(),
+                result: "anomalous".into(),
+                detail: format!("{} repeats the same value: the sensor itself is the suspect", inc.metric),
+            },
+            (Some(first), Some(last)) => Check {
+                check: "sensor alive".into(),
+                result: "ok".into(),
+                detail: format!(
+                    "{} readings between {} and {}; the sensor reports and its values vary",
+                    recent.len(),
+                    format_ts(first.0),
+                    format_ts(last.0)
+                ),
+            },
+            _ => Check { check: "sensor alive".into(), result: "unknown".into(), detail: "no readings stored".into() },
+        };
+        checks.push(sensor);
+
+        let others: Vec<&String> = self
+            .device_metrics
+            .get(&inc.device)
+            .map(|m| m.iter().filter(|m| **m != inc.metric).collect())
+            .unwrap_or_default();
+        let near = |m: &String| {
+            self.last_anomaly
+                .get(&(inc.device.clone(), m.clone()))
+                .is_some_and(|&t| (t - inc.last_anomaly_at).abs() <= CORRELATION_MS)
+        };
+        let (abnormal, normal): (Vec<&String>, Vec<&String>) = others.iter().partition(|m| near(m));
+        checks.push(match (abnormal.is_empty(), normal.is_empty()) {
+            (true, true) => Check {
+                check: "other metrics of the device".into(),
+                result: "unknown".into(),
+                detail: "the device reports no other metric".into(),
+            },
+            (true, false) => Check {
+                check: "other metrics of the device".into(),
+                result: "ok".into(),
+                detail: format!("{} normal", join(&normal)),
+            },
+            (false, _) => Check {
+                check: "other metrics of the device".into(),
+                result: "anomalous".into(),
+                detail: format!("{} also abnormal at the same time: a device-level fault is likely", join(&abnormal)),
+            },
+        });
+
+        let peers: Vec<&String> = match site {
+            Some(site) => self
+                .device_site
+                .iter()
+                .filter(|(d, s)| s.as_deref() == Some(site) && **d != inc.device)
+                .map(|(d, _)| d)
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut affected: Vec<&String> = peers
+            .iter()
+            .copied()
+            .filter(|d| self.incidents.open_incidents().any(|i| &i.device == *d && i.suppressed.is_none()))
+            .collect();
+        affected.sort();
+        checks.push(match (site, peers.is_empty(), affected.is_empty()) {
+            (None, _, _) | (_, true, _) => Check {
+                check: "other devices at the site".into(),
+                result: "unknown".into(),
+                detail: "no other device of this site reports to this gateway".into(),
+            },
+            (Some(site), false, true) => Check {
+                check: "other devices at the site".into(),
+                result: "ok".into(),
+                detail: format!("{} other devices at {site} report normally", peers.len()),
+            },
+            (Some(site), false, false) => Check {
+                check: "other devices at the site".into(),
+                result: "anomalous".into(),
+                detail: format!(
+                    "{} of {} other devices at {site} also have open incidents ({}): a site-wide cause such as power, supply or ambient is possible",
+                    affected.len(),
+                    peers.len(),
+                    join(&affected)
+                ),
+            },
+        });
+        Ok(checks)
     }
 
     /// Number of series with detector state.

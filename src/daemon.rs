@@ -177,7 +177,19 @@ impl Batcher {
         let batch_max = self.config.store.batch_max;
         let linger = self.config.store.batch_linger;
         let mut batch: Vec<Inbound> = Vec::with_capacity(batch_max);
-        while let Some(first) = rx.recv().await {
+        let mut clock = tokio::time::interval(std::time::Duration::from_secs(1));
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+                _ = clock.tick() => {
+                    self.tick(&mut core).await;
+                    continue;
+                }
+            };
             batch.push(first);
             let deadline = tokio::time::Instant::now() + linger;
             while batch.len() < batch_max {
@@ -191,6 +203,18 @@ impl Batcher {
             self.liveness.batch_done();
         }
         drained.cancel();
+    }
+
+    /// Time-driven incident changes (escalations), made durable like a batch.
+    async fn tick(&self, core: &mut Core) {
+        match core.tick(crate::reading::now_ms()) {
+            Ok(t) if t.is_empty() => {}
+            Ok(_) => match self.store.flush().await {
+                Ok(()) => self.wake.notify_waiters(),
+                Err(e) => tracing::error!(error = %e, "flush failed after incident escalation"),
+            },
+            Err(e) => tracing::error!(error = %e, "cannot store incident escalation"),
+        }
     }
 
     async fn commit(&self, core: &mut Core, batch: &mut Vec<Inbound>) {

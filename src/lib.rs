@@ -19,6 +19,7 @@
 //! - [`metrics`] and [`admin`]: Prometheus counters and the loopback HTTP endpoint.
 
 pub mod admin;
+pub mod assets;
 pub mod config;
 pub mod core;
 pub mod daemon;

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub anomalies: Family<ReasonLabel, Counter>,
     pub incidents_opened: Counter,
     pub incidents_resolved: Counter,
+    pub incidents_updated: Counter,
+    pub incidents_escalated: Family<ReasonLabel, Counter>,
+    pub tickets_suppressed: Family<ReasonLabel, Counter>,
     pub tickets_delivered: Family<SinkLabel, Counter>,
     pub ticket_attempts_failed: Family<SinkLabel, Counter>,
     pub tickets_dead: Family<SinkLabel, Counter>,
@@ -59,6 +62,9 @@ impl Metrics {
             anomalies: Family::default(),
             incidents_opened: Counter::default(),
             incidents_resolved: Counter::default(),
+            incidents_updated: Counter::default(),
+            incidents_escalated: Family::default(),
+            tickets_suppressed: Family::default(),
             tickets_delivered: Family::default(),
             ticket_attempts_failed: Family::default(),
             tickets_dead: Family::default(),
@@ -77,6 +83,21 @@ impl Metrics {
         r.register("anomalies", "Anomalous readings, by fault kind", m.anomalies.clone());
         r.register("incidents_opened", "Incidents opened", m.incidents_opened.clone());
         r.register("incidents_resolved", "Incidents resolved", m.incidents_resolved.clone());
+        r.register(
+            "incidents_updated",
+            "Incident updates: recurrence, flapping, escalation",
+            m.incidents_updated.clone(),
+        );
+        r.register(
+            "sla_breaches",
+            "Incidents escalated because nobody acknowledged them by respond-by, by customer tier",
+            m.incidents_escalated.clone(),
+        );
+        r.register(
+            "tickets_suppressed",
+            "Incidents that opened no ticket, by reason (maintenance, observe, shadow, needs_review)",
+            m.tickets_suppressed.clone(),
+        );
         r.register("tickets_delivered", "Ticket commands a sink confirmed", m.tickets_delivered.clone());
         r.register(
             "ticket_attempts_failed",
@@ -104,6 +125,11 @@ impl Metrics {
             .iter()
             .filter_map(|r| self.rejected.get(&ReasonLabel { reason: r.to_string() }).map(|c| c.get()))
             .sum()
+    }
+
+    /// Suppressed tickets for one reason.
+    pub fn suppressed(&self, reason: &str) -> u64 {
+        self.tickets_suppressed.get(&ReasonLabel { reason: reason.into() }).map(|c| c.get()).unwrap_or(0)
     }
 
     /// Per-sink counter value.

@@ -52,6 +52,30 @@ pub struct Incident {
     pub peak: Anomaly,
     /// The readings before and at opening, oldest first: `(ts, value)`.
     pub recent: Vec<(i64, f64)>,
+    /// Times it recurred within the cool-down after resolving (each an update, not a new ticket).
+    #[serde(default)]
+    pub reopen_count: u32,
+    /// Opened and resolved repeatedly: held open longer, marked in the ticket.
+    #[serde(default)]
+    pub flapping: bool,
+    /// Respond-by time (ms) from the priority's SLA, set when the incident opens.
+    #[serde(default)]
+    pub respond_by: Option<i64>,
+    /// A technician acknowledged it (no escalation).
+    #[serde(default)]
+    pub acknowledged: bool,
+    /// Escalated because nobody acknowledged it by `respond_by`.
+    #[serde(default)]
+    pub escalated: bool,
+    /// Why no ticket is sent for it (`maintenance: ...`, `observe`, `shadow`, `needs_review`).
+    #[serde(default)]
+    pub suppressed: Option<String>,
+    /// Update commands sent so far; numbers each update's idempotency key.
+    #[serde(default)]
+    pub updates: u32,
+    /// A technician's verdict (`confirmed`, `false_alarm`, `fixed`, `wont_fix`).
+    #[serde(default)]
+    pub verdict: Option<String>,
 }
 
 impl Incident {
@@ -65,7 +89,17 @@ impl Incident {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transition {
     Opened(Incident),
+    /// The same incident changed: recurrence, flapping, escalation. The note says how.
+    Updated(Incident, String),
     Resolved(Incident),
+}
+
+impl Transition {
+    pub fn incident(&self) -> &Incident {
+        match self {
+            Transition::Opened(i) | Transition::Updated(i, _) | Transition::Resolved(i) => i,
+        }
+    }
 }
 
 /// An anomaly run that has not yet met the debounce.
@@ -81,6 +115,9 @@ pub struct IncidentPolicy {
     config: IncidentConfig,
     pending: HashMap<String, Pending>,
     open: HashMap<String, Incident>,
+    /// The last resolved incident of each key: a recurrence within the cool-down reopens it, and
+    /// a `wont_fix` verdict keeps the key from opening again by itself.
+    resolved: HashMap<String, Incident>,
 }
 
 fn more_severe(a: &Anomaly, b: &Anomaly) -> bool {
@@ -90,8 +127,13 @@ fn more_severe(a: &Anomaly, b: &Anomaly) -> bool {
 impl IncidentPolicy {
     /// A policy that starts with the open incidents found in the store.
     pub fn new(config: &IncidentConfig, stored: Vec<Incident>) -> IncidentPolicy {
-        let open = stored.into_iter().filter(|i| i.state == IncidentState::Open).map(|i| (i.key.clone(), i)).collect();
-        IncidentPolicy { config: config.clone(), pending: HashMap::new(), open }
+        let (open, resolved): (Vec<_>, Vec<_>) = stored.into_iter().partition(|i| i.state == IncidentState::Open);
+        IncidentPolicy {
+            config: config.clone(),
+            pending: HashMap::new(),
+            open: open.into_iter().map(|i| (i.key.clone(), i)).collect(),
+            resolved: resolved.into_iter().map(|i| (i.key.clone(), i)).collect(),
+        }
     }
 
     /// Open incidents, for status pages and tests.
@@ -118,6 +160,8 @@ impl IncidentPolicy {
 
     fn step(&mut self, key: &str, reading: &Reading, hit: Option<&Anomaly>) -> Option<Transition> {
         let ts = reading.ts;
+        let quiet_normal = self.quiet_ms(false);
+        let quiet_flapping = self.quiet_ms(true);
         if let Some(inc) = self.open.get_mut(key) {
             match hit {
                 Some(a) => {
@@ -128,10 +172,11 @@ impl IncidentPolicy {
                     }
                     None
                 }
-                None if ts - inc.last_anomaly_at >= self.config.quiet_period.as_millis() as i64 => {
+                None if ts - inc.last_anomaly_at >= if inc.flapping { quiet_flapping } else { quiet_normal } => {
                     let mut inc = self.open.remove(key)?;
                     inc.state = IncidentState::Resolved;
                     inc.resolved_at = Some(ts);
+                    self.resolved.insert(key.to_string(), inc.clone());
                     Some(Transition::Resolved(inc))
                 }
                 None => None,
@@ -156,6 +201,18 @@ impl IncidentPolicy {
                 return None;
             }
             let p = self.pending.remove(key)?;
+            if let Some(prev) = self.resolved.get(key) {
+                if prev.verdict.as_deref() == Some("wont_fix") {
+                    return None; // a technician decided: never reopened automatically
+                }
+                let within = prev.resolved_at.is_some_and(|r| ts - r < self.config.cool_down.as_millis() as i64);
+                if within {
+                    let mut inc = self.resolved.remove(key)?;
+                    let note = self.reopen(&mut inc, p, ts);
+                    self.open.insert(key.to_string(), inc.clone());
+                    return Some(Transition::Updated(inc, note));
+                }
+            }
             let idempotency_key = idempotency_key(key, p.first_seen);
             let inc = Incident {
                 id: format!("FW-{}", &idempotency_key[..10]),
@@ -173,16 +230,78 @@ impl IncidentPolicy {
                 anomalous_readings: u64::from(p.count),
                 peak: p.peak,
                 recent: Vec::new(),
+                reopen_count: 0,
+                flapping: false,
+                respond_by: None,
+                acknowledged: false,
+                escalated: false,
+                suppressed: None,
+                updates: 0,
+                verdict: None,
             };
             self.open.insert(key.to_string(), inc.clone());
             Some(Transition::Opened(inc))
         }
     }
 
-    /// Replaces the stored copy of an open incident (after the caller attached evidence).
-    pub fn attach_recent(&mut self, key: &str, recent: Vec<(i64, f64)>) {
-        if let Some(inc) = self.open.get_mut(key) {
-            inc.recent = recent;
+    /// How long an incident must stay quiet to resolve.
+    fn quiet_ms(&self, flapping: bool) -> i64 {
+        let factor = if flapping { self.config.flap_hold_factor.max(1) } else { 1 };
+        self.config.quiet_period.as_millis() as i64 * i64::from(factor)
+    }
+
+    /// Reopens a recently resolved incident; returns the update note.
+    fn reopen(&self, inc: &mut Incident, p: Pending, ts: i64) -> String {
+        let quiet_for = ts - inc.resolved_at.unwrap_or(ts);
+        inc.state = IncidentState::Open;
+        inc.resolved_at = None;
+        inc.reopen_count += 1;
+        inc.last_anomaly_at = ts;
+        inc.anomalous_readings += u64::from(p.count);
+        if more_severe(&p.peak, &inc.peak) {
+            inc.peak = p.peak;
+        }
+        let opened_times = inc.reopen_count + 1;
+        let note = if !inc.flapping && opened_times >= self.config.flap_reopens {
+            inc.flapping = true;
+            format!(
+                "Flapping: opened {opened_times} times since {}; held open until quiet for {}",
+                crate::reading::format_ts(inc.opened_at),
+                format_duration(self.quiet_ms(true))
+            )
+        } else {
+            format!("Recurred {} after it resolved (reopened {} times)", format_duration(quiet_for), inc.reopen_count)
+        };
+        note
+    }
+
+    /// Time-driven changes: escalates open incidents nobody acknowledged by their respond-by
+    /// time. `now` is wall-clock ms.
+    pub fn tick(&mut self, now: i64) -> Vec<Transition> {
+        let mut out = Vec::new();
+        for inc in self.open.values_mut() {
+            let due = inc.respond_by.is_some_and(|r| now >= r);
+            if due && !inc.acknowledged && !inc.escalated && inc.suppressed.is_none() {
+                inc.escalated = true;
+                let note = format!(
+                    "Escalated: not acknowledged by its respond-by time {}",
+                    inc.respond_by.map(crate::reading::format_ts).unwrap_or_default()
+                );
+                out.push(Transition::Updated(inc.clone(), note));
+            }
+        }
+        out
+    }
+
+    /// Replaces the policy's copy of an open incident after the caller enriched it (evidence,
+    /// SLA, suppression, update counter).
+    pub fn store_open(&mut self, inc: &Incident) {
+        if inc.state == IncidentState::Open {
+            if let Some(slot) = self.open.get_mut(&inc.key) {
+                *slot = inc.clone();
+            }
+        } else {
+            self.resolved.insert(inc.key.clone(), inc.clone());
         }
     }
 }
@@ -224,6 +343,9 @@ mod tests {
                 debounce_for: Duration::from_secs(3600),
                 quiet_period: Duration::from_secs(10),
                 evidence_readings: 5,
+                cool_down: Duration::from_secs(60),
+                flap_reopens: 3,
+                ..IncidentConfig::default()
             },
             Vec::new(),
         )
@@ -262,5 +384,57 @@ mod tests {
         for t in 3..20 {
             assert!(restarted.observe(&reading(t, 1.0), &[anomaly(t, 0.9)]).is_empty());
         }
+    }
+
+    /// Runs `n` anomalous readings from `t0` (one per second), then returns the transitions.
+    fn burst(p: &mut IncidentPolicy, t0: i64, n: i64) -> Vec<Transition> {
+        (0..n).flat_map(|i| p.observe(&reading(t0 + i * 1000, 1.0), &[anomaly(t0 + i * 1000, 0.9)])).collect()
+    }
+
+    #[test]
+    fn recurrence_within_cool_down_updates_the_same_incident_and_flapping_holds_it_open() {
+        let mut p = policy();
+        let opened = burst(&mut p, 0, 3);
+        let Transition::Opened(first) = &opened[0] else { panic!("{opened:?}") };
+        assert!(matches!(&p.observe(&reading(20_000, 0.0), &[])[..], [Transition::Resolved(_)]));
+        // Back 10 s after resolving: inside the 60 s cool-down.
+        let again = burst(&mut p, 30_000, 3);
+        let [Transition::Updated(inc, note)] = &again[..] else { panic!("{again:?}") };
+        assert_eq!(inc.id, first.id, "same incident, same ticket");
+        assert_eq!(inc.reopen_count, 1);
+        assert!(note.starts_with("Recurred"), "{note}");
+        assert!(matches!(&p.observe(&reading(50_000, 0.0), &[])[..], [Transition::Resolved(_)]));
+        let third = burst(&mut p, 60_000, 3);
+        let [Transition::Updated(inc, note)] = &third[..] else { panic!("{third:?}") };
+        assert!(inc.flapping && note.starts_with("Flapping"), "{note}");
+        // Held open: the normal 10 s quiet period no longer resolves it, three times that does.
+        assert!(p.observe(&reading(75_000, 0.0), &[]).is_empty());
+        assert!(matches!(&p.observe(&reading(93_000, 0.0), &[])[..], [Transition::Resolved(_)]));
+        // Long after the cool-down a new incident opens.
+        assert!(matches!(&burst(&mut p, 500_000, 3)[..], [Transition::Opened(i)] if i.id != first.id));
+    }
+
+    #[test]
+    fn wont_fix_is_never_reopened_automatically() {
+        let mut p = policy();
+        burst(&mut p, 0, 3);
+        let resolved = p.observe(&reading(20_000, 0.0), &[]);
+        let Transition::Resolved(mut inc) = resolved[0].clone() else { panic!() };
+        inc.verdict = Some("wont_fix".into());
+        p.store_open(&inc);
+        assert!(burst(&mut p, 30_000, 10).is_empty());
+        assert!(burst(&mut p, 900_000, 10).is_empty());
+    }
+
+    #[test]
+    fn unacknowledged_incident_escalates_once_at_respond_by() {
+        let mut p = policy();
+        let Transition::Opened(mut inc) = burst(&mut p, 0, 3)[0].clone() else { panic!() };
+        inc.respond_by = Some(100_000);
+        p.store_open(&inc);
+        assert!(p.tick(99_999).is_empty());
+        let t = p.tick(100_000);
+        assert!(matches!(&t[..], [Transition::Updated(i, n)] if i.escalated && n.starts_with("Escalated")));
+        assert!(p.tick(200_000).is_empty(), "escalates once");
     }
 }

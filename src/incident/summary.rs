@@ -109,6 +109,14 @@ mod tests {
                 bound: None,
             },
             recent: vec![],
+            reopen_count: 0,
+            flapping: false,
+            respond_by: None,
+            acknowledged: false,
+            escalated: false,
+            suppressed: None,
+            updates: 0,
+            verdict: None,
         };
         let (title, summary) = describe(&inc, Some("°C"));
         assert_eq!(title, "comp-3: discharge_temp above normal");

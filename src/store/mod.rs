@@ -6,7 +6,8 @@
 //!   one series in time order, and storing a redelivered reading again is a no-op.
 //! - `rejected`: seq (BE) → a JSON [`Rejected`] record, bounded to `rejected_max` entries.
 //! - `incidents`: incident key → JSON; `outbox`: `sink \0 seq (BE)` → JSON ticket command;
-//!   `dead_letters`: commands a sink refused for good. Incident changes and their outbox entries
+//!   `dead_letters`: commands a sink refused for good; `held`: commands kept back (shadow
+//!   mode, needs review). Incident changes and their outbox entries
 //!   are written in one transaction, so a crash can never leave one without the other.
 //!
 //! Nothing here is durable until [`Store::flush`]: the caller group-commits a batch, flushes once,
@@ -57,6 +58,15 @@ pub struct Rejected {
 /// Bytes of a rejected payload that are kept; enough to see what went wrong.
 pub const REJECTED_PAYLOAD_MAX: usize = 4096;
 
+/// Where a ticket command goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Route<'a> {
+    /// To every named sink's outbox queue.
+    Sinks(&'a [String]),
+    /// Kept aside with a reason, sent nowhere.
+    Held(&'a str),
+}
+
 /// A ticket command waiting in a sink's outbox.
 #[derive(Debug, Clone)]
 pub struct OutboxEntry {
@@ -74,6 +84,7 @@ pub struct Store {
     incidents: sled::Tree,
     outbox: sled::Tree,
     dead_letters: sled::Tree,
+    held: sled::Tree,
     /// Series ids are looked up on every reading; the cache keeps that off the disk.
     series_cache: Mutex<HashMap<(String, String), u32>>,
     rejected_len: AtomicUsize,
@@ -126,6 +137,7 @@ impl Store {
             incidents: db.open_tree("incidents")?,
             outbox: db.open_tree("outbox")?,
             dead_letters: db.open_tree("dead_letters")?,
+            held: db.open_tree("held")?,
             series_cache: Mutex::new(HashMap::new()),
             rejected_max,
             db,
@@ -246,34 +258,49 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes an incident record and queues ticket commands for every sink, atomically.
+    /// Writes an incident record and routes its ticket command (if any), atomically: to every
+    /// sink's outbox queue, or into the `held` tree (shadow mode, needs review) with the reason.
     pub fn save_incident<T: Serialize, C: Serialize>(
         &self,
         key: &str,
         incident: &T,
-        command: Option<&C>,
-        sinks: &[String],
+        command: Option<(&C, Route<'_>)>,
     ) -> Result<(), StoreError> {
         let record = serde_json::to_vec(incident)?;
-        let body = command.map(serde_json::to_vec).transpose()?;
-        let mut keys = Vec::new();
-        if body.is_some() {
-            for sink in sinks {
-                let mut k = outbox_prefix(sink);
-                k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-                keys.push(k);
+        let mut outbox_entries = Vec::new();
+        let mut held_entry = None;
+        if let Some((cmd, route)) = command {
+            let body = serde_json::to_vec(cmd)?;
+            match route {
+                Route::Sinks(sinks) => {
+                    for sink in sinks {
+                        let mut k = outbox_prefix(sink);
+                        k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+                        outbox_entries.push((k, body.clone()));
+                    }
+                }
+                Route::Held(reason) => {
+                    let rec = serde_json::json!({ "reason": reason, "command": serde_json::from_slice::<serde_json::Value>(&body)? });
+                    held_entry = Some((self.db.generate_id()?.to_be_bytes(), serde_json::to_vec(&rec)?));
+                }
             }
         }
-        (&self.incidents, &self.outbox).transaction(|(incidents, outbox)| {
+        (&self.incidents, &self.outbox, &self.held).transaction(|(incidents, outbox, held)| {
             incidents.insert(key.as_bytes(), record.as_slice())?;
-            if let Some(body) = &body {
-                for k in &keys {
-                    outbox.insert(k.as_slice(), body.as_slice())?;
-                }
+            for (k, body) in &outbox_entries {
+                outbox.insert(k.as_slice(), body.as_slice())?;
+            }
+            if let Some((k, v)) = &held_entry {
+                held.insert(k, v.as_slice())?;
             }
             Ok::<(), ConflictableTransactionError<StoreError>>(())
         })?;
         Ok(())
+    }
+
+    /// Ticket commands held back (shadow mode, needs review), oldest first.
+    pub fn held(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        self.held.iter().map(|kv| Ok(serde_json::from_slice(&kv?.1)?)).collect()
     }
 
     /// Every stored incident record.
@@ -403,8 +430,11 @@ mod tests {
     fn incident_and_outbox_are_written_together() {
         let store = Store::temporary().unwrap();
         let sinks = vec!["a".to_string(), "b".to_string()];
-        store.save_incident("k", &serde_json::json!({"x": 1}), Some(&serde_json::json!({"cmd": 1})), &sinks).unwrap();
-        assert_eq!(store.incidents::<serde_json::Value>().unwrap().len(), 1);
+        let cmd = serde_json::json!({"cmd": 1});
+        store.save_incident("k", &serde_json::json!({"x": 1}), Some((&cmd, Route::Sinks(&sinks)))).unwrap();
+        store.save_incident("k2", &serde_json::json!({"x": 2}), Some((&cmd, Route::Held("shadow")))).unwrap();
+        assert_eq!(store.held().unwrap()[0]["reason"], "shadow");
+        assert_eq!(store.incidents::<serde_json::Value>().unwrap().len(), 2);
         assert_eq!(store.outbox_len("a"), 1);
         assert_eq!(store.outbox_len("b"), 1);
         let first = store.outbox_first("a").unwrap().unwrap();

@@ -4,6 +4,7 @@
 //! transaction as the incident itself. One delivery task per sink drains its queue in order
 //! ([`outbox::deliver`]); a command leaves the outbox only after the sink confirmed it.
 
+pub mod content;
 pub mod file;
 pub mod outbox;
 pub mod webhook;
@@ -12,8 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::SinkConfig;
 use crate::detect::FaultKind;
-use crate::incident::{describe, Incident, IncidentState};
-use crate::reading::format_ts;
+use crate::incident::IncidentState;
 
 /// What the ticket system is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,73 +184,6 @@ pub struct Ticket {
     /// What this command changes: the update note, escalation or closing note.
     #[serde(default)]
     pub note: Option<String>,
-}
-
-impl TicketCommand {
-    /// The command for an incident transition.
-    pub fn for_incident(inc: &Incident, unit: Option<&str>) -> TicketCommand {
-        let action = match inc.state {
-            IncidentState::Open => Action::Open,
-            IncidentState::Resolved => Action::Resolve,
-        };
-        let (title, summary) = describe(inc, unit);
-        let p = &inc.peak;
-        TicketCommand {
-            action,
-            idempotency_key: format!(
-                "{}:{}",
-                inc.idempotency_key,
-                if action == Action::Open { "open" } else { "resolve" }
-            ),
-            ticket: Ticket {
-                id: inc.id.clone(),
-                idempotency_key: inc.idempotency_key.clone(),
-                device: inc.device.clone(),
-                site: inc.site.clone(),
-                metric: inc.metric.clone(),
-                fault: format!("{}.{}", inc.metric, inc.fault.as_str()),
-                fault_kind: inc.fault,
-                title,
-                summary: summary.clone(),
-                evidence: Evidence {
-                    value: p.value,
-                    unit: unit.map(str::to_string),
-                    baseline: p.expected,
-                    spread: p.spread,
-                    z: p.z,
-                    score: p.score,
-                    detector: p.detector.clone(),
-                    limit: matches!(inc.fault, FaultKind::AboveLimit | FaultKind::BelowLimit)
-                        .then_some(p.bound)
-                        .flatten(),
-                    anomalous_readings: inc.anomalous_readings,
-                    recent: inc
-                        .recent
-                        .iter()
-                        .map(|&(ts, value)| EvidenceReading { ts: format_ts(ts), value })
-                        .collect(),
-                },
-                first_seen: format_ts(inc.first_seen),
-                opened_at: format_ts(inc.opened_at),
-                state: inc.state,
-                resolved_at: inc.resolved_at.map(format_ts),
-                priority: Priority::default(),
-                respond_by: format_ts(inc.opened_at),
-                origin: "proactive".into(),
-                confidence: p.score,
-                customer: None,
-                asset: None,
-                what_happened: summary.clone(),
-                checks_done: Vec::new(),
-                next_steps: Vec::new(),
-                runbook_link: None,
-                predicted_failure_at: None,
-                flapping: false,
-                needs_review: false,
-                note: None,
-            },
-        }
-    }
 }
 
 /// Why a delivery attempt failed.

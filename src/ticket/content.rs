@@ -1,0 +1,141 @@
+//! Ticket content: everything a technician needs, built from an incident and what the daemon
+//! knows around it, and checked before it leaves. A ticket missing a required field is a bug.
+
+use super::{Action, Check, Evidence, EvidenceReading, Ticket, TicketCommand};
+use crate::assets::{AssetInfo, RunbookConfig};
+use crate::detect::FaultKind;
+use crate::incident::{describe, Incident, IncidentState};
+use crate::reading::format_ts;
+
+/// What the daemon knows around an incident, gathered by the core.
+#[derive(Debug, Clone)]
+pub struct TicketContext<'a> {
+    pub unit: Option<&'a str>,
+    pub asset: AssetInfo,
+    pub runbook: Option<&'a RunbookConfig>,
+    pub checks: Vec<Check>,
+    /// What this command changes (update note, escalation, closing note).
+    pub note: Option<String>,
+    pub predicted_failure_at: Option<i64>,
+    pub needs_review: bool,
+}
+
+/// Generic steps when no runbook matches: never leave a technician without a next step.
+fn default_steps(inc: &Incident) -> Vec<String> {
+    let m = &inc.metric;
+    match inc.fault {
+        FaultKind::Stuck => vec![
+            format!("Check the {m} sensor and its wiring or transmitter on site"),
+            "Compare with a handheld reading; replace the sensor if it does not respond".into(),
+        ],
+        _ => vec![
+            format!("Inspect the asset for the cause of the {m} change (load, ambient, blockage, wear)"),
+            format!("Compare {m} with a handheld reading to rule out the sensor"),
+            "Record what you found with the feedback command so the detector learns".into(),
+        ],
+    }
+}
+
+/// The command for an incident change.
+pub fn command(inc: &Incident, action: Action, ctx: &TicketContext) -> TicketCommand {
+    let (title, summary) = describe(inc, ctx.unit);
+    let p = &inc.peak;
+    let idempotency_key = match action {
+        Action::Update => format!("{}:update:{}", inc.idempotency_key, inc.updates),
+        a => format!("{}:{}", inc.idempotency_key, a.as_str()),
+    };
+    let respond_by = inc.respond_by.unwrap_or(inc.opened_at + ctx.asset.respond_within.as_millis() as i64);
+    let (next_steps, runbook_link) = match ctx.runbook {
+        Some(r) => (r.steps.clone(), r.link.clone()),
+        None => (default_steps(inc), None),
+    };
+    let note = match (&ctx.note, inc.state) {
+        (Some(n), _) => Some(n.clone()),
+        (None, IncidentState::Resolved) => Some(summary.clone()),
+        _ => None,
+    };
+    TicketCommand {
+        action,
+        idempotency_key,
+        ticket: Ticket {
+            id: inc.id.clone(),
+            idempotency_key: inc.idempotency_key.clone(),
+            device: inc.device.clone(),
+            site: inc.site.clone(),
+            metric: inc.metric.clone(),
+            fault: format!("{}.{}", inc.metric, inc.fault.as_str()),
+            fault_kind: inc.fault,
+            title,
+            summary: summary.clone(),
+            evidence: Evidence {
+                value: p.value,
+                unit: ctx.unit.map(str::to_string),
+                baseline: p.expected,
+                spread: p.spread,
+                z: p.z,
+                score: p.score,
+                detector: p.detector.clone(),
+                limit: matches!(inc.fault, FaultKind::AboveLimit | FaultKind::BelowLimit).then_some(p.bound).flatten(),
+                anomalous_readings: inc.anomalous_readings,
+                recent: inc.recent.iter().map(|&(ts, value)| EvidenceReading { ts: format_ts(ts), value }).collect(),
+            },
+            first_seen: format_ts(inc.first_seen),
+            opened_at: format_ts(inc.opened_at),
+            state: inc.state,
+            resolved_at: inc.resolved_at.map(format_ts),
+            priority: ctx.asset.priority,
+            respond_by: format_ts(respond_by),
+            origin: "proactive".into(),
+            confidence: (p.score * 100.0).round() / 100.0,
+            customer: ctx.asset.customer.clone(),
+            asset: Some(ctx.asset.asset.clone()),
+            what_happened: summary,
+            checks_done: ctx.checks.clone(),
+            next_steps,
+            runbook_link,
+            predicted_failure_at: ctx.predicted_failure_at.map(format_ts),
+            flapping: inc.flapping,
+            needs_review: ctx.needs_review,
+            note,
+        },
+    }
+}
+
+/// Checks that a ticket carries everything a technician needs; names the first missing field.
+pub fn validate(t: &Ticket) -> Result<(), String> {
+    let missing = |field: &str| Err(format!("ticket {}: `{field}` is missing", t.id));
+    if t.id.is_empty() {
+        return missing("id");
+    }
+    if t.idempotency_key.is_empty() {
+        return missing("idempotency_key");
+    }
+    if t.device.is_empty() {
+        return missing("device");
+    }
+    if t.what_happened.is_empty() || t.summary.is_empty() || t.title.is_empty() {
+        return missing("what_happened");
+    }
+    if t.respond_by.is_empty() || chrono::DateTime::parse_from_rfc3339(&t.respond_by).is_err() {
+        return missing("respond_by");
+    }
+    if t.origin != "proactive" {
+        return missing("origin");
+    }
+    if t.next_steps.is_empty() {
+        return missing("next_steps");
+    }
+    if t.checks_done.is_empty() {
+        return missing("checks_done");
+    }
+    if t.asset.is_none() {
+        return missing("asset");
+    }
+    if !(0.0..=1.0).contains(&t.confidence) {
+        return missing("confidence");
+    }
+    if t.evidence.recent.is_empty() && t.state == IncidentState::Open {
+        return missing("evidence.recent");
+    }
+    Ok(())
+}
