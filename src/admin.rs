@@ -1,37 +1,177 @@
-//! Admin HTTP (loopback by default): `/metrics` for Prometheus, `/healthz` and `/readyz`.
+//! Admin HTTP (loopback by default): `/metrics` for Prometheus, `/healthz`, `/readyz`, and the
+//! operator API: incidents with their timeline, technician feedback, silences, rejected messages.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::core::{Feedback, FeedbackError};
+use crate::incident::{Incident, IncidentState};
 use crate::metrics::Metrics;
+use crate::reading::now_ms;
+use crate::silence::Silence;
+use crate::store::Store;
 
-/// Serves until `cancel`.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, cancel: CancellationToken) {
-    let app = Router::new()
+/// A request the core must handle itself (it owns incident state).
+pub enum Control {
+    Feedback { id: String, feedback: Feedback, reply: oneshot::Sender<Result<Incident, FeedbackError>> },
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<Store>,
+    pub control: mpsc::Sender<Control>,
+}
+
+/// The router, separate from `serve` so tests can drive it directly.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(metrics);
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await {
+        .route("/api/incidents", get(list_incidents))
+        .route("/api/incidents/{id}/feedback", post(feedback))
+        .route("/api/silences", get(list_silences).post(add_silence))
+        .route("/api/silences/{id}", delete(remove_silence))
+        .route("/api/rejected", get(list_rejected))
+        .with_state(state)
+}
+
+/// Serves until `cancel`.
+pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, cancel: CancellationToken) {
+    if let Err(e) =
+        axum::serve(listener, router(state)).with_graceful_shutdown(async move { cancel.cancelled().await }).await
+    {
         tracing::error!(error = %e, "admin server failed");
     }
 }
 
-async fn metrics_text(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.render())
+async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render())
 }
 
 /// Ready when connected to the broker: until then no telemetry can arrive.
-async fn ready(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    if m.mqtt_connected.get() == 1 {
+async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
+    if s.metrics.mqtt_connected.get() == 1 {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not connected to the broker\n")
+    }
+}
+
+fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+    (status, Json(serde_json::json!({ "error": msg.to_string() }))).into_response()
+}
+
+#[derive(Deserialize)]
+struct IncidentQuery {
+    #[serde(default)]
+    open: bool,
+}
+
+async fn list_incidents(State(s): State<AdminState>, Query(q): Query<IncidentQuery>) -> Response {
+    match s.store.incidents::<Incident>() {
+        Ok(mut list) => {
+            list.retain(|i| !q.open || i.state == IncidentState::Open);
+            list.sort_by_key(|i| std::cmp::Reverse(i.opened_at));
+            Json(list).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn feedback(State(s): State<AdminState>, Path(id): Path<String>, Json(fb): Json<Feedback>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if s.control.send(Control::Feedback { id, feedback: fb, reply }).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is shutting down");
+    }
+    match answer.await {
+        Ok(Ok(inc)) => Json(inc).into_response(),
+        Ok(Err(FeedbackError::NotFound(id))) => error(StatusCode::NOT_FOUND, format!("no incident with id {id}")),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is shutting down"),
+    }
+}
+
+/// `POST /api/silences` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceRequest {
+    pub device: Option<String>,
+    pub site: Option<String>,
+    /// How long, e.g. `2h`.
+    #[serde(rename = "for", with = "humantime_serde")]
+    pub duration: std::time::Duration,
+    #[serde(default)]
+    pub reason: String,
+}
+
+async fn add_silence(State(s): State<AdminState>, Json(req): Json<SilenceRequest>) -> Response {
+    if req.device.is_some() == req.site.is_some() {
+        return error(StatusCode::BAD_REQUEST, "name exactly one of `device` or `site`");
+    }
+    if req.duration.is_zero() || req.duration > std::time::Duration::from_secs(30 * 86_400) {
+        return error(StatusCode::BAD_REQUEST, "`for` must be between 1s and 30d");
+    }
+    let now = now_ms();
+    let silence = Silence {
+        id: format!("S-{now:x}"),
+        device: req.device,
+        site: req.site,
+        created_at: now,
+        until: now + req.duration.as_millis() as i64,
+        reason: req.reason,
+    };
+    match s.store.put_silence(&silence.id, &silence) {
+        Ok(()) => {
+            tracing::info!(silence = %silence.id, device = ?silence.device, site = ?silence.site, until = %crate::reading::format_ts(silence.until), "silence added");
+            (StatusCode::CREATED, Json(silence)).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn list_silences(State(s): State<AdminState>) -> Response {
+    let now = now_ms();
+    match s.store.silences::<Silence>() {
+        Ok(mut list) => {
+            list.retain(|x| x.until > now);
+            Json(list).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn remove_silence(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
+    match s.store.remove_silence(&id) {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no silence with id {id}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct RejectedQuery {
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    50
+}
+
+async fn list_rejected(State(s): State<AdminState>, Query(q): Query<RejectedQuery>) -> Response {
+    match s.store.rejected(q.limit.min(1000)) {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{AdminState, Control};
 use crate::config::Config;
 use crate::core::Core;
 use crate::ingest::mqtt::{self, Inbound};
@@ -72,6 +73,7 @@ impl Daemon {
         let wake = Arc::new(Notify::new());
         let retry = RetryPolicy { min: config.ticket.retry_min, max: config.ticket.retry_max };
 
+        let (control_tx, control_rx) = mpsc::channel(16);
         let admin_addr = if config.admin.listen.is_empty() {
             None
         } else {
@@ -79,7 +81,8 @@ impl Daemon {
                 .await
                 .map_err(|source| DaemonError::Admin { addr: config.admin.listen.clone(), source })?;
             let addr = listener.local_addr().ok();
-            tracker.spawn(crate::admin::serve(listener, metrics.clone(), cancel.clone()));
+            let state = AdminState { metrics: metrics.clone(), store: store.clone(), control: control_tx.clone() };
+            tracker.spawn(crate::admin::serve(listener, state, cancel.clone()));
             addr
         };
 
@@ -112,7 +115,7 @@ impl Daemon {
         tracker.spawn(systemd::watchdog(liveness.clone(), cancel.clone()));
         let stage =
             Batcher { client, store: store.clone(), wake, metrics: metrics.clone(), liveness, config: config.clone() };
-        tracker.spawn(stage.run(core, rx, drained));
+        tracker.spawn(stage.run(core, rx, control_rx, drained));
         tracker.close();
         systemd::ready();
         tracing::info!(data_dir = %dir.display(), open_incidents = open, admin = ?admin_addr, "fieldwatch started");
@@ -173,7 +176,13 @@ impl Batcher {
     /// Group commit: collect up to `batch_max` messages (waiting at most `batch_linger` after
     /// the first), run them through the core, flush, then acknowledge them to the broker.
     /// Ends when the source closes the channel, after the last batch; then cancels `drained`.
-    async fn run(self, mut core: Core, mut rx: mpsc::Receiver<Inbound>, drained: CancellationToken) {
+    async fn run(
+        self,
+        mut core: Core,
+        mut rx: mpsc::Receiver<Inbound>,
+        mut control: mpsc::Receiver<Control>,
+        drained: CancellationToken,
+    ) {
         let batch_max = self.config.store.batch_max;
         let linger = self.config.store.batch_linger;
         let mut batch: Vec<Inbound> = Vec::with_capacity(batch_max);
@@ -187,6 +196,10 @@ impl Batcher {
                 },
                 _ = clock.tick() => {
                     self.tick(&mut core).await;
+                    continue;
+                }
+                Some(c) = control.recv() => {
+                    self.control(&mut core, c).await;
                     continue;
                 }
             };
@@ -203,6 +216,22 @@ impl Batcher {
             self.liveness.batch_done();
         }
         drained.cancel();
+    }
+
+    /// A request from the admin API, applied and made durable before the reply.
+    async fn control(&self, core: &mut Core, c: Control) {
+        match c {
+            Control::Feedback { id, feedback, reply } => {
+                let mut result = core.feedback(&id, &feedback, crate::reading::now_ms());
+                if result.is_ok() {
+                    if let Err(e) = self.store.flush().await {
+                        result = Err(e.into());
+                    }
+                    self.wake.notify_waiters();
+                }
+                let _ = reply.send(result);
+            }
+        }
     }
 
     /// Time-driven incident changes (escalations), made durable like a batch.

@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod assets;
+pub mod client;
 pub mod config;
 pub mod core;
 pub mod daemon;
@@ -31,6 +32,7 @@ pub mod incident;
 pub mod ingest;
 pub mod metrics;
 pub mod reading;
+pub mod silence;
 pub mod sim;
 pub mod store;
 pub mod systemd;

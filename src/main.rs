@@ -32,6 +32,49 @@ enum Command {
         /// Configuration file.
         file: PathBuf,
     },
+    /// List incidents with their timeline (asks the running daemon).
+    Incidents {
+        /// Only open incidents.
+        #[arg(long)]
+        open: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's admin address (admin.listen).
+        #[arg(long, env = "FIELDWATCH_ADMIN", default_value = "127.0.0.1:9797")]
+        admin: String,
+    },
+    /// Record a technician's verdict on an incident.
+    Feedback {
+        /// Incident id, e.g. FW-1a2b3c4d5e.
+        id: String,
+        #[arg(long, value_enum)]
+        verdict: fieldwatch::core::Verdict,
+        /// Root-cause code.
+        #[arg(long)]
+        root_cause: Option<String>,
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long, env = "FIELDWATCH_ADMIN", default_value = "127.0.0.1:9797")]
+        admin: String,
+    },
+    /// Silence tickets for a device or a site for a while (planned work not in the config).
+    Silence {
+        #[arg(long, conflicts_with = "site", required_unless_present_any = ["site", "list"])]
+        device: Option<String>,
+        #[arg(long)]
+        site: Option<String>,
+        /// How long, e.g. `2h`.
+        #[arg(long = "for", value_parser = humantime::parse_duration, required_unless_present = "list")]
+        duration: Option<Duration>,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// List active silences instead.
+        #[arg(long)]
+        list: bool,
+        #[arg(long, env = "FIELDWATCH_ADMIN", default_value = "127.0.0.1:9797")]
+        admin: String,
+    },
     /// Run everything on this machine: embedded broker, simulated equipment, the real pipeline.
     #[cfg(feature = "embedded-broker")]
     Demo {
@@ -102,6 +145,39 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Incidents { open, json, admin } => run_async(async move {
+            let list = fieldwatch::client::AdminClient::new(&admin)?.incidents(open).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", fieldwatch::client::render_incidents(&list));
+            }
+            Ok(())
+        }),
+        Command::Feedback { id, verdict, root_cause, note, admin } => run_async(async move {
+            let fb = fieldwatch::core::Feedback { verdict, root_cause, note };
+            let inc = fieldwatch::client::AdminClient::new(&admin)?.feedback(&id, &fb).await?;
+            print!("{}", fieldwatch::client::render_incidents(std::slice::from_ref(&inc)));
+            Ok(())
+        }),
+        Command::Silence { device, site, duration, reason, list, admin } => run_async(async move {
+            let client = fieldwatch::client::AdminClient::new(&admin)?;
+            if list {
+                for s in client.silences().await? {
+                    let target = s
+                        .device
+                        .as_deref()
+                        .map(|d| format!("device {d}"))
+                        .unwrap_or_else(|| format!("site {}", s.site.as_deref().unwrap_or("-")));
+                    println!("{}  {target}  until {}  {}", s.id, fieldwatch::reading::format_ts(s.until), s.reason);
+                }
+                return Ok(());
+            }
+            let duration = duration.ok_or_else(|| anyhow::anyhow!("--for is required"))?;
+            let s = client.silence(device.as_deref(), site.as_deref(), duration, &reason).await?;
+            println!("{} silenced until {}", s.id, fieldwatch::reading::format_ts(s.until));
+            Ok(())
+        }),
         #[cfg(feature = "embedded-broker")]
         Command::Demo { duration, data_dir, devices } => {
             init_logging("warn,rumqttd=off");

@@ -16,6 +16,13 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Labels of a false alarm: which detector and which kind of asset.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FalseAlarmLabel {
+    pub detector: String,
+    pub asset_model: String,
+}
+
 /// Label for per-sink counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabel {
@@ -35,6 +42,10 @@ pub struct Metrics {
     pub incidents_updated: Counter,
     pub incidents_escalated: Family<ReasonLabel, Counter>,
     pub tickets_suppressed: Family<ReasonLabel, Counter>,
+    pub verdicts: Family<ReasonLabel, Counter>,
+    pub false_alarms: Family<FalseAlarmLabel, Counter>,
+    pub time_to_detect_seconds: Histogram,
+    pub time_to_acknowledge_seconds: Histogram,
     pub tickets_delivered: Family<SinkLabel, Counter>,
     pub ticket_attempts_failed: Family<SinkLabel, Counter>,
     pub tickets_dead: Family<SinkLabel, Counter>,
@@ -65,6 +76,10 @@ impl Metrics {
             incidents_updated: Counter::default(),
             incidents_escalated: Family::default(),
             tickets_suppressed: Family::default(),
+            verdicts: Family::default(),
+            false_alarms: Family::default(),
+            time_to_detect_seconds: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+            time_to_acknowledge_seconds: Histogram::new(exponential_buckets(60.0, 2.0, 14)),
             tickets_delivered: Family::default(),
             ticket_attempts_failed: Family::default(),
             tickets_dead: Family::default(),
@@ -97,6 +112,18 @@ impl Metrics {
             "tickets_suppressed",
             "Incidents that opened no ticket, by reason (maintenance, observe, shadow, needs_review)",
             m.tickets_suppressed.clone(),
+        );
+        r.register("verdicts", "Technician verdicts on incidents, by verdict", m.verdicts.clone());
+        r.register("false_alarms", "Incidents a technician marked as false alarms", m.false_alarms.clone());
+        r.register(
+            "time_to_detect_seconds",
+            "From the first anomalous reading to the incident opening (event time)",
+            m.time_to_detect_seconds.clone(),
+        );
+        r.register(
+            "time_to_acknowledge_seconds",
+            "From the incident opening to a technician's first verdict",
+            m.time_to_acknowledge_seconds.clone(),
         );
         r.register("tickets_delivered", "Ticket commands a sink confirmed", m.tickets_delivered.clone());
         r.register(

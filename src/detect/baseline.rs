@@ -42,6 +42,10 @@ impl Baseline {
 }
 
 impl SeriesDetector for Baseline {
+    fn desensitize(&mut self, factor: f64) {
+        self.threshold *= factor.max(1.0);
+    }
+
     fn observe(&mut self, ts: i64, value: f64) -> Option<Anomaly> {
         if self.n < self.warmup {
             // Welford's running mean and variance, equal weights.

@@ -73,6 +73,10 @@ pub struct Anomaly {
 pub trait SeriesDetector: Send {
     /// Sees the next reading (event-time order) and reports an anomaly if there is one.
     fn observe(&mut self, ts: i64, value: f64) -> Option<Anomaly>;
+
+    /// Makes the detector less sensitive by `factor` (> 1) after a confirmed false alarm.
+    /// Detectors with hard thresholds (limits, flatline) ignore it.
+    fn desensitize(&mut self, _factor: f64) {}
 }
 
 /// The detectors of one series.
@@ -92,11 +96,42 @@ pub struct DetectorBank {
     config: DetectConfig,
     limits: LimitTable,
     series: HashMap<(String, String), SeriesDetectors>,
+    /// Sensitivity factors learned from false alarms, applied to new and existing detectors.
+    tuning: HashMap<(String, String), f64>,
 }
+
+/// A false alarm widens a series' alarm band by this factor ...
+pub const FALSE_ALARM_WIDENING: f64 = 1.25;
+/// ... up to this much in total.
+pub const MAX_WIDENING: f64 = 3.0;
 
 impl DetectorBank {
     pub fn new(config: &DetectConfig) -> DetectorBank {
-        DetectorBank { limits: LimitTable::new(&config.limits), config: config.clone(), series: HashMap::new() }
+        DetectorBank {
+            limits: LimitTable::new(&config.limits),
+            config: config.clone(),
+            series: HashMap::new(),
+            tuning: HashMap::new(),
+        }
+    }
+
+    /// Restores a learned sensitivity factor (from the store, at start).
+    pub fn set_tuning(&mut self, device: &str, metric: &str, factor: f64) {
+        self.tuning.insert((device.to_string(), metric.to_string()), factor);
+    }
+
+    /// Widens a series' alarm band after a false alarm; returns the new total factor.
+    pub fn desensitize(&mut self, device: &str, metric: &str) -> f64 {
+        let key = (device.to_string(), metric.to_string());
+        let old = self.tuning.get(&key).copied().unwrap_or(1.0);
+        let new = (old * FALSE_ALARM_WIDENING).min(MAX_WIDENING);
+        self.tuning.insert(key.clone(), new);
+        if let Some(s) = self.series.get_mut(&key) {
+            for d in &mut s.detectors {
+                d.desensitize(new / old);
+            }
+        }
+        new
     }
 
     /// Scores one reading of a series.
@@ -120,6 +155,16 @@ impl DetectorBank {
         ];
         if let Some(limit) = self.limits.lookup(device, metric) {
             detectors.push(Box::new(limit));
+        }
+        if let Some(&factor) = self.tuning.get(&(device.to_string(), metric.to_string())) {
+            for d in &mut detectors {
+                d.desensitize(factor);
+            }
+        }
+        if let Some(&factor) = self.tuning.get(&(device.to_string(), metric.to_string())) {
+            for d in &mut detectors {
+                d.desensitize(factor);
+            }
         }
         SeriesDetectors { detectors }
     }

@@ -76,6 +76,9 @@ pub struct Incident {
     /// A technician's verdict (`confirmed`, `false_alarm`, `fixed`, `wont_fix`).
     #[serde(default)]
     pub verdict: Option<String>,
+    /// What happened to the incident, in order: `(time ms, event)`.
+    #[serde(default)]
+    pub timeline: Vec<(i64, String)>,
 }
 
 impl Incident {
@@ -92,12 +95,14 @@ pub enum Transition {
     /// The same incident changed: recurrence, flapping, escalation. The note says how.
     Updated(Incident, String),
     Resolved(Incident),
+    /// Resolved by a person (technician feedback), with their note.
+    Closed(Incident, String),
 }
 
 impl Transition {
     pub fn incident(&self) -> &Incident {
         match self {
-            Transition::Opened(i) | Transition::Updated(i, _) | Transition::Resolved(i) => i,
+            Transition::Opened(i) | Transition::Updated(i, _) | Transition::Resolved(i) | Transition::Closed(i, _) => i,
         }
     }
 }
@@ -238,6 +243,7 @@ impl IncidentPolicy {
                 suppressed: None,
                 updates: 0,
                 verdict: None,
+                timeline: Vec::new(),
             };
             self.open.insert(key.to_string(), inc.clone());
             Some(Transition::Opened(inc))
@@ -291,6 +297,20 @@ impl IncidentPolicy {
             }
         }
         out
+    }
+
+    /// The incident with this id, open or last resolved.
+    pub fn find(&self, id: &str) -> Option<&Incident> {
+        self.open.values().chain(self.resolved.values()).find(|i| i.id == id)
+    }
+
+    /// Resolves an open incident now (a technician closed it); `None` if it is not open.
+    pub fn close(&mut self, key: &str, ts: i64) -> Option<Incident> {
+        let mut inc = self.open.remove(key)?;
+        inc.state = IncidentState::Resolved;
+        inc.resolved_at = Some(ts);
+        self.resolved.insert(key.to_string(), inc.clone());
+        Some(inc)
     }
 
     /// Replaces the policy's copy of an open incident after the caller enriched it (evidence,

@@ -117,6 +117,7 @@ mod tests {
             suppressed: None,
             updates: 0,
             verdict: None,
+            timeline: vec![],
         };
         let (title, summary) = describe(&inc, Some("°C"));
         assert_eq!(title, "comp-3: discharge_temp above normal");

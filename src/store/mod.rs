@@ -85,6 +85,8 @@ pub struct Store {
     outbox: sled::Tree,
     dead_letters: sled::Tree,
     held: sled::Tree,
+    tuning: sled::Tree,
+    silences: sled::Tree,
     /// Series ids are looked up on every reading; the cache keeps that off the disk.
     series_cache: Mutex<HashMap<(String, String), u32>>,
     rejected_len: AtomicUsize,
@@ -138,6 +140,8 @@ impl Store {
             outbox: db.open_tree("outbox")?,
             dead_letters: db.open_tree("dead_letters")?,
             held: db.open_tree("held")?,
+            tuning: db.open_tree("tuning")?,
+            silences: db.open_tree("silences")?,
             series_cache: Mutex::new(HashMap::new()),
             rejected_max,
             db,
@@ -296,6 +300,46 @@ impl Store {
             Ok::<(), ConflictableTransactionError<StoreError>>(())
         })?;
         Ok(())
+    }
+
+    /// Records a series' learned sensitivity factor.
+    pub fn set_tuning(&self, device: &str, metric: &str, factor: f64) -> Result<(), StoreError> {
+        let key = [device.as_bytes(), &[0], metric.as_bytes()].concat();
+        self.tuning.insert(key, &factor.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Every learned sensitivity factor: (device, metric, factor).
+    pub fn tuning(&self) -> Result<Vec<(String, String, f64)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tuning.iter() {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            let factor: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt("tuning".into()))?;
+            if let Some((d, m)) = name.split_once('\0') {
+                out.push((d.to_string(), m.to_string(), f64::from_be_bytes(factor)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds a silence record under its id.
+    pub fn put_silence<T: Serialize>(&self, id: &str, silence: &T) -> Result<(), StoreError> {
+        self.silences.insert(id.as_bytes(), serde_json::to_vec(silence)?)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Removes a silence; true if it existed.
+    pub fn remove_silence(&self, id: &str) -> Result<bool, StoreError> {
+        let existed = self.silences.remove(id.as_bytes())?.is_some();
+        self.db.flush()?;
+        Ok(existed)
+    }
+
+    /// Every silence record.
+    pub fn silences<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<T>, StoreError> {
+        self.silences.iter().map(|kv| Ok(serde_json::from_slice(&kv?.1)?)).collect()
     }
 
     /// Ticket commands held back (shadow mode, needs review), oldest first.

@@ -100,7 +100,12 @@ impl Drop for Mosquitto {
 
 /// A daemon config for tests: fast timers, small warm-up, the given broker and data dir.
 pub fn test_config(port: u16, data_dir: &Path, sinks: Vec<SinkConfig>) -> Config {
-    let text = r#"
+    test_config_with(port, data_dir, sinks, "")
+}
+
+/// Like [`test_config`], with more TOML appended (assets, modes, maintenance, ...).
+pub fn test_config_with(port: u16, data_dir: &Path, sinks: Vec<SinkConfig>, extra: &str) -> Config {
+    let base = r#"
 [mqtt]
 client_id = "CLIENT"
 topics = ["plant/+/+/telemetry"]
@@ -121,13 +126,15 @@ z_threshold = 5.0
 debounce_readings = 3
 quiet_period = "10m"
 evidence_readings = 5
+stale_after = "0s"
 [ticket]
 retry_min = "100ms"
 retry_max = "500ms"
 [admin]
 listen = ""
 "#;
-    let mut config = Config::parse(text, Path::new("test.toml")).unwrap();
+    let text = format!("{base}\n{extra}");
+    let mut config = Config::parse(&text, Path::new("test.toml")).unwrap();
     config.mqtt.port = port;
     config.mqtt.client_id = format!("fieldwatch-test-{}", data_dir.file_name().unwrap().to_string_lossy());
     config.daemon.data_dir = data_dir.to_path_buf();

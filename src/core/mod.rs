@@ -5,6 +5,9 @@
 //! once. It is synchronous; the caller flushes the store after each batch (group commit) and only
 //! then acknowledges the batch to its source.
 
+mod checks;
+mod feedback;
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,13 +15,13 @@ use std::time::{Duration, Instant};
 use crate::assets::Registry;
 use crate::config::{Config, MaintenanceWindow, Mode, ModesConfig};
 use crate::decode::Decoder;
-use crate::detect::{DetectorBank, FaultKind};
+use crate::detect::DetectorBank;
 use crate::incident::{Incident, IncidentPolicy, Transition};
 use crate::metrics::{Metrics, ReasonLabel};
-use crate::reading::{format_ts, Message, Reading};
+use crate::reading::{Message, Reading};
 use crate::store::{Rejected, Route, Store, StoreError, REJECTED_PAYLOAD_MAX};
 use crate::ticket::content::{self, TicketContext};
-use crate::ticket::{Action, Check};
+use crate::ticket::Action;
 
 /// What one batch did.
 #[derive(Debug, Default)]
@@ -37,6 +40,8 @@ pub struct BatchOutcome {
 const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The daemon's processing core.
+pub use feedback::{Feedback, FeedbackError, Verdict};
+
 pub struct Core {
     decoder: Decoder,
     store: Arc<Store>,
@@ -73,6 +78,10 @@ impl Core {
     /// Builds the core and reloads open incidents from the store.
     pub fn new(config: &Config, store: Arc<Store>, metrics: Arc<Metrics>) -> Result<Core, StoreError> {
         let stored: Vec<Incident> = store.incidents()?;
+        let mut detectors = DetectorBank::new(&config.detect);
+        for (device, metric, factor) in store.tuning()? {
+            detectors.set_tuning(&device, &metric, factor);
+        }
         let mut units: HashMap<String, String> = config.decode.units.clone().into_iter().collect();
         for m in &config.decode.metrics {
             if let Some(u) = &m.unit {
@@ -81,7 +90,7 @@ impl Core {
         }
         Ok(Core {
             decoder: Decoder::new(&config.decode),
-            detectors: DetectorBank::new(&config.detect),
+            detectors,
             incidents: IncidentPolicy::new(&config.incident, stored),
             sinks: config.ticket.sinks.iter().map(|s| s.name().to_string()).collect(),
             units,
@@ -193,6 +202,7 @@ impl Core {
             Transition::Opened(i) => (i, Action::Open, None),
             Transition::Updated(i, note) => (i, Action::Update, Some(note)),
             Transition::Resolved(i) => (i, Action::Resolve, None),
+            Transition::Closed(i, note) => (i, Action::Resolve, Some(note)),
         };
         let asset = self.registry.lookup(&inc.device);
         let site = inc.site.clone().or_else(|| self.registry.site(&inc.device).map(str::to_string));
@@ -201,8 +211,9 @@ impl Core {
             Action::Open => {
                 inc.recent = self.store.recent(series, inc.opened_at, self.evidence_readings)?;
                 inc.respond_by = Some(inc.opened_at + asset.respond_within.as_millis() as i64);
-                inc.suppressed = self.suppression(&inc, site.as_deref());
+                inc.suppressed = self.suppression(&inc, site.as_deref())?;
                 self.metrics.incidents_opened.inc();
+                self.metrics.time_to_detect_seconds.observe(((inc.opened_at - inc.first_seen).max(0) as f64) / 1000.0);
             }
             Action::Update => {
                 inc.updates += 1;
@@ -228,6 +239,13 @@ impl Core {
             asset,
         };
         let cmd = content::command(&inc, action, &ctx);
+        let event = match (action, &cmd.ticket.note) {
+            (Action::Open, _) => format!("opened ({}): {}", cmd.ticket.priority.as_str(), cmd.ticket.summary),
+            (_, Some(note)) => note.clone(),
+            (_, None) => action.as_str().to_string(),
+        };
+        let at = if action == Action::Open { inc.opened_at } else { crate::reading::now_ms().max(inc.last_anomaly_at) };
+        inc.timeline.push((at, event));
         let route = match inc.suppressed.as_deref() {
             None => match content::validate(&cmd.ticket) {
                 Ok(()) => Some(Route::Sinks(&self.sinks)),
@@ -255,116 +273,30 @@ impl Core {
         Ok(match action {
             Action::Open => Transition::Opened(inc),
             Action::Update => Transition::Updated(inc, cmd.ticket.note.unwrap_or_default()),
-            Action::Resolve => Transition::Resolved(inc),
+            Action::Resolve => match cmd.ticket.note {
+                Some(note) if inc.verdict.is_some() => Transition::Closed(inc, note),
+                _ => Transition::Resolved(inc),
+            },
         })
     }
 
     /// Why an incident that just opened sends no ticket, if it does not.
-    fn suppression(&self, inc: &Incident, site: Option<&str>) -> Option<String> {
+    fn suppression(&self, inc: &Incident, site: Option<&str>) -> Result<Option<String>, StoreError> {
         if let Some(w) = self.maintenance.iter().find(|w| w.covers(&inc.device, site, inc.opened_at)) {
             tracing::info!(device = %inc.device, reason = %w.reason, "planned maintenance: no ticket");
-            return Some(format!("maintenance: {}", w.reason));
+            return Ok(Some(format!("maintenance: {}", w.reason)));
         }
-        match self.modes.for_site(site) {
-            Mode::Observe => return Some(OBSERVE.into()),
-            Mode::Shadow => return Some(SHADOW.into()),
-            Mode::Ticket => {}
+        let now = crate::reading::now_ms();
+        let silences: Vec<crate::silence::Silence> = self.store.silences()?;
+        if let Some(s) = silences.iter().find(|s| s.covers(&inc.device, site, now)) {
+            tracing::info!(device = %inc.device, silence = %s.id, reason = %s.reason, "silenced: no ticket");
+            return Ok(Some(format!("silence: {}", s.reason)));
         }
-        (inc.peak.score < self.min_confidence).then(|| NEEDS_REVIEW.into())
-    }
-
-    /// What the daemon checked, so the technician need not: the sensor, the device's other
-    /// metrics, and the other devices at the site.
-    fn checks(&self, inc: &Incident, series: u32, site: Option<&str>) -> Result<Vec<Check>, StoreError> {
-        let mut checks = Vec::new();
-        let recent = self.store.recent(series, i64::MAX, 10)?;
-        let sensor = match (recent.first(), recent.last()) {
-            _ if inc.fault == FaultKind::Stuck => Check {
-                check: "sensor alive".into(),
-                result: "anomalous".into(),
-                detail: format!("{} repeats the same value: the sensor itself is the suspect", inc.metric),
-            },
-            (Some(first), Some(last)) => Check {
-                check: "sensor alive".into(),
-                result: "ok".into(),
-                detail: format!(
-                    "{} readings between {} and {}; the sensor reports and its values vary",
-                    recent.len(),
-                    format_ts(first.0),
-                    format_ts(last.0)
-                ),
-            },
-            _ => Check { check: "sensor alive".into(), result: "unknown".into(), detail: "no readings stored".into() },
-        };
-        checks.push(sensor);
-
-        let others: Vec<&String> = self
-            .device_metrics
-            .get(&inc.device)
-            .map(|m| m.iter().filter(|m| **m != inc.metric).collect())
-            .unwrap_or_default();
-        let near = |m: &String| {
-            self.last_anomaly
-                .get(&(inc.device.clone(), m.clone()))
-                .is_some_and(|&t| (t - inc.last_anomaly_at).abs() <= CORRELATION_MS)
-        };
-        let (abnormal, normal): (Vec<&String>, Vec<&String>) = others.iter().partition(|m| near(m));
-        checks.push(match (abnormal.is_empty(), normal.is_empty()) {
-            (true, true) => Check {
-                check: "other metrics of the device".into(),
-                result: "unknown".into(),
-                detail: "the device reports no other metric".into(),
-            },
-            (true, false) => Check {
-                check: "other metrics of the device".into(),
-                result: "ok".into(),
-                detail: format!("{} normal", join(&normal)),
-            },
-            (false, _) => Check {
-                check: "other metrics of the device".into(),
-                result: "anomalous".into(),
-                detail: format!("{} also abnormal at the same time: a device-level fault is likely", join(&abnormal)),
-            },
-        });
-
-        let peers: Vec<&String> = match site {
-            Some(site) => self
-                .device_site
-                .iter()
-                .filter(|(d, s)| s.as_deref() == Some(site) && **d != inc.device)
-                .map(|(d, _)| d)
-                .collect(),
-            None => Vec::new(),
-        };
-        let mut affected: Vec<&String> = peers
-            .iter()
-            .copied()
-            .filter(|d| self.incidents.open_incidents().any(|i| &i.device == *d && i.suppressed.is_none()))
-            .collect();
-        affected.sort();
-        checks.push(match (site, peers.is_empty(), affected.is_empty()) {
-            (None, _, _) | (_, true, _) => Check {
-                check: "other devices at the site".into(),
-                result: "unknown".into(),
-                detail: "no other device of this site reports to this gateway".into(),
-            },
-            (Some(site), false, true) => Check {
-                check: "other devices at the site".into(),
-                result: "ok".into(),
-                detail: format!("{} other devices at {site} report normally", peers.len()),
-            },
-            (Some(site), false, false) => Check {
-                check: "other devices at the site".into(),
-                result: "anomalous".into(),
-                detail: format!(
-                    "{} of {} other devices at {site} also have open incidents ({}): a site-wide cause such as power, supply or ambient is possible",
-                    affected.len(),
-                    peers.len(),
-                    join(&affected)
-                ),
-            },
-        });
-        Ok(checks)
+        Ok(match self.modes.for_site(site) {
+            Mode::Observe => Some(OBSERVE.into()),
+            Mode::Shadow => Some(SHADOW.into()),
+            Mode::Ticket => (inc.peak.score < self.min_confidence).then(|| NEEDS_REVIEW.into()),
+        })
     }
 
     /// Number of series with detector state.

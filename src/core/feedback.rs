@@ -1,0 +1,115 @@
+//! Technician feedback: a verdict on an incident closes the loop. A confirmation acknowledges
+//! it (no escalation); a false alarm resolves it and makes that series' detector less
+//! sensitive; `fixed` and `wont_fix` resolve it, and `wont_fix` keeps it from reopening.
+
+use serde::{Deserialize, Serialize};
+
+use super::Core;
+use crate::detect::FALSE_ALARM_WIDENING;
+use crate::incident::{IncidentState, Transition};
+use crate::metrics::{FalseAlarmLabel, ReasonLabel};
+use crate::store::StoreError;
+
+/// What the technician found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Verdict {
+    /// A real fault: acknowledged, work is under way.
+    Confirmed,
+    /// Nothing was wrong: resolve, and make the detector less sensitive to this.
+    FalseAlarm,
+    /// The fault was real and is fixed: resolve.
+    Fixed,
+    /// Known and accepted: resolve, and never reopen automatically.
+    WontFix,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Confirmed => "confirmed",
+            Verdict::FalseAlarm => "false_alarm",
+            Verdict::Fixed => "fixed",
+            Verdict::WontFix => "wont_fix",
+        }
+    }
+}
+
+/// A technician's feedback on one incident.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feedback {
+    pub verdict: Verdict,
+    /// A root-cause code from the service organisation's catalogue.
+    #[serde(default)]
+    pub root_cause: Option<String>,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// Why feedback could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedbackError {
+    #[error("no incident with id {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl Core {
+    /// Applies a verdict to incident `id` at wall-clock time `now` (ms); returns the incident as
+    /// stored afterwards.
+    pub fn feedback(&mut self, id: &str, fb: &Feedback, now: i64) -> Result<crate::incident::Incident, FeedbackError> {
+        let mut inc = self.incidents.find(id).cloned().ok_or_else(|| FeedbackError::NotFound(id.to_string()))?;
+        self.metrics.verdicts.get_or_create(&ReasonLabel { reason: fb.verdict.as_str().into() }).inc();
+        if inc.verdict.is_none() {
+            self.metrics.time_to_acknowledge_seconds.observe(((now - inc.opened_at).max(0) as f64) / 1000.0);
+        }
+        let mut words = format!("Technician verdict: {}", fb.verdict.as_str().replace('_', " "));
+        if let Some(rc) = &fb.root_cause {
+            words.push_str(&format!(" (root cause {rc})"));
+        }
+        if let Some(n) = &fb.note {
+            words.push_str(&format!(": {n}"));
+        }
+        if fb.verdict == Verdict::FalseAlarm {
+            let factor = self.detectors.desensitize(&inc.device, &inc.metric);
+            self.store.set_tuning(&inc.device, &inc.metric, factor)?;
+            let model = self.registry.lookup(&inc.device).asset.model.unwrap_or_else(|| "unknown".into());
+            self.metrics
+                .false_alarms
+                .get_or_create(&FalseAlarmLabel { detector: inc.peak.detector.clone(), asset_model: model })
+                .inc();
+            words.push_str(&format!(
+                ". The {} detector of {}/{} is now {:.0}% less sensitive (alarm band widened x{:.2})",
+                inc.peak.detector,
+                inc.device,
+                inc.metric,
+                (1.0 - 1.0 / factor) * 100.0,
+                FALSE_ALARM_WIDENING
+            ));
+        }
+        inc.verdict = Some(fb.verdict.as_str().to_string());
+        inc.acknowledged = true;
+        self.incidents.store_open(&inc);
+        let open = inc.state == IncidentState::Open;
+        let transition = match fb.verdict {
+            Verdict::Confirmed if open => Some(Transition::Updated(inc.clone(), words)),
+            Verdict::FalseAlarm | Verdict::Fixed | Verdict::WontFix if open => {
+                self.incidents.close(&inc.key, now).map(|closed| Transition::Closed(closed, words))
+            }
+            _ => {
+                // Already resolved: record the verdict, send nothing.
+                inc.timeline.push((now, words));
+                self.incidents.store_open(&inc);
+                self.store.save_incident::<_, ()>(&inc.key, &inc, None)?;
+                None
+            }
+        };
+        if let Some(t) = transition {
+            inc = self.persist(t)?.incident().clone();
+        }
+        Ok(inc)
+    }
+}

@@ -1,0 +1,320 @@
+//! Incidents and tickets a technician can act on, through the real pipeline: mosquitto →
+//! daemon (sled on disk) → wiremock ticket API, and the admin API for feedback and silences.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use fieldwatch::Daemon;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const REGISTRY: &str = r#"
+[[assets.customers]]
+id = "acme"
+name = "ACME Foods"
+tier = "tier1"
+[[assets.customers]]
+id = "corner"
+name = "Corner Shop"
+tier = "tier3"
+[[assets.devices]]
+id = "comp-1"
+site = "site-1"
+customer = "acme"
+model = "Bitzer 4FES-5Y"
+criticality = "high"
+location = "Cold store 2, roof"
+contacts = ["Site lead: +44 20 7946 0000"]
+[[assets.devices]]
+id = "comp-2"
+site = "site-1"
+customer = "corner"
+criticality = "low"
+[[assets.runbooks]]
+fault = "discharge_temp.deviation"
+steps = ["Check condenser fan and coil for blockage", "Check refrigerant charge"]
+link = "https://runbooks.example.com/compressor/discharge-temp"
+"#;
+
+async fn api() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(201)).mount(&server).await;
+    server
+}
+
+async fn bodies(server: &MockServer) -> Vec<serde_json::Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect()
+}
+
+/// 40 healthy readings, then `faulty` readings at 99 °C, for one device.
+async fn fault(p: &Publisher, device: &str, t0: i64, faulty: i64) {
+    for i in 0..40 {
+        p.send(device, t0 + i * 1000, normal(i)).await;
+    }
+    for i in 40..40 + faulty {
+        p.send(device, t0 + i * 1000, 99.0).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier1_critical_asset_gets_p1_with_its_respond_by_and_a_complete_ticket() {
+    let broker = Mosquitto::start();
+    let api = api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config_with(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)], REGISTRY);
+    let daemon = Daemon::start(config).await.unwrap();
+    let m = daemon.metrics().clone();
+    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let p = Publisher::connect(broker.port, "pub-p1").await;
+    let t0 = base_ts();
+    for i in 0..40 {
+        p.send("comp-2", t0 + i * 1000, normal(i)).await;
+    }
+    fault(&p, "comp-1", t0, 5).await;
+    wait_until("ticket delivered", || m.delivered("api") == 1).await;
+
+    let b = bodies(&api).await;
+    let t = &b[0]["ticket"];
+    assert_eq!(t["priority"], "P1");
+    let opened = chrono::DateTime::parse_from_rfc3339(t["opened_at"].as_str().unwrap()).unwrap();
+    let respond_by = chrono::DateTime::parse_from_rfc3339(t["respond_by"].as_str().unwrap()).unwrap();
+    assert_eq!(respond_by - opened, chrono::Duration::hours(4), "P1 SLA");
+    assert_eq!(t["customer"]["name"], "ACME Foods");
+    assert_eq!(t["customer"]["tier"], "tier1");
+    assert_eq!(t["asset"]["criticality"], "high");
+    assert_eq!(t["asset"]["model"], "Bitzer 4FES-5Y");
+    assert_eq!(t["asset"]["location"], "Cold store 2, roof");
+    assert_eq!(t["origin"], "proactive");
+    assert!(t["what_happened"].as_str().unwrap().starts_with("discharge_temp rose to 99 °C"));
+    assert_eq!(t["next_steps"][0], "Check condenser fan and coil for blockage");
+    assert_eq!(t["runbook_link"], "https://runbooks.example.com/compressor/discharge-temp");
+    assert!(t["confidence"].as_f64().unwrap() > 0.9);
+    assert_eq!(t["needs_review"], false);
+    let checks = t["checks_done"].as_array().unwrap();
+    let check = |name: &str| checks.iter().find(|c| c["check"] == name).unwrap_or_else(|| panic!("{name}: {checks:?}"));
+    assert_eq!(check("sensor alive")["result"], "ok");
+    assert_eq!(check("other devices at the site")["result"], "ok");
+    assert!(check("other devices at the site")["detail"].as_str().unwrap().starts_with("1 other devices at site-1"));
+    assert_eq!(check("other metrics of the device")["result"], "unknown");
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_window_suppresses_a_ticket_that_would_otherwise_open() {
+    let broker = Mosquitto::start();
+    let api = api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let window = "[[maintenance.windows]]\ndevice = \"comp-1\"\ndaily_from = \"00:00:00\"\ndaily_to = \"23:59:59\"\nreason = \"compressor overhaul\"\n";
+    let config = test_config_with(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)], window);
+    let daemon = Daemon::start(config).await.unwrap();
+    let m = daemon.metrics().clone();
+    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let p = Publisher::connect(broker.port, "pub-maint").await;
+    let t0 = base_ts();
+    fault(&p, "comp-1", t0, 5).await;
+    fault(&p, "comp-2", t0, 5).await;
+    wait_until("both incidents handled", || m.incidents_opened.get() == 2).await;
+    wait_until("the other ticket delivered", || m.delivered("api") == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = bodies(&api).await;
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0]["ticket"]["device"], "comp-2", "only the device outside the window gets a ticket");
+    assert_eq!(m.suppressed("maintenance"), 1);
+    let incidents: Vec<fieldwatch::incident::Incident> = daemon.store().incidents().unwrap();
+    let planned = incidents.iter().find(|i| i.device == "comp-1").unwrap();
+    assert_eq!(planned.suppressed.as_deref(), Some("maintenance: compressor overhaul"));
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_sensor_yields_one_ticket_marked_flapping() {
+    let broker = Mosquitto::start();
+    let api = api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
+    config.incident.quiet_period = Duration::from_secs(5);
+    config.incident.cool_down = Duration::from_secs(600);
+    config.incident.flap_reopens = 3;
+    config.detect.baseline_half_life = 1000.0;
+    let daemon = Daemon::start(config).await.unwrap();
+    let m = daemon.metrics().clone();
+    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let p = Publisher::connect(broker.port, "pub-flap").await;
+    let t0 = base_ts();
+    let mut i = 0;
+    for _ in 0..40 {
+        p.send("comp-6", t0 + i * 1000, normal(i)).await;
+        i += 1;
+    }
+    // Four bursts of 3 bad readings, each followed by 8 s of normal readings (> quiet period).
+    for _ in 0..4 {
+        for _ in 0..3 {
+            p.send("comp-6", t0 + i * 1000, 99.0).await;
+            i += 1;
+        }
+        for _ in 0..8 {
+            p.send("comp-6", t0 + i * 1000, normal(i)).await;
+            i += 1;
+        }
+    }
+    wait_until("all stored", || m.readings.get() == i as u64).await;
+    wait_until("commands delivered", || daemon.store().outbox_len("api") == 0 && m.delivered("api") >= 4).await;
+    let b = bodies(&api).await;
+    let actions: Vec<&str> = b.iter().map(|x| x["action"].as_str().unwrap()).collect();
+    assert_eq!(actions.iter().filter(|a| **a == "open").count(), 1, "one ticket: {actions:?}");
+    let ids: std::collections::HashSet<_> = b.iter().map(|x| x["ticket"]["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1, "every command is about the same ticket");
+    let flapping = b.iter().find(|x| x["ticket"]["flapping"] == true).expect("marked flapping");
+    assert_eq!(flapping["action"], "update");
+    assert!(flapping["ticket"]["note"].as_str().unwrap().starts_with("Flapping: opened 3 times"));
+    let last = b.last().unwrap();
+    assert_ne!(last["action"], "resolve", "a flapping incident is held open: {actions:?}");
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_records_the_ticket_and_sends_nothing() {
+    let broker = Mosquitto::start();
+    let api = api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let modes = "[modes]\ndefault = \"ticket\"\n[modes.sites]\nsite-1 = \"shadow\"\n";
+    let config = test_config_with(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)], modes);
+    let daemon = Daemon::start(config).await.unwrap();
+    let m = daemon.metrics().clone();
+    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let p = Publisher::connect(broker.port, "pub-shadow").await;
+    fault(&p, "comp-1", base_ts(), 5).await;
+    wait_until("incident opened", || m.incidents_opened.get() == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(bodies(&api).await.is_empty(), "shadow mode sends nothing");
+    let held = daemon.store().held().unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0]["reason"], "shadow");
+    assert_eq!(held[0]["command"]["ticket"]["device"], "comp-1");
+    assert_eq!(m.suppressed("shadow"), 1);
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn technician_feedback_closes_the_loop_through_the_admin_api_and_cli() {
+    let broker = Mosquitto::start();
+    let api = api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
+    config.admin.listen = "127.0.0.1:0".into();
+    let daemon = Daemon::start(config).await.unwrap();
+    let m = daemon.metrics().clone();
+    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let admin = daemon.admin_addr().unwrap().to_string();
+    let p = Publisher::connect(broker.port, "pub-feedback").await;
+    let t0 = base_ts();
+    fault(&p, "comp-1", t0, 5).await;
+    fault(&p, "comp-2", t0, 5).await;
+    wait_until("two tickets", || m.delivered("api") == 2).await;
+    let b = bodies(&api).await;
+    let id_of = |dev: &str| {
+        b.iter().find(|x| x["ticket"]["device"] == dev).unwrap()["ticket"]["id"].as_str().unwrap().to_string()
+    };
+
+    // False alarm through the CLI: resolves the ticket and widens the baseline.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fieldwatch"))
+        .args(["feedback", &id_of("comp-1"), "--verdict", "false_alarm", "--note", "door left open", "--admin", &admin])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verdict: false_alarm"));
+    wait_until("resolve delivered", || m.delivered("api") == 3).await;
+    let resolve = bodies(&api).await.pop().unwrap();
+    assert_eq!(resolve["action"], "resolve");
+    let note = resolve["ticket"]["note"].as_str().unwrap();
+    assert!(note.starts_with("Technician verdict: false alarm: door left open"), "{note}");
+    assert!(note.contains("less sensitive"), "{note}");
+
+    // Won't fix through the HTTP API: resolved and never reopened by itself.
+    let url = format!("http://{admin}/api/incidents/{}/feedback", id_of("comp-2"));
+    let resp =
+        reqwest::Client::new().post(&url).json(&serde_json::json!({"verdict": "wont_fix"})).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    wait_until("resolve delivered", || m.delivered("api") == 4).await;
+    for i in 45..60 {
+        p.send("comp-2", t0 + i * 1000, 99.0).await;
+    }
+    wait_until("stored", || m.readings.get() == 105).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bodies(&api).await.len(), 4, "wont_fix is not reopened");
+    let missing = reqwest::Client::new()
+        .post(format!("http://{admin}/api/incidents/FW-nope/feedback"))
+        .json(&serde_json::json!({"verdict": "fixed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fieldwatch"))
+        .args(["incidents", "--admin", &admin])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("comp-2/discharge_temp.deviation") && text.contains("verdict: wont_fix"), "{text}");
+    assert!(text.contains("opened (P4): discharge_temp rose to 99 °C"), "timeline shown: {text}");
+    assert!(m.render().contains("fieldwatch_false_alarms_total{detector=\"baseline\",asset_model=\"unknown\"} 1"));
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_set_through_the_api_suppresses_tickets() {
+    let broker = Mosquitto::start();
+    let api = api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
+    config.admin.listen = "127.0.0.1:0".into();
+    let daemon = Daemon::start(config).await.unwrap();
+    let m = daemon.metrics().clone();
+    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let admin = daemon.admin_addr().unwrap().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fieldwatch"))
+        .args(["silence", "--device", "comp-1", "--for", "2h", "--reason", "crane lift", "--admin", &admin])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p = Publisher::connect(broker.port, "pub-silence").await;
+    let t0 = base_ts();
+    fault(&p, "comp-1", t0, 5).await;
+    fault(&p, "comp-2", t0, 5).await;
+    wait_until("both incidents handled", || m.incidents_opened.get() == 2).await;
+    wait_until("the other ticket delivered", || m.delivered("api") == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = bodies(&api).await;
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0]["ticket"]["device"], "comp-2");
+    assert_eq!(m.suppressed("silence"), 1);
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_incident_is_escalated_at_its_respond_by_time() {
+    let broker = Mosquitto::start();
+    let api = api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sla = "[priority.respond_within]\nP1 = \"1h\"\nP2 = \"2h\"\nP3 = \"3h\"\nP4 = \"1s\"\n";
+    let config = test_config_with(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)], sla);
+    let daemon = Daemon::start(config).await.unwrap();
+    let m = daemon.metrics().clone();
+    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let p = Publisher::connect(broker.port, "pub-escalate").await;
+    fault(&p, "comp-9", base_ts(), 5).await;
+    wait_until("open and escalation delivered", || m.delivered("api") == 2).await;
+    let b = bodies(&api).await;
+    assert_eq!(b[1]["action"], "update");
+    assert!(b[1]["ticket"]["note"].as_str().unwrap().starts_with("Escalated: not acknowledged"));
+    assert!(m.render().contains("fieldwatch_sla_breaches_total{reason=\"tier3\"} 1"));
+    daemon.shutdown().await;
+}
