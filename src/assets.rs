@@ -284,8 +284,9 @@ impl Registry {
         }
         for (i, r) in assets.runbooks.iter().chain(&extra.runbooks).enumerate() {
             let kind = r.fault.rsplit('.').next().unwrap_or_default();
-            if !FaultKind::ALL.iter().any(|k| k.as_str() == kind) {
-                let kinds: Vec<_> = FaultKind::ALL.iter().map(|k| k.as_str()).collect();
+            let known = FaultKind::ALL.iter().chain(&[FaultKind::Silent]);
+            if !known.clone().any(|k| k.as_str() == kind) {
+                let kinds: Vec<_> = known.map(|k| k.as_str()).collect();
                 return Err((
                     format!("assets.runbooks[{i}].fault"),
                     format!("`{}` does not end in a fault kind ({})", r.fault, kinds.join(", ")),

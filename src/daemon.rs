@@ -236,7 +236,8 @@ impl Batcher {
 
     /// Time-driven incident changes (escalations), made durable like a batch.
     async fn tick(&self, core: &mut Core) {
-        match core.tick(crate::reading::now_ms()) {
+        let since = self.metrics.connected_since_ms.load(std::sync::atomic::Ordering::Relaxed);
+        match core.tick(crate::reading::now_ms(), (since > 0).then_some(since)) {
             Ok(t) if t.is_empty() => {}
             Ok(_) => match self.store.flush().await {
                 Ok(()) => self.wake.notify_waiters(),

@@ -32,6 +32,9 @@ pub struct SinkLabel {
 /// All of the daemon's counters and gauges.
 pub struct Metrics {
     registry: Registry,
+    /// Wall-clock ms of the current broker connection's start; 0 while disconnected. The
+    /// staleness check waits a grace period after a (re)connect before it blames a device.
+    pub connected_since_ms: std::sync::atomic::AtomicI64,
     pub messages: Counter,
     pub readings: Counter,
     pub readings_duplicate: Counter,
@@ -89,6 +92,7 @@ impl Metrics {
             retention_removed: Counter::default(),
             batch_commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             registry: Registry::default(),
+            connected_since_ms: std::sync::atomic::AtomicI64::new(0),
         };
         let r = &mut registry;
         r.register("messages", "MQTT messages received", m.messages.clone());

@@ -318,3 +318,69 @@ async fn unacknowledged_incident_is_escalated_at_its_respond_by_time() {
     assert!(m.render().contains("fieldwatch_sla_breaches_total{reason=\"tier3\"} 1"));
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_device_opens_one_sensor_health_incident_and_resolves_when_heard_again() {
+    let broker = Mosquitto::start();
+    let api = api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
+    config.incident.stale_after = Duration::from_secs(2);
+    let daemon = Daemon::start(config).await.unwrap();
+    let m = daemon.metrics().clone();
+    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let p = Publisher::connect(broker.port, "pub-silent").await;
+    let t0 = base_ts();
+    p.send("comp-quiet", t0, 70.0).await;
+    // comp-busy keeps reporting; comp-quiet says nothing more.
+    let mut i = 0;
+    while m.delivered("api") == 0 && i < 200 {
+        p.send("comp-busy", t0 + i * 1000, normal(i)).await;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = bodies(&api).await;
+    assert_eq!(b.len(), 1, "{b:?}");
+    let t = &b[0]["ticket"];
+    assert_eq!(t["device"], "comp-quiet");
+    assert_eq!(t["fault"], "telemetry.silent");
+    assert!(t["what_happened"].as_str().unwrap().starts_with("comp-quiet has sent no telemetry for"));
+    assert_eq!(t["checks_done"][0]["result"], "anomalous");
+
+    p.send("comp-quiet", t0 + 1000, 70.1).await;
+    wait_until("resolve delivered", || m.delivered("api") == 2).await;
+    let b = bodies(&api).await;
+    assert_eq!(b[1]["action"], "resolve");
+    assert!(b[1]["ticket"]["summary"].as_str().unwrap().starts_with("Resolved: comp-quiet reports again"));
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_is_not_blamed_on_the_devices() {
+    let mut broker = Mosquitto::start();
+    let api = api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
+    config.incident.stale_after = Duration::from_secs(2);
+    let daemon = Daemon::start(config).await.unwrap();
+    let m = daemon.metrics().clone();
+    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let p = Publisher::connect(broker.port, "pub-outage").await;
+    let t0 = base_ts();
+    p.send("comp-a", t0, 70.0).await;
+    wait_until("stored", || m.readings.get() == 1).await;
+    broker.stop();
+    wait_until("link down noticed", || m.mqtt_connected.get() == 0).await;
+    tokio::time::sleep(Duration::from_secs(4)).await; // twice stale_after with the link down
+    assert_eq!(m.incidents_opened.get(), 0, "no sensor-health incident while the link is down");
+    broker.restart();
+    wait_until("reconnected", || m.mqtt_connected.get() == 1).await;
+    // The device resumes within the grace period after the reconnect.
+    for i in 1..20 {
+        p.send("comp-a", t0 + i * 1000, normal(i)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(m.incidents_opened.get(), 0, "a device that resumes after the outage is not silent");
+    assert!(bodies(&api).await.is_empty());
+    daemon.shutdown().await;
+}

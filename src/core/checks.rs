@@ -15,6 +15,11 @@ impl Core {
         let mut checks = Vec::new();
         let recent = self.store.recent(series, i64::MAX, 10)?;
         let sensor = match (recent.first(), recent.last()) {
+            _ if inc.fault == FaultKind::Silent => Check {
+                check: "sensor alive".into(),
+                result: "anomalous".into(),
+                detail: format!("no message from {} since {}", inc.device, format_ts(inc.first_seen)),
+            },
             _ if inc.fault == FaultKind::Stuck => Check {
                 check: "sensor alive".into(),
                 result: "anomalous".into(),

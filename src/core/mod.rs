@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::assets::Registry;
 use crate::config::{Config, MaintenanceWindow, Mode, ModesConfig};
 use crate::decode::Decoder;
-use crate::detect::DetectorBank;
+use crate::detect::{DetectorBank, FaultKind};
 use crate::incident::{Incident, IncidentPolicy, Transition};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::reading::{Message, Reading};
@@ -61,6 +61,9 @@ pub struct Core {
     device_metrics: HashMap<String, BTreeSet<String>>,
     /// Event time of each series' last anomalous reading.
     last_anomaly: HashMap<(String, String), i64>,
+    /// Wall-clock receive time of each device's last message (for sensor health).
+    last_heard: HashMap<String, i64>,
+    stale_after_ms: i64,
 }
 
 /// Suppression reasons that hold a ticket back (kept in the store, sent nowhere).
@@ -105,6 +108,8 @@ impl Core {
             device_site: HashMap::new(),
             device_metrics: HashMap::new(),
             last_anomaly: HashMap::new(),
+            last_heard: HashMap::new(),
+            stale_after_ms: config.incident.stale_after.as_millis() as i64,
         })
     }
 
@@ -121,6 +126,9 @@ impl Core {
             self.metrics.messages.inc();
             match self.decoder.decode(msg) {
                 Ok(readings) => {
+                    if let Some(first) = readings.first() {
+                        self.heard_from(&first.device, msg.received_ms, &mut out)?;
+                    }
                     for r in &readings {
                         self.process_reading(r, &mut out)?;
                     }
@@ -186,13 +194,40 @@ impl Core {
         Ok(())
     }
 
-    /// Time-driven changes (escalation of unacknowledged incidents); `now` is wall-clock ms.
-    pub fn tick(&mut self, now: i64) -> Result<Vec<Transition>, StoreError> {
+    /// Time-driven changes; `now` is wall-clock ms. Escalates unacknowledged incidents, and
+    /// opens sensor-health incidents for devices that went silent. `link_up_since` is when the
+    /// broker connection started (`None` while it is down): a silent broker link is not an
+    /// equipment fault, and after a reconnect devices get `stale_after` to be heard again.
+    pub fn tick(&mut self, now: i64, link_up_since: Option<i64>) -> Result<Vec<Transition>, StoreError> {
         let mut out = Vec::new();
         for t in self.incidents.tick(now) {
             out.push(self.persist(t)?);
         }
+        let link_settled = link_up_since.is_some_and(|since| now - since >= self.stale_after_ms);
+        if self.stale_after_ms > 0 && link_settled {
+            let silent: Vec<(String, i64)> = self
+                .last_heard
+                .iter()
+                .filter(|(_, &heard)| now - heard >= self.stale_after_ms)
+                .map(|(d, &h)| (d.clone(), h))
+                .collect();
+            for (device, heard) in silent {
+                let site = self.device_site.get(&device).cloned().flatten();
+                if let Some(t) = self.incidents.silent(&device, site, heard, now) {
+                    out.push(self.persist(t)?);
+                }
+            }
+        }
         Ok(out)
+    }
+
+    /// Notes that a device was heard from; resolves its sensor-health incident if one is open.
+    fn heard_from(&mut self, device: &str, received: i64, out: &mut BatchOutcome) -> Result<(), StoreError> {
+        self.last_heard.insert(device.to_string(), received);
+        if let Some(t) = self.incidents.heard(device, received) {
+            out.transitions.push(self.persist(t)?);
+        }
+        Ok(())
     }
 
     /// Enriches an incident transition, decides where its ticket goes, and writes both in one
@@ -206,7 +241,15 @@ impl Core {
         };
         let asset = self.registry.lookup(&inc.device);
         let site = inc.site.clone().or_else(|| self.registry.site(&inc.device).map(str::to_string));
-        let series = self.store.series_id(&inc.device, &inc.metric)?;
+        // A sensor-health incident shows the device's last readings of any metric.
+        let metric = match inc.fault {
+            FaultKind::Silent => self.device_metrics.get(&inc.device).and_then(|m| m.iter().next()).cloned(),
+            _ => Some(inc.metric.clone()),
+        };
+        let series = match metric {
+            Some(m) => self.store.series_id(&inc.device, &m)?,
+            None => u32::MAX,
+        };
         match action {
             Action::Open => {
                 inc.recent = self.store.recent(series, inc.opened_at, self.evidence_readings)?;

@@ -33,9 +33,12 @@ pub enum FaultKind {
     AboveLimit,
     /// Below a configured minimum.
     BelowLimit,
+    /// The device sent nothing for too long while the broker link was up (sensor health).
+    Silent,
 }
 
 impl FaultKind {
+    /// The kinds a series detector reports (`Silent` is about a whole device).
     pub const ALL: [FaultKind; 4] =
         [FaultKind::Deviation, FaultKind::Stuck, FaultKind::AboveLimit, FaultKind::BelowLimit];
 
@@ -45,6 +48,7 @@ impl FaultKind {
             FaultKind::Stuck => "stuck",
             FaultKind::AboveLimit => "above_limit",
             FaultKind::BelowLimit => "below_limit",
+            FaultKind::Silent => "silent",
         }
     }
 }

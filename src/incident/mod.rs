@@ -299,6 +299,67 @@ impl IncidentPolicy {
         out
     }
 
+    /// Opens a sensor-health incident for a device silent since `last_heard` (wall-clock ms),
+    /// unless one is open already. No debounce: staleness is already a duration.
+    pub fn silent(&mut self, device: &str, site: Option<String>, last_heard: i64, now: i64) -> Option<Transition> {
+        let key = Incident::key_for(device, SILENT_METRIC, FaultKind::Silent);
+        if self.open.contains_key(&key) {
+            return None;
+        }
+        if self.resolved.get(&key).is_some_and(|i| i.verdict.as_deref() == Some("wont_fix")) {
+            return None;
+        }
+        let silent_s = (now - last_heard) as f64 / 1000.0;
+        let idempotency_key = idempotency_key(&key, last_heard);
+        let inc = Incident {
+            id: format!("FW-{}", &idempotency_key[..10]),
+            key: key.clone(),
+            idempotency_key,
+            device: device.to_string(),
+            site,
+            metric: SILENT_METRIC.into(),
+            fault: FaultKind::Silent,
+            state: IncidentState::Open,
+            first_seen: last_heard,
+            opened_at: now,
+            last_anomaly_at: now,
+            resolved_at: None,
+            anomalous_readings: 0,
+            peak: Anomaly {
+                kind: FaultKind::Silent,
+                detector: "staleness".into(),
+                ts: now,
+                value: silent_s,
+                score: 1.0,
+                expected: None,
+                spread: None,
+                z: None,
+                bound: None,
+            },
+            recent: Vec::new(),
+            reopen_count: 0,
+            flapping: false,
+            respond_by: None,
+            acknowledged: false,
+            escalated: false,
+            suppressed: None,
+            updates: 0,
+            verdict: None,
+            timeline: Vec::new(),
+        };
+        self.open.insert(key, inc.clone());
+        Some(Transition::Opened(inc))
+    }
+
+    /// A device was heard from at `ts`: resolves its sensor-health incident, if open.
+    pub fn heard(&mut self, device: &str, ts: i64) -> Option<Transition> {
+        let key = Incident::key_for(device, SILENT_METRIC, FaultKind::Silent);
+        if !self.open.contains_key(&key) {
+            return None;
+        }
+        self.close(&key, ts).map(Transition::Resolved)
+    }
+
     /// The incident with this id, open or last resolved.
     pub fn find(&self, id: &str) -> Option<&Incident> {
         self.open.values().chain(self.resolved.values()).find(|i| i.id == id)
@@ -325,6 +386,9 @@ impl IncidentPolicy {
         }
     }
 }
+
+/// The metric name of device-level sensor-health incidents.
+pub const SILENT_METRIC: &str = "telemetry";
 
 /// A stable key for an incident: SHA-256 of its key and first anomalous reading, hex.
 pub fn idempotency_key(key: &str, first_seen: i64) -> String {

@@ -53,6 +53,15 @@ pub fn describe(inc: &Incident, unit: Option<&str>) -> (String, String) {
                 format_duration((p.bound.unwrap_or(0.0) * 1000.0) as i64)
             ),
         ),
+        FaultKind::Silent => (
+            format!("{}: no telemetry", inc.device),
+            format!(
+                "{} has sent no telemetry for {} (last message at {}) while the broker link is up",
+                inc.device,
+                format_duration((p.value * 1000.0) as i64),
+                crate::reading::format_ts(inc.first_seen)
+            ),
+        ),
         FaultKind::AboveLimit | FaultKind::BelowLimit => {
             let side = if inc.fault == FaultKind::AboveLimit { "above its maximum" } else { "below its minimum" };
             (
@@ -61,7 +70,10 @@ pub fn describe(inc: &Incident, unit: Option<&str>) -> (String, String) {
             )
         }
     };
-    if let (IncidentState::Resolved, Some(at)) = (inc.state, inc.resolved_at) {
+    if let (IncidentState::Resolved, Some(at), FaultKind::Silent) = (inc.state, inc.resolved_at, inc.fault) {
+        summary =
+            format!("Resolved: {} reports again since {}. Was: {summary}", inc.device, crate::reading::format_ts(at));
+    } else if let (IncidentState::Resolved, Some(at)) = (inc.state, inc.resolved_at) {
         summary =
             format!("Resolved: {m} has been normal for {}. Was: {summary}", format_duration(at - inc.last_anomaly_at));
     }

@@ -93,6 +93,7 @@ pub async fn run(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 connected = true;
                 metrics.mqtt_connected.set(1);
+                metrics.connected_since_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
                 delays = backoff(cfg.reconnect_min, cfg.reconnect_max);
                 tracing::info!(host = %cfg.host, port = cfg.port, session_present = ack.session_present, "connected to broker");
                 // Subscribing again on a resumed session is harmless and covers a broker that
@@ -120,6 +121,7 @@ pub async fn run(
             Err(e) => {
                 metrics.mqtt_connection_errors.inc();
                 metrics.mqtt_connected.set(0);
+                metrics.connected_since_ms.store(0, std::sync::atomic::Ordering::Relaxed);
                 let delay = delays.next().unwrap_or(cfg.reconnect_max);
                 if connected {
                     tracing::warn!(error = %e, retry_in = ?delay, "lost broker connection");

@@ -24,6 +24,11 @@ pub struct TicketContext<'a> {
 fn default_steps(inc: &Incident) -> Vec<String> {
     let m = &inc.metric;
     match inc.fault {
+        FaultKind::Silent => vec![
+            format!("Check power and network at {} (its gateway link, switch or cellular modem)", inc.device),
+            "Check whether the controller or its telemetry transmitter has restarted or hung".into(),
+            "If the equipment itself is down, treat it as an outage at the customer's site".into(),
+        ],
         FaultKind::Stuck => vec![
             format!("Check the {m} sensor and its wiring or transmitter on site"),
             "Compare with a handheld reading; replace the sensor if it does not respond".into(),
