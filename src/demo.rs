@@ -180,6 +180,10 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         print_ticket(&cmd);
     }
     report.readings = metrics.readings.get();
+    let planned = metrics.suppressed("maintenance");
+    if planned > 0 {
+        println!("{planned} fault(s) during planned maintenance opened no ticket (see the maintenance window in config/demo.toml)");
+    }
     println!(
         "\ndemo finished: {} readings stored, {} tickets opened, {} resolved; see {}",
         report.readings,
@@ -217,21 +221,28 @@ fn read_new_tickets(path: &Path, offset: &mut u64) -> Vec<TicketCommand> {
 fn print_ticket(cmd: &TicketCommand) {
     let t = &cmd.ticket;
     let site = t.site.as_deref().unwrap_or("-");
+    let customer =
+        t.customer.as_ref().map(|c| format!("{} ({})", c.name, c.tier)).unwrap_or_else(|| "unregistered".into());
+    let verb = match cmd.action {
+        Action::Open => "OPENED",
+        Action::Update => "UPDATED",
+        Action::Resolve => "RESOLVED",
+    };
+    println!("TICKET {} {verb}  {}  [{customer} / {site} / {}]  {}", t.id, t.priority.as_str(), t.device, t.title);
     match cmd.action {
-        Action::Open => println!(
-            "TICKET {} opened  [{} / {}] {}\n    {}\n    first seen {}, opened {}, score {:.2} ({})\n",
-            t.id, site, t.device, t.title, t.summary, t.first_seen, t.opened_at, t.evidence.score, t.evidence.detector
-        ),
-        Action::Update => println!(
-            "TICKET {} updated [{} / {}] {}\n    {}\n",
-            t.id,
-            site,
-            t.device,
-            t.title,
-            t.note.as_deref().unwrap_or(&t.summary)
-        ),
-        Action::Resolve => {
-            println!("TICKET {} resolved [{} / {}] {}\n    {}\n", t.id, site, t.device, t.title, t.summary)
+        Action::Open => {
+            println!("    what happened: {}", t.what_happened);
+            println!("    respond by {} (first seen {}, confidence {:.2})", t.respond_by, t.first_seen, t.confidence);
+            let checks: Vec<String> = t.checks_done.iter().map(|c| format!("{}: {}", c.check, c.result)).collect();
+            println!("    checked: {}", checks.join(" · "));
+            for (i, step) in t.next_steps.iter().enumerate() {
+                println!("    next {}. {step}", i + 1);
+            }
+            if let Some(at) = &t.predicted_failure_at {
+                println!("    predicted to reach its limit at {at}");
+            }
         }
+        Action::Update | Action::Resolve => println!("    {}", t.note.as_deref().unwrap_or(&t.summary)),
     }
+    println!();
 }

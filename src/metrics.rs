@@ -49,6 +49,7 @@ pub struct Metrics {
     pub false_alarms: Family<FalseAlarmLabel, Counter>,
     pub time_to_detect_seconds: Histogram,
     pub time_to_acknowledge_seconds: Histogram,
+    pub lead_time_seconds: Family<ReasonLabel, Histogram, fn() -> Histogram>,
     pub tickets_delivered: Family<SinkLabel, Counter>,
     pub ticket_attempts_failed: Family<SinkLabel, Counter>,
     pub tickets_dead: Family<SinkLabel, Counter>,
@@ -83,6 +84,7 @@ impl Metrics {
             false_alarms: Family::default(),
             time_to_detect_seconds: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
             time_to_acknowledge_seconds: Histogram::new(exponential_buckets(60.0, 2.0, 14)),
+            lead_time_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(60.0, 2.0, 14))),
             tickets_delivered: Family::default(),
             ticket_attempts_failed: Family::default(),
             tickets_dead: Family::default(),
@@ -114,7 +116,7 @@ impl Metrics {
         );
         r.register(
             "tickets_suppressed",
-            "Incidents that opened no ticket, by reason (maintenance, observe, shadow, needs_review)",
+            "Tickets not opened, by reason: maintenance, silence, observe, shadow, needs_review; dedup and flapping (a recurrence updated the open ticket instead)",
             m.tickets_suppressed.clone(),
         );
         r.register("verdicts", "Technician verdicts on incidents, by verdict", m.verdicts.clone());
@@ -128,6 +130,11 @@ impl Metrics {
             "time_to_acknowledge_seconds",
             "From the incident opening to a technician's first verdict",
             m.time_to_acknowledge_seconds.clone(),
+        );
+        r.register(
+            "lead_time_seconds",
+            "From a ticket opening to the failure it announced: predicted (trend to limit) or actual (limit crossed)",
+            m.lead_time_seconds.clone(),
         );
         r.register("tickets_delivered", "Ticket commands a sink confirmed", m.tickets_delivered.clone());
         r.register(

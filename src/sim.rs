@@ -50,6 +50,8 @@ pub struct PlannedFault {
     pub metric: usize,
     pub shape: FaultShape,
     pub start_ms: i64,
+    /// When the fault clears by itself (`None`: it lasts).
+    pub end_ms: Option<i64>,
 }
 
 /// A fleet of simulated devices.
@@ -79,20 +81,40 @@ impl Simulator {
     /// The demo's fault plan: a step, a stuck sensor and a drift towards a limit, starting
     /// `after` the given time.
     pub fn demo_faults(start_ms: i64) -> Vec<PlannedFault> {
+        let at = |s: i64| start_ms + s * 1000;
         vec![
-            PlannedFault { device: 2, metric: 0, shape: FaultShape::Step { delta: 18.0 }, start_ms },
-            PlannedFault { device: 6, metric: 2, shape: FaultShape::Stuck, start_ms },
+            // comp-03: discharge temperature jumps, recovers, then comes back (one ticket, updated).
+            PlannedFault {
+                device: 2,
+                metric: 0,
+                shape: FaultShape::Step { delta: 18.0 },
+                start_ms: at(0),
+                end_ms: Some(at(15)),
+            },
+            PlannedFault {
+                device: 2,
+                metric: 0,
+                shape: FaultShape::Step { delta: 18.0 },
+                start_ms: at(42),
+                end_ms: None,
+            },
+            // comp-07: the vibration sensor freezes.
+            PlannedFault { device: 6, metric: 2, shape: FaultShape::Stuck, start_ms: at(0), end_ms: None },
+            // comp-11: current drifts up towards its 20 A limit (forecast, then the crossing).
             PlannedFault {
                 device: 10,
                 metric: 3,
                 shape: FaultShape::Drift { per_s: 0.25 },
-                start_ms: start_ms + 5_000,
+                start_ms: at(5),
+                end_ms: None,
             },
+            // comp-16: suction pressure drops during planned maintenance (no ticket).
             PlannedFault {
                 device: 15,
                 metric: 1,
                 shape: FaultShape::Step { delta: -1.2 },
-                start_ms: start_ms + 10_000,
+                start_ms: at(10),
+                end_ms: None,
             },
         ]
     }
@@ -110,7 +132,10 @@ impl Simulator {
             let mut v = spec.level + spec.swing * phase.sin() + spec.noise * self.noise.sample(&mut self.rng);
             let slot = device * METRICS.len() + m;
             let mut stuck = false;
-            for f in self.faults.iter().filter(|f| f.device == device && f.metric == m && ts >= f.start_ms) {
+            let active = |f: &&PlannedFault| {
+                f.device == device && f.metric == m && ts >= f.start_ms && f.end_ms.is_none_or(|end| ts < end)
+            };
+            for f in self.faults.iter().filter(active) {
                 match f.shape {
                     FaultShape::Step { delta } => v += delta,
                     FaultShape::Drift { per_s } => v += per_s * (ts - f.start_ms) as f64 / 1000.0,
@@ -190,13 +215,21 @@ mod tests {
     #[test]
     fn faults_shape_the_values() {
         let faults = vec![
-            PlannedFault { device: 0, metric: 0, shape: FaultShape::Step { delta: 20.0 }, start_ms: 10_000 },
-            PlannedFault { device: 1, metric: 2, shape: FaultShape::Stuck, start_ms: 10_000 },
+            PlannedFault {
+                device: 0,
+                metric: 0,
+                shape: FaultShape::Step { delta: 20.0 },
+                start_ms: 10_000,
+                end_ms: Some(30_000),
+            },
+            PlannedFault { device: 1, metric: 2, shape: FaultShape::Stuck, start_ms: 10_000, end_ms: None },
         ];
         let mut sim = Simulator::new(2, faults, 7);
         let before = sim.values(0, 0)[0];
         let after = sim.values(0, 20_000)[0];
         assert!(after - before > 15.0, "{before} -> {after}");
+        let cleared = sim.values(0, 31_000)[0];
+        assert!((cleared - before).abs() < 5.0, "the step ends: {before} -> {cleared}");
         let s1 = sim.values(1, 11_000)[2];
         let s2 = sim.values(1, 12_000)[2];
         assert_eq!(s1, s2, "stuck sensor repeats its value");

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use crate::assets::Registry;
 use crate::config::{Config, MaintenanceWindow, Mode, ModesConfig};
 use crate::decode::Decoder;
-use crate::detect::{DetectorBank, FaultKind};
-use crate::incident::{Incident, IncidentPolicy, Transition};
+use crate::detect::{time_to_limit, DetectorBank, FaultKind, Forecast};
+use crate::incident::{Incident, IncidentPolicy, Transition, FLAPPING, RECURRED};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::reading::{Message, Reading};
 use crate::store::{Rejected, Route, Store, StoreError, REJECTED_PAYLOAD_MAX};
@@ -72,6 +72,8 @@ const NEEDS_REVIEW: &str = "needs_review";
 const OBSERVE: &str = "observe";
 /// Anomalies of two metrics this close in time count as "at the same time".
 const CORRELATION_MS: i64 = 5 * 60 * 1000;
+/// Readings a trend is fitted on.
+const TREND_READINGS: usize = 120;
 
 fn join(items: &[&String]) -> String {
     items.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
@@ -255,12 +257,18 @@ impl Core {
                 inc.recent = self.store.recent(series, inc.opened_at, self.evidence_readings)?;
                 inc.respond_by = Some(inc.opened_at + asset.respond_within.as_millis() as i64);
                 inc.suppressed = self.suppression(&inc, site.as_deref())?;
+                self.observe_actual_lead_time(&inc);
                 self.metrics.incidents_opened.inc();
                 self.metrics.time_to_detect_seconds.observe(((inc.opened_at - inc.first_seen).max(0) as f64) / 1000.0);
             }
             Action::Update => {
                 inc.updates += 1;
                 self.metrics.incidents_updated.inc();
+                for reason in [("dedup", RECURRED), ("flapping", FLAPPING)] {
+                    if note.as_deref().is_some_and(|n| n.starts_with(reason.1)) {
+                        self.metrics.tickets_suppressed.get_or_create(&ReasonLabel { reason: reason.0.into() }).inc();
+                    }
+                }
                 if inc.escalated && note.as_deref().is_some_and(|n| n.starts_with("Escalated")) {
                     self.metrics
                         .incidents_escalated
@@ -272,12 +280,23 @@ impl Core {
                 self.metrics.incidents_resolved.inc();
             }
         }
+        let forecast = match (action, inc.fault) {
+            (Action::Open | Action::Update, FaultKind::Deviation | FaultKind::Stuck) => self.forecast(&inc, series)?,
+            _ => None,
+        };
+        if let (Action::Open, Some(f)) = (action, forecast) {
+            self.metrics
+                .lead_time_seconds
+                .get_or_create(&ReasonLabel { reason: "predicted".into() })
+                .observe(((f.at - inc.opened_at).max(0) as f64) / 1000.0);
+        }
         let ctx = TicketContext {
             unit: self.units.get(&inc.metric).map(String::as_str),
             runbook: self.registry.runbook(&inc.metric, inc.fault),
             checks: self.checks(&inc, series, site.as_deref())?,
             note,
-            predicted_failure_at: None,
+            predicted_failure_at: forecast.map(|f| f.at),
+            forecast,
             needs_review: inc.suppressed.as_deref() == Some(NEEDS_REVIEW),
             asset,
         };
@@ -321,6 +340,29 @@ impl Core {
                 _ => Transition::Resolved(inc),
             },
         })
+    }
+
+    /// When the series will cross its configured limit at its recent rate, if it is heading
+    /// for one.
+    fn forecast(&self, inc: &Incident, series: u32) -> Result<Option<Forecast>, StoreError> {
+        let Some(limit) = self.detectors.limit(&inc.device, &inc.metric) else { return Ok(None) };
+        let points = self.store.recent(series, inc.last_anomaly_at.max(inc.opened_at), TREND_READINGS)?;
+        Ok(time_to_limit(&points, limit))
+    }
+
+    /// A limit crossing on a series whose deviation incident opened earlier: the actual lead
+    /// time the early ticket gave.
+    fn observe_actual_lead_time(&self, inc: &Incident) {
+        if !matches!(inc.fault, FaultKind::AboveLimit | FaultKind::BelowLimit) {
+            return;
+        }
+        let early = Incident::key_for(&inc.device, &inc.metric, FaultKind::Deviation);
+        if let Some(dev) = self.incidents.open_incidents().find(|i| i.key == early) {
+            self.metrics
+                .lead_time_seconds
+                .get_or_create(&ReasonLabel { reason: "actual".into() })
+                .observe(((inc.opened_at - dev.opened_at).max(0) as f64) / 1000.0);
+        }
     }
 
     /// Why an incident that just opened sends no ticket, if it does not.

@@ -10,6 +10,7 @@
 mod baseline;
 mod flatline;
 mod limits;
+mod trend;
 
 use std::collections::HashMap;
 
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use baseline::Baseline;
 pub use flatline::Flatline;
 pub use limits::{Limit, LimitTable};
+pub use trend::{time_to_limit, Forecast};
 
 use crate::config::DetectConfig;
 
@@ -171,6 +173,11 @@ impl DetectorBank {
             }
         }
         SeriesDetectors { detectors }
+    }
+
+    /// The configured limit of a series, if any.
+    pub fn limit(&self, device: &str, metric: &str) -> Option<Limit> {
+        self.limits.lookup(device, metric)
     }
 
     /// Number of series with detector state (memory is bounded by the number of series).

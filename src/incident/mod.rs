@@ -271,12 +271,12 @@ impl IncidentPolicy {
         let note = if !inc.flapping && opened_times >= self.config.flap_reopens {
             inc.flapping = true;
             format!(
-                "Flapping: opened {opened_times} times since {}; held open until quiet for {}",
+                "{FLAPPING}: opened {opened_times} times since {}; held open until quiet for {}",
                 crate::reading::format_ts(inc.opened_at),
                 format_duration(self.quiet_ms(true))
             )
         } else {
-            format!("Recurred {} after it resolved (reopened {} times)", format_duration(quiet_for), inc.reopen_count)
+            format!("{RECURRED} {} after it resolved (reopen #{})", format_duration(quiet_for), inc.reopen_count)
         };
         note
     }
@@ -386,6 +386,11 @@ impl IncidentPolicy {
         }
     }
 }
+
+/// How an update note starts when a fault recurred within the cool-down (a ticket deduplicated).
+pub const RECURRED: &str = "Recurred";
+/// How an update note starts when an incident is marked flapping.
+pub const FLAPPING: &str = "Flapping";
 
 /// The metric name of device-level sensor-health incidents.
 pub const SILENT_METRIC: &str = "telemetry";

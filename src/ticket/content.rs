@@ -17,6 +17,8 @@ pub struct TicketContext<'a> {
     /// What this command changes (update note, escalation, closing note).
     pub note: Option<String>,
     pub predicted_failure_at: Option<i64>,
+    /// The trend behind `predicted_failure_at`, said in words in `what_happened`.
+    pub forecast: Option<crate::detect::Forecast>,
     pub needs_review: bool,
 }
 
@@ -94,7 +96,17 @@ pub fn command(inc: &Incident, action: Action, ctx: &TicketContext) -> TicketCom
             confidence: (p.score * 100.0).round() / 100.0,
             customer: ctx.asset.customer.clone(),
             asset: Some(ctx.asset.asset.clone()),
-            what_happened: summary,
+            what_happened: match ctx.forecast {
+                Some(f) => format!(
+                    "{summary}. At this rate ({:+.2}{}/h) it reaches its limit of {}{} in ~{}",
+                    f.per_hour,
+                    ctx.unit.map(|u| format!(" {u}")).unwrap_or_default(),
+                    f.limit,
+                    ctx.unit.map(|u| format!(" {u}")).unwrap_or_default(),
+                    crate::incident::format_duration(f.at - inc.last_anomaly_at.max(inc.opened_at))
+                ),
+                None => summary,
+            },
             checks_done: ctx.checks.clone(),
             next_steps,
             runbook_link,
