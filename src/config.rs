@@ -22,19 +22,10 @@ pub enum ConfigError {
     },
     /// The TOML is malformed, a key is unknown or a value has the wrong type.
     #[error("{file}:{line}: key `{key}`: {reason}")]
-    Parse {
-        file: PathBuf,
-        line: usize,
-        key: String,
-        reason: String,
-    },
+    Parse { file: PathBuf, line: usize, key: String, reason: String },
     /// The values parse but do not make sense together.
     #[error("{file}: key `{key}`: {reason}")]
-    Invalid {
-        file: PathBuf,
-        key: String,
-        reason: String,
-    },
+    Invalid { file: PathBuf, key: String, reason: String },
 }
 
 /// The whole daemon configuration (`config/fieldwatch.toml` documents every option).
@@ -61,9 +52,7 @@ pub struct DaemonConfig {
 
 impl Default for DaemonConfig {
     fn default() -> Self {
-        Self {
-            data_dir: PathBuf::from("/var/lib/fieldwatch"),
-        }
+        Self { data_dir: PathBuf::from("/var/lib/fieldwatch") }
     }
 }
 
@@ -82,10 +71,7 @@ pub struct SecretRef {
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("cannot read secret file {path}: {source}")]
-    File {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    File { path: PathBuf, source: std::io::Error },
     #[error("environment variable {0} is not set")]
     Env(String),
     #[error("neither `file` nor `env` is set")]
@@ -96,10 +82,8 @@ impl SecretRef {
     /// Reads the secret now. The value is never logged.
     pub fn resolve(&self) -> Result<String, SecretError> {
         if let Some(path) = &self.file {
-            let text = std::fs::read_to_string(path).map_err(|source| SecretError::File {
-                path: path.clone(),
-                source,
-            })?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| SecretError::File { path: path.clone(), source })?;
             return Ok(text.trim_end_matches(['\r', '\n']).to_string());
         }
         if let Some(var) = &self.env {
@@ -351,11 +335,7 @@ pub struct TicketConfig {
 
 impl Default for TicketConfig {
     fn default() -> Self {
-        Self {
-            sinks: Vec::new(),
-            retry_min: Duration::from_secs(1),
-            retry_max: Duration::from_secs(300),
-        }
+        Self { sinks: Vec::new(), retry_min: Duration::from_secs(1), retry_max: Duration::from_secs(300) }
     }
 }
 
@@ -398,19 +378,15 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:9797".into(),
-        }
+        Self { listen: "127.0.0.1:9797".into() }
     }
 }
 
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_path_buf(), source })?;
         Config::parse(&text, path)
     }
 
@@ -420,22 +396,11 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(de).map_err(|err| {
             let key = err.path().to_string();
             let inner = err.into_inner();
-            let line = inner
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
-                .unwrap_or(0);
-            ConfigError::Parse {
-                file: file.to_path_buf(),
-                line,
-                key,
-                reason: inner.message().to_string(),
-            }
+            let line =
+                inner.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1).unwrap_or(0);
+            ConfigError::Parse { file: file.to_path_buf(), line, key, reason: inner.message().to_string() }
         })?;
-        config.validate().map_err(|(key, reason)| ConfigError::Invalid {
-            file: file.to_path_buf(),
-            key,
-            reason,
-        })?;
+        config.validate().map_err(|(key, reason)| ConfigError::Invalid { file: file.to_path_buf(), key, reason })?;
         Ok(config)
     }
 
@@ -550,11 +515,17 @@ impl Config {
         match &d.topic_pattern {
             Some(p) => {
                 if !p.contains("{device}") && d.device_field.is_none() {
-                    return bad("decode.topic_pattern", "must contain `{device}` unless decode.device_field is set".into());
+                    return bad(
+                        "decode.topic_pattern",
+                        "must contain `{device}` unless decode.device_field is set".into(),
+                    );
                 }
             }
             None if d.device_field.is_none() => {
-                return bad("decode.device_field", "set decode.topic_pattern or decode.device_field to find the device".into());
+                return bad(
+                    "decode.device_field",
+                    "set decode.topic_pattern or decode.device_field to find the device".into(),
+                );
             }
             None => {}
         }
@@ -627,9 +598,8 @@ mod tests {
     fn sinks_parse_and_bad_url_is_rejected() {
         let ok = parse("[[ticket.sinks]]\ntype = \"file\"\nname = \"f\"\npath = \"/tmp/t.jsonl\"\n").unwrap();
         assert_eq!(ok.ticket.sinks[0].name(), "f");
-        let msg = parse("[[ticket.sinks]]\ntype = \"webhook\"\nname = \"w\"\nurl = \"ftp://x\"\n")
-            .unwrap_err()
-            .to_string();
+        let msg =
+            parse("[[ticket.sinks]]\ntype = \"webhook\"\nname = \"w\"\nurl = \"ftp://x\"\n").unwrap_err().to_string();
         assert!(msg.contains("ticket.sinks[0].url"), "{msg}");
     }
 

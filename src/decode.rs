@@ -115,22 +115,16 @@ impl Decoder {
             timestamp_format: cfg.timestamp_format,
             metrics: cfg.metrics.clone(),
             max_payload_bytes: cfg.max_payload_bytes,
-            known_devices: cfg
-                .require_known_devices
-                .then(|| cfg.known_devices.iter().cloned().collect()),
+            known_devices: cfg.require_known_devices.then(|| cfg.known_devices.iter().cloned().collect()),
         }
     }
 
     /// Decodes one message into its readings, or says why it cannot.
     pub fn decode(&self, msg: &Message) -> Result<Vec<Reading>, RejectReason> {
         if msg.payload.len() > self.max_payload_bytes {
-            return Err(RejectReason::TooLarge {
-                size: msg.payload.len(),
-                limit: self.max_payload_bytes,
-            });
+            return Err(RejectReason::TooLarge { size: msg.payload.len(), limit: self.max_payload_bytes });
         }
-        let json: Value = serde_json::from_slice(&msg.payload)
-            .map_err(|e| RejectReason::NotJson(e.to_string()))?;
+        let json: Value = serde_json::from_slice(&msg.payload).map_err(|e| RejectReason::NotJson(e.to_string()))?;
         let obj = json.as_object().ok_or(RejectReason::NotObject)?;
 
         let (mut device, mut site) = self.match_topic(&msg.topic);
@@ -167,13 +161,7 @@ impl Decoder {
 
         let mut readings = Vec::new();
         let mut push = |metric: &str, value: f64| {
-            readings.push(Reading {
-                device: device.clone(),
-                site: site.clone(),
-                metric: metric.to_string(),
-                ts,
-                value,
-            })
+            readings.push(Reading { device: device.clone(), site: site.clone(), metric: metric.to_string(), ts, value })
         };
         if self.metrics.is_empty() {
             let skip = |key: &str| {
@@ -199,12 +187,7 @@ impl Decoder {
                     Some(v) => match v.as_f64() {
                         Some(n) if n.is_finite() => push(&m.name, n),
                         Some(_) => return Err(RejectReason::NonFinite(m.name.clone())),
-                        None => {
-                            return Err(RejectReason::WrongType {
-                                metric: m.name.clone(),
-                                found: type_name(v),
-                            })
-                        }
+                        None => return Err(RejectReason::WrongType { metric: m.name.clone(), found: type_name(v) }),
                     },
                 }
             }
@@ -258,11 +241,9 @@ fn type_name(v: &Value) -> &'static str {
 pub fn parse_timestamp(v: &Value, format: TimestampFormat) -> Result<i64, RejectReason> {
     let bad = |why: String| RejectReason::BadTimestamp(why);
     match (v, format) {
-        (Value::String(s), TimestampFormat::Auto | TimestampFormat::Rfc3339) => {
-            chrono::DateTime::parse_from_rfc3339(s)
-                .map(|t| t.timestamp_millis())
-                .map_err(|e| bad(format!("`{s}`: {e}")))
-        }
+        (Value::String(s), TimestampFormat::Auto | TimestampFormat::Rfc3339) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| t.timestamp_millis())
+            .map_err(|e| bad(format!("`{s}`: {e}"))),
         (Value::Number(n), TimestampFormat::Auto | TimestampFormat::EpochS | TimestampFormat::EpochMs) => {
             let x = n.as_f64().filter(|x| x.is_finite()).ok_or_else(|| bad(n.to_string()))?;
             let ms = match format {
@@ -296,9 +277,8 @@ mod tests {
     #[test]
     fn device_and_site_come_from_the_topic() {
         let d = Decoder::new(&DecodeConfig::default());
-        let r = d
-            .decode(&msg("plant/s1/pump-7/telemetry", r#"{"ts": 1700000000, "temp": 71.5, "status": "ok"}"#))
-            .unwrap();
+        let r =
+            d.decode(&msg("plant/s1/pump-7/telemetry", r#"{"ts": 1700000000, "temp": 71.5, "status": "ok"}"#)).unwrap();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].device, "pump-7");
         assert_eq!(r[0].site.as_deref(), Some("s1"));
@@ -330,9 +310,7 @@ mod tests {
             ..DecodeConfig::default()
         };
         let d = Decoder::new(&cfg);
-        let r = d
-            .decode(&msg("x/y", r#"{"id": 42, "sensors": {"discharge": {"temp": 97.1}}}"#))
-            .unwrap();
+        let r = d.decode(&msg("x/y", r#"{"id": 42, "sensors": {"discharge": {"temp": 97.1}}}"#)).unwrap();
         assert_eq!((r[0].device.as_str(), r[0].metric.as_str(), r[0].value), ("42", "discharge_temp", 97.1));
         let err = d.decode(&msg("x/y", r#"{"id": 1, "sensors": {"discharge": {"temp": "hot"}}}"#));
         assert_eq!(err.unwrap_err().label(), "wrong_type");

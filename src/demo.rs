@@ -78,14 +78,12 @@ dynamic_filters = true
 "#
     );
     let config: rumqttd::Config = toml::from_str(&text).map_err(|e| DemoError::Broker(e.to_string()))?;
-    std::thread::Builder::new()
-        .name("embedded-broker".into())
-        .spawn(move || {
-            let mut broker = rumqttd::Broker::new(config);
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "embedded broker stopped");
-            }
-        })?;
+    std::thread::Builder::new().name("embedded-broker".into()).spawn(move || {
+        let mut broker = rumqttd::Broker::new(config);
+        if let Err(e) = broker.start() {
+            tracing::error!(error = %e, "embedded broker stopped");
+        }
+    })?;
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
@@ -116,7 +114,11 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     let config = demo_config(port, &opts.data_dir)?;
     let tickets_file = opts.data_dir.join("tickets.jsonl");
     let already = std::fs::metadata(&tickets_file).map(|m| m.len()).unwrap_or(0);
-    println!("fieldwatch demo: broker on 127.0.0.1:{port}, {} simulated compressors, data in {}", opts.devices, opts.data_dir.display());
+    println!(
+        "fieldwatch demo: broker on 127.0.0.1:{port}, {} simulated compressors, data in {}",
+        opts.devices,
+        opts.data_dir.display()
+    );
     println!("tickets are written to {}\n", tickets_file.display());
 
     let daemon = Daemon::start(config).await?;
@@ -216,6 +218,8 @@ fn print_ticket(cmd: &TicketCommand) {
             "TICKET {} opened  [{} / {}] {}\n    {}\n    first seen {}, opened {}, score {:.2} ({})\n",
             t.id, site, t.device, t.title, t.summary, t.first_seen, t.opened_at, t.evidence.score, t.evidence.detector
         ),
-        Action::Resolve => println!("TICKET {} resolved [{} / {}] {}\n    {}\n", t.id, site, t.device, t.title, t.summary),
+        Action::Resolve => {
+            println!("TICKET {} resolved [{} / {}] {}\n    {}\n", t.id, site, t.device, t.title, t.summary)
+        }
     }
 }

@@ -9,7 +9,11 @@ use fieldwatch::{Config, Daemon};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "fieldwatch", version, about = "Watches equipment telemetry and opens service tickets before the customer notices")]
+#[command(
+    name = "fieldwatch",
+    version,
+    about = "Watches equipment telemetry and opens service tickets before the customer notices"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

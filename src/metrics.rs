@@ -78,7 +78,11 @@ impl Metrics {
         r.register("incidents_opened", "Incidents opened", m.incidents_opened.clone());
         r.register("incidents_resolved", "Incidents resolved", m.incidents_resolved.clone());
         r.register("tickets_delivered", "Ticket commands a sink confirmed", m.tickets_delivered.clone());
-        r.register("ticket_attempts_failed", "Ticket delivery attempts that failed and will be retried", m.ticket_attempts_failed.clone());
+        r.register(
+            "ticket_attempts_failed",
+            "Ticket delivery attempts that failed and will be retried",
+            m.ticket_attempts_failed.clone(),
+        );
         r.register("tickets_dead_lettered", "Ticket commands a sink refused for good", m.tickets_dead.clone());
         r.register("outbox_depth", "Ticket commands waiting for delivery", m.outbox_depth.clone());
         r.register("mqtt_connected", "1 while connected to the broker", m.mqtt_connected.clone());

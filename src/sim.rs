@@ -82,8 +82,18 @@ impl Simulator {
         vec![
             PlannedFault { device: 2, metric: 0, shape: FaultShape::Step { delta: 18.0 }, start_ms },
             PlannedFault { device: 6, metric: 2, shape: FaultShape::Stuck, start_ms },
-            PlannedFault { device: 10, metric: 3, shape: FaultShape::Drift { per_s: 0.25 }, start_ms: start_ms + 5_000 },
-            PlannedFault { device: 15, metric: 1, shape: FaultShape::Step { delta: -1.2 }, start_ms: start_ms + 10_000 },
+            PlannedFault {
+                device: 10,
+                metric: 3,
+                shape: FaultShape::Drift { per_s: 0.25 },
+                start_ms: start_ms + 5_000,
+            },
+            PlannedFault {
+                device: 15,
+                metric: 1,
+                shape: FaultShape::Step { delta: -1.2 },
+                start_ms: start_ms + 10_000,
+            },
         ]
     }
 

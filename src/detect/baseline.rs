@@ -32,10 +32,7 @@ impl Baseline {
     }
 
     fn spread(&self) -> f64 {
-        self.var
-            .sqrt()
-            .max(self.mean.abs() * self.min_relative_spread)
-            .max(1e-9)
+        self.var.sqrt().max(self.mean.abs() * self.min_relative_spread).max(1e-9)
     }
 
     /// The current level and spread, once warmed up.

@@ -17,14 +17,7 @@ pub struct Flatline {
 
 impl Flatline {
     pub fn new(min_readings: u32, min_ms: i64) -> Flatline {
-        Flatline {
-            min_readings,
-            min_ms,
-            last: None,
-            run_start: 0,
-            run_len: 0,
-            has_varied: false,
-        }
+        Flatline { min_readings, min_ms, last: None, run_start: 0, run_len: 0, has_varied: false }
     }
 }
 

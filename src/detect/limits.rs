@@ -46,12 +46,12 @@ impl LimitTable {
     pub fn lookup(&self, device: &str, metric: &str) -> Option<Limit> {
         let matching = |dev_specific: bool| {
             self.entries.iter().find(|l| {
-                l.metric == metric && (l.device.as_deref() == Some(device)) == dev_specific && (dev_specific || l.device.is_none())
+                l.metric == metric
+                    && (l.device.as_deref() == Some(device)) == dev_specific
+                    && (dev_specific || l.device.is_none())
             })
         };
-        matching(true)
-            .or_else(|| matching(false))
-            .map(|l| Limit { min: l.min, max: l.max })
+        matching(true).or_else(|| matching(false)).map(|l| Limit { min: l.min, max: l.max })
     }
 }
 

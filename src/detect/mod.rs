@@ -36,12 +36,8 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 4] = [
-        FaultKind::Deviation,
-        FaultKind::Stuck,
-        FaultKind::AboveLimit,
-        FaultKind::BelowLimit,
-    ];
+    pub const ALL: [FaultKind; 4] =
+        [FaultKind::Deviation, FaultKind::Stuck, FaultKind::AboveLimit, FaultKind::BelowLimit];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -100,11 +96,7 @@ pub struct DetectorBank {
 
 impl DetectorBank {
     pub fn new(config: &DetectConfig) -> DetectorBank {
-        DetectorBank {
-            limits: LimitTable::new(&config.limits),
-            config: config.clone(),
-            series: HashMap::new(),
-        }
+        DetectorBank { limits: LimitTable::new(&config.limits), config: config.clone(), series: HashMap::new() }
     }
 
     /// Scores one reading of a series.

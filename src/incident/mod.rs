@@ -90,16 +90,8 @@ fn more_severe(a: &Anomaly, b: &Anomaly) -> bool {
 impl IncidentPolicy {
     /// A policy that starts with the open incidents found in the store.
     pub fn new(config: &IncidentConfig, stored: Vec<Incident>) -> IncidentPolicy {
-        let open = stored
-            .into_iter()
-            .filter(|i| i.state == IncidentState::Open)
-            .map(|i| (i.key.clone(), i))
-            .collect();
-        IncidentPolicy {
-            config: config.clone(),
-            pending: HashMap::new(),
-            open,
-        }
+        let open = stored.into_iter().filter(|i| i.state == IncidentState::Open).map(|i| (i.key.clone(), i)).collect();
+        IncidentPolicy { config: config.clone(), pending: HashMap::new(), open }
     }
 
     /// Open incidents, for status pages and tests.
@@ -113,13 +105,10 @@ impl IncidentPolicy {
         for kind in FaultKind::ALL {
             let key = Incident::key_for(&reading.device, &reading.metric, kind);
             // Several detectors may report the same kind; the most severe speaks for them.
-            let hit = anomalies
-                .iter()
-                .filter(|a| a.kind == kind)
-                .fold(None::<&Anomaly>, |best, a| match best {
-                    Some(b) if !more_severe(a, b) => Some(b),
-                    _ => Some(a),
-                });
+            let hit = anomalies.iter().filter(|a| a.kind == kind).fold(None::<&Anomaly>, |best, a| match best {
+                Some(b) if !more_severe(a, b) => Some(b),
+                _ => Some(a),
+            });
             if let Some(t) = self.step(&key, reading, hit) {
                 out.push(t);
             }

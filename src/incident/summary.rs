@@ -64,10 +64,8 @@ pub fn describe(inc: &Incident, unit: Option<&str>) -> (String, String) {
         }
     };
     if let (IncidentState::Resolved, Some(at)) = (inc.state, inc.resolved_at) {
-        summary = format!(
-            "Resolved: {m} has been normal for {}. Was: {summary}",
-            format_duration(at - inc.last_anomaly_at)
-        );
+        summary =
+            format!("Resolved: {m} has been normal for {}. Was: {summary}", format_duration(at - inc.last_anomaly_at));
     }
     (title, summary)
 }

@@ -24,11 +24,7 @@ pub enum IngestError {
     #[error("mqtt.password: {0}")]
     Password(#[from] crate::config::SecretError),
     #[error("{key}: cannot read {path}: {source}")]
-    File {
-        key: &'static str,
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    File { key: &'static str, path: std::path::PathBuf, source: std::io::Error },
 }
 
 /// A message and, for QoS 1, the packet to acknowledge once it is stored.
@@ -107,11 +103,7 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let message = Message {
-                    topic: p.topic.clone(),
-                    payload: p.payload.clone(),
-                    received_ms: now_ms(),
-                };
+                let message = Message { topic: p.topic.clone(), payload: p.payload.clone(), received_ms: now_ms() };
                 let publish = (p.qos != QoS::AtMostOnce).then_some(p);
                 let send = tokio::select! {
                     _ = cancel.cancelled() => break,

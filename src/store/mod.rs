@@ -90,13 +90,9 @@ pub fn reading_key(series: u32, ts: i64) -> [u8; 12] {
 }
 
 fn decode_reading(key: &[u8], value: &[u8]) -> Result<(i64, f64), StoreError> {
-    let ts: [u8; 8] = key
-        .get(4..12)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| StoreError::Corrupt("reading key".into()))?;
-    let v: [u8; 8] = value
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("reading value".into()))?;
+    let ts: [u8; 8] =
+        key.get(4..12).and_then(|s| s.try_into().ok()).ok_or_else(|| StoreError::Corrupt("reading key".into()))?;
+    let v: [u8; 8] = value.try_into().map_err(|_| StoreError::Corrupt("reading value".into()))?;
     Ok(((u64::from_be_bytes(ts) ^ (1 << 63)) as i64, f64::from_be_bytes(v)))
 }
 
@@ -109,19 +105,13 @@ fn outbox_prefix(sink: &str) -> Vec<u8> {
 impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path, cache_mb: u64, rejected_max: usize) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_mb * 1024 * 1024)
-            .open()?;
+        let db = sled::Config::new().path(dir).cache_capacity(cache_mb * 1024 * 1024).open()?;
         Store::from_db(db, rejected_max)
     }
 
     /// A throw-away database (for `replay` and benchmarks): the same code, nothing kept.
     pub fn temporary() -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .temporary(true)
-            .cache_capacity(256 * 1024 * 1024)
-            .open()?;
+        let db = sled::Config::new().temporary(true).cache_capacity(256 * 1024 * 1024).open()?;
         Store::from_db(db, 1000)
     }
 
@@ -160,7 +150,9 @@ impl Store {
                     Ok(()) => id,
                     Err(cas) => {
                         let cur = cas.current.ok_or_else(|| StoreError::Corrupt("series id".into()))?;
-                        u32::from_be_bytes(cur.as_ref().try_into().map_err(|_| StoreError::Corrupt("series id".into()))?)
+                        u32::from_be_bytes(
+                            cur.as_ref().try_into().map_err(|_| StoreError::Corrupt("series id".into()))?,
+                        )
                     }
                 }
             }
@@ -192,12 +184,7 @@ impl Store {
     /// Up to `n` most recent readings of a series at or before `until`, oldest first.
     pub fn recent(&self, series: u32, until: i64, n: usize) -> Result<Vec<(i64, f64)>, StoreError> {
         let mut out = Vec::with_capacity(n);
-        for kv in self
-            .readings
-            .range(reading_key(series, i64::MIN)..=reading_key(series, until))
-            .rev()
-            .take(n)
-        {
+        for kv in self.readings.range(reading_key(series, i64::MIN)..=reading_key(series, until)).rev().take(n) {
             let (k, v) = kv?;
             out.push(decode_reading(&k, &v)?);
         }
@@ -291,10 +278,7 @@ impl Store {
 
     /// Every stored incident record.
     pub fn incidents<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<T>, StoreError> {
-        self.incidents
-            .iter()
-            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
-            .collect()
+        self.incidents.iter().map(|kv| Ok(serde_json::from_slice(&kv?.1)?)).collect()
     }
 
     /// The oldest command waiting for `sink`.
@@ -331,10 +315,7 @@ impl Store {
 
     /// Commands that were refused for good.
     pub fn dead_letters(&self) -> Result<Vec<serde_json::Value>, StoreError> {
-        self.dead_letters
-            .iter()
-            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
-            .collect()
+        self.dead_letters.iter().map(|kv| Ok(serde_json::from_slice(&kv?.1)?)).collect()
     }
 
     /// Makes everything written so far durable (group commit).

@@ -158,10 +158,7 @@ pub enum Sink {
 #[derive(Debug, thiserror::Error)]
 pub enum SinkBuildError {
     #[error("sink `{sink}`: token: {source}")]
-    Secret {
-        sink: String,
-        source: crate::config::SecretError,
-    },
+    Secret { sink: String, source: crate::config::SecretError },
     #[error("sink `{sink}`: {reason}")]
     Other { sink: String, reason: String },
 }

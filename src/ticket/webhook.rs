@@ -26,18 +26,11 @@ impl WebhookSink {
     }
 
     pub async fn send(&self, cmd: &TicketCommand) -> Result<(), SinkError> {
-        let mut req = self
-            .client
-            .post(self.url.clone())
-            .header("Idempotency-Key", &cmd.idempotency_key)
-            .json(cmd);
+        let mut req = self.client.post(self.url.clone()).header("Idempotency-Key", &cmd.idempotency_key).json(cmd);
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| SinkError::Retry(format!("{}", without_url(&e))))?;
+        let resp = req.send().await.map_err(|e| SinkError::Retry(format!("{}", without_url(&e))))?;
         let status = resp.status();
         if status.is_success() || status == StatusCode::CONFLICT {
             // 409: the receiver already has this idempotency key, i.e. an earlier attempt landed.
@@ -45,7 +38,8 @@ impl WebhookSink {
         }
         let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
         let msg = format!("HTTP {status}: {body}");
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT {
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
+        {
             Err(SinkError::Retry(msg))
         } else {
             Err(SinkError::Permanent(msg))
