@@ -513,14 +513,10 @@ impl Config {
         let d = &self.decode;
         let bad = |key: &str, reason: String| Err((key.to_string(), reason));
         match &d.topic_pattern {
-            Some(p) => {
-                if !p.contains("{device}") && d.device_field.is_none() {
-                    return bad(
-                        "decode.topic_pattern",
-                        "must contain `{device}` unless decode.device_field is set".into(),
-                    );
-                }
+            Some(p) if !p.contains("{device}") && d.device_field.is_none() => {
+                return bad("decode.topic_pattern", "must contain `{device}` unless decode.device_field is set".into());
             }
+            Some(_) => {}
             None if d.device_field.is_none() => {
                 return bad(
                     "decode.device_field",

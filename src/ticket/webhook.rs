@@ -30,7 +30,7 @@ impl WebhookSink {
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
-        let resp = req.send().await.map_err(|e| SinkError::Retry(format!("{}", without_url(&e))))?;
+        let resp = req.send().await.map_err(|e| SinkError::Retry(without_url(&e).to_string()))?;
         let status = resp.status();
         if status.is_success() || status == StatusCode::CONFLICT {
             // 409: the receiver already has this idempotency key, i.e. an earlier attempt landed.
