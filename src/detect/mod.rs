@@ -4,12 +4,21 @@
 //! and may report an [`Anomaly`] with a score calibrated to 0..1, so one incident policy serves
 //! all detectors. The [`DetectorBank`] keeps one set of detectors per series.
 //!
+//! - [`Baseline`]: robust z-score against an exponentially weighted level.
+//! - [`Flatline`]: a sensor that froze.
+//! - [`Limit`]: configured minimum and maximum.
+//! - [`Novelty`]: shapes, levels and extremes the series has not shown before (kNN over lag
+//!   vectors in `knn`, tail probabilities in `likelihood`).
+//!
 //! Learned per-device models (linfa) will plug in beside these as further detectors that see a
 //! device's metrics together; the bank is the seam where they attach.
 
 mod baseline;
 mod flatline;
+mod knn;
+mod likelihood;
 mod limits;
+mod novelty;
 
 use std::collections::HashMap;
 
@@ -17,7 +26,10 @@ use serde::{Deserialize, Serialize};
 
 pub use baseline::Baseline;
 pub use flatline::Flatline;
+pub use knn::LagKnn;
+pub use likelihood::{upper_tail, Likelihood, WindowStats};
 pub use limits::{Limit, LimitTable};
+pub use novelty::{Novelty, NoveltyScore};
 
 use crate::config::DetectConfig;
 
@@ -33,11 +45,13 @@ pub enum FaultKind {
     AboveLimit,
     /// Below a configured minimum.
     BelowLimit,
+    /// A shape, level or extreme the series has not shown in its recent history.
+    Pattern,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 4] =
-        [FaultKind::Deviation, FaultKind::Stuck, FaultKind::AboveLimit, FaultKind::BelowLimit];
+    pub const ALL: [FaultKind; 5] =
+        [FaultKind::Deviation, FaultKind::Stuck, FaultKind::AboveLimit, FaultKind::BelowLimit, FaultKind::Pattern];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,7 +59,26 @@ impl FaultKind {
             FaultKind::Stuck => "stuck",
             FaultKind::AboveLimit => "above_limit",
             FaultKind::BelowLimit => "below_limit",
+            FaultKind::Pattern => "pattern",
         }
+    }
+
+    /// What the fault is called in plain words.
+    pub fn label(self) -> &'static str {
+        match self {
+            FaultKind::Deviation => "deviation from baseline",
+            FaultKind::Stuck => "stuck sensor",
+            FaultKind::AboveLimit => "above limit",
+            FaultKind::BelowLimit => "below limit",
+            FaultKind::Pattern => "unusual pattern",
+        }
+    }
+
+    /// Whether a single anomaly of this kind is too weak to open an incident, so the incident
+    /// policy waits until it persists. A detector that already accumulates evidence before it
+    /// speaks (and then holds back for a while) says no: waiting again would only delay it.
+    pub fn needs_debounce(self) -> bool {
+        !matches!(self, FaultKind::Pattern)
     }
 }
 
@@ -65,14 +98,33 @@ pub struct Anomaly {
     pub spread: Option<f64>,
     /// Deviation in spreads (signed), for baseline detectors.
     pub z: Option<f64>,
-    /// The limit crossed, for limit detectors; the stuck duration (s) for flatline.
+    /// The limit crossed, for limit detectors; the stuck duration (s) for flatline; the tail
+    /// probability p of what was seen, for novelty.
     pub bound: Option<f64>,
+    /// How many past readings the detector compared the reading with, when that is meaningful.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<u64>,
 }
 
 /// A streaming detector over one series.
 pub trait SeriesDetector: Send {
     /// Sees the next reading (event-time order) and reports an anomaly if there is one.
     fn observe(&mut self, ts: i64, value: f64) -> Option<Anomaly>;
+
+    /// The calibrated score (0..1) of the last reading observed, anomalous or not. Detectors
+    /// that only know "anomalous or not" leave it at 0; their anomalies carry their score.
+    fn last_score(&self) -> f64 {
+        0.0
+    }
+}
+
+/// What the detectors of a series said about one reading.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observation {
+    pub anomalies: Vec<Anomaly>,
+    /// The highest calibrated score of any detector for this reading (0..1), also when no
+    /// detector reported an anomaly: what `replay` writes as `anomaly_score`.
+    pub score: f64,
 }
 
 /// The detectors of one series.
@@ -82,8 +134,17 @@ pub struct SeriesDetectors {
 
 impl SeriesDetectors {
     /// Feeds one reading to every detector of the series.
-    pub fn observe(&mut self, ts: i64, value: f64) -> Vec<Anomaly> {
-        self.detectors.iter_mut().filter_map(|d| d.observe(ts, value)).collect()
+    pub fn observe(&mut self, ts: i64, value: f64) -> Observation {
+        let mut out = Observation::default();
+        for d in &mut self.detectors {
+            if let Some(a) = d.observe(ts, value) {
+                out.score = out.score.max(a.score);
+                out.anomalies.push(a);
+            }
+            out.score = out.score.max(d.last_score());
+        }
+        out.score = out.score.clamp(0.0, 1.0);
+        out
     }
 }
 
@@ -100,7 +161,7 @@ impl DetectorBank {
     }
 
     /// Scores one reading of a series.
-    pub fn observe(&mut self, device: &str, metric: &str, ts: i64, value: f64) -> Vec<Anomaly> {
+    pub fn observe(&mut self, device: &str, metric: &str, ts: i64, value: f64) -> Observation {
         let key = (device.to_string(), metric.to_string());
         if !self.series.contains_key(&key) {
             let s = self.build(device, metric);
@@ -108,16 +169,27 @@ impl DetectorBank {
         }
         match self.series.get_mut(&key) {
             Some(s) => s.observe(ts, value),
-            None => Vec::new(),
+            None => Observation::default(),
         }
     }
 
     fn build(&self, device: &str, metric: &str) -> SeriesDetectors {
         let c = &self.config;
-        let mut detectors: Vec<Box<dyn SeriesDetector>> = vec![
-            Box::new(Baseline::new(c.warmup_readings, c.baseline_half_life, c.z_threshold, c.min_relative_spread)),
-            Box::new(Flatline::new(c.flatline_readings, c.flatline_after.as_millis() as i64)),
-        ];
+        let mut detectors: Vec<Box<dyn SeriesDetector>> = Vec::new();
+        if c.baseline {
+            detectors.push(Box::new(Baseline::new(
+                c.warmup_readings,
+                c.baseline_half_life,
+                c.z_threshold,
+                c.min_relative_spread,
+            )));
+        }
+        if c.flatline {
+            detectors.push(Box::new(Flatline::new(c.flatline_readings, c.flatline_after.as_millis() as i64)));
+        }
+        if c.novelty.enabled {
+            detectors.push(Box::new(Novelty::new(&c.novelty)));
+        }
         if let Some(limit) = self.limits.lookup(device, metric) {
             detectors.push(Box::new(limit));
         }
