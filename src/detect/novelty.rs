@@ -218,6 +218,33 @@ mod tests {
         xs.iter().map(|&x| d.score(x)).collect()
     }
 
+    /// The reference implementation (a Python prototype, the spec of this port) fires at rows
+    /// 3001, 3102, 3203 and 5500 of this series: a level shift that lasts 200 rows (re-reported
+    /// after each refractory period), a change of period that stays below the threshold, and a
+    /// spike. The series uses only exact arithmetic so both implementations see the same numbers.
+    #[test]
+    fn fires_on_the_same_rows_as_the_reference_implementation() {
+        let mut state: u64 = 42;
+        let xs: Vec<f64> = (0..6000usize)
+            .map(|i| {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                let noise = (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+                let period = if (4500..4600).contains(&i) { 144 } else { 288 };
+                let tri = ((i % period) as f64 / (period as f64 / 2.0) - 1.0).abs();
+                let mut x = 10.0 + 3.0 * tri + 0.3 * noise;
+                if (3000..3200).contains(&i) {
+                    x += 2.0;
+                }
+                if i == 5500 {
+                    x += 9.0;
+                }
+                x
+            })
+            .collect();
+        let fired: Vec<usize> = scores(&xs).iter().enumerate().filter(|(_, s)| s.fired).map(|(i, _)| i).collect();
+        assert_eq!(fired, vec![3001, 3102, 3203, 5500]);
+    }
+
     #[test]
     fn future_readings_cannot_change_past_scores() {
         let mut xs = series(4000);
