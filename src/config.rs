@@ -692,7 +692,9 @@ mod tests {
 
     #[test]
     fn shipped_example_config_loads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fieldwatch.toml");
-        Config::load(&path).unwrap();
+        for file in ["config/fieldwatch.toml", "config/nab.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            Config::load(&path).unwrap();
+        }
     }
 }
