@@ -369,6 +369,12 @@ pub struct DetectConfig {
     /// ... and at least this many identical readings in a row.
     pub flatline_readings: u32,
     pub limits: Vec<LimitConfig>,
+    /// Run the baseline (z-score) detector on every series.
+    pub baseline: bool,
+    /// Run the flatline (stuck sensor) detector on every series.
+    pub flatline: bool,
+    /// The novelty detector: unusual shapes, level shifts and new extremes.
+    pub novelty: NoveltyConfig,
 }
 
 impl Default for DetectConfig {
@@ -381,7 +387,80 @@ impl Default for DetectConfig {
             flatline_after: Duration::from_secs(300),
             flatline_readings: 30,
             limits: Vec::new(),
+            baseline: true,
+            flatline: true,
+            novelty: NoveltyConfig::default(),
         }
+    }
+}
+
+/// The novelty detector (`detect::Novelty`). The defaults are the values measured on the
+/// Numenta Anomaly Benchmark; the window sizes not listed here are derived from `memory` and
+/// `warmup_readings`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NoveltyConfig {
+    pub enabled: bool,
+    /// Evidence needed to report, as `-log10 p` of the reading's pattern (3.5: p ≤ 3.2e-4).
+    pub threshold: f64,
+    /// Readings in the shape compared with the past.
+    pub lag: usize,
+    /// Past shapes kept per series; the detector's state is about 36 bytes per unit of `memory`.
+    pub memory: usize,
+    /// Nearest past shapes averaged into the distance.
+    pub neighbours: usize,
+    /// Readings a series needs before the detector may report.
+    pub warmup_readings: u64,
+    /// Readings after a report during which the detector holds back further reports.
+    pub refractory_readings: u64,
+    /// Level shift: mean of the last 20 readings against the 500 before, in standard deviations.
+    pub level_shift_z: f64,
+    /// New extreme: a reading beyond everything seen by more than this fraction of the range.
+    pub new_extreme_margin: f64,
+}
+
+impl Default for NoveltyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            threshold: 3.5,
+            lag: 8,
+            memory: 2000,
+            neighbours: 3,
+            warmup_readings: 100,
+            refractory_readings: 100,
+            level_shift_z: 4.0,
+            new_extreme_margin: 0.10,
+        }
+    }
+}
+
+impl NoveltyConfig {
+    /// Checks the values; returns the offending key (below `detect.novelty`) and why.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, reason: &str| Err((format!("detect.novelty.{key}"), reason.to_string()));
+        if !(self.threshold.is_finite() && self.threshold > 0.0) {
+            return bad("threshold", "must be a positive number (-log10 of a probability, e.g. 3.5)");
+        }
+        if !(1..=64).contains(&self.lag) {
+            return bad("lag", "must be between 1 and 64 readings");
+        }
+        if !(100..=100_000).contains(&self.memory) {
+            return bad("memory", "must be between 100 and 100000 readings");
+        }
+        if self.neighbours == 0 || self.neighbours * 10 > self.memory {
+            return bad("neighbours", "must be at least 1 and at most a tenth of `memory`");
+        }
+        if self.warmup_readings < 8 {
+            return bad("warmup_readings", "must be at least 8");
+        }
+        if !(self.level_shift_z.is_finite() && self.level_shift_z > 0.0) {
+            return bad("level_shift_z", "must be a positive number");
+        }
+        if !(self.new_extreme_margin.is_finite() && self.new_extreme_margin > 0.0) {
+            return bad("new_extreme_margin", "must be a positive fraction of the range, e.g. 0.1");
+        }
+        Ok(())
     }
 }
 
@@ -604,6 +683,7 @@ impl Config {
                 }
             }
         }
+        d.novelty.validate()?;
         if self.incident.debounce_readings == 0 {
             return bad("incident.debounce_readings", "must be at least 1");
         }
@@ -757,8 +837,21 @@ mod tests {
     }
 
     #[test]
+    fn novelty_takes_defaults_and_bad_values_name_their_key() {
+        let c = parse("[detect.novelty]\nthreshold = 4.0\n").unwrap();
+        assert_eq!(c.detect.novelty.threshold, 4.0);
+        assert_eq!(c.detect.novelty.memory, 2000);
+        let msg = parse("[detect.novelty]\nneighbours = 0\n").unwrap_err().to_string();
+        assert!(msg.contains("detect.novelty.neighbours"), "{msg}");
+        let msg = parse("[detect.novelty]\nmemroy = 10\n").unwrap_err().to_string();
+        assert!(msg.contains("detect.novelty.memroy") && msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
     fn shipped_example_config_loads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fieldwatch.toml");
-        Config::load(&path).unwrap();
+        for file in ["config/fieldwatch.toml", "config/nab.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            Config::load(&path).unwrap();
+        }
     }
 }

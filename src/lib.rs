@@ -10,10 +10,11 @@
 //! - [`ingest`]: the MQTT source (rumqttc, QoS 1, manual acks after storage).
 //! - [`decode`]: topic + JSON payload → [`reading::Reading`]s, or a counted rejection.
 //! - [`store`]: the sled database: readings, rejected messages, incidents, the ticket outbox.
-//! - [`detect`]: streaming detectors per series (baseline, flatline, limits).
+//! - [`detect`]: streaming detectors per series (baseline, flatline, limits, novelty).
 //! - [`incident`]: debounce, dedup and auto-resolve; plain-words summaries.
 //! - [`ticket`]: ticket content, the durable outbox and its sinks (webhook, file).
 //! - [`core`]: decode → store → detect → incidents → outbox for one batch.
+//! - [`replay`]: a recorded CSV file through the same core, scored row by row (backtests, NAB).
 //! - [`daemon`]: wires the stages with bounded channels and shuts them down in order.
 //! - [`sim`] and [`demo`]: simulated equipment and the self-contained demo.
 //! - [`metrics`] and [`admin`]: Prometheus counters and the loopback HTTP endpoint.
@@ -32,6 +33,7 @@ pub mod incident;
 pub mod ingest;
 pub mod metrics;
 pub mod reading;
+pub mod replay;
 pub mod silence;
 pub mod sim;
 pub mod store;

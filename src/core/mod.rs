@@ -165,16 +165,20 @@ impl Core {
     }
 
     /// Stores and scores one reading; readings already stored are counted and skipped.
-    pub fn process_reading(&mut self, r: &Reading, out: &mut BatchOutcome) -> Result<(), StoreError> {
+    ///
+    /// Returns the reading's highest calibrated detector score (0..1), or `None` for a reading
+    /// that was already stored and so was not scored again.
+    pub fn process_reading(&mut self, r: &Reading, out: &mut BatchOutcome) -> Result<Option<f64>, StoreError> {
         let series = self.store.series_id(&r.device, &r.metric)?;
         if !self.store.insert_reading(series, r.ts, r.value)? {
             out.duplicates += 1;
             self.metrics.readings_duplicate.inc();
-            return Ok(());
+            return Ok(None);
         }
         out.stored += 1;
         self.metrics.readings.inc();
-        let anomalies = self.detectors.observe(&r.device, &r.metric, r.ts, r.value);
+        let observation = self.detectors.observe(&r.device, &r.metric, r.ts, r.value);
+        let anomalies = observation.anomalies;
         for a in &anomalies {
             self.metrics.anomalies.get_or_create(&ReasonLabel { reason: a.kind.as_str().into() }).inc();
         }
@@ -193,7 +197,7 @@ impl Core {
             let t = self.persist(t)?;
             out.transitions.push(t);
         }
-        Ok(())
+        Ok(Some(observation.score))
     }
 
     /// Time-driven changes; `now` is wall-clock ms. Escalates unacknowledged incidents, and

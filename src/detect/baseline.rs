@@ -16,6 +16,8 @@ pub struct Baseline {
     n: u32,
     mean: f64,
     var: f64,
+    /// Calibrated score of the last reading, reported also when it is below the threshold.
+    last_score: f64,
 }
 
 impl Baseline {
@@ -28,6 +30,7 @@ impl Baseline {
             n: 0,
             mean: 0.0,
             var: 0.0,
+            last_score: 0.0,
         }
     }
 
@@ -58,22 +61,28 @@ impl SeriesDetector for Baseline {
         let spread = self.spread();
         let z = (value - self.mean) / spread;
         let band = self.threshold * spread;
+        self.last_score = calibrate(z.abs() / self.threshold);
         let anomaly = (z.abs() > self.threshold).then(|| Anomaly {
             kind: FaultKind::Deviation,
             detector: "baseline".into(),
             ts,
             value,
-            score: calibrate(z.abs() / self.threshold),
+            score: self.last_score,
             expected: Some(self.mean),
             spread: Some(spread),
             z: Some(z),
             bound: None,
+            history: None,
         });
         let clipped = self.mean + (value - self.mean).clamp(-band, band);
         let d = clipped - self.mean;
         self.mean += self.alpha * d;
         self.var = (1.0 - self.alpha) * (self.var + self.alpha * d * d);
         anomaly
+    }
+
+    fn last_score(&self) -> f64 {
+        self.last_score
     }
 }
 

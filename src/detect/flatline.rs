@@ -47,6 +47,7 @@ impl SeriesDetector for Flatline {
             spread: None,
             z: None,
             bound: Some(stuck_ms as f64 / 1000.0),
+            history: None,
         })
     }
 }

@@ -27,6 +27,7 @@ impl SeriesDetector for Limit {
             spread: None,
             z: None,
             bound: Some(bound),
+            history: None,
         })
     }
 }

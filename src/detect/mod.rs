@@ -4,12 +4,21 @@
 //! and may report an [`Anomaly`] with a score calibrated to 0..1, so one incident policy serves
 //! all detectors. The [`DetectorBank`] keeps one set of detectors per series.
 //!
+//! - [`Baseline`]: robust z-score against an exponentially weighted level.
+//! - [`Flatline`]: a sensor that froze.
+//! - [`Limit`]: configured minimum and maximum.
+//! - [`Novelty`]: shapes, levels and extremes the series has not shown before (kNN over lag
+//!   vectors in `knn`, tail probabilities in `likelihood`).
+//!
 //! Learned per-device models (linfa) will plug in beside these as further detectors that see a
 //! device's metrics together; the bank is the seam where they attach.
 
 mod baseline;
 mod flatline;
+mod knn;
+mod likelihood;
 mod limits;
+mod novelty;
 mod trend;
 
 use std::collections::HashMap;
@@ -18,7 +27,10 @@ use serde::{Deserialize, Serialize};
 
 pub use baseline::Baseline;
 pub use flatline::Flatline;
+pub use knn::LagKnn;
+pub use likelihood::{upper_tail, Likelihood, WindowStats};
 pub use limits::{Limit, LimitTable};
+pub use novelty::{Novelty, NoveltyScore};
 pub use trend::{time_to_limit, Forecast};
 
 use crate::config::DetectConfig;
@@ -35,14 +47,16 @@ pub enum FaultKind {
     AboveLimit,
     /// Below a configured minimum.
     BelowLimit,
+    /// A shape, level or extreme the series has not shown in its recent history.
+    Pattern,
     /// The device sent nothing for too long while the broker link was up (sensor health).
     Silent,
 }
 
 impl FaultKind {
     /// The kinds a series detector reports (`Silent` is about a whole device).
-    pub const ALL: [FaultKind; 4] =
-        [FaultKind::Deviation, FaultKind::Stuck, FaultKind::AboveLimit, FaultKind::BelowLimit];
+    pub const ALL: [FaultKind; 5] =
+        [FaultKind::Deviation, FaultKind::Stuck, FaultKind::AboveLimit, FaultKind::BelowLimit, FaultKind::Pattern];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -51,7 +65,27 @@ impl FaultKind {
             FaultKind::AboveLimit => "above_limit",
             FaultKind::BelowLimit => "below_limit",
             FaultKind::Silent => "silent",
+            FaultKind::Pattern => "pattern",
         }
+    }
+
+    /// What the fault is called in plain words.
+    pub fn label(self) -> &'static str {
+        match self {
+            FaultKind::Deviation => "deviation from baseline",
+            FaultKind::Stuck => "stuck sensor",
+            FaultKind::AboveLimit => "above limit",
+            FaultKind::BelowLimit => "below limit",
+            FaultKind::Pattern => "unusual pattern",
+            FaultKind::Silent => "no telemetry",
+        }
+    }
+
+    /// Whether a single anomaly of this kind is too weak to open an incident, so the incident
+    /// policy waits until it persists. A detector that already accumulates evidence before it
+    /// speaks (and then holds back for a while) says no: waiting again would only delay it.
+    pub fn needs_debounce(self) -> bool {
+        !matches!(self, FaultKind::Pattern)
     }
 }
 
@@ -71,8 +105,12 @@ pub struct Anomaly {
     pub spread: Option<f64>,
     /// Deviation in spreads (signed), for baseline detectors.
     pub z: Option<f64>,
-    /// The limit crossed, for limit detectors; the stuck duration (s) for flatline.
+    /// The limit crossed, for limit detectors; the stuck duration (s) for flatline; the tail
+    /// probability p of what was seen, for novelty.
     pub bound: Option<f64>,
+    /// How many past readings the detector compared the reading with, when that is meaningful.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<u64>,
 }
 
 /// A streaming detector over one series.
@@ -83,6 +121,20 @@ pub trait SeriesDetector: Send {
     /// Makes the detector less sensitive by `factor` (> 1) after a confirmed false alarm.
     /// Detectors with hard thresholds (limits, flatline) ignore it.
     fn desensitize(&mut self, _factor: f64) {}
+    /// The calibrated score (0..1) of the last reading observed, anomalous or not. Detectors
+    /// that only know "anomalous or not" leave it at 0; their anomalies carry their score.
+    fn last_score(&self) -> f64 {
+        0.0
+    }
+}
+
+/// What the detectors of a series said about one reading.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observation {
+    pub anomalies: Vec<Anomaly>,
+    /// The highest calibrated score of any detector for this reading (0..1), also when no
+    /// detector reported an anomaly: what `replay` writes as `anomaly_score`.
+    pub score: f64,
 }
 
 /// The detectors of one series.
@@ -92,8 +144,17 @@ pub struct SeriesDetectors {
 
 impl SeriesDetectors {
     /// Feeds one reading to every detector of the series.
-    pub fn observe(&mut self, ts: i64, value: f64) -> Vec<Anomaly> {
-        self.detectors.iter_mut().filter_map(|d| d.observe(ts, value)).collect()
+    pub fn observe(&mut self, ts: i64, value: f64) -> Observation {
+        let mut out = Observation::default();
+        for d in &mut self.detectors {
+            if let Some(a) = d.observe(ts, value) {
+                out.score = out.score.max(a.score);
+                out.anomalies.push(a);
+            }
+            out.score = out.score.max(d.last_score());
+        }
+        out.score = out.score.clamp(0.0, 1.0);
+        out
     }
 }
 
@@ -141,7 +202,7 @@ impl DetectorBank {
     }
 
     /// Scores one reading of a series.
-    pub fn observe(&mut self, device: &str, metric: &str, ts: i64, value: f64) -> Vec<Anomaly> {
+    pub fn observe(&mut self, device: &str, metric: &str, ts: i64, value: f64) -> Observation {
         let key = (device.to_string(), metric.to_string());
         if !self.series.contains_key(&key) {
             let s = self.build(device, metric);
@@ -149,16 +210,27 @@ impl DetectorBank {
         }
         match self.series.get_mut(&key) {
             Some(s) => s.observe(ts, value),
-            None => Vec::new(),
+            None => Observation::default(),
         }
     }
 
     fn build(&self, device: &str, metric: &str) -> SeriesDetectors {
         let c = &self.config;
-        let mut detectors: Vec<Box<dyn SeriesDetector>> = vec![
-            Box::new(Baseline::new(c.warmup_readings, c.baseline_half_life, c.z_threshold, c.min_relative_spread)),
-            Box::new(Flatline::new(c.flatline_readings, c.flatline_after.as_millis() as i64)),
-        ];
+        let mut detectors: Vec<Box<dyn SeriesDetector>> = Vec::new();
+        if c.baseline {
+            detectors.push(Box::new(Baseline::new(
+                c.warmup_readings,
+                c.baseline_half_life,
+                c.z_threshold,
+                c.min_relative_spread,
+            )));
+        }
+        if c.flatline {
+            detectors.push(Box::new(Flatline::new(c.flatline_readings, c.flatline_after.as_millis() as i64)));
+        }
+        if c.novelty.enabled {
+            detectors.push(Box::new(Novelty::new(&c.novelty)));
+        }
         if let Some(limit) = self.limits.lookup(device, metric) {
             detectors.push(Box::new(limit));
         }

@@ -200,7 +200,8 @@ impl IncidentPolicy {
             if more_severe(a, &p.peak) {
                 p.peak = a.clone();
             }
-            let persisted = p.count >= self.config.debounce_readings
+            let persisted = !a.kind.needs_debounce()
+                || p.count >= self.config.debounce_readings
                 || ts - p.first_seen >= self.config.debounce_for.as_millis() as i64;
             if !persisted {
                 return None;
@@ -335,6 +336,7 @@ impl IncidentPolicy {
                 spread: None,
                 z: None,
                 bound: None,
+                history: None,
             },
             recent: Vec::new(),
             reopen_count: 0,
@@ -422,6 +424,7 @@ mod tests {
             spread: Some(0.1),
             z: Some(10.0),
             bound: None,
+            history: None,
         }
     }
 
@@ -453,6 +456,16 @@ mod tests {
         assert!(p.observe(&reading(15_000, 0.0), &[]).is_empty(), "quiet period not over");
         let t = p.observe(&reading(19_000, 0.0), &[]);
         assert!(matches!(&t[..], [Transition::Resolved(i)] if i.resolved_at == Some(19_000)));
+    }
+
+    #[test]
+    fn a_pattern_opens_on_its_first_anomaly() {
+        let mut p = policy();
+        let pattern = Anomaly { kind: FaultKind::Pattern, detector: "novelty".into(), ..anomaly(5_000, 0.6) };
+        let t = p.observe(&reading(5_000, 1.0), &[pattern]);
+        let [Transition::Opened(inc)] = &t[..] else { panic!("expected one opened incident, got {t:?}") };
+        assert_eq!((inc.fault, inc.first_seen, inc.opened_at), (FaultKind::Pattern, 5_000, 5_000));
+        assert!(FaultKind::Deviation.needs_debounce(), "other faults still wait for the debounce");
     }
 
     #[test]

@@ -26,6 +26,35 @@ fn num(v: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
+/// The pattern sentence: how unusual the reading was, and against what.
+fn pattern_summary(inc: &Incident, u: &dyn Fn(f64) -> String) -> String {
+    let p = &inc.peak;
+    let m = &inc.metric;
+    let history = match p.history {
+        Some(n) if n > 0 => format!("the last {n} readings"),
+        _ => "its recent history".to_string(),
+    };
+    let (lo, hi) = match (p.expected, p.spread) {
+        (Some(mid), Some(half)) => (mid - half, mid + half),
+        _ => (p.value, p.value),
+    };
+    let range = format!("{}–{}", num(lo), u(hi));
+    match p.bound {
+        Some(prob) if prob < 1e-3 => format!(
+            "{m} shows a pattern not seen in {history} (p = {prob:.0e}); value {} against a recent range of {range}",
+            u(p.value)
+        ),
+        _ if p.value > hi || p.value < lo => {
+            format!("{m} reached {}, outside everything seen recently (range {range})", u(p.value))
+        }
+        _ => format!(
+            "{m} shifted its level by {:.1} standard deviations; value {} against a recent range of {range}",
+            p.z.unwrap_or(0.0).abs(),
+            u(p.value)
+        ),
+    }
+}
+
 /// A short title and a one-sentence summary of an incident.
 pub fn describe(inc: &Incident, unit: Option<&str>) -> (String, String) {
     let u = |v: f64| match unit {
@@ -69,6 +98,7 @@ pub fn describe(inc: &Incident, unit: Option<&str>) -> (String, String) {
                 format!("{m} reached {}, {side} of {}, for {lasting}", u(p.value), p.bound.map(u).unwrap_or_default()),
             )
         }
+        FaultKind::Pattern => (format!("{}: {m} {}", inc.device, inc.fault.label()), pattern_summary(inc, &u)),
     };
     if let (IncidentState::Resolved, Some(at), FaultKind::Silent) = (inc.state, inc.resolved_at, inc.fault) {
         summary =
@@ -119,6 +149,7 @@ mod tests {
                 spread: Some(4.9),
                 z: Some(5.2),
                 bound: None,
+                history: None,
             },
             recent: vec![],
             reopen_count: 0,
@@ -134,5 +165,54 @@ mod tests {
         let (title, summary) = describe(&inc, Some("°C"));
         assert_eq!(title, "comp-3: discharge_temp above normal");
         assert_eq!(summary, "discharge_temp rose to 97.14 °C, 5.2σ above its baseline of 71.4 °C, for 6 min");
+    }
+
+    #[test]
+    fn pattern_summary_names_probability_history_and_range() {
+        let peak = Anomaly {
+            kind: FaultKind::Pattern,
+            detector: "novelty".into(),
+            ts: 0,
+            value: 4.1,
+            score: 0.8,
+            expected: Some(2.1),
+            spread: Some(0.2),
+            z: Some(1.0),
+            bound: Some(3e-5),
+            history: Some(2000),
+        };
+        let inc = Incident {
+            id: "FW-2".into(),
+            key: "k".into(),
+            idempotency_key: "x".into(),
+            device: "pump-1".into(),
+            site: None,
+            metric: "vibration".into(),
+            fault: FaultKind::Pattern,
+            state: IncidentState::Open,
+            first_seen: 0,
+            opened_at: 0,
+            last_anomaly_at: 0,
+            resolved_at: None,
+            anomalous_readings: 1,
+            peak,
+            recent: vec![],
+            reopen_count: 0,
+            flapping: false,
+            respond_by: None,
+            acknowledged: false,
+            escalated: false,
+            suppressed: None,
+            updates: 0,
+            verdict: None,
+            timeline: vec![],
+        };
+        let (title, summary) = describe(&inc, Some("mm/s"));
+        assert_eq!(title, "pump-1: vibration unusual pattern");
+        assert_eq!(
+            summary,
+            "vibration shows a pattern not seen in the last 2000 readings (p = 3e-5); \
+             value 4.1 mm/s against a recent range of 1.9–2.3 mm/s"
+        );
     }
 }
