@@ -559,3 +559,34 @@ fn a_missing_secret_fails_the_build_and_names_the_key() {
     let err = Sink::build(&config.ticket.sinks[0]).err().expect("build fails").to_string();
     assert!(err.contains("sink `p`: routing_key") && err.contains("FW_TEST_PD_KEY_NEVER_SET"), "{err}");
 }
+
+#[test]
+fn commented_sink_examples_in_the_shipped_config_are_valid() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/fieldwatch.toml")).unwrap();
+    // An example is the run of non-empty `# ` lines that starts at `# [[ticket.sinks]]`.
+    let mut examples: Vec<String> = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if line == "# [[ticket.sinks]]" {
+            examples.extend(current.take());
+            current = Some("[[ticket.sinks]]\n".into());
+            continue;
+        }
+        if let Some(example) = current.as_mut() {
+            match line.strip_prefix("# ") {
+                Some(l) if !l.trim().is_empty() => {
+                    example.push_str(l);
+                    example.push('\n');
+                }
+                _ => examples.extend(current.take()),
+            }
+        }
+    }
+    let mut types = Vec::new();
+    for example in &examples {
+        let config = Config::parse(example, Path::new("fieldwatch.toml")).unwrap_or_else(|e| panic!("{e}\n{example}"));
+        types.push(example.lines().find_map(|l| l.strip_prefix("type = ")).unwrap_or_default().to_string());
+        assert_eq!(config.ticket.sinks.len(), 1);
+    }
+    assert_eq!(types, ["\"webhook\"", "\"servicenow\"", "\"jira\"", "\"pagerduty\""]);
+}
