@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ticket::jira::JiraConfig;
+use crate::ticket::pagerduty::PagerDutyConfig;
+use crate::ticket::servicenow::ServiceNowConfig;
+
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -541,9 +545,18 @@ pub enum SinkConfig {
     },
     /// Append each ticket command as a JSON line.
     File { name: String, path: PathBuf },
+    /// ServiceNow incidents through the Table API.
+    #[serde(rename = "servicenow")]
+    ServiceNow(ServiceNowConfig),
+    /// Jira Cloud issues through the REST API v3.
+    Jira(JiraConfig),
+    /// PagerDuty alerts through the Events API v2.
+    #[serde(rename = "pagerduty")]
+    PagerDuty(PagerDutyConfig),
 }
 
-fn default_http_timeout() -> Duration {
+/// Timeout of one HTTP request to a ticket system.
+pub(crate) fn default_http_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
@@ -552,6 +565,56 @@ impl SinkConfig {
     pub fn name(&self) -> &str {
         match self {
             SinkConfig::Webhook { name, .. } | SinkConfig::File { name, .. } => name,
+            SinkConfig::ServiceNow(c) => &c.name,
+            SinkConfig::Jira(c) => &c.name,
+            SinkConfig::PagerDuty(c) => &c.name,
+        }
+    }
+
+    /// Checks one sink; `key` is its path, e.g. `ticket.sinks[0]`.
+    fn validate(&self, key: &str) -> Result<(), (String, String)> {
+        let bad = |field: &str, reason: String| Err((format!("{key}.{field}"), reason));
+        let url = |field: &str, url: &str| match reqwest::Url::parse(url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(()),
+            _ => bad(field, format!("`{url}` is not an http(s) URL")),
+        };
+        let secret = |field: &str, s: &SecretRef| match (&s.file, &s.env) {
+            (None, None) => bad(field, "set `file` or `env`".into()),
+            _ => Ok(()),
+        };
+        let filled = |field: &str, value: &str| match value.trim().is_empty() {
+            true => bad(field, "must not be empty".into()),
+            false => Ok(()),
+        };
+        match self {
+            SinkConfig::Webhook { url: u, token, .. } => {
+                url("url", u)?;
+                token.as_ref().map_or(Ok(()), |t| secret("token", t))
+            }
+            SinkConfig::File { .. } => Ok(()),
+            SinkConfig::ServiceNow(c) => {
+                url("instance_url", &c.instance_url)?;
+                filled("username", &c.username)?;
+                secret("password", &c.password)?;
+                filled("category", &c.category)?;
+                filled("close_code", &c.close_code)
+            }
+            SinkConfig::Jira(c) => {
+                url("base_url", &c.base_url)?;
+                filled("email", &c.email)?;
+                secret("api_token", &c.api_token)?;
+                filled("project_key", &c.project_key)?;
+                filled("issue_type", &c.issue_type)?;
+                filled("done_transition", &c.done_transition)?;
+                let p = &c.priorities;
+                [("priorities.p1", &p.p1), ("priorities.p2", &p.p2), ("priorities.p3", &p.p3), ("priorities.p4", &p.p4)]
+                    .into_iter()
+                    .try_for_each(|(field, name)| filled(field, name))
+            }
+            SinkConfig::PagerDuty(c) => {
+                secret("routing_key", &c.routing_key)?;
+                url("url", &c.url)
+            }
         }
     }
 }
@@ -699,17 +762,7 @@ impl Config {
             if sink.name().is_empty() || !names.insert(sink.name().to_string()) {
                 return Err((format!("{key}.name"), "must be non-empty and unique".into()));
             }
-            if let SinkConfig::Webhook { url, token, .. } = sink {
-                match reqwest::Url::parse(url) {
-                    Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                    _ => return Err((format!("{key}.url"), format!("`{url}` is not an http(s) URL"))),
-                }
-                if let Some(t) = token {
-                    if t.file.is_none() && t.env.is_none() {
-                        return Err((format!("{key}.token"), "set `file` or `env`".into()));
-                    }
-                }
-            }
+            sink.validate(&key)?;
         }
         if !(0.0..=1.0).contains(&self.incident.min_confidence) {
             return bad("incident.min_confidence", "must be between 0 and 1");

@@ -12,7 +12,8 @@
 //! - [`store`]: the sled database: readings, rejected messages, incidents, the ticket outbox.
 //! - [`detect`]: streaming detectors per series (baseline, flatline, limits, novelty).
 //! - [`incident`]: debounce, dedup and auto-resolve; plain-words summaries.
-//! - [`ticket`]: ticket content, the durable outbox and its sinks (webhook, file).
+//! - [`ticket`]: ticket content, the durable outbox and its sinks (webhook, file, ServiceNow,
+//!   Jira, PagerDuty).
 //! - [`core`]: decode → store → detect → incidents → outbox for one batch.
 //! - [`replay`]: a recorded CSV file through the same core, scored row by row (backtests, NAB).
 //! - [`daemon`]: wires the stages with bounded channels and shuts them down in order.

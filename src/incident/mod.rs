@@ -15,6 +15,7 @@ use crate::config::IncidentConfig;
 use crate::detect::{Anomaly, FaultKind};
 use crate::reading::Reading;
 
+pub(crate) use summary::num;
 pub use summary::{describe, format_duration};
 
 /// Where an incident is in its life.

@@ -18,7 +18,7 @@ pub fn format_duration(ms: i64) -> String {
 }
 
 /// A reading as a technician would write it: at most two decimals, no trailing zeros.
-fn num(v: f64) -> String {
+pub(crate) fn num(v: f64) -> String {
     if v.abs() >= 1000.0 {
         return format!("{v:.0}");
     }

@@ -3,10 +3,18 @@
 //! An incident transition becomes a [`TicketCommand`], written to the durable outbox in the same
 //! transaction as the incident itself. One delivery task per sink drains its queue in order
 //! ([`outbox::deliver`]); a command leaves the outbox only after the sink confirmed it.
+//!
+//! Sinks: a generic [`webhook`], a JSON-lines [`file`], and the ticketing APIs [`servicenow`]
+//! (Table API incidents), [`jira`] (Cloud REST v3 issues) and [`pagerduty`] (Events API v2).
 
 pub mod content;
 pub mod file;
+pub mod http;
+pub mod jira;
 pub mod outbox;
+pub mod pagerduty;
+mod render;
+pub mod servicenow;
 pub mod webhook;
 
 use serde::{Deserialize, Serialize};
@@ -201,13 +209,18 @@ pub enum SinkError {
 pub enum Sink {
     Webhook(webhook::WebhookSink),
     File(file::FileSink),
+    ServiceNow(servicenow::ServiceNowSink),
+    Jira(jira::JiraSink),
+    PagerDuty(pagerduty::PagerDutySink),
 }
 
 /// Why a sink could not be built from its config.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkBuildError {
-    #[error("sink `{sink}`: token: {source}")]
-    Secret { sink: String, source: crate::config::SecretError },
+    #[error("sink `{sink}`: {key}: {source}")]
+    Secret { sink: String, key: &'static str, source: crate::config::SecretError },
+    #[error("sink `{sink}`: {source}")]
+    Client { sink: String, source: http::ClientError },
     #[error("sink `{sink}`: {reason}")]
     Other { sink: String, reason: String },
 }
@@ -215,20 +228,30 @@ pub enum SinkBuildError {
 impl Sink {
     /// Builds a sink, resolving its secrets now so a missing token fails at start, not at 3 am.
     pub fn build(cfg: &SinkConfig) -> Result<Sink, SinkBuildError> {
+        let sink = cfg.name().to_string();
+        let secret = |key: &'static str, s: &crate::config::SecretRef| {
+            s.resolve().map_err(|source| SinkBuildError::Secret { sink: sink.clone(), key, source })
+        };
+        let client = |source: http::ClientError| SinkBuildError::Client { sink: sink.clone(), source };
         match cfg {
-            SinkConfig::Webhook { name, url, token, timeout } => {
-                let token = token
-                    .as_ref()
-                    .map(|t| t.resolve())
-                    .transpose()
-                    .map_err(|source| SinkBuildError::Secret { sink: name.clone(), source })?;
+            SinkConfig::Webhook { url, token, timeout, .. } => {
+                let token = token.as_ref().map(|t| secret("token", t)).transpose()?;
                 webhook::WebhookSink::new(url, token, *timeout)
                     .map(Sink::Webhook)
-                    .map_err(|e| SinkBuildError::Other { sink: name.clone(), reason: e.to_string() })
+                    .map_err(|reason| SinkBuildError::Other { sink: sink.clone(), reason })
             }
-            SinkConfig::File { name, path } => file::FileSink::open(path)
+            SinkConfig::File { path, .. } => file::FileSink::open(path)
                 .map(Sink::File)
-                .map_err(|e| SinkBuildError::Other { sink: name.clone(), reason: e.to_string() }),
+                .map_err(|e| SinkBuildError::Other { sink: sink.clone(), reason: e.to_string() }),
+            SinkConfig::ServiceNow(c) => servicenow::ServiceNowSink::new(c, secret("password", &c.password)?)
+                .map(Sink::ServiceNow)
+                .map_err(client),
+            SinkConfig::Jira(c) => {
+                jira::JiraSink::new(c, secret("api_token", &c.api_token)?).map(Sink::Jira).map_err(client)
+            }
+            SinkConfig::PagerDuty(c) => pagerduty::PagerDutySink::new(c, secret("routing_key", &c.routing_key)?)
+                .map(Sink::PagerDuty)
+                .map_err(client),
         }
     }
 
@@ -237,6 +260,74 @@ impl Sink {
         match self {
             Sink::Webhook(s) => s.send(cmd).await,
             Sink::File(s) => s.send(cmd).await,
+            Sink::ServiceNow(s) => s.send(cmd).await,
+            Sink::Jira(s) => s.send(cmd).await,
+            Sink::PagerDuty(s) => s.send(cmd).await,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A ticket as the daemon writes it for a compressor running hot.
+    pub(crate) fn sample_ticket() -> Ticket {
+        let what = "discharge_temp rose to 97.1 °C, 67.8σ above its baseline of 70.02 °C, for 2 min".to_string();
+        Ticket {
+            id: "FW-3f2a9c41d0".into(),
+            idempotency_key: "3f2a9c41d07be5a2c9e0f1d2b3a49586".into(),
+            device: "comp-7".into(),
+            site: Some("site-1".into()),
+            metric: "discharge_temp".into(),
+            fault: "discharge_temp.deviation".into(),
+            fault_kind: FaultKind::Deviation,
+            title: "comp-7: discharge_temp above normal".into(),
+            summary: what.clone(),
+            evidence: Evidence {
+                value: 97.1,
+                unit: Some("°C".into()),
+                baseline: Some(70.0218),
+                spread: Some(0.4),
+                z: Some(67.8),
+                score: 0.99,
+                detector: "baseline".into(),
+                limit: None,
+                anomalous_readings: 3,
+                recent: vec![
+                    EvidenceReading { ts: "2025-03-04T10:15:00Z".into(), value: 70.3 },
+                    EvidenceReading { ts: "2025-03-04T10:16:00Z".into(), value: 97.1 },
+                ],
+            },
+            first_seen: "2025-03-04T10:16:00Z".into(),
+            opened_at: "2025-03-04T10:18:00Z".into(),
+            state: IncidentState::Open,
+            resolved_at: None,
+            priority: Priority::P2,
+            respond_by: "2025-03-04T14:18:00Z".into(),
+            origin: "proactive".into(),
+            confidence: 0.99,
+            customer: Some(CustomerRef { id: "C-1042".into(), name: "Nordkyl AB".into(), tier: "tier1".into() }),
+            asset: Some(AssetRef {
+                id: "comp-7".into(),
+                model: Some("Bitzer 4FES-5Y".into()),
+                criticality: "high".into(),
+                location: Some("Cold store 2, roof".into()),
+                safety_critical: false,
+                contacts: vec!["Site lead +46 70 123 45 67".into()],
+            }),
+            what_happened: what,
+            checks_done: vec![Check {
+                check: "sensor alive".into(),
+                result: "ok".into(),
+                detail: "reported 12 readings in the last minute".into(),
+            }],
+            next_steps: vec!["Check the condenser fan".into(), "Clean the condenser coil".into()],
+            runbook_link: Some("https://runbooks.example.com/discharge-temp".into()),
+            predicted_failure_at: None,
+            flapping: false,
+            needs_review: false,
+            note: None,
         }
     }
 }
