@@ -19,6 +19,7 @@ pub struct ReasonLabel {
 /// Labels of a false alarm: which detector and which kind of asset.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FalseAlarmLabel {
+    pub device: String,
     pub detector: String,
     pub asset_model: String,
 }

@@ -265,7 +265,9 @@ async fn technician_feedback_closes_the_loop_through_the_admin_api_and_cli() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("comp-2/discharge_temp.deviation") && text.contains("verdict: wont_fix"), "{text}");
     assert!(text.contains("opened (P4): discharge_temp rose to 99 °C"), "timeline shown: {text}");
-    assert!(m.render().contains("fieldwatch_false_alarms_total{detector=\"baseline\",asset_model=\"unknown\"} 1"));
+    assert!(m
+        .render()
+        .contains("fieldwatch_false_alarms_total{device=\"comp-1\",detector=\"baseline\",asset_model=\"unknown\"} 1"));
     daemon.shutdown().await;
 }
 
@@ -382,5 +384,48 @@ async fn a_broker_outage_is_not_blamed_on_the_devices() {
     }
     assert_eq!(m.incidents_opened.get(), 0, "a device that resumes after the outage is not silent");
     assert!(bodies(&api).await.is_empty());
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_mode_only_logs_and_low_confidence_goes_to_review() {
+    let broker = Mosquitto::start();
+    let api = api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let modes = "[modes]\ndefault = \"ticket\"\n[modes.sites]\nsite-observed = \"observe\"\n";
+    let mut config = test_config_with(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)], modes);
+    // Only near-certain incidents are dispatched: a modest deviation goes to review.
+    config.incident.min_confidence = 0.99;
+    let daemon = Daemon::start(config).await.unwrap();
+    let m = daemon.metrics().clone();
+    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let p = Publisher::connect(broker.port, "pub-observe").await;
+    let t0 = base_ts();
+    // A device at an observed site: logged and counted, nothing sent, nothing held.
+    for i in 0..40 {
+        let payload = serde_json::json!({ "ts": t0 + i * 1000, "discharge_temp": normal(i) }).to_string();
+        p.raw("plant/site-observed/comp-o/telemetry", payload.into_bytes()).await;
+    }
+    for i in 40..45 {
+        let payload = serde_json::json!({ "ts": t0 + i * 1000, "discharge_temp": 99.0 }).to_string();
+        p.raw("plant/site-observed/comp-o/telemetry", payload.into_bytes()).await;
+    }
+    // A modest deviation at a ticketing site: about 6σ, confidence below 0.99.
+    for i in 0..40 {
+        p.send("comp-r", t0 + i * 1000, normal(i)).await;
+    }
+    for i in 40..45 {
+        p.send("comp-r", t0 + i * 1000, 72.2).await;
+    }
+    wait_until("both incidents opened", || m.incidents_opened.get() == 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(bodies(&api).await.is_empty(), "neither is dispatched");
+    assert_eq!(m.suppressed("observe"), 1);
+    assert_eq!(m.suppressed("needs_review"), 1);
+    let held = daemon.store().held().unwrap();
+    assert_eq!(held.len(), 1, "observe mode holds nothing: {held:?}");
+    assert_eq!(held[0]["reason"], "needs_review");
+    assert_eq!(held[0]["command"]["ticket"]["device"], "comp-r");
+    assert_eq!(held[0]["command"]["ticket"]["needs_review"], true);
     daemon.shutdown().await;
 }

@@ -79,7 +79,11 @@ impl Core {
             let model = self.registry.lookup(&inc.device).asset.model.unwrap_or_else(|| "unknown".into());
             self.metrics
                 .false_alarms
-                .get_or_create(&FalseAlarmLabel { detector: inc.peak.detector.clone(), asset_model: model })
+                .get_or_create(&FalseAlarmLabel {
+                    device: inc.device.clone(),
+                    detector: inc.peak.detector.clone(),
+                    asset_model: model,
+                })
                 .inc();
             words.push_str(&format!(
                 ". The {} detector of {}/{} is now {:.0}% less sensitive (alarm band widened x{:.2})",

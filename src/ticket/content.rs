@@ -156,3 +156,30 @@ pub fn validate(t: &Ticket) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_complete_ticket_passes_and_each_missing_field_is_named() {
+        let good = crate::ticket::tests::sample_ticket();
+        validate(&good).unwrap();
+        let cases: Vec<(&str, Box<dyn Fn(&mut Ticket)>)> = vec![
+            ("what_happened", Box::new(|t: &mut Ticket| t.what_happened.clear())),
+            ("respond_by", Box::new(|t: &mut Ticket| t.respond_by = "soon".into())),
+            ("next_steps", Box::new(|t: &mut Ticket| t.next_steps.clear())),
+            ("checks_done", Box::new(|t: &mut Ticket| t.checks_done.clear())),
+            ("asset", Box::new(|t: &mut Ticket| t.asset = None)),
+            ("origin", Box::new(|t: &mut Ticket| t.origin = "customer".into())),
+            ("confidence", Box::new(|t: &mut Ticket| t.confidence = 1.5)),
+            ("evidence.recent", Box::new(|t: &mut Ticket| t.evidence.recent.clear())),
+        ];
+        for (field, break_it) in cases {
+            let mut t = good.clone();
+            break_it(&mut t);
+            let err = validate(&t).unwrap_err();
+            assert!(err.contains(&format!("`{field}`")), "{field}: {err}");
+        }
+    }
+}
