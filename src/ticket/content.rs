@@ -165,7 +165,8 @@ mod tests {
     fn a_complete_ticket_passes_and_each_missing_field_is_named() {
         let good = crate::ticket::tests::sample_ticket();
         validate(&good).unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut Ticket)>)> = vec![
+        type Break = Box<dyn Fn(&mut Ticket)>;
+        let cases: Vec<(&str, Break)> = vec![
             ("what_happened", Box::new(|t: &mut Ticket| t.what_happened.clear())),
             ("respond_by", Box::new(|t: &mut Ticket| t.respond_by = "soon".into())),
             ("next_steps", Box::new(|t: &mut Ticket| t.next_steps.clear())),
