@@ -28,14 +28,23 @@ fn mosquitto_binary() -> PathBuf {
 /// A real mosquitto broker with persistence, owned by one test.
 pub struct Mosquitto {
     pub port: u16,
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Extra lines for the listener (TLS, authentication); empty for plain anonymous MQTT.
+    listener: String,
 }
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with(|_| String::new())
+    }
+
+    /// A broker whose listener gets extra configuration lines, built from its directory (so
+    /// certificate and password files can be written there first).
+    pub fn start_with(listener: impl FnOnce(&Path) -> String) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = Mosquitto { port: free_port(), dir, child: None };
+        let listener = listener(dir.path());
+        let mut m = Mosquitto { port: free_port(), dir, child: None, listener };
         m.spawn();
         m
     }
@@ -46,10 +55,12 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\n\
-                 max_queued_messages 1000000\nmax_inflight_messages 100\nlog_dest file {dir}/mosquitto.log\n",
+                "per_listener_settings true\nlistener {port} 127.0.0.1\n{listener}\npersistence true\n\
+                 persistence_location {dir}/\nmax_queued_messages 1000000\nmax_inflight_messages 100\n\
+                 log_dest file {dir}/mosquitto.log\n",
                 port = self.port,
-                dir = self.dir.path().display()
+                dir = self.dir.path().display(),
+                listener = if self.listener.is_empty() { "allow_anonymous true" } else { &self.listener }
             ),
         )
         .unwrap();
