@@ -45,3 +45,34 @@ fn missing_config_file_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/fw.toml: cannot read"));
 }
+
+#[test]
+fn asset_registry_in_a_separate_file_is_loaded_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fieldwatch.toml");
+    std::fs::write(&config, "[assets]\nfile = \"assets.toml\"\n").unwrap();
+    let assets = dir.path().join("assets.toml");
+    std::fs::write(
+        &assets,
+        "[[customers]]\nid = \"acme\"\nname = \"ACME\"\ntier = \"tier1\"\n\n[[devices]]\nid = \"comp-1\"\ncustomer = \"acme\"\n",
+    )
+    .unwrap();
+    let out = fieldwatch().arg("check-config").arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let loaded = fieldwatch::Config::load(&config).unwrap();
+    assert_eq!(loaded.assets.devices[0].id, "comp-1");
+
+    std::fs::write(&assets, "[[devices]]\nid = \"comp-1\"\ncustomer = \"ghost\"\n").unwrap();
+    let out = fieldwatch().arg("check-config").arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("assets.toml") && err.contains("assets.devices[0].customer") && err.contains("ghost"),
+        "{err}"
+    );
+
+    std::fs::write(&assets, "[[devices]]\nid = \"comp-1\"\ncriticality = \"extreme\"\n").unwrap();
+    let out = fieldwatch().arg("check-config").arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("assets.toml:3") && err.contains("devices[0].criticality"), "{err}");
+}
