@@ -82,7 +82,48 @@ pub struct Incident {
     pub timeline: Vec<(i64, String)>,
 }
 
+/// Who an incident is about: device, site and metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subject {
+    pub device: String,
+    pub site: Option<String>,
+    pub metric: String,
+}
+
 impl Incident {
+    /// A newly opened incident: `first_seen` is the first anomalous reading, `opened_at` when it
+    /// met the debounce; `peak` the most anomalous reading so far (its kind is the fault).
+    pub fn new(subject: Subject, first_seen: i64, opened_at: i64, peak: Anomaly, anomalous_readings: u64) -> Incident {
+        let key = Incident::key_for(&subject.device, &subject.metric, peak.kind);
+        let idempotency_key = idempotency_key(&key, first_seen);
+        Incident {
+            id: format!("FW-{}", &idempotency_key[..10]),
+            key,
+            idempotency_key,
+            device: subject.device,
+            site: subject.site,
+            metric: subject.metric,
+            fault: peak.kind,
+            state: IncidentState::Open,
+            first_seen,
+            opened_at,
+            last_anomaly_at: opened_at,
+            resolved_at: None,
+            anomalous_readings,
+            peak,
+            recent: Vec::new(),
+            reopen_count: 0,
+            flapping: false,
+            respond_by: None,
+            acknowledged: false,
+            escalated: false,
+            suppressed: None,
+            updates: 0,
+            verdict: None,
+            timeline: Vec::new(),
+        }
+    }
+
     /// The incident key for a series and fault.
     pub fn key_for(device: &str, metric: &str, fault: FaultKind) -> String {
         format!("{device}/{metric}/{}", fault.as_str())
@@ -220,33 +261,9 @@ impl IncidentPolicy {
                     return Some(Transition::Updated(inc, note));
                 }
             }
-            let idempotency_key = idempotency_key(key, p.first_seen);
-            let inc = Incident {
-                id: format!("FW-{}", &idempotency_key[..10]),
-                key: key.to_string(),
-                idempotency_key,
-                device: reading.device.clone(),
-                site: reading.site.clone(),
-                metric: reading.metric.clone(),
-                fault: a.kind,
-                state: IncidentState::Open,
-                first_seen: p.first_seen,
-                opened_at: ts,
-                last_anomaly_at: ts,
-                resolved_at: None,
-                anomalous_readings: u64::from(p.count),
-                peak: p.peak,
-                recent: Vec::new(),
-                reopen_count: 0,
-                flapping: false,
-                respond_by: None,
-                acknowledged: false,
-                escalated: false,
-                suppressed: None,
-                updates: 0,
-                verdict: None,
-                timeline: Vec::new(),
-            };
+            let subject =
+                Subject { device: reading.device.clone(), site: reading.site.clone(), metric: reading.metric.clone() };
+            let inc = Incident::new(subject, p.first_seen, ts, p.peak, u64::from(p.count));
             self.open.insert(key.to_string(), inc.clone());
             Some(Transition::Opened(inc))
         }
@@ -311,45 +328,20 @@ impl IncidentPolicy {
         if self.resolved.get(&key).is_some_and(|i| i.verdict.as_deref() == Some("wont_fix")) {
             return None;
         }
-        let silent_s = (now - last_heard) as f64 / 1000.0;
-        let idempotency_key = idempotency_key(&key, last_heard);
-        let inc = Incident {
-            id: format!("FW-{}", &idempotency_key[..10]),
-            key: key.clone(),
-            idempotency_key,
-            device: device.to_string(),
-            site,
-            metric: SILENT_METRIC.into(),
-            fault: FaultKind::Silent,
-            state: IncidentState::Open,
-            first_seen: last_heard,
-            opened_at: now,
-            last_anomaly_at: now,
-            resolved_at: None,
-            anomalous_readings: 0,
-            peak: Anomaly {
-                kind: FaultKind::Silent,
-                detector: "staleness".into(),
-                ts: now,
-                value: silent_s,
-                score: 1.0,
-                expected: None,
-                spread: None,
-                z: None,
-                bound: None,
-                history: None,
-            },
-            recent: Vec::new(),
-            reopen_count: 0,
-            flapping: false,
-            respond_by: None,
-            acknowledged: false,
-            escalated: false,
-            suppressed: None,
-            updates: 0,
-            verdict: None,
-            timeline: Vec::new(),
+        let peak = Anomaly {
+            kind: FaultKind::Silent,
+            detector: "staleness".into(),
+            ts: now,
+            value: (now - last_heard) as f64 / 1000.0,
+            score: 1.0,
+            expected: None,
+            spread: None,
+            z: None,
+            bound: None,
+            history: None,
         };
+        let subject = Subject { device: device.to_string(), site, metric: SILENT_METRIC.into() };
+        let inc = Incident::new(subject, last_heard, now, peak, 0);
         self.open.insert(key, inc.clone());
         Some(Transition::Opened(inc))
     }

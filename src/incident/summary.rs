@@ -114,6 +114,7 @@ pub fn describe(inc: &Incident, unit: Option<&str>) -> (String, String) {
 mod tests {
     use super::*;
     use crate::detect::Anomaly;
+    use crate::incident::Subject;
 
     #[test]
     fn durations_read_naturally() {
@@ -125,43 +126,20 @@ mod tests {
 
     #[test]
     fn deviation_summary_names_value_baseline_and_duration() {
-        let inc = Incident {
-            id: "FW-1".into(),
-            key: "k".into(),
-            idempotency_key: "x".into(),
-            device: "comp-3".into(),
-            site: None,
-            metric: "discharge_temp".into(),
-            fault: FaultKind::Deviation,
-            state: IncidentState::Open,
-            first_seen: 0,
-            opened_at: 360_000,
-            last_anomaly_at: 360_000,
-            resolved_at: None,
-            anomalous_readings: 6,
-            peak: Anomaly {
-                kind: FaultKind::Deviation,
-                detector: "baseline".into(),
-                ts: 360_000,
-                value: 97.14,
-                score: 0.9,
-                expected: Some(71.4),
-                spread: Some(4.9),
-                z: Some(5.2),
-                bound: None,
-                history: None,
-            },
-            recent: vec![],
-            reopen_count: 0,
-            flapping: false,
-            respond_by: None,
-            acknowledged: false,
-            escalated: false,
-            suppressed: None,
-            updates: 0,
-            verdict: None,
-            timeline: vec![],
+        let peak = Anomaly {
+            kind: FaultKind::Deviation,
+            detector: "baseline".into(),
+            ts: 360_000,
+            value: 97.14,
+            score: 0.9,
+            expected: Some(71.4),
+            spread: Some(4.9),
+            z: Some(5.2),
+            bound: None,
+            history: None,
         };
+        let subject = Subject { device: "comp-3".into(), site: None, metric: "discharge_temp".into() };
+        let inc = Incident::new(subject, 0, 360_000, peak, 6);
         let (title, summary) = describe(&inc, Some("°C"));
         assert_eq!(title, "comp-3: discharge_temp above normal");
         assert_eq!(summary, "discharge_temp rose to 97.14 °C, 5.2σ above its baseline of 71.4 °C, for 6 min");
@@ -181,32 +159,8 @@ mod tests {
             bound: Some(3e-5),
             history: Some(2000),
         };
-        let inc = Incident {
-            id: "FW-2".into(),
-            key: "k".into(),
-            idempotency_key: "x".into(),
-            device: "pump-1".into(),
-            site: None,
-            metric: "vibration".into(),
-            fault: FaultKind::Pattern,
-            state: IncidentState::Open,
-            first_seen: 0,
-            opened_at: 0,
-            last_anomaly_at: 0,
-            resolved_at: None,
-            anomalous_readings: 1,
-            peak,
-            recent: vec![],
-            reopen_count: 0,
-            flapping: false,
-            respond_by: None,
-            acknowledged: false,
-            escalated: false,
-            suppressed: None,
-            updates: 0,
-            verdict: None,
-            timeline: vec![],
-        };
+        let subject = Subject { device: "pump-1".into(), site: None, metric: "vibration".into() };
+        let inc = Incident::new(subject, 0, 0, peak, 1);
         let (title, summary) = describe(&inc, Some("mm/s"));
         assert_eq!(title, "pump-1: vibration unusual pattern");
         assert_eq!(
