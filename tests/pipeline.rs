@@ -5,7 +5,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use fieldwatch::Daemon;
 use wiremock::matchers::{header, header_exists, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -50,9 +49,7 @@ async fn fault_published_through_mosquitto_opens_exactly_one_webhook_ticket() {
         dir.path(),
         vec![webhook(format!("{}/tickets", api.uri()), Some("FW_TEST_TOKEN_ONE"))],
     );
-    let daemon = Daemon::start(config).await.unwrap();
-    let m = daemon.metrics().clone();
-    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let (daemon, m) = start_connected(config).await;
 
     let p = Publisher::connect(broker.port, "pub-one").await;
     let t0 = base_ts();
@@ -97,9 +94,7 @@ async fn fault_published_through_mosquitto_opens_exactly_one_webhook_ticket() {
 async fn malformed_payload_is_rejected_and_counted_while_good_readings_arrive() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(test_config(broker.port, dir.path(), vec![])).await.unwrap();
-    let m = daemon.metrics().clone();
-    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let (daemon, m) = start_connected(test_config(broker.port, dir.path(), vec![])).await;
 
     let p = Publisher::connect(broker.port, "pub-bad").await;
     let t0 = base_ts();
@@ -140,9 +135,7 @@ async fn readings_and_open_incidents_survive_a_daemon_restart() {
     let p = Publisher::connect(broker.port, "pub-restart").await;
     let t0 = base_ts();
 
-    let daemon = Daemon::start(config.clone()).await.unwrap();
-    let m = daemon.metrics().clone();
-    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let (daemon, m) = start_connected(config.clone()).await;
     publish_normal(&p, "comp-3", t0, 0, 50).await;
     for i in 50..55 {
         p.send("comp-3", t0 + i * 1000, 99.0).await;
@@ -156,7 +149,7 @@ async fn readings_and_open_incidents_survive_a_daemon_restart() {
         p.send("comp-3", t0 + i * 1000, 99.0).await;
     }
 
-    let daemon = Daemon::start(config).await.unwrap();
+    let daemon = fieldwatch::Daemon::start(config).await.unwrap();
     let m = daemon.metrics().clone();
     let store = daemon.store().clone();
     let series = store.series_id("comp-3", "discharge_temp").unwrap();
@@ -188,12 +181,9 @@ async fn ticket_is_delivered_after_the_api_answers_500_several_times() {
         .await;
     Mock::given(method("POST")).respond_with(ResponseTemplate::new(201)).with_priority(2).mount(&api).await;
     let dir = tempfile::tempdir().unwrap();
-    let daemon =
-        Daemon::start(test_config(broker.port, dir.path(), vec![webhook(format!("{}/tickets", api.uri()), None)]))
-            .await
-            .unwrap();
-    let m = daemon.metrics().clone();
-    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let (daemon, m) =
+        start_connected(test_config(broker.port, dir.path(), vec![webhook(format!("{}/tickets", api.uri()), None)]))
+            .await;
     let p = Publisher::connect(broker.port, "pub-retry").await;
     let t0 = base_ts();
     publish_normal(&p, "comp-4", t0, 0, 40).await;
@@ -216,9 +206,7 @@ async fn ticket_is_delivered_after_the_api_answers_500_several_times() {
 async fn readings_published_across_a_broker_restart_are_all_stored_once() {
     let mut broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(test_config(broker.port, dir.path(), vec![])).await.unwrap();
-    let m = daemon.metrics().clone();
-    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let (daemon, m) = start_connected(test_config(broker.port, dir.path(), vec![])).await;
     let p = Publisher::connect(broker.port, "pub-broker-restart").await;
     let t0 = base_ts();
     publish_normal(&p, "comp-5", t0, 0, 20).await;
@@ -241,9 +229,7 @@ async fn admin_endpoint_serves_metrics_and_health() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.port, dir.path(), vec![]);
     config.admin.listen = "127.0.0.1:0".into();
-    let daemon = Daemon::start(config).await.unwrap();
-    let m = daemon.metrics().clone();
-    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let (daemon, m) = start_connected(config).await;
     let base = format!("http://{}", daemon.admin_addr().unwrap());
     let p = Publisher::connect(broker.port, "pub-admin").await;
     publish_normal(&p, "comp-9", base_ts(), 0, 3).await;

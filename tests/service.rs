@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use fieldwatch::Daemon;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -70,9 +69,7 @@ async fn tier1_critical_asset_gets_p1_with_its_respond_by_and_a_complete_ticket(
     let api = api().await;
     let dir = tempfile::tempdir().unwrap();
     let config = test_config_with(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)], REGISTRY);
-    let daemon = Daemon::start(config).await.unwrap();
-    let m = daemon.metrics().clone();
-    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let (daemon, m) = start_connected(config).await;
     let p = Publisher::connect(broker.port, "pub-p1").await;
     let t0 = base_ts();
     for i in 0..40 {
@@ -114,9 +111,7 @@ async fn maintenance_window_suppresses_a_ticket_that_would_otherwise_open() {
     let dir = tempfile::tempdir().unwrap();
     let window = "[[maintenance.windows]]\ndevice = \"comp-1\"\ndaily_from = \"00:00:00\"\ndaily_to = \"23:59:59\"\nreason = \"compressor overhaul\"\n";
     let config = test_config_with(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)], window);
-    let daemon = Daemon::start(config).await.unwrap();
-    let m = daemon.metrics().clone();
-    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let (daemon, m) = start_connected(config).await;
     let p = Publisher::connect(broker.port, "pub-maint").await;
     let t0 = base_ts();
     fault(&p, "comp-1", t0, 5).await;
@@ -144,9 +139,7 @@ async fn flapping_sensor_yields_one_ticket_marked_flapping() {
     config.incident.cool_down = Duration::from_secs(600);
     config.incident.flap_reopens = 3;
     config.detect.baseline_half_life = 1000.0;
-    let daemon = Daemon::start(config).await.unwrap();
-    let m = daemon.metrics().clone();
-    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let (daemon, m) = start_connected(config).await;
     let p = Publisher::connect(broker.port, "pub-flap").await;
     let t0 = base_ts();
     let mut i = 0;
@@ -187,9 +180,7 @@ async fn shadow_mode_records_the_ticket_and_sends_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let modes = "[modes]\ndefault = \"ticket\"\n[modes.sites]\nsite-1 = \"shadow\"\n";
     let config = test_config_with(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)], modes);
-    let daemon = Daemon::start(config).await.unwrap();
-    let m = daemon.metrics().clone();
-    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let (daemon, m) = start_connected(config).await;
     let p = Publisher::connect(broker.port, "pub-shadow").await;
     fault(&p, "comp-1", base_ts(), 5).await;
     wait_until("incident opened", || m.incidents_opened.get() == 1).await;
@@ -210,9 +201,7 @@ async fn technician_feedback_closes_the_loop_through_the_admin_api_and_cli() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
     config.admin.listen = "127.0.0.1:0".into();
-    let daemon = Daemon::start(config).await.unwrap();
-    let m = daemon.metrics().clone();
-    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let (daemon, m) = start_connected(config).await;
     let admin = daemon.admin_addr().unwrap().to_string();
     let p = Publisher::connect(broker.port, "pub-feedback").await;
     let t0 = base_ts();
@@ -278,9 +267,7 @@ async fn silence_set_through_the_api_suppresses_tickets() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
     config.admin.listen = "127.0.0.1:0".into();
-    let daemon = Daemon::start(config).await.unwrap();
-    let m = daemon.metrics().clone();
-    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let (daemon, m) = start_connected(config).await;
     let admin = daemon.admin_addr().unwrap().to_string();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fieldwatch"))
         .args(["silence", "--device", "comp-1", "--for", "2h", "--reason", "crane lift", "--admin", &admin])
@@ -308,9 +295,7 @@ async fn unacknowledged_incident_is_escalated_at_its_respond_by_time() {
     let dir = tempfile::tempdir().unwrap();
     let sla = "[priority.respond_within]\nP1 = \"1h\"\nP2 = \"2h\"\nP3 = \"3h\"\nP4 = \"1s\"\n";
     let config = test_config_with(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)], sla);
-    let daemon = Daemon::start(config).await.unwrap();
-    let m = daemon.metrics().clone();
-    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let (daemon, m) = start_connected(config).await;
     let p = Publisher::connect(broker.port, "pub-escalate").await;
     fault(&p, "comp-9", base_ts(), 5).await;
     wait_until("open and escalation delivered", || m.delivered("api") == 2).await;
@@ -328,9 +313,7 @@ async fn a_silent_device_opens_one_sensor_health_incident_and_resolves_when_hear
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
     config.incident.stale_after = Duration::from_secs(2);
-    let daemon = Daemon::start(config).await.unwrap();
-    let m = daemon.metrics().clone();
-    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let (daemon, m) = start_connected(config).await;
     let p = Publisher::connect(broker.port, "pub-silent").await;
     let t0 = base_ts();
     p.send("comp-quiet", t0, 70.0).await;
@@ -364,9 +347,7 @@ async fn a_broker_outage_is_not_blamed_on_the_devices() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
     config.incident.stale_after = Duration::from_secs(2);
-    let daemon = Daemon::start(config).await.unwrap();
-    let m = daemon.metrics().clone();
-    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let (daemon, m) = start_connected(config).await;
     let p = Publisher::connect(broker.port, "pub-outage").await;
     let t0 = base_ts();
     p.send("comp-a", t0, 70.0).await;
@@ -396,9 +377,7 @@ async fn observe_mode_only_logs_and_low_confidence_goes_to_review() {
     let mut config = test_config_with(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)], modes);
     // Only near-certain incidents are dispatched: a modest deviation goes to review.
     config.incident.min_confidence = 0.99;
-    let daemon = Daemon::start(config).await.unwrap();
-    let m = daemon.metrics().clone();
-    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let (daemon, m) = start_connected(config).await;
     let p = Publisher::connect(broker.port, "pub-observe").await;
     let t0 = base_ts();
     // A device at an observed site: logged and counted, nothing sent, nothing held.

@@ -213,6 +213,14 @@ pub fn base_ts() -> i64 {
     fieldwatch::reading::now_ms() / 1000 * 1000 - 3_600_000
 }
 
+/// Starts a daemon and waits until it is connected to its broker.
+pub async fn start_connected(config: Config) -> (fieldwatch::Daemon, std::sync::Arc<fieldwatch::metrics::Metrics>) {
+    let daemon = fieldwatch::Daemon::start(config).await.unwrap();
+    let m = daemon.metrics().clone();
+    wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    (daemon, m)
+}
+
 /// Waits (bounded) until `cond` holds; panics with `what` otherwise. Not a timing assertion:
 /// the bound is generous, it only keeps a broken build from hanging.
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
