@@ -113,6 +113,7 @@ pub fn command(inc: &Incident, action: Action, ctx: &TicketContext) -> TicketCom
             predicted_failure_at: ctx.predicted_failure_at.map(format_ts),
             flapping: inc.flapping,
             needs_review: ctx.needs_review,
+            acknowledged: inc.acknowledged,
             note,
         },
     }

@@ -192,6 +192,9 @@ pub struct Ticket {
     /// What this command changes: the update note, escalation or closing note.
     #[serde(default)]
     pub note: Option<String>,
+    /// A technician acknowledged the incident (a `confirmed` verdict).
+    #[serde(default)]
+    pub acknowledged: bool,
 }
 
 /// Why a delivery attempt failed.
@@ -328,6 +331,7 @@ pub(crate) mod tests {
             flapping: false,
             needs_review: false,
             note: None,
+            acknowledged: false,
         }
     }
 }

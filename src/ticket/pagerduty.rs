@@ -66,6 +66,8 @@ impl PagerDutySink {
         let t = &cmd.ticket;
         match cmd.action {
             Action::Open => self.post(&self.trigger(t, &t.opened_at)).await,
+            // A technician took it: acknowledge, so PagerDuty stops escalating.
+            Action::Update if t.acknowledged => self.acknowledge(&t.idempotency_key).await,
             Action::Update => self.post(&self.trigger(t, &format_ts(now_ms()))).await,
             Action::Resolve => self.post(&self.follow_up("resolve", &t.idempotency_key)).await,
         }
