@@ -7,11 +7,12 @@
 //! On shutdown the source stops first; the batcher stores and acknowledges what it holds; the
 //! sinks stop between deliveries (the outbox keeps the rest). Nothing in flight is lost.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use rumqttc::AsyncClient;
+use rumqttc::{AsyncClient, Publish};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -142,6 +143,7 @@ impl Daemon {
         tracker.spawn(systemd::watchdog(liveness.clone(), cancel.clone()));
         let stage = Batcher {
             client,
+            unacked: VecDeque::new(),
             store: store.clone(),
             wake,
             metrics: metrics.clone(),
@@ -200,9 +202,21 @@ impl Daemon {
     }
 }
 
+/// How often acknowledgements that found the client's request queue full are tried again.
+const ACK_RETRY: Duration = Duration::from_millis(2);
+
+/// How long, at shutdown, the batcher keeps trying to hand over its last acknowledgements.
+const ACK_DRAIN: Duration = Duration::from_secs(2);
+
 /// The group-commit stage and what it needs besides its input.
 struct Batcher {
     client: AsyncClient,
+    /// Stored messages whose acknowledgement did not fit in the client's request queue yet.
+    /// They are retried, never dropped: the broker counts them against our in-flight window
+    /// and redelivers them only after a reconnect, so a dropped acknowledgement would stall
+    /// ingestion for as long as the connection stays up. Waiting for room instead would
+    /// deadlock, since the event loop that empties the queue may itself be waiting for us.
+    unacked: VecDeque<Publish>,
     store: Arc<Store>,
     /// Wakes the sink tasks when a batch queued ticket commands.
     wake: Arc<Notify>,
@@ -216,7 +230,7 @@ impl Batcher {
     /// the first), run them through the core, flush, then acknowledge them to the broker.
     /// Ends when the source closes the channel, after the last batch; then cancels `drained`.
     async fn run(
-        self,
+        mut self,
         mut core: Core,
         mut rx: mpsc::Receiver<Inbound>,
         drained: CancellationToken,
@@ -224,7 +238,19 @@ impl Batcher {
         let batch_max = self.config.store.batch_max;
         let linger = self.config.store.batch_linger;
         let mut batch: Vec<Inbound> = Vec::with_capacity(batch_max);
-        while let Some(first) = rx.recv().await {
+        loop {
+            let first = if self.unacked.is_empty() {
+                rx.recv().await
+            } else {
+                tokio::select! {
+                    m = rx.recv() => m,
+                    _ = tokio::time::sleep(ACK_RETRY) => {
+                        self.send_acks();
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = first else { break };
             batch.push(first);
             let deadline = tokio::time::Instant::now() + linger;
             while batch.len() < batch_max {
@@ -237,10 +263,27 @@ impl Batcher {
             self.commit(&mut core, &mut batch).await;
             self.liveness.batch_done();
         }
+        // The source keeps polling its event loop until `drained`, so these can still go out.
+        let give_up = tokio::time::Instant::now() + ACK_DRAIN;
+        while !self.unacked.is_empty() && tokio::time::Instant::now() < give_up {
+            self.send_acks();
+            tokio::time::sleep(ACK_RETRY).await;
+        }
         drained.cancel();
     }
 
-    async fn commit(&self, core: &mut Core, batch: &mut Vec<Inbound>) {
+    /// Hands queued acknowledgements to the client, oldest first, until its queue is full.
+    fn send_acks(&mut self) {
+        while let Some(p) = self.unacked.front() {
+            if let Err(e) = self.client.try_ack(p) {
+                tracing::trace!(error = %e, waiting = self.unacked.len(), "ack queue full; retrying shortly");
+                return;
+            }
+            self.unacked.pop_front();
+        }
+    }
+
+    async fn commit(&mut self, core: &mut Core, batch: &mut Vec<Inbound>) {
         let started = Instant::now();
         let messages: Vec<_> = batch.iter().map(|i| i.message.clone()).collect();
         let outcome = match core.process_messages(&messages) {
@@ -262,12 +305,8 @@ impl Batcher {
         if !outcome.transitions.is_empty() {
             self.wake.notify_waiters();
         }
-        for inbound in batch.drain(..) {
-            if let Some(p) = inbound.publish {
-                if let Err(e) = self.client.try_ack(&p) {
-                    tracing::debug!(error = %e, "cannot queue ack; the broker will redeliver");
-                }
-            }
-        }
+        self.unacked
+            .extend(batch.drain(..).filter_map(|inbound| inbound.publish));
+        self.send_acks();
     }
 }
