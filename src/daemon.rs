@@ -7,11 +7,12 @@
 //! On shutdown the source stops first; the batcher stores and acknowledges what it holds; the
 //! sinks stop between deliveries (the outbox keeps the rest). Nothing in flight is lost.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use rumqttc::AsyncClient;
+use rumqttc::{AsyncClient, Publish};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -113,8 +114,15 @@ impl Daemon {
         ));
         let liveness = Arc::new(Liveness::default());
         tracker.spawn(systemd::watchdog(liveness.clone(), cancel.clone()));
-        let stage =
-            Batcher { client, store: store.clone(), wake, metrics: metrics.clone(), liveness, config: config.clone() };
+        let stage = Batcher {
+            client,
+            unacked: VecDeque::new(),
+            store: store.clone(),
+            wake,
+            metrics: metrics.clone(),
+            liveness,
+            config: config.clone(),
+        };
         tracker.spawn(stage.run(core, rx, control_rx, drained));
         tracker.close();
         systemd::ready();
@@ -161,9 +169,21 @@ impl Daemon {
     }
 }
 
+/// How often acknowledgements that found the client's request queue full are tried again.
+const ACK_RETRY: Duration = Duration::from_millis(2);
+
+/// How long, at shutdown, the batcher keeps trying to hand over its last acknowledgements.
+const ACK_DRAIN: Duration = Duration::from_secs(2);
+
 /// The group-commit stage and what it needs besides its input.
 struct Batcher {
     client: AsyncClient,
+    /// Stored messages whose acknowledgement did not fit in the client's request queue yet.
+    /// They are retried, never dropped: the broker counts them against our in-flight window
+    /// and redelivers them only after a reconnect, so a dropped acknowledgement would stall
+    /// ingestion for as long as the connection stays up. Waiting for room instead would
+    /// deadlock, since the event loop that empties the queue may itself be waiting for us.
+    unacked: VecDeque<Publish>,
     store: Arc<Store>,
     /// Wakes the sink tasks when a batch queued ticket commands.
     wake: Arc<Notify>,
@@ -177,7 +197,7 @@ impl Batcher {
     /// the first), run them through the core, flush, then acknowledge them to the broker.
     /// Ends when the source closes the channel, after the last batch; then cancels `drained`.
     async fn run(
-        self,
+        mut self,
         mut core: Core,
         mut rx: mpsc::Receiver<Inbound>,
         mut control: mpsc::Receiver<Control>,
@@ -189,6 +209,7 @@ impl Batcher {
         let mut clock = tokio::time::interval(std::time::Duration::from_secs(1));
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let acks_waiting = !self.unacked.is_empty();
             let first = tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => m,
@@ -200,6 +221,10 @@ impl Batcher {
                 }
                 Some(c) = control.recv() => {
                     self.control(&mut core, c).await;
+                    continue;
+                }
+                _ = tokio::time::sleep(ACK_RETRY), if acks_waiting => {
+                    self.send_acks();
                     continue;
                 }
             };
@@ -214,6 +239,12 @@ impl Batcher {
             self.liveness.batch_started();
             self.commit(&mut core, &mut batch).await;
             self.liveness.batch_done();
+        }
+        // The source keeps polling its event loop until `drained`, so these can still go out.
+        let give_up = tokio::time::Instant::now() + ACK_DRAIN;
+        while !self.unacked.is_empty() && tokio::time::Instant::now() < give_up {
+            self.send_acks();
+            tokio::time::sleep(ACK_RETRY).await;
         }
         drained.cancel();
     }
@@ -247,7 +278,18 @@ impl Batcher {
         }
     }
 
-    async fn commit(&self, core: &mut Core, batch: &mut Vec<Inbound>) {
+    /// Hands queued acknowledgements to the client, oldest first, until its queue is full.
+    fn send_acks(&mut self) {
+        while let Some(p) = self.unacked.front() {
+            if let Err(e) = self.client.try_ack(p) {
+                tracing::trace!(error = %e, waiting = self.unacked.len(), "ack queue full; retrying shortly");
+                return;
+            }
+            self.unacked.pop_front();
+        }
+    }
+
+    async fn commit(&mut self, core: &mut Core, batch: &mut Vec<Inbound>) {
         let started = Instant::now();
         let messages: Vec<_> = batch.iter().map(|i| i.message.clone()).collect();
         let outcome = match core.process_messages(&messages) {
@@ -267,12 +309,7 @@ impl Batcher {
         if !outcome.transitions.is_empty() {
             self.wake.notify_waiters();
         }
-        for inbound in batch.drain(..) {
-            if let Some(p) = inbound.publish {
-                if let Err(e) = self.client.try_ack(&p) {
-                    tracing::debug!(error = %e, "cannot queue ack; the broker will redeliver");
-                }
-            }
-        }
+        self.unacked.extend(batch.drain(..).filter_map(|inbound| inbound.publish));
+        self.send_acks();
     }
 }

@@ -44,11 +44,17 @@ pub async fn deliver(
 ) {
     let label = SinkLabel { sink: name.clone() };
     let mut delays = backoff(retry.min, retry.max);
+    let mut last_count: Option<std::time::Instant> = None;
     loop {
-        metrics.outbox_depth.get_or_create(&label).set(store.outbox_len(&name) as i64);
+        // Counting the queue is a scan: at most once a second, so draining a backlog stays linear.
+        if last_count.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            metrics.outbox_depth.get_or_create(&label).set(store.outbox_len(&name) as i64);
+            last_count = Some(std::time::Instant::now());
+        }
         let entry = match store.outbox_first(&name) {
             Ok(Some(e)) => e,
             Ok(None) => {
+                metrics.outbox_depth.get_or_create(&label).set(0);
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = wake.notified() => continue,
