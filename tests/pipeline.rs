@@ -241,3 +241,24 @@ async fn admin_endpoint_serves_metrics_and_health() {
     assert_eq!(reqwest::get(format!("{base}/readyz")).await.unwrap().status(), 200);
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_every_queue_is_stored_completely() {
+    // More messages than the broker's in-flight window, the ingest channel and the client's ack
+    // queue together, published as fast as the client goes: every one is stored, once.
+    // (The release-build end-to-end bench is what exposed acks being dropped under such a
+    // burst; in a debug build this test did not reproduce that stall, so it guards the
+    // pipeline as a whole, not that fix specifically.)
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, m) = start_connected(test_config(broker.port, dir.path(), vec![])).await;
+    let p = Publisher::connect(broker.port, "pub-burst").await;
+    let t0 = base_ts();
+    const N: i64 = 20_000;
+    for i in 0..N {
+        p.send(&format!("comp-{}", i % 50), t0 + (i / 50) * 1000, normal(i)).await;
+    }
+    wait_until("every message stored", || m.readings.get() == N as u64).await;
+    assert_eq!(m.readings_duplicate.get(), 0);
+    daemon.shutdown().await;
+}
