@@ -33,6 +33,7 @@ pub mod detect;
 pub mod incident;
 pub mod ingest;
 pub mod metrics;
+pub mod model;
 pub mod reading;
 pub mod replay;
 pub mod silence;
