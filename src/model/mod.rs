@@ -6,10 +6,12 @@
 //! - [`pca`]: PCA reconstruction error (linfa-reduction).
 //! - [`gmm`]: Gaussian mixture density (linfa-clustering).
 //! - [`trainer`]: fits models on stored history in the background and hands them to the core.
+//! - [`commands`]: `fieldwatch train` and `fieldwatch models`.
 //!
 //! Every model's raw output is calibrated on its training data to the common 0..1 score of the
 //! per-series detectors (0.5 = alarm), so one incident policy serves all of them.
 
+pub mod commands;
 pub mod features;
 pub mod gmm;
 pub mod pca;
