@@ -1,6 +1,8 @@
 //! Learned device models through the real core and a sled store on disk: persistence, the
 //! multivariate fault on simulated compressors, and fitting that never holds up ingest.
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -200,4 +202,32 @@ async fn models_api_lists_fitted_models_and_accepts_train_requests() {
     assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED);
     cancel.cancel();
     server.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_trains_on_request_through_the_admin_api_while_it_ingests() {
+    let broker = common::Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[detect.models]\nenabled = true\nmin_training_vectors = 100\n";
+    let mut config = common::test_config_with(broker.port, dir.path(), Vec::new(), extra);
+    config.admin.listen = "127.0.0.1:0".into();
+    let daemon = fieldwatch::Daemon::start(config).await.unwrap();
+    let m = daemon.metrics().clone();
+    common::wait_until("connected", || m.mqtt_connected.get() == 1).await;
+    let p = common::Publisher::connect(broker.port, "pub-models").await;
+    let mut sim = Simulator::new(1, Vec::new(), 4);
+    let t0 = common::base_ts();
+    for i in 0..400 {
+        p.raw(&sim.topic(0), sim.payload(0, t0 + i * 1000)).await;
+    }
+    let store = daemon.store().clone();
+    common::wait_until("history stored", || store.reading_count() >= 1600).await;
+    let addr = daemon.admin_addr().unwrap();
+    let resp = reqwest::Client::new().post(format!("http://{addr}/api/models/train")).send().await.unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED);
+    common::wait_until("models fitted", || store.models::<DeviceModel>().map(|l| l.len()).unwrap_or(0) == 2).await;
+    // Ingest goes on after (and during) the fit.
+    p.raw(&sim.topic(0), sim.payload(0, t0 + 400_000)).await;
+    common::wait_until("a reading after the fit is stored", || store.reading_count() >= 1604).await;
+    daemon.shutdown().await;
 }
