@@ -15,13 +15,21 @@ use tokio_util::sync::CancellationToken;
 use crate::core::{Feedback, FeedbackError};
 use crate::incident::{Incident, IncidentState};
 use crate::metrics::Metrics;
+use crate::model::trainer::TrainRequests;
+use crate::model::{DeviceModel, ModelKind};
 use crate::reading::now_ms;
 use crate::silence::Silence;
 use crate::store::Store;
 
 /// A request the core must handle itself (it owns incident state).
 pub enum Control {
-    Feedback { id: String, feedback: Feedback, reply: oneshot::Sender<Result<Incident, FeedbackError>> },
+    Feedback {
+        id: String,
+        feedback: Feedback,
+        reply: oneshot::Sender<Result<Incident, FeedbackError>>,
+    },
+    /// The trainer fitted (and stored) a device model: the core scores with it from now on.
+    ModelFitted(Box<DeviceModel>),
 }
 
 /// What the handlers share.
@@ -30,6 +38,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub store: Arc<Store>,
     pub control: mpsc::Sender<Control>,
+    /// Where `POST /api/models/train` asks for fits (`None`: models are disabled).
+    pub train: Option<Arc<TrainRequests>>,
 }
 
 /// The router, separate from `serve` so tests can drive it directly.
@@ -43,6 +53,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/silences", get(list_silences).post(add_silence))
         .route("/api/silences/{id}", delete(remove_silence))
         .route("/api/rejected", get(list_rejected))
+        .route("/api/models", get(list_models))
+        .route("/api/models/train", post(train_models))
         .with_state(state)
 }
 
@@ -173,5 +185,57 @@ async fn list_rejected(State(s): State<AdminState>, Query(q): Query<RejectedQuer
     match s.store.rejected(q.limit.min(1000)) {
         Ok(list) => Json(list).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// One fitted model as `GET /api/models` and `fieldwatch models` show it: what, on what, how well.
+#[derive(Debug, serde::Serialize, Deserialize)]
+pub struct ModelSummary {
+    pub device: String,
+    pub kind: ModelKind,
+    pub fitted_at: i64,
+    pub samples: usize,
+    pub window_from: i64,
+    pub window_to: i64,
+    pub metrics: Vec<String>,
+    pub validation: crate::model::Validation,
+}
+
+impl ModelSummary {
+    pub fn of(m: &DeviceModel) -> ModelSummary {
+        ModelSummary {
+            device: m.device.clone(),
+            kind: m.kind,
+            fitted_at: m.fitted_at,
+            samples: m.n_samples,
+            window_from: m.window_from,
+            window_to: m.window_to,
+            metrics: m.spec.metrics.clone(),
+            validation: m.validation.clone(),
+        }
+    }
+}
+
+async fn list_models(State(s): State<AdminState>) -> Response {
+    match s.store.models::<DeviceModel>() {
+        Ok(list) => Json(list.iter().map(ModelSummary::of).collect::<Vec<_>>()).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct TrainQuery {
+    device: Option<String>,
+}
+
+/// Asks the trainer for a fit now (of one device, or of all); the fit runs in the background.
+async fn train_models(State(s): State<AdminState>, Query(q): Query<TrainQuery>) -> Response {
+    match &s.train {
+        Some(t) => {
+            t.request(q.device.as_deref());
+            (StatusCode::ACCEPTED, Json(serde_json::json!({ "requested": q.device.as_deref().unwrap_or("all") })))
+                .into_response()
+        }
+        None => error(StatusCode::CONFLICT, "models are disabled: set [detect.models] enabled = true"),
     }
 }

@@ -284,7 +284,7 @@ impl Registry {
         }
         for (i, r) in assets.runbooks.iter().chain(&extra.runbooks).enumerate() {
             let kind = r.fault.rsplit('.').next().unwrap_or_default();
-            let known = FaultKind::ALL.iter().chain(&[FaultKind::Silent]);
+            let known = FaultKind::ALL.iter().chain(&[FaultKind::Silent, FaultKind::Multivariate]);
             if !known.clone().any(|k| k.as_str() == kind) {
                 let kinds: Vec<_> = known.map(|k| k.as_str()).collect();
                 return Err((

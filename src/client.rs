@@ -54,6 +54,12 @@ impl AdminClient {
         resp.json().await.map_err(ClientError::Decode)
     }
 
+    /// The fitted device models (`GET /api/models`).
+    pub async fn models(&self) -> Result<Vec<crate::admin::ModelSummary>, ClientError> {
+        let resp = self.check(self.http.get(self.url("/api/models")).send().await).await?;
+        resp.json().await.map_err(ClientError::Decode)
+    }
+
     pub async fn feedback(&self, id: &str, fb: &Feedback) -> Result<Incident, ClientError> {
         let url = self.url(&format!("/api/incidents/{id}/feedback"));
         let resp = self.check(self.http.post(url).json(fb).send().await).await?;

@@ -379,6 +379,8 @@ pub struct DetectConfig {
     pub flatline: bool,
     /// The novelty detector: unusual shapes, level shifts and new extremes.
     pub novelty: NoveltyConfig,
+    /// Learned per-device models over all of a device's metrics.
+    pub models: ModelsConfig,
 }
 
 impl Default for DetectConfig {
@@ -394,7 +396,76 @@ impl Default for DetectConfig {
             baseline: true,
             flatline: true,
             novelty: NoveltyConfig::default(),
+            models: ModelsConfig::default(),
         }
+    }
+}
+
+/// `[detect.models]`: per-device models (`crate::model`) fitted in the background on stored
+/// history. Off by default: a model needs `min_training_vectors` of healthy history first.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    pub enabled: bool,
+    /// Model kinds fitted per device; a device's score is the highest of them.
+    pub kinds: Vec<crate::model::ModelKind>,
+    /// History a model is fitted on, ending at the device's latest reading.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Every device is refitted this often (and sooner when its scores drift).
+    #[serde(with = "humantime_serde")]
+    pub refit_every: Duration,
+    /// Complete vectors (one message with every metric) a device needs before it gets a model.
+    pub min_training_vectors: usize,
+    /// At most this many vectors are fitted on (evenly thinned beyond).
+    pub max_training_vectors: usize,
+    /// Drift: a refit is requested when the mean calibrated score of the last `drift_vectors`
+    /// vectors stays above `drift_bound`.
+    pub drift_vectors: usize,
+    pub drift_bound: f64,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            kinds: vec![crate::model::ModelKind::Pca, crate::model::ModelKind::Gmm],
+            window: Duration::from_secs(7 * 86_400),
+            refit_every: Duration::from_secs(6 * 3600),
+            min_training_vectors: 1000,
+            max_training_vectors: 100_000,
+            drift_vectors: 600,
+            drift_bound: 0.3,
+        }
+    }
+}
+
+impl ModelsConfig {
+    /// Checks the values; returns the offending key (below `detect.models`) and why.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, reason: &str| Err((format!("detect.models.{key}"), reason.to_string()));
+        if self.kinds.is_empty() {
+            return bad("kinds", "name at least one model kind (\"pca\", \"gmm\")");
+        }
+        if self.window < Duration::from_secs(600) {
+            return bad("window", "must be at least 10m");
+        }
+        if self.refit_every < Duration::from_secs(60) {
+            return bad("refit_every", "must be at least 1m");
+        }
+        if self.min_training_vectors < 100 {
+            return bad("min_training_vectors", "must be at least 100");
+        }
+        if self.max_training_vectors < self.min_training_vectors {
+            return bad("max_training_vectors", "must be at least min_training_vectors");
+        }
+        if self.drift_vectors < 10 {
+            return bad("drift_vectors", "must be at least 10");
+        }
+        if !(self.drift_bound > 0.0 && self.drift_bound < 1.0) {
+            return bad("drift_bound", "must be between 0 and 1 (a calibrated score)");
+        }
+        Ok(())
     }
 }
 
@@ -747,6 +818,7 @@ impl Config {
             }
         }
         d.novelty.validate()?;
+        d.models.validate()?;
         if self.incident.debounce_readings == 0 {
             return bad("incident.debounce_readings", "must be at least 1");
         }
@@ -887,6 +959,25 @@ mod tests {
         let msg =
             parse("[[ticket.sinks]]\ntype = \"webhook\"\nname = \"w\"\nurl = \"ftp://x\"\n").unwrap_err().to_string();
         assert!(msg.contains("ticket.sinks[0].url"), "{msg}");
+    }
+
+    #[test]
+    fn models_take_defaults_and_bad_values_name_their_key() {
+        let c = parse("[detect.models]\nenabled = true\nkinds = [\"pca\"]\nrefit_every = \"1h\"\n").unwrap();
+        assert!(c.detect.models.enabled);
+        assert_eq!(c.detect.models.kinds, vec![crate::model::ModelKind::Pca]);
+        assert_eq!(c.detect.models.min_training_vectors, 1000);
+        for (text, key) in [
+            ("kinds = []", "detect.models.kinds"),
+            ("min_training_vectors = 5", "detect.models.min_training_vectors"),
+            ("refit_every = \"1s\"", "detect.models.refit_every"),
+            ("drift_bound = 1.5", "detect.models.drift_bound"),
+            ("kinds = [\"svm2\"]", "detect.models.kinds"),
+            ("refit_evry = \"1h\"", "detect.models.refit_evry"),
+        ] {
+            let msg = parse(&format!("[detect.models]\n{text}\n")).unwrap_err().to_string();
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! mqtt ingest ──(bounded mpsc)──► batcher: core + flush + ack ──► outbox ──► one task per sink
-//!                                   side tasks: retention · admin HTTP
+//!                                   side tasks: retention · admin HTTP · model trainer
+//!                                   (trainer ──Control::ModelFitted──► batcher)
 //! ```
 //! On shutdown the source stops first; the batcher stores and acknowledges what it holds; the
 //! sinks stop between deliveries (the outbox keeps the rest). Nothing in flight is lost.
@@ -22,6 +23,7 @@ use crate::config::Config;
 use crate::core::Core;
 use crate::ingest::mqtt::{self, Inbound};
 use crate::metrics::Metrics;
+use crate::model::trainer::{self, TrainerStatus};
 use crate::store::{run_retention, Store, StoreError};
 use crate::systemd::{self, Liveness};
 use crate::ticket::outbox::{deliver, RetryPolicy};
@@ -68,6 +70,9 @@ impl Daemon {
             .collect::<Result<Vec<_>, SinkBuildError>>()?;
         let core = Core::new(&config, store.clone(), metrics.clone())?;
         let open = core.open_incidents().len();
+        let models = &config.detect.models;
+        let train = models.enabled.then(|| core.train_requests());
+        let trainer_status = Arc::new(TrainerStatus::default());
 
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -82,7 +87,12 @@ impl Daemon {
                 .await
                 .map_err(|source| DaemonError::Admin { addr: config.admin.listen.clone(), source })?;
             let addr = listener.local_addr().ok();
-            let state = AdminState { metrics: metrics.clone(), store: store.clone(), control: control_tx.clone() };
+            let state = AdminState {
+                metrics: metrics.clone(),
+                store: store.clone(),
+                control: control_tx.clone(),
+                train: train.clone(),
+            };
             tracker.spawn(crate::admin::serve(listener, state, cancel.clone()));
             addr
         };
@@ -97,6 +107,18 @@ impl Daemon {
             metrics.clone(),
             cancel.clone(),
         ));
+
+        if let Some(requests) = train {
+            tracker.spawn(trainer::run(
+                store.clone(),
+                models.clone(),
+                requests,
+                trainer_status.clone(),
+                control_tx.clone(),
+                cancel.clone(),
+            ));
+        }
+        drop(control_tx);
 
         let batch_max = config.store.batch_max;
         let request_capacity = (4 * batch_max).max(4 * usize::from(config.mqtt.inflight)).max(1024);
@@ -262,6 +284,7 @@ impl Batcher {
                 }
                 let _ = reply.send(result);
             }
+            Control::ModelFitted(model) => core.install_model(*model),
         }
     }
 

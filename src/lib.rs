@@ -11,6 +11,7 @@
 //! - [`decode`]: topic + JSON payload → [`reading::Reading`]s, or a counted rejection.
 //! - [`store`]: the sled database: readings, rejected messages, incidents, the ticket outbox.
 //! - [`detect`]: streaming detectors per series (baseline, flatline, limits, novelty).
+//! - [`model`]: learned per-device models (PCA, Gaussian mixture) fitted in the background.
 //! - [`incident`]: debounce, dedup and auto-resolve; plain-words summaries.
 //! - [`ticket`]: ticket content, the durable outbox and its sinks (webhook, file, ServiceNow,
 //!   Jira, PagerDuty).
@@ -33,6 +34,7 @@ pub mod detect;
 pub mod incident;
 pub mod ingest;
 pub mod metrics;
+pub mod model;
 pub mod reading;
 pub mod replay;
 pub mod silence;

@@ -93,6 +93,23 @@ enum Command {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Fit device models now from the stored history (with the daemon stopped; while it runs,
+    /// use POST /api/models/train).
+    Train {
+        /// Only this device; all devices with enough history without it.
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(short, long, default_value = "/etc/fieldwatch/fieldwatch.toml")]
+        config: PathBuf,
+    },
+    /// List the fitted device models and how well they validated.
+    Models {
+        #[arg(short, long, default_value = "/etc/fieldwatch/fieldwatch.toml")]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run everything on this machine: embedded broker, simulated equipment, the real pipeline.
     #[cfg(feature = "embedded-broker")]
     Demo {
@@ -225,6 +242,44 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Train { device, config } => {
+            init_logging("info");
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match fieldwatch::model::commands::train(&config, device.as_deref()) {
+                Ok(list) => {
+                    print!("{}", fieldwatch::model::commands::render(&list));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Models { config, json } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            run_async(async move {
+                let list = fieldwatch::model::commands::list(&config).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&list)?);
+                } else {
+                    print!("{}", fieldwatch::model::commands::render(&list));
+                }
+                Ok(())
+            })
         }
         #[cfg(feature = "embedded-broker")]
         Command::Demo { duration, data_dir, devices } => {

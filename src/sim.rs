@@ -1,5 +1,6 @@
-//! Simulated equipment: refrigeration compressors with four correlated-looking metrics, some of
-//! them developing faults (spike, drift, stuck sensor) on a schedule.
+//! Simulated equipment: refrigeration compressors with four metrics driven by one shared load
+//! cycle (so they are correlated, as on real equipment), some of them developing faults (spike,
+//! drift, stuck sensor, a broken relation between metrics) on a schedule.
 //!
 //! Used by `demo`, the integration tests and the benchmarks, so all three exercise the same
 //! telemetry shapes. Deterministic for a given seed.
@@ -41,6 +42,9 @@ pub enum FaultShape {
     Drift { per_s: f64 },
     /// The sensor freezes at its last value.
     Stuck,
+    /// The metric moves against the shared load instead of with it: it stays inside its own
+    /// normal range, but its relation to the device's other metrics breaks.
+    Relation,
 }
 
 /// A fault of one metric of one device, starting at a time (ms since the epoch).
@@ -129,7 +133,9 @@ impl Simulator {
         let mut out = Vec::with_capacity(METRICS.len());
         for (m, spec) in METRICS.iter().enumerate() {
             let phase = (ts as f64 / 600_000.0 + device as f64 * 0.37) * std::f64::consts::TAU;
-            let mut v = spec.level + spec.swing * phase.sin() + spec.noise * self.noise.sample(&mut self.rng);
+            // The load cycle every metric of the device follows.
+            let load = phase.sin();
+            let mut v = spec.level + spec.swing * load + spec.noise * self.noise.sample(&mut self.rng);
             let slot = device * METRICS.len() + m;
             let mut stuck = false;
             let active = |f: &&PlannedFault| {
@@ -140,6 +146,7 @@ impl Simulator {
                     FaultShape::Step { delta } => v += delta,
                     FaultShape::Drift { per_s } => v += per_s * (ts - f.start_ms) as f64 / 1000.0,
                     FaultShape::Stuck => stuck = true,
+                    FaultShape::Relation => v -= 2.0 * spec.swing * load,
                 }
             }
             if stuck {

@@ -7,6 +7,7 @@
 
 mod checks;
 mod feedback;
+mod models;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -64,6 +65,8 @@ pub struct Core {
     /// Wall-clock receive time of each device's last message (for sensor health).
     last_heard: HashMap<String, i64>,
     stale_after_ms: i64,
+    /// Fitted per-device models and their streaming state (see `models.rs`).
+    models: models::DeviceModels,
 }
 
 /// Suppression reasons that hold a ticket back (kept in the store, sent nowhere).
@@ -93,6 +96,7 @@ impl Core {
                 units.insert(m.name.clone(), u.clone());
             }
         }
+        let models = models::DeviceModels::load(&config.detect.models, &store)?;
         Ok(Core {
             decoder: Decoder::new(&config.decode),
             detectors,
@@ -112,6 +116,7 @@ impl Core {
             last_anomaly: HashMap::new(),
             last_heard: HashMap::new(),
             stale_after_ms: config.incident.stale_after.as_millis() as i64,
+            models,
         })
     }
 
@@ -131,8 +136,12 @@ impl Core {
                     if let Some(first) = readings.first() {
                         self.heard_from(&first.device, msg.received_ms, &mut out)?;
                     }
+                    let mut fresh = false;
                     for r in &readings {
-                        self.process_reading(r, &mut out)?;
+                        fresh |= self.process_reading(r, &mut out)?.is_some();
+                    }
+                    if fresh {
+                        self.process_device_vector(&readings, &mut out)?;
                     }
                 }
                 Err(reason) => {
@@ -250,6 +259,13 @@ impl Core {
         // A sensor-health incident shows the device's last readings of any metric.
         let metric = match inc.fault {
             FaultKind::Silent => self.device_metrics.get(&inc.device).and_then(|m| m.iter().next()).cloned(),
+            // A model incident shows the readings of the metric that contributed most.
+            FaultKind::Multivariate => inc
+                .peak
+                .contributors
+                .first()
+                .or_else(|| self.device_metrics.get(&inc.device).and_then(|m| m.iter().next()))
+                .cloned(),
             _ => Some(inc.metric.clone()),
         };
         let series = match metric {

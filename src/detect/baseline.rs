@@ -63,6 +63,7 @@ impl SeriesDetector for Baseline {
         let band = self.threshold * spread;
         self.last_score = calibrate(z.abs() / self.threshold);
         let anomaly = (z.abs() > self.threshold).then(|| Anomaly {
+            contributors: Vec::new(),
             kind: FaultKind::Deviation,
             detector: "baseline".into(),
             ts,

@@ -38,6 +38,7 @@ impl SeriesDetector for Flatline {
         self.last = Some(value);
         let stuck_ms = ts - self.run_start;
         (self.has_varied && self.run_len >= self.min_readings && stuck_ms >= self.min_ms).then(|| Anomaly {
+            contributors: Vec::new(),
             kind: FaultKind::Stuck,
             detector: "flatline".into(),
             ts,

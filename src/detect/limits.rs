@@ -18,6 +18,7 @@ impl SeriesDetector for Limit {
             _ => return None,
         };
         Some(Anomaly {
+            contributors: Vec::new(),
             kind,
             detector: "limit".into(),
             ts,

@@ -10,8 +10,8 @@
 //! - [`Novelty`]: shapes, levels and extremes the series has not shown before (kNN over lag
 //!   vectors in `knn`, tail probabilities in `likelihood`).
 //!
-//! Learned per-device models (linfa) will plug in beside these as further detectors that see a
-//! device's metrics together; the bank is the seam where they attach.
+//! Learned per-device models (linfa, [`crate::model`]) see a device's metrics together; the core
+//! scores them once per message and reports [`FaultKind::Multivariate`].
 
 mod baseline;
 mod flatline;
@@ -51,10 +51,12 @@ pub enum FaultKind {
     Pattern,
     /// The device sent nothing for too long while the broker link was up (sensor health).
     Silent,
+    /// The device's metrics together behave unlike its normal operation (a learned model).
+    Multivariate,
 }
 
 impl FaultKind {
-    /// The kinds a series detector reports (`Silent` is about a whole device).
+    /// The kinds a series detector reports (`Silent` and `Multivariate` are about a whole device).
     pub const ALL: [FaultKind; 5] =
         [FaultKind::Deviation, FaultKind::Stuck, FaultKind::AboveLimit, FaultKind::BelowLimit, FaultKind::Pattern];
 
@@ -66,6 +68,7 @@ impl FaultKind {
             FaultKind::BelowLimit => "below_limit",
             FaultKind::Silent => "silent",
             FaultKind::Pattern => "pattern",
+            FaultKind::Multivariate => "multivariate",
         }
     }
 
@@ -78,6 +81,7 @@ impl FaultKind {
             FaultKind::BelowLimit => "below limit",
             FaultKind::Pattern => "unusual pattern",
             FaultKind::Silent => "no telemetry",
+            FaultKind::Multivariate => "device behaviour unusual",
         }
     }
 
@@ -111,6 +115,9 @@ pub struct Anomaly {
     /// How many past readings the detector compared the reading with, when that is meaningful.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<u64>,
+    /// The metrics that contributed most, for device-level (multivariate) detectors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contributors: Vec<String>,
 }
 
 /// A streaming detector over one series.

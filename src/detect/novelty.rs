@@ -179,6 +179,7 @@ impl SeriesDetector for Novelty {
         let (lo, hi) = self.recent_range();
         let (mid, half) = if lo <= hi { ((lo + hi) / 2.0, (hi - lo) / 2.0) } else { (value, 0.0) };
         Some(Anomaly {
+            contributors: Vec::new(),
             kind: FaultKind::Pattern,
             detector: "novelty".into(),
             ts,

@@ -205,6 +205,14 @@ impl IncidentPolicy {
         out
     }
 
+    /// Updates a device's multivariate incident with the verdict on one of its vectors;
+    /// `at` carries the device, site and event time (its metric and value are ignored).
+    pub fn observe_device(&mut self, at: &Reading, hit: Option<&Anomaly>) -> Option<Transition> {
+        let reading = Reading { metric: DEVICE_METRIC.into(), ..at.clone() };
+        let key = Incident::key_for(&reading.device, DEVICE_METRIC, FaultKind::Multivariate);
+        self.step(&key, &reading, hit)
+    }
+
     fn step(&mut self, key: &str, reading: &Reading, hit: Option<&Anomaly>) -> Option<Transition> {
         let ts = reading.ts;
         let quiet_normal = self.quiet_ms(false);
@@ -329,6 +337,7 @@ impl IncidentPolicy {
             return None;
         }
         let peak = Anomaly {
+            contributors: Vec::new(),
             kind: FaultKind::Silent,
             detector: "staleness".into(),
             ts: now,
@@ -389,6 +398,8 @@ pub const FLAPPING: &str = "Flapping";
 
 /// The metric name of device-level sensor-health incidents.
 pub const SILENT_METRIC: &str = "telemetry";
+/// The metric name of device-level model incidents (`device/<device>/multivariate`).
+pub const DEVICE_METRIC: &str = "device";
 
 /// A stable key for an incident: SHA-256 of its key and first anomalous reading, hex.
 pub fn idempotency_key(key: &str, first_seen: i64) -> String {
@@ -408,6 +419,7 @@ mod tests {
 
     fn anomaly(ts: i64, score: f64) -> Anomaly {
         Anomaly {
+            contributors: Vec::new(),
             kind: FaultKind::Deviation,
             detector: "baseline".into(),
             ts,

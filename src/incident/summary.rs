@@ -99,10 +99,24 @@ pub fn describe(inc: &Incident, unit: Option<&str>) -> (String, String) {
             )
         }
         FaultKind::Pattern => (format!("{}: {m} {}", inc.device, inc.fault.label()), pattern_summary(inc, &u)),
+        FaultKind::Multivariate => {
+            let level = crate::model::DeviceModel::describe_level(&p.detector, p.value, p.expected.unwrap_or(0.0));
+            let most = if p.contributors.is_empty() {
+                String::new()
+            } else {
+                format!("; most unusual: {}", p.contributors.join(", "))
+            };
+            (
+                format!("{}: {}", inc.device, inc.fault.label()),
+                format!("{} behaves unlike its normal operation ({level}){most}, for {lasting}", inc.device),
+            )
+        }
     };
-    if let (IncidentState::Resolved, Some(at), FaultKind::Silent) = (inc.state, inc.resolved_at, inc.fault) {
-        summary =
-            format!("Resolved: {} reports again since {}. Was: {summary}", inc.device, crate::reading::format_ts(at));
+    if let (IncidentState::Resolved, Some(at), FaultKind::Silent | FaultKind::Multivariate) =
+        (inc.state, inc.resolved_at, inc.fault)
+    {
+        let again = if inc.fault == FaultKind::Silent { "reports again" } else { "behaves normally again" };
+        summary = format!("Resolved: {} {again} since {}. Was: {summary}", inc.device, crate::reading::format_ts(at));
     } else if let (IncidentState::Resolved, Some(at)) = (inc.state, inc.resolved_at) {
         summary =
             format!("Resolved: {m} has been normal for {}. Was: {summary}", format_duration(at - inc.last_anomaly_at));
@@ -127,6 +141,7 @@ mod tests {
     #[test]
     fn deviation_summary_names_value_baseline_and_duration() {
         let peak = Anomaly {
+            contributors: Vec::new(),
             kind: FaultKind::Deviation,
             detector: "baseline".into(),
             ts: 360_000,
@@ -148,6 +163,7 @@ mod tests {
     #[test]
     fn pattern_summary_names_probability_history_and_range() {
         let peak = Anomaly {
+            contributors: Vec::new(),
             kind: FaultKind::Pattern,
             detector: "novelty".into(),
             ts: 0,

@@ -87,6 +87,8 @@ pub struct Store {
     held: sled::Tree,
     tuning: sled::Tree,
     silences: sled::Tree,
+    /// Fitted per-device models: `device\0kind` → JSON.
+    models: sled::Tree,
     /// Series ids are looked up on every reading; the cache keeps that off the disk.
     series_cache: Mutex<HashMap<(String, String), u32>>,
     rejected_len: AtomicUsize,
@@ -153,6 +155,7 @@ impl Store {
             held: db.open_tree("held")?,
             tuning: db.open_tree("tuning")?,
             silences: db.open_tree("silences")?,
+            models: db.open_tree("models")?,
             series_cache: Mutex::new(HashMap::new()),
             rejected_max,
             db,
@@ -239,6 +242,28 @@ impl Store {
             let s = String::from_utf8_lossy(&v).into_owned();
             if let Some((d, m)) = s.split_once('\0') {
                 out.push((id, d.to_string(), m.to_string()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores a fitted model of a device, replacing the previous one of its kind.
+    pub fn put_model<T: Serialize>(&self, device: &str, kind: &str, model: &T) -> Result<(), StoreError> {
+        self.models.insert(format!("{device}\0{kind}"), serde_json::to_vec(model)?)?;
+        Ok(())
+    }
+
+    /// Every stored model; a record that does not parse as `T` (an older format) is skipped
+    /// with a warning, so the trainer refits it.
+    pub fn models<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.models.iter() {
+            let (k, v) = kv?;
+            match serde_json::from_slice(&v) {
+                Ok(m) => out.push(m),
+                Err(e) => {
+                    tracing::warn!(model = %String::from_utf8_lossy(&k).replace('\0', "/"), error = %e, "stored model not loaded; it will be refitted")
+                }
             }
         }
         Ok(out)

@@ -31,6 +31,11 @@ fn default_steps(inc: &Incident) -> Vec<String> {
             "Check whether the controller or its telemetry transmitter has restarted or hung".into(),
             "If the equipment itself is down, treat it as an outage at the customer's site".into(),
         ],
+        FaultKind::Multivariate => vec![
+            format!("Inspect {} as a whole: its metrics no longer move together as in normal operation", inc.device),
+            "Check the metrics named in the summary first (load, refrigerant charge, valves, sensors)".into(),
+            "Record what you found with the feedback command so the model learns".into(),
+        ],
         FaultKind::Stuck => vec![
             format!("Check the {m} sensor and its wiring or transmitter on site"),
             "Compare with a handheld reading; replace the sensor if it does not respond".into(),

@@ -1,0 +1,225 @@
+//! The trainer: fits device models on stored history in the background and hands them to the
+//! core. Fitting runs on tokio's blocking pool, one device at a time, so ingest never waits for
+//! it; it reads the store concurrently (sled is thread-safe) and writes each fitted model to
+//! the store before the core gets it, so a restart reloads it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::{DeviceModel, FeatureSpec, FeatureState, ModelError};
+use crate::admin::Control;
+use crate::config::ModelsConfig;
+use crate::store::{Store, StoreError};
+
+/// Why a device could not be trained.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Model(#[from] ModelError),
+    #[error("no stored readings for device {0}")]
+    UnknownDevice(String),
+    #[error("the fit task failed: {0}")]
+    Task(String),
+}
+
+/// Devices waiting for a fit, requested by drift, the admin API or the schedule.
+#[derive(Debug, Default)]
+pub struct TrainRequests {
+    pending: Mutex<(bool, BTreeSet<String>)>,
+    notify: Notify,
+}
+
+impl TrainRequests {
+    /// Asks for a fit of one device, or of every device with `None`.
+    pub fn request(&self, device: Option<&str>) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        match device {
+            Some(d) => {
+                p.1.insert(d.to_string());
+            }
+            None => p.0 = true,
+        }
+        drop(p);
+        self.notify.notify_one();
+    }
+
+    /// Takes what is pending: `(all, devices)`.
+    fn take(&self) -> (bool, BTreeSet<String>) {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// What the trainer is doing, for tests and the admin API.
+#[derive(Debug, Default)]
+pub struct TrainerStatus {
+    /// A fit is running on the blocking pool.
+    pub fitting: AtomicBool,
+    /// Models fitted since start.
+    pub fitted: AtomicU64,
+}
+
+/// Every device in the store with its series: device → [(series id, metric)], metrics sorted.
+pub fn devices(store: &Store) -> Result<BTreeMap<String, Vec<(u32, String)>>, StoreError> {
+    let mut out: BTreeMap<String, Vec<(u32, String)>> = BTreeMap::new();
+    for (id, device, metric) in store.all_series()? {
+        out.entry(device).or_default().push((id, metric));
+    }
+    for series in out.values_mut() {
+        series.sort_by(|a, b| a.1.cmp(&b.1));
+    }
+    Ok(out)
+}
+
+/// What a device's history gives to fit on.
+pub struct TrainingSet {
+    pub spec: FeatureSpec,
+    /// Raw feature vectors in time order.
+    pub features: Vec<Vec<f64>>,
+    /// Event times of the first and last vector.
+    pub window: (i64, i64),
+}
+
+/// Training features of a device: complete vectors (every metric at the same event time, as one
+/// message carries them) over `window` up to its latest reading, thinned to `max` vectors.
+pub fn training_features(
+    store: &Store,
+    device: &str,
+    series: &[(u32, String)],
+    window_ms: i64,
+    max: usize,
+) -> Result<TrainingSet, StoreError> {
+    let mut latest = i64::MIN;
+    for (id, _) in series {
+        if let Some((ts, _)) = store.recent(*id, i64::MAX, 1)?.last() {
+            latest = latest.max(*ts);
+        }
+    }
+    let spec = FeatureSpec::new(series.iter().map(|(_, m)| m.clone()).collect());
+    if latest == i64::MIN {
+        return Ok(TrainingSet { spec, features: Vec::new(), window: (0, 0) });
+    }
+    let from = latest.saturating_sub(window_ms);
+    let n = series.len();
+    let mut by_ts: BTreeMap<i64, (usize, Vec<f64>)> = BTreeMap::new();
+    for (m, (id, _)) in series.iter().enumerate() {
+        for (ts, v) in store.range(*id, from, latest)? {
+            let e = by_ts.entry(ts).or_insert_with(|| (0, vec![f64::NAN; n]));
+            e.0 += 1;
+            e.1[m] = v;
+        }
+    }
+    let mut state = FeatureState::default();
+    let mut first = None;
+    let mut last = 0;
+    let mut features = Vec::new();
+    for (ts, (count, values)) in by_ts {
+        if count != n {
+            continue;
+        }
+        if let Some(f) = state.push(&spec, &values) {
+            first.get_or_insert(ts);
+            last = ts;
+            features.push(f);
+        }
+    }
+    let stride = features.len().div_ceil(max.max(1)).max(1);
+    let features: Vec<Vec<f64>> = features.into_iter().step_by(stride).collect();
+    tracing::debug!(device, vectors = features.len(), "training vectors assembled");
+    Ok(TrainingSet { spec, features, window: (first.unwrap_or(0), last) })
+}
+
+/// Fits every configured kind for one device and stores the models.
+pub fn fit_device(
+    store: &Store,
+    device: &str,
+    config: &ModelsConfig,
+    now: i64,
+) -> Result<Vec<DeviceModel>, TrainError> {
+    let all = devices(store)?;
+    let series = all.get(device).ok_or_else(|| TrainError::UnknownDevice(device.to_string()))?;
+    let window_ms = config.window.as_millis() as i64;
+    let TrainingSet { spec, features, window } =
+        training_features(store, device, series, window_ms, config.max_training_vectors)?;
+    let mut out = Vec::new();
+    for kind in &config.kinds {
+        let model = DeviceModel::fit(*kind, device, spec.clone(), &features, window, now, config.min_training_vectors)?;
+        store.put_model(device, kind.as_str(), &model)?;
+        tracing::info!(
+            device,
+            kind = kind.as_str(),
+            samples = model.n_samples,
+            held_out_alarm_rate = model.validation.held_out_alarm_rate,
+            "model fitted"
+        );
+        out.push(model);
+    }
+    Ok(out)
+}
+
+/// Fits one device on the blocking pool, never on the async workers.
+pub async fn fit_in_background(
+    store: Arc<Store>,
+    device: String,
+    config: ModelsConfig,
+    status: Arc<TrainerStatus>,
+) -> Result<Vec<DeviceModel>, TrainError> {
+    status.fitting.store(true, Ordering::SeqCst);
+    let now = crate::reading::now_ms();
+    let result = tokio::task::spawn_blocking(move || fit_device(&store, &device, &config, now)).await;
+    status.fitting.store(false, Ordering::SeqCst);
+    let models = result.map_err(|e| TrainError::Task(e.to_string()))??;
+    status.fitted.fetch_add(models.len() as u64, Ordering::Relaxed);
+    Ok(models)
+}
+
+/// The trainer task: refits every device every `refit_every` (the first time at start) and the
+/// devices requested in between, one fit at a time; hands each model to the core.
+pub async fn run(
+    store: Arc<Store>,
+    config: ModelsConfig,
+    requests: Arc<TrainRequests>,
+    status: Arc<TrainerStatus>,
+    control: mpsc::Sender<Control>,
+    cancel: CancellationToken,
+) {
+    let mut schedule = tokio::time::interval(config.refit_every);
+    schedule.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = schedule.tick() => requests.request(None),
+            _ = requests.notify.notified() => {}
+        }
+        let (all, mut wanted) = requests.take();
+        if all {
+            match devices(&store) {
+                Ok(d) => wanted.extend(d.into_keys()),
+                Err(e) => tracing::error!(error = %e, "cannot list devices to train"),
+            }
+        }
+        for device in wanted {
+            if cancel.is_cancelled() {
+                return;
+            }
+            match fit_in_background(store.clone(), device.clone(), config.clone(), status.clone()).await {
+                Ok(models) => {
+                    for m in models {
+                        if control.send(Control::ModelFitted(Box::new(m))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(TrainError::Model(ModelError::TooFewVectors { have, need })) => {
+                    tracing::debug!(device, have, need, "not enough history for a model yet");
+                }
+                Err(e) => tracing::warn!(device, error = %e, "model fit failed"),
+            }
+        }
+    }
+}
