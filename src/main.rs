@@ -167,12 +167,9 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => {
             init_logging("info,rumqttc=warn");
-            let config = match Config::load(&config) {
+            let config = match load_config(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             run_async(async move {
                 let daemon = Daemon::start(config).await?;
@@ -215,12 +212,9 @@ fn main() -> ExitCode {
         }),
         Command::Replay { input, output, incidents, config, device } => {
             init_logging("warn");
-            let config = match config.map(|c| Config::load(&c)).transpose() {
+            let config = match config.map(|c| load_config(&c)).transpose() {
                 Ok(c) => c.unwrap_or_default(),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let opts = fieldwatch::replay::ReplayOptions { input, output, incidents, device, config };
             match fieldwatch::replay::replay(&opts) {
@@ -245,12 +239,9 @@ fn main() -> ExitCode {
         }
         Command::Train { device, config } => {
             init_logging("info");
-            let config = match Config::load(&config) {
+            let config = match load_config(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             match fieldwatch::model::commands::train(&config, device.as_deref()) {
                 Ok(list) => {
@@ -264,12 +255,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Models { config, json } => {
-            let config = match Config::load(&config) {
+            let config = match load_config(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             run_async(async move {
                 let list = fieldwatch::model::commands::list(&config).await?;
@@ -291,6 +279,14 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// Loads a config file; on error prints it (file, key, reason) and returns exit code 2.
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
 }
 
 fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {

@@ -21,16 +21,6 @@ async fn publish_normal(p: &Publisher, device: &str, t0: i64, from: i64, n: i64)
     }
 }
 
-async fn bodies(server: &MockServer) -> Vec<serde_json::Value> {
-    server
-        .received_requests()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(|r| serde_json::from_slice(&r.body).unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_published_through_mosquitto_opens_exactly_one_webhook_ticket() {
     let broker = Mosquitto::start();

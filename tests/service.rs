@@ -43,16 +43,6 @@ async fn api() -> MockServer {
     server
 }
 
-async fn bodies(server: &MockServer) -> Vec<serde_json::Value> {
-    server
-        .received_requests()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(|r| serde_json::from_slice(&r.body).unwrap())
-        .collect()
-}
-
 /// 40 healthy readings, then `faulty` readings at 99 °C, for one device.
 async fn fault(p: &Publisher, device: &str, t0: i64, faulty: i64) {
     for i in 0..40 {

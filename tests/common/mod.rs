@@ -164,6 +164,17 @@ pub fn webhook(url: String, token_env: Option<&str>) -> SinkConfig {
     toml::from_str(&text).unwrap()
 }
 
+/// The JSON bodies a mock ticket API received, in order.
+pub async fn bodies(server: &wiremock::MockServer) -> Vec<serde_json::Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect()
+}
+
 /// A QoS 1 publisher with its event loop driven in the background.
 pub struct Publisher {
     pub client: AsyncClient,
