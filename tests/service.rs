@@ -398,3 +398,28 @@ async fn observe_mode_only_logs_and_low_confidence_goes_to_review() {
     assert_eq!(held[0]["command"]["ticket"]["needs_review"], true);
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_that_outlasts_its_silence_gets_its_ticket_when_the_silence_ends() {
+    let broker = Mosquitto::start();
+    let api = api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
+    config.admin.listen = "127.0.0.1:0".into();
+    let (daemon, m) = start_connected(config).await;
+    let admin = daemon.admin_addr().unwrap().to_string();
+    let silence = serde_json::json!({"device": "comp-1", "for": "3s", "reason": "valve swap"});
+    let resp = reqwest::Client::new().post(format!("http://{admin}/api/silences")).json(&silence).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let p = Publisher::connect(broker.port, "pub-silence-ends").await;
+    fault(&p, "comp-1", base_ts(), 5).await;
+    wait_until("incident opened under the silence", || m.incidents_opened.get() == 1).await;
+    assert!(bodies(&api).await.is_empty(), "silenced: no ticket yet");
+    // The fault is still open (its quiet period has not passed) when the silence expires.
+    wait_until("ticket opened after the silence", || m.delivered("api") == 1).await;
+    let b = bodies(&api).await;
+    assert_eq!(b[0]["action"], "open");
+    assert_eq!(b[0]["ticket"]["device"], "comp-1");
+    assert_eq!(m.incidents_opened.get(), 1, "the same incident, counted once");
+    daemon.shutdown().await;
+}

@@ -73,6 +73,9 @@ pub struct Core {
 const SHADOW: &str = "shadow";
 const NEEDS_REVIEW: &str = "needs_review";
 const OBSERVE: &str = "observe";
+/// Suppression reasons of planned work (followed by `: <reason>`).
+const MAINTENANCE: &str = "maintenance";
+const SILENCE: &str = "silence";
 /// Anomalies of two metrics this close in time count as "at the same time".
 const CORRELATION_MS: i64 = 5 * 60 * 1000;
 /// Readings a trend is fitted on.
@@ -218,6 +221,7 @@ impl Core {
         for t in self.incidents.tick(now) {
             out.push(self.persist(t)?);
         }
+        out.extend(self.planned_work_ended(now)?);
         let link_settled = link_up_since.is_some_and(|since| now - since >= self.stale_after_ms);
         if self.stale_after_ms > 0 && link_settled {
             let silent: Vec<(String, i64)> = self
@@ -277,9 +281,13 @@ impl Core {
                 inc.recent = self.store.recent(series, inc.opened_at, self.evidence_readings)?;
                 inc.respond_by = Some(inc.opened_at + asset.respond_within.as_millis() as i64);
                 inc.suppressed = self.suppression(&inc, site.as_deref())?;
-                self.observe_actual_lead_time(&inc);
-                self.metrics.incidents_opened.inc();
-                self.metrics.time_to_detect_seconds.observe(((inc.opened_at - inc.first_seen).max(0) as f64) / 1000.0);
+                // An incident opened before (held back by planned work) is not counted twice.
+                if inc.timeline.is_empty() {
+                    self.observe_actual_lead_time(&inc);
+                    self.metrics.incidents_opened.inc();
+                    let detect_s = ((inc.opened_at - inc.first_seen).max(0) as f64) / 1000.0;
+                    self.metrics.time_to_detect_seconds.observe(detect_s);
+                }
             }
             Action::Update => {
                 inc.updates += 1;
@@ -387,21 +395,49 @@ impl Core {
 
     /// Why an incident that just opened sends no ticket, if it does not.
     fn suppression(&self, inc: &Incident, site: Option<&str>) -> Result<Option<String>, StoreError> {
-        if let Some(w) = self.maintenance.iter().find(|w| w.covers(&inc.device, site, inc.opened_at)) {
-            tracing::info!(device = %inc.device, reason = %w.reason, "planned maintenance: no ticket");
-            return Ok(Some(format!("maintenance: {}", w.reason)));
-        }
-        let now = crate::reading::now_ms();
-        let silences: Vec<crate::silence::Silence> = self.store.silences()?;
-        if let Some(s) = silences.iter().find(|s| s.covers(&inc.device, site, now)) {
-            tracing::info!(device = %inc.device, silence = %s.id, reason = %s.reason, "silenced: no ticket");
-            return Ok(Some(format!("silence: {}", s.reason)));
+        if let Some(reason) = self.planned_work(&inc.device, site, inc.opened_at)? {
+            tracing::info!(device = %inc.device, %reason, "planned work: no ticket");
+            return Ok(Some(reason));
         }
         Ok(match self.modes.for_site(site) {
             Mode::Observe => Some(OBSERVE.into()),
             Mode::Shadow => Some(SHADOW.into()),
             Mode::Ticket => (inc.peak.score < self.min_confidence).then(|| NEEDS_REVIEW.into()),
         })
+    }
+
+    /// The maintenance window (at event time `ts`) or silence (now) covering a device, if any,
+    /// as a suppression reason.
+    fn planned_work(&self, device: &str, site: Option<&str>, ts: i64) -> Result<Option<String>, StoreError> {
+        if let Some(w) = self.maintenance.iter().find(|w| w.covers(device, site, ts)) {
+            return Ok(Some(format!("{MAINTENANCE}: {}", w.reason)));
+        }
+        let now = crate::reading::now_ms();
+        let silences: Vec<crate::silence::Silence> = self.store.silences()?;
+        Ok(silences.iter().find(|s| s.covers(device, site, now)).map(|s| format!("{SILENCE}: {}", s.reason)))
+    }
+
+    /// Incidents held back by planned work that ended while the fault is still there: their
+    /// ticket opens now (the technician needs it after all).
+    fn planned_work_ended(&mut self, now: i64) -> Result<Vec<Transition>, StoreError> {
+        let held: Vec<Incident> = self
+            .incidents
+            .open_incidents()
+            .filter(|i| i.suppressed.as_deref().is_some_and(|s| s.starts_with(MAINTENANCE) || s.starts_with(SILENCE)))
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for mut inc in held {
+            let site = inc.site.clone().or_else(|| self.registry.site(&inc.device).map(str::to_string));
+            if self.planned_work(&inc.device, site.as_deref(), now)?.is_some() {
+                continue;
+            }
+            tracing::info!(incident = %inc.id, device = %inc.device, "planned work ended and the fault persists: opening its ticket");
+            inc.suppressed = None;
+            inc.opened_at = inc.opened_at.max(now);
+            out.push(self.persist(Transition::Opened(inc))?);
+        }
+        Ok(out)
     }
 
     /// Number of series with detector state.
