@@ -64,10 +64,17 @@ pub async fn json<T: DeserializeOwned>(resp: Response, what: &str) -> Result<T, 
     serde_json::from_slice(&bytes).map_err(|e| SinkError::Retry(format!("{what}: unexpected response body: {e}")))
 }
 
-/// 5xx, 429 and 408 are worth retrying; any other refusal will not change by itself.
+/// 5xx, 429 and 408 are worth retrying, and so are 401 and 403: credentials get rotated and
+/// permissions fixed, and the ticket must go out once they are (the failures are counted and
+/// logged meanwhile). Any other refusal will not change by itself.
 pub fn status_error(status: StatusCode, body: &str) -> SinkError {
     let msg = format!("HTTP {status}: {body}");
-    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT {
+    let transient = status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN;
+    if transient {
         SinkError::Retry(msg)
     } else {
         SinkError::Permanent(msg)
@@ -76,7 +83,7 @@ pub fn status_error(status: StatusCode, body: &str) -> SinkError {
 
 /// A request that never got a response. Errors may carry the URL, which can carry credentials
 /// in its query: strip it.
-fn transport_error(e: reqwest::Error) -> SinkError {
+pub fn transport_error(e: reqwest::Error) -> SinkError {
     let mut msg = e.to_string();
     if let Some(url) = e.url() {
         msg = msg.replace(url.as_str(), "<url>");
@@ -112,11 +119,11 @@ mod tests {
 
     #[test]
     fn statuses_are_classified() {
-        for code in [500, 502, 503, 429, 408] {
+        for code in [500, 502, 503, 429, 408, 401, 403] {
             let s = StatusCode::from_u16(code).unwrap();
             assert!(matches!(status_error(s, ""), SinkError::Retry(_)), "{code}");
         }
-        for code in [400, 401, 403, 404, 409, 422] {
+        for code in [400, 404, 409, 422] {
             let s = StatusCode::from_u16(code).unwrap();
             assert!(matches!(status_error(s, ""), SinkError::Permanent(_)), "{code}");
         }

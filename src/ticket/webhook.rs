@@ -30,28 +30,14 @@ impl WebhookSink {
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
-        let resp = req.send().await.map_err(|e| SinkError::Retry(without_url(&e)))?;
+        let resp = req.send().await.map_err(super::http::transport_error)?;
         let status = resp.status();
         if status.is_success() || status == StatusCode::CONFLICT {
             // 409: the receiver already has this idempotency key, i.e. an earlier attempt landed.
             return Ok(());
         }
         let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
-        let msg = format!("HTTP {status}: {body}");
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
-        {
-            Err(SinkError::Retry(msg))
-        } else {
-            Err(SinkError::Permanent(msg))
-        }
+        Err(super::http::status_error(status, &body))
     }
 }
 
-/// Errors may carry the URL, which can carry credentials in its query: strip it.
-fn without_url(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(url) = e.url() {
-        s = s.replace(url.as_str(), "<url>");
-    }
-    s
-}
