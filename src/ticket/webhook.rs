@@ -40,4 +40,3 @@ impl WebhookSink {
         Err(super::http::status_error(status, &body))
     }
 }
-
