@@ -201,9 +201,15 @@ impl Core {
             let site = r.site.clone().or_else(|| self.registry.site(&r.device).map(str::to_string));
             self.device_site.insert(r.device.clone(), site);
         }
-        let metrics = self.device_metrics.entry(r.device.clone()).or_default();
-        if !metrics.contains(&r.metric) {
-            metrics.insert(r.metric.clone());
+        // Known device and metric (every reading but the first of a series): no allocation.
+        match self.device_metrics.get_mut(&r.device) {
+            Some(metrics) if metrics.contains(&r.metric) => {}
+            Some(metrics) => {
+                metrics.insert(r.metric.clone());
+            }
+            None => {
+                self.device_metrics.insert(r.device.clone(), BTreeSet::from([r.metric.clone()]));
+            }
         }
         for t in self.incidents.observe(r, &anomalies) {
             let t = self.persist(t)?;
