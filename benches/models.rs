@@ -2,7 +2,8 @@
 //! 1 Hz history (the trainer's cost per device and kind).
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use fieldwatch::model::{DeviceModel, FeatureSpec, FeatureState, ModelKind};
+use fieldwatch::config::ModelsConfig;
+use fieldwatch::model::{DeviceModel, FeatureSpec, FeatureState, FitParams, ModelKind};
 use fieldwatch::sim::{Simulator, METRICS};
 
 /// A day of 1 Hz vectors of one simulated compressor, as raw features.
@@ -16,7 +17,8 @@ fn day_of_features() -> (FeatureSpec, Vec<Vec<f64>>) {
 
 fn models(c: &mut Criterion) {
     let (spec, features) = day_of_features();
-    let fit = |kind| DeviceModel::fit(kind, "comp-01", spec.clone(), &features, (0, 0), 0, 1000);
+    let params = FitParams::of(&ModelsConfig::default());
+    let fit = |kind| DeviceModel::fit(kind, "comp-01", spec.clone(), &features, (0, 0), 0, &params);
     for kind in [ModelKind::Pca, ModelKind::Gmm] {
         let Ok(model) = fit(kind) else { panic!("fit {kind:?} failed") };
         let mut i = 0;

@@ -377,6 +377,8 @@ pub struct DetectConfig {
     pub baseline: bool,
     /// Run the flatline (stuck sensor) detector on every series.
     pub flatline: bool,
+    /// Drift from each series' healthy reference (slow degradation).
+    pub drift: crate::detect::DriftConfig,
     /// The novelty detector: unusual shapes, level shifts and new extremes.
     pub novelty: NoveltyConfig,
     /// Learned per-device models over all of a device's metrics.
@@ -395,6 +397,7 @@ impl Default for DetectConfig {
             limits: Vec::new(),
             baseline: true,
             flatline: true,
+            drift: crate::detect::DriftConfig::default(),
             novelty: NoveltyConfig::default(),
             models: ModelsConfig::default(),
         }
@@ -423,19 +426,34 @@ pub struct ModelsConfig {
     /// vectors stays above `drift_bound`.
     pub drift_vectors: usize,
     pub drift_bound: f64,
+    /// Features per metric: `value`, `delta`, `rolling_mean`.
+    pub features: Vec<crate::model::FeatureKind>,
+    /// The alarm sits this many times beyond the largest smoothed statistic of the fitting data.
+    pub margin: f64,
+    /// EWMA weight of the newest vector in the smoothed model statistics (1 = no smoothing).
+    pub smoothing: f64,
+    /// Share of the variance the PCA's kept components explain.
+    pub explained_variance: f64,
+    /// A model whose held-out alarm rate is above this is scored but raises no incident.
+    pub max_held_out_alarm_rate: f64,
 }
 
 impl Default for ModelsConfig {
     fn default() -> Self {
         Self {
-            enabled: false,
-            kinds: vec![crate::model::ModelKind::Pca, crate::model::ModelKind::Gmm],
+            enabled: true,
+            kinds: vec![crate::model::ModelKind::Pca],
             window: Duration::from_secs(7 * 86_400),
             refit_every: Duration::from_secs(6 * 3600),
-            min_training_vectors: 1000,
+            min_training_vectors: 300,
             max_training_vectors: 100_000,
             drift_vectors: 600,
             drift_bound: 0.3,
+            features: vec![crate::model::FeatureKind::Value],
+            margin: 2.5,
+            smoothing: 0.2,
+            explained_variance: 0.9,
+            max_held_out_alarm_rate: 0.01,
         }
     }
 }
@@ -464,6 +482,21 @@ impl ModelsConfig {
         }
         if !(self.drift_bound > 0.0 && self.drift_bound < 1.0) {
             return bad("drift_bound", "must be between 0 and 1 (a calibrated score)");
+        }
+        if self.features.is_empty() {
+            return bad("features", "name at least one feature (\"value\", \"delta\", \"rolling_mean\")");
+        }
+        if !(self.margin >= 1.0 && self.margin.is_finite()) {
+            return bad("margin", "must be at least 1");
+        }
+        if !(self.smoothing > 0.0 && self.smoothing <= 1.0) {
+            return bad("smoothing", "must be in (0, 1]");
+        }
+        if !(self.explained_variance > 0.0 && self.explained_variance < 1.0) {
+            return bad("explained_variance", "must be between 0 and 1");
+        }
+        if !(0.0..=1.0).contains(&self.max_held_out_alarm_rate) {
+            return bad("max_held_out_alarm_rate", "must be between 0 and 1");
         }
         Ok(())
     }
@@ -818,6 +851,7 @@ impl Config {
             }
         }
         d.novelty.validate()?;
+        d.drift.validate()?;
         d.models.validate()?;
         if self.incident.debounce_readings == 0 {
             return bad("incident.debounce_readings", "must be at least 1");
@@ -966,7 +1000,7 @@ mod tests {
         let c = parse("[detect.models]\nenabled = true\nkinds = [\"pca\"]\nrefit_every = \"1h\"\n").unwrap();
         assert!(c.detect.models.enabled);
         assert_eq!(c.detect.models.kinds, vec![crate::model::ModelKind::Pca]);
-        assert_eq!(c.detect.models.min_training_vectors, 1000);
+        assert_eq!(c.detect.models.min_training_vectors, 300);
         for (text, key) in [
             ("kinds = []", "detect.models.kinds"),
             ("min_training_vectors = 5", "detect.models.min_training_vectors"),

@@ -83,9 +83,14 @@ enum Command {
         /// Where the scored rows go (`timestamp,<metrics>,anomaly_score`).
         #[arg(long)]
         output: PathBuf,
-        /// Also write one JSON line per incident opened.
+        /// Also write one JSON line per incident event (open, reopen, update, resolve), with
+        /// `opened_at` and `resolved_at` in event time.
         #[arg(long)]
         incidents: Option<PathBuf>,
+        /// A recording of known-good operation (same columns): the detectors learn their healthy
+        /// references and the device models are fitted on it before the replay.
+        #[arg(long)]
+        train: Option<PathBuf>,
         /// Configuration file (detection and incident settings); built-in defaults without it.
         #[arg(short, long)]
         config: Option<PathBuf>,
@@ -210,13 +215,13 @@ fn main() -> ExitCode {
             println!("{} silenced until {}", s.id, fieldwatch::reading::format_ts(s.until));
             Ok(())
         }),
-        Command::Replay { input, output, incidents, config, device } => {
+        Command::Replay { input, output, incidents, train, config, device } => {
             init_logging("warn");
             let config = match config.map(|c| load_config(&c)).transpose() {
                 Ok(c) => c.unwrap_or_default(),
                 Err(code) => return code,
             };
-            let opts = fieldwatch::replay::ReplayOptions { input, output, incidents, device, config };
+            let opts = fieldwatch::replay::ReplayOptions { input, output, incidents, train, device, config };
             match fieldwatch::replay::replay(&opts) {
                 Ok(r) => {
                     eprintln!(

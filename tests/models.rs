@@ -208,7 +208,7 @@ async fn models_api_lists_fitted_models_and_accepts_train_requests() {
 async fn daemon_trains_on_request_through_the_admin_api_while_it_ingests() {
     let broker = common::Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let extra = "[detect.models]\nenabled = true\nmin_training_vectors = 100\n";
+    let extra = "[detect.models]\nenabled = true\nkinds = [\"pca\", \"gmm\"]\nmin_training_vectors = 100\n";
     let mut config = common::test_config_with(broker.port, dir.path(), Vec::new(), extra);
     config.admin.listen = "127.0.0.1:0".into();
     let daemon = fieldwatch::Daemon::start(config).await.unwrap();

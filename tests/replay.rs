@@ -40,6 +40,7 @@ fn replay_scores_every_row_and_opens_one_incident_at_the_anomaly() {
     let input = dir.path().join("pump-7.csv");
     write_input(&input);
     let opts = ReplayOptions {
+        train: None,
         input: input.clone(),
         output: dir.path().join("scores.csv"),
         incidents: Some(dir.path().join("incidents.jsonl")),
@@ -76,10 +77,18 @@ fn replay_scores_every_row_and_opens_one_incident_at_the_anomaly() {
     assert_eq!(pattern, 1, "one pattern incident for one episode: {opened:?}");
 
     let jsonl = std::fs::read_to_string(opts.incidents.as_ref().unwrap()).unwrap();
-    assert_eq!(jsonl.lines().count(), opened.len());
-    let first: serde_json::Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
-    for field in ["id", "key", "fault", "metric", "opened_at", "timestamp", "summary"] {
+    let events: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let opens = events.iter().filter(|e| e["event"] == "open").count();
+    assert_eq!(opens, opened.len(), "one open line per incident opened");
+    let first = &events[0];
+    for field in ["id", "incident_id", "event", "key", "fault", "metric", "opened_at", "timestamp", "summary"] {
         assert!(first.get(field).is_some(), "incident line lacks `{field}`: {first}");
+    }
+    // Every resolve names its episode's opening and its resolution, in event time.
+    for e in events.iter().filter(|e| e["event"] == "resolve") {
+        let open = events.iter().find(|o| o["event"] == "open" && o["id"] == e["id"]).expect("its open line");
+        assert_eq!(open["opened_at"], e["opened_at"], "{e}");
+        assert!(e["resolved_at"].as_str().unwrap() > e["opened_at"].as_str().unwrap(), "{e}");
     }
 }
 
@@ -89,6 +98,7 @@ fn semicolon_files_with_several_metrics_are_read() {
     let input = dir.path().join("m.csv");
     std::fs::write(&input, "ts;temp;pressure\n1700000000;20.5;3.1\n1700000060;20.6;3.2\n1700000120;x;3.3\n").unwrap();
     let opts = ReplayOptions {
+        train: None,
         input,
         output: dir.path().join("out.csv"),
         incidents: None,

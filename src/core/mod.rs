@@ -80,6 +80,9 @@ const SILENCE: &str = "silence";
 const CORRELATION_MS: i64 = 5 * 60 * 1000;
 /// Readings a trend is fitted on.
 const TREND_READINGS: usize = 120;
+/// Without a configured limit, a forecast aims at the healthy range widened this many times
+/// about its middle: a level the series never came near while healthy.
+const ENVELOPE_WIDENING: f64 = 3.0;
 
 fn join(items: &[&String]) -> String {
     items.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
@@ -136,16 +139,7 @@ impl Core {
             self.metrics.messages.inc();
             match self.decoder.decode(msg) {
                 Ok(readings) => {
-                    if let Some(first) = readings.first() {
-                        self.heard_from(&first.device, msg.received_ms, &mut out)?;
-                    }
-                    let mut fresh = false;
-                    for r in &readings {
-                        fresh |= self.process_reading(r, &mut out)?.is_some();
-                    }
-                    if fresh {
-                        self.process_device_vector(&readings, &mut out)?;
-                    }
+                    self.process_readings(&readings, msg.received_ms, &mut out)?;
                 }
                 Err(reason) => {
                     out.rejected += 1;
@@ -163,6 +157,47 @@ impl Core {
             }
         }
         Ok(out)
+    }
+
+    /// Stores and scores the readings of one message (one device, one time): each series, then
+    /// the device's vector with its models. `received_ms` is when it was heard (sensor health).
+    ///
+    /// Returns the highest calibrated score of any detector or model (0..1), or `None` when
+    /// every reading was already stored.
+    pub fn process_readings(
+        &mut self,
+        readings: &[Reading],
+        received_ms: i64,
+        out: &mut BatchOutcome,
+    ) -> Result<Option<f64>, StoreError> {
+        if let Some(first) = readings.first() {
+            self.heard_from(&first.device, received_ms, out)?;
+        }
+        let mut score = None::<f64>;
+        for r in readings {
+            if let Some(s) = self.process_reading(r, out)? {
+                score = Some(score.unwrap_or(0.0).max(s));
+            }
+        }
+        if score.is_some() {
+            if let Some(s) = self.process_device_vector(readings, out)? {
+                score = Some(score.unwrap_or(0.0).max(s));
+            }
+        }
+        Ok(score)
+    }
+
+    /// Learns from readings known to be healthy (a recorded healthy run, `replay --train`):
+    /// the detectors learn their references from them; nothing is stored or reported.
+    pub fn learn_readings(&mut self, readings: &[Reading]) {
+        for r in readings {
+            self.detectors.learn(&r.device, &r.metric, r.ts, r.value);
+        }
+    }
+
+    /// Ends learning from a healthy recording: what was learned becomes the reference.
+    pub fn end_learning(&mut self) {
+        self.detectors.end_learning();
     }
 
     fn log_rejected(&mut self, label: &'static str, topic: &str, reason: &str) {
@@ -315,7 +350,9 @@ impl Core {
             }
         }
         let forecast = match (action, inc.fault) {
-            (Action::Open | Action::Update, FaultKind::Deviation | FaultKind::Stuck) => self.forecast(&inc, series)?,
+            (Action::Open | Action::Update, FaultKind::Deviation | FaultKind::Drift | FaultKind::Stuck) => {
+                self.forecast(&inc, series)?
+            }
             _ => None,
         };
         if let (Action::Open, Some(f)) = (action, forecast) {
@@ -377,9 +414,17 @@ impl Core {
     }
 
     /// When the series will cross its configured limit at its recent rate, if it is heading
-    /// for one.
+    /// for one. Without a configured limit, the learned healthy envelope stands in for it: the
+    /// healthy range widened [`ENVELOPE_WIDENING`] times on each side.
     fn forecast(&self, inc: &Incident, series: u32) -> Result<Option<Forecast>, StoreError> {
-        let Some(limit) = self.detectors.limit(&inc.device, &inc.metric) else { return Ok(None) };
+        let limit = self.detectors.limit(&inc.device, &inc.metric).or_else(|| {
+            self.detectors.reference(&inc.device, &inc.metric).map(|r| {
+                let half = (r.max - r.min).max(r.spread) / 2.0 * ENVELOPE_WIDENING;
+                let mid = (r.max + r.min) / 2.0;
+                crate::detect::Limit { min: Some(mid - half), max: Some(mid + half) }
+            })
+        });
+        let Some(limit) = limit else { return Ok(None) };
         let points = self.store.recent(series, inc.last_anomaly_at.max(inc.opened_at), TREND_READINGS)?;
         Ok(time_to_limit(&points, limit))
     }

@@ -4,7 +4,8 @@
 //! and may report an [`Anomaly`] with a score calibrated to 0..1, so one incident policy serves
 //! all detectors. The [`DetectorBank`] keeps one set of detectors per series.
 //!
-//! - [`Baseline`]: robust z-score against an exponentially weighted level.
+//! - [`Baseline`]: robust z-score against an exponentially weighted level (spikes, steps).
+//! - [`Drift`]: smoothed deviation from a frozen healthy reference (slow degradation).
 //! - [`Flatline`]: a sensor that froze.
 //! - [`Limit`]: configured minimum and maximum.
 //! - [`Novelty`]: shapes, levels and extremes the series has not shown before (kNN over lag
@@ -14,6 +15,7 @@
 //! scores them once per message and reports [`FaultKind::Multivariate`].
 
 mod baseline;
+mod drift;
 mod flatline;
 mod knn;
 mod likelihood;
@@ -26,6 +28,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 pub use baseline::Baseline;
+pub use drift::{Drift, DriftConfig, Reference};
 pub use flatline::Flatline;
 pub use knn::LagKnn;
 pub use likelihood::{upper_tail, Likelihood, WindowStats};
@@ -41,6 +44,8 @@ use crate::config::DetectConfig;
 pub enum FaultKind {
     /// The value left its learned baseline (spike, step or fast drift).
     Deviation,
+    /// The series moved away from its healthy reference and stays away (slow degradation).
+    Drift,
     /// The sensor repeats the same value: stuck or frozen.
     Stuck,
     /// Above a configured maximum.
@@ -57,12 +62,19 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// The kinds a series detector reports (`Silent` and `Multivariate` are about a whole device).
-    pub const ALL: [FaultKind; 5] =
-        [FaultKind::Deviation, FaultKind::Stuck, FaultKind::AboveLimit, FaultKind::BelowLimit, FaultKind::Pattern];
+    pub const ALL: [FaultKind; 6] = [
+        FaultKind::Deviation,
+        FaultKind::Drift,
+        FaultKind::Stuck,
+        FaultKind::AboveLimit,
+        FaultKind::BelowLimit,
+        FaultKind::Pattern,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             FaultKind::Deviation => "deviation",
+            FaultKind::Drift => "drift",
             FaultKind::Stuck => "stuck",
             FaultKind::AboveLimit => "above_limit",
             FaultKind::BelowLimit => "below_limit",
@@ -76,6 +88,7 @@ impl FaultKind {
     pub fn label(self) -> &'static str {
         match self {
             FaultKind::Deviation => "deviation from baseline",
+            FaultKind::Drift => "drift from healthy level",
             FaultKind::Stuck => "stuck sensor",
             FaultKind::AboveLimit => "above limit",
             FaultKind::BelowLimit => "below limit",
@@ -128,6 +141,13 @@ pub trait SeriesDetector: Send {
     /// Makes the detector less sensitive by `factor` (> 1) after a confirmed false alarm.
     /// Detectors with hard thresholds (limits, flatline) ignore it.
     fn desensitize(&mut self, _factor: f64) {}
+    /// Sees a reading known to be healthy (a recorded healthy run): learns from it, never
+    /// reports. Detectors without a learning phase just observe it.
+    fn learn(&mut self, ts: i64, value: f64) {
+        let _ = self.observe(ts, value);
+    }
+    /// The healthy recording is over: what was learned becomes the reference.
+    fn end_learning(&mut self) {}
     /// The calibrated score (0..1) of the last reading observed, anomalous or not. Detectors
     /// that only know "anomalous or not" leave it at 0; their anomalies carry their score.
     fn last_score(&self) -> f64 {
@@ -147,13 +167,23 @@ pub struct Observation {
 /// The detectors of one series.
 pub struct SeriesDetectors {
     detectors: Vec<Box<dyn SeriesDetector>>,
+    /// Held apart from the others: its healthy reference is persisted across restarts and
+    /// gives forecasts their healthy envelope.
+    drift: Option<Drift>,
 }
 
 impl SeriesDetectors {
+    fn all(&mut self) -> impl Iterator<Item = &mut dyn SeriesDetector> {
+        self.detectors
+            .iter_mut()
+            .map(|d| d.as_mut() as &mut dyn SeriesDetector)
+            .chain(self.drift.as_mut().map(|d| d as &mut dyn SeriesDetector))
+    }
+
     /// Feeds one reading to every detector of the series.
     pub fn observe(&mut self, ts: i64, value: f64) -> Observation {
         let mut out = Observation::default();
-        for d in &mut self.detectors {
+        for d in self.all() {
             if let Some(a) = d.observe(ts, value) {
                 out.score = out.score.max(a.score);
                 out.anomalies.push(a);
@@ -201,24 +231,59 @@ impl DetectorBank {
         let new = (old * FALSE_ALARM_WIDENING).min(MAX_WIDENING);
         self.tuning.insert(key.clone(), new);
         if let Some(s) = self.series.get_mut(&key) {
-            for d in &mut s.detectors {
+            for d in s.all() {
                 d.desensitize(new / old);
             }
         }
         new
     }
 
-    /// Scores one reading of a series.
-    pub fn observe(&mut self, device: &str, metric: &str, ts: i64, value: f64) -> Observation {
+    fn entry(&mut self, device: &str, metric: &str) -> &mut SeriesDetectors {
         let key = (device.to_string(), metric.to_string());
         if !self.series.contains_key(&key) {
             let s = self.build(device, metric);
             self.series.insert(key.clone(), s);
         }
-        match self.series.get_mut(&key) {
-            Some(s) => s.observe(ts, value),
-            None => Observation::default(),
+        self.series.entry(key).or_insert_with(|| SeriesDetectors { detectors: Vec::new(), drift: None })
+    }
+
+    /// Learns from a reading known to be healthy (see [`SeriesDetector::learn`]).
+    pub fn learn(&mut self, device: &str, metric: &str, ts: i64, value: f64) {
+        for d in self.entry(device, metric).all() {
+            d.learn(ts, value);
         }
+    }
+
+    /// Ends learning from a healthy recording: every series' reference is fixed.
+    pub fn end_learning(&mut self) {
+        for s in self.series.values_mut() {
+            for d in s.all() {
+                d.end_learning();
+            }
+        }
+    }
+
+    /// The healthy reference of a series, once it has one.
+    pub fn reference(&self, device: &str, metric: &str) -> Option<Reference> {
+        let s = self.series.get(&(device.to_string(), metric.to_string()))?;
+        s.drift.as_ref()?.reference().copied()
+    }
+
+    /// The drift state of every series, to persist (it carries the healthy reference).
+    pub fn drift_states(&self) -> impl Iterator<Item = (&str, &str, &Drift)> {
+        self.series.iter().filter_map(|((d, m), s)| s.drift.as_ref().map(|dr| (d.as_str(), m.as_str(), dr)))
+    }
+
+    /// Restores a series' drift state (from the store, at start).
+    pub fn restore_drift(&mut self, device: &str, metric: &str, drift: Drift) {
+        if self.config.drift.enabled {
+            self.entry(device, metric).drift = Some(drift);
+        }
+    }
+
+    /// Scores one reading of a series.
+    pub fn observe(&mut self, device: &str, metric: &str, ts: i64, value: f64) -> Observation {
+        self.entry(device, metric).observe(ts, value)
     }
 
     fn build(&self, device: &str, metric: &str) -> SeriesDetectors {
@@ -241,17 +306,15 @@ impl DetectorBank {
         if let Some(limit) = self.limits.lookup(device, metric) {
             detectors.push(Box::new(limit));
         }
+        let drift = c.drift.enabled.then(|| Drift::new(&c.drift, c.min_relative_spread));
+        let mut s = SeriesDetectors { detectors, drift };
+        // A restored false-alarm widening is applied once, here.
         if let Some(&factor) = self.tuning.get(&(device.to_string(), metric.to_string())) {
-            for d in &mut detectors {
+            for d in s.all() {
                 d.desensitize(factor);
             }
         }
-        if let Some(&factor) = self.tuning.get(&(device.to_string(), metric.to_string())) {
-            for d in &mut detectors {
-                d.desensitize(factor);
-            }
-        }
-        SeriesDetectors { detectors }
+        s
     }
 
     /// The configured limit of a series, if any.

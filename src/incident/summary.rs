@@ -74,6 +74,19 @@ pub fn describe(inc: &Incident, unit: Option<&str>) -> (String, String) {
                 format!("{m} {verb} {}, {:.1}σ {side} its baseline of {base}, for {lasting}", u(p.value), z.abs()),
             )
         }
+        FaultKind::Drift => {
+            let z = p.z.unwrap_or(0.0);
+            let (verb, side) = if z >= 0.0 { ("climbed", "above") } else { ("fell", "below") };
+            let healthy = p.expected.map(u).unwrap_or_else(|| "?".into());
+            let by = p.expected.map(|e| u((p.value - e).abs())).unwrap_or_else(|| "?".into());
+            (
+                format!("{}: {m} drifting {side} its healthy level", inc.device),
+                format!(
+                    "{m} has {verb} to {}, {by} {side} its healthy level of {healthy}, and has stayed away for {lasting}",
+                    u(p.value)
+                ),
+            )
+        }
         FaultKind::Stuck => (
             format!("{}: {m} sensor stuck", inc.device),
             format!(

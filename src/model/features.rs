@@ -27,9 +27,14 @@ pub struct FeatureSpec {
 }
 
 impl FeatureSpec {
-    /// The default features over `metrics` (sorted by the caller).
+    /// All three features over `metrics` (sorted by the caller).
     pub fn new(metrics: Vec<String>) -> FeatureSpec {
-        FeatureSpec { metrics, kinds: vec![FeatureKind::Value, FeatureKind::Delta, FeatureKind::RollingMean] }
+        FeatureSpec::with_kinds(metrics, vec![FeatureKind::Value, FeatureKind::Delta, FeatureKind::RollingMean])
+    }
+
+    /// The given features over `metrics` (sorted by the caller).
+    pub fn with_kinds(metrics: Vec<String>, kinds: Vec<FeatureKind>) -> FeatureSpec {
+        FeatureSpec { metrics, kinds }
     }
 
     /// Number of features.

@@ -25,12 +25,9 @@ use gmm::GmmBody;
 use pca::PcaBody;
 
 /// Format version of a stored model; a model of another version is refitted, not loaded.
-pub const MODEL_VERSION: u32 = 1;
+pub const MODEL_VERSION: u32 = 2;
 /// Share of the (time-ordered) training vectors held out to measure false alarms.
 const HELD_OUT: f64 = 0.2;
-/// The alarm sits this far above the highest score of the fitting data: healthy history never
-/// reaches it, and an alarm means "unlike anything seen in normal operation".
-const ALARM_MARGIN: f64 = 1.1;
 
 /// Why a model could not be fitted or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -84,12 +81,12 @@ pub enum ModelBody {
     Gmm(GmmBody),
 }
 
-/// How raw scores map to 0..1.
+/// How one (smoothed) raw statistic maps to 0..1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
-    /// Median raw score of the fitting data: "its usual level".
+    /// Median of the smoothed statistic on the fitting data: "its usual level".
     pub median: f64,
-    /// Raw score that maps to 0.5 (the alarm).
+    /// Value that maps to 0.5 (the alarm).
     pub threshold: f64,
 }
 
@@ -109,15 +106,42 @@ impl Calibration {
 /// How well a model did on data it was and was not fitted on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Validation {
-    /// Raw score quantiles of the fitting data: q50, q99, q99.5, max.
+    /// Quantiles of the primary smoothed statistic on the fitting data: q50, q99, q99.5, max.
     pub q50: f64,
     pub q99: f64,
     pub q995: f64,
     pub max: f64,
     /// Vectors held out (the most recent part of the window).
     pub held_out: usize,
-    /// Share of held-out vectors at or above the alarm threshold: the false-alarm rate to expect.
+    /// Held-out vectors at or above the alarm.
+    #[serde(default)]
+    pub held_out_alarms: usize,
+    /// Share of held-out vectors at or above the alarm: the false-alarm rate to expect.
     pub held_out_alarm_rate: f64,
+}
+
+/// How a model is fitted and calibrated (from `[detect.models]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitParams {
+    /// Vectors needed at least.
+    pub min_vectors: usize,
+    /// The alarm sits this many times beyond the largest smoothed statistic of the fitting data.
+    pub margin: f64,
+    /// EWMA weight of the newest vector in the smoothed statistics (1 = no smoothing).
+    pub smoothing: f64,
+    /// Share of the variance the PCA's kept components explain.
+    pub explained_variance: f64,
+}
+
+impl FitParams {
+    pub fn of(config: &crate::config::ModelsConfig) -> FitParams {
+        FitParams {
+            min_vectors: config.min_training_vectors,
+            margin: config.margin,
+            smoothing: config.smoothing,
+            explained_variance: config.explained_variance,
+        }
+    }
 }
 
 /// A fitted model of one device, as stored and scored.
@@ -137,18 +161,49 @@ pub struct DeviceModel {
     pub fitted_at: i64,
     /// Vectors the model was fitted on.
     pub n_samples: usize,
-    pub calibration: Calibration,
+    /// EWMA weight of the smoothed statistics.
+    pub smoothing: f64,
+    /// One per statistic the body computes (PCA: residual Q, then T²; GMM: −log-likelihood);
+    /// the first is the primary one shown to people.
+    pub calibration: Vec<Calibration>,
     pub validation: Validation,
 }
 
 /// What a model says about one vector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelVerdict {
+    /// The primary smoothed statistic.
     pub raw: f64,
-    /// Calibrated 0..1.
+    /// Calibrated 0..1: the highest of the statistics.
     pub score: f64,
     /// Metrics contributing most, most unusual first.
     pub contributors: Vec<String>,
+    /// Which statistic scored highest (0 = the primary one).
+    pub statistic: usize,
+}
+
+/// The streaming side of a model: the smoothed statistics of one device's vector stream.
+#[derive(Debug, Clone, Default)]
+pub struct Smoothed {
+    values: Option<Vec<f64>>,
+}
+
+impl Smoothed {
+    /// Folds in the raw statistics of the next vector and returns the smoothed ones.
+    pub fn push(&mut self, lambda: f64, raw: &[f64]) -> &[f64] {
+        let lambda = lambda.clamp(1e-3, 1.0);
+        match &mut self.values {
+            Some(v) if v.len() == raw.len() => {
+                for (s, r) in v.iter_mut().zip(raw) {
+                    // A NaN statistic (a broken input) alarms; it must not poison the state.
+                    let r = if r.is_finite() { *r } else { f64::MAX / 4.0 };
+                    *s += lambda * (r - *s);
+                }
+            }
+            _ => self.values = Some(raw.to_vec()),
+        }
+        self.values.as_deref().unwrap_or(&[])
+    }
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -162,6 +217,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 impl DeviceModel {
     /// Fits a model on raw feature vectors (time order), holding out the most recent part to
     /// measure the false-alarm rate.
+    #[allow(clippy::too_many_arguments)]
     pub fn fit(
         kind: ModelKind,
         device: &str,
@@ -169,12 +225,13 @@ impl DeviceModel {
         vectors: &[Vec<f64>],
         window: (i64, i64),
         fitted_at: i64,
-        min_vectors: usize,
+        params: &FitParams,
     ) -> Result<DeviceModel, ModelError> {
         let d = spec.dim();
         let vectors: Vec<&Vec<f64>> = vectors.iter().filter(|v| v.len() == d).collect();
-        if vectors.len() < min_vectors.max(10) {
-            return Err(ModelError::TooFewVectors { have: vectors.len(), need: min_vectors.max(10) });
+        let need = params.min_vectors.max(10);
+        if vectors.len() < need {
+            return Err(ModelError::TooFewVectors { have: vectors.len(), need });
         }
         let split = ((vectors.len() as f64) * (1.0 - HELD_OUT)) as usize;
         let (fit_part, held) = vectors.split_at(split);
@@ -188,7 +245,7 @@ impl DeviceModel {
         let mut std = vec![0.0; d];
         for v in fit_part {
             for ((s, x), m) in std.iter_mut().zip(v.iter()).zip(&mean) {
-                *s += (x - m) * (x - m) / n;
+                *s += (x - m) * (x - m) / (n - 1.0).max(1.0);
             }
         }
         let std: Vec<f64> = std.iter().map(|s| if s.sqrt() > 1e-9 { s.sqrt() } else { 1.0 }).collect();
@@ -196,7 +253,7 @@ impl DeviceModel {
         let rows: Vec<f64> = fit_part.iter().flat_map(|v| z(v)).collect();
         let x = Array2::from_shape_vec((fit_part.len(), d), rows).map_err(|e| ModelError::Fit(e.to_string()))?;
         let body = match kind {
-            ModelKind::Pca => ModelBody::Pca(PcaBody::fit(&x)?),
+            ModelKind::Pca => ModelBody::Pca(PcaBody::fit(&x, params.explained_variance)?),
             ModelKind::Gmm => ModelBody::Gmm(GmmBody::fit(&x)?),
         };
         let mut model = DeviceModel {
@@ -211,37 +268,115 @@ impl DeviceModel {
             window_to: window.1,
             fitted_at,
             n_samples: fit_part.len(),
-            calibration: Calibration { median: 0.0, threshold: 1.0 },
-            validation: Validation { q50: 0.0, q99: 0.0, q995: 0.0, max: 0.0, held_out: 0, held_out_alarm_rate: 0.0 },
+            smoothing: params.smoothing,
+            calibration: Vec::new(),
+            validation: Validation {
+                q50: 0.0,
+                q99: 0.0,
+                q995: 0.0,
+                max: 0.0,
+                held_out: 0,
+                held_out_alarms: 0,
+                held_out_alarm_rate: 0.0,
+            },
         };
-        let mut train: Vec<f64> = x.rows().into_iter().map(|r| model.raw_standardised(&r.to_vec()).0).collect();
-        train.sort_by(f64::total_cmp);
-        let (q50, max) = (quantile(&train, 0.5), quantile(&train, 1.0));
-        let threshold = q50 + ALARM_MARGIN * (max - q50).max(1e-9);
-        model.calibration = Calibration { median: q50, threshold };
-        let alarms = held.iter().filter(|v| model.raw_standardised(&z(v)).0 >= threshold).count();
+        // Calibrate on the fitting part, validate on the held-out part that follows it in time,
+        // then calibrate the model as used on all of it (all of it is healthy history).
+        let burn_in = ((2.0 / params.smoothing.max(1e-3)) as usize).min(fit_part.len() / 4);
+        let fit_z: Vec<Vec<f64>> = x.rows().into_iter().map(|r| r.to_vec()).collect();
+        let held_z: Vec<Vec<f64>> = held.iter().map(|v| z(v)).collect();
+        let (calibration, fit_sorted) = model.calibrate(fit_z.iter(), burn_in, params);
+        model.calibration = calibration;
+        let mut smoothed = Smoothed::default();
+        let mut alarms = 0;
+        for (i, v) in fit_z.iter().chain(&held_z).enumerate() {
+            let raw = model.statistics(v).0;
+            let s = smoothed.push(params.smoothing, &raw).to_vec();
+            if i >= fit_z.len() && model.judge(&s, &[]).score >= 0.5 {
+                alarms += 1;
+            }
+        }
+        let primary = fit_sorted.first().map(Vec::as_slice).unwrap_or(&[]);
         model.validation = Validation {
-            q50,
-            q99: quantile(&train, 0.99),
-            q995: quantile(&train, 0.995),
-            max,
+            q50: quantile(primary, 0.5),
+            q99: quantile(primary, 0.99),
+            q995: quantile(primary, 0.995),
+            max: quantile(primary, 1.0),
             held_out: held.len(),
+            held_out_alarms: alarms,
             held_out_alarm_rate: alarms as f64 / held.len().max(1) as f64,
         };
+        model.calibration = model.calibrate(fit_z.iter().chain(&held_z), burn_in, params).0;
         Ok(model)
     }
 
-    fn raw_standardised(&self, z: &[f64]) -> (f64, Vec<f64>) {
+    /// Calibrates each statistic on standardised vectors in time order: smoothed as when
+    /// scoring, past the burn-in, the alarm `margin` times beyond the largest value above the
+    /// median. Returns the calibrations and each statistic's sorted smoothed values.
+    fn calibrate<'a>(
+        &self,
+        rows: impl Iterator<Item = &'a Vec<f64>>,
+        burn_in: usize,
+        params: &FitParams,
+    ) -> (Vec<Calibration>, Vec<Vec<f64>>) {
+        let mut smoothed = Smoothed::default();
+        let mut per_stat: Vec<Vec<f64>> = Vec::new();
+        for (i, row) in rows.enumerate() {
+            let raw = self.statistics(row).0;
+            let s = smoothed.push(params.smoothing, &raw);
+            if per_stat.is_empty() {
+                per_stat = vec![Vec::new(); s.len()];
+            }
+            if i >= burn_in {
+                for (list, v) in per_stat.iter_mut().zip(s) {
+                    list.push(*v);
+                }
+            }
+        }
+        for list in &mut per_stat {
+            list.sort_by(f64::total_cmp);
+        }
+        let calibration = per_stat
+            .iter()
+            .map(|sorted| {
+                let (q50, max) = (quantile(sorted, 0.5), quantile(sorted, 1.0));
+                Calibration { median: q50, threshold: q50 + params.margin * (max - q50).max(1e-9) }
+            })
+            .collect();
+        (calibration, per_stat)
+    }
+
+    /// The raw statistics of a standardised vector, and each feature's share of the primary one.
+    fn statistics(&self, z: &[f64]) -> (Vec<f64>, Vec<f64>) {
         match &self.body {
-            ModelBody::Pca(p) => p.score(z),
-            ModelBody::Gmm(g) => g.score(z),
+            ModelBody::Pca(p) => {
+                let (q, t2, parts) = p.score(z);
+                (vec![q, t2], parts)
+            }
+            ModelBody::Gmm(g) => {
+                let (nll, parts) = g.score(z);
+                (vec![nll], parts)
+            }
         }
     }
 
-    /// Scores one raw feature vector (from [`FeatureState::push`]).
-    pub fn score(&self, features: &[f64]) -> ModelVerdict {
+    /// The raw statistics of one raw feature vector (from [`FeatureState::push`]), to be
+    /// smoothed by the caller, and each feature's share of the primary one.
+    pub fn raw(&self, features: &[f64]) -> (Vec<f64>, Vec<f64>) {
         let z: Vec<f64> = features.iter().zip(&self.mean).zip(&self.std).map(|((x, m), s)| (x - m) / s).collect();
-        let (raw, parts) = self.raw_standardised(&z);
+        self.statistics(&z)
+    }
+
+    /// Judges smoothed statistics: the highest calibrated score, and the metrics that
+    /// contributed most (from `parts`, per feature).
+    pub fn judge(&self, smoothed: &[f64], parts: &[f64]) -> ModelVerdict {
+        let mut best = (0.0f64, 0usize);
+        for (i, (v, c)) in smoothed.iter().zip(&self.calibration).enumerate() {
+            let s = if v.is_nan() { 1.0 } else { c.score(*v) };
+            if s > best.0 {
+                best = (s, i);
+            }
+        }
         let mut per_metric: Vec<(f64, &str)> = Vec::new();
         for (i, p) in parts.iter().enumerate() {
             let m = self.spec.metric_of(i);
@@ -252,10 +387,33 @@ impl DeviceModel {
         }
         per_metric.sort_by(|a, b| b.0.total_cmp(&a.0));
         ModelVerdict {
-            raw,
-            score: if raw.is_nan() { 1.0 } else { self.calibration.score(raw) },
+            raw: smoothed.first().copied().unwrap_or(0.0),
+            score: best.0,
             contributors: per_metric.iter().take(2).map(|(_, m)| m.to_string()).collect(),
+            statistic: best.1,
         }
+    }
+
+    /// Scores one vector on its own, without smoothing history (tests, benches, one-off checks).
+    pub fn score(&self, features: &[f64]) -> ModelVerdict {
+        let (raw, parts) = self.raw(features);
+        self.judge(&raw, &parts)
+    }
+
+    /// Why this model may not raise incidents, if it may not: its held-out alarm rate says it
+    /// would cry wolf. The bound allows at least one alarmed vector, so a small held-out set is
+    /// not condemned by a single one.
+    pub fn distrust(&self, max_held_out_alarm_rate: f64) -> Option<String> {
+        let v = &self.validation;
+        let rate = v.held_out_alarm_rate;
+        let allowed = (max_held_out_alarm_rate * v.held_out as f64).ceil().max(1.0) as usize;
+        (v.held_out_alarms > allowed || (v.held_out_alarms == 0 && rate > max_held_out_alarm_rate)).then(|| {
+            format!(
+                "held-out alarm rate {:.1} % exceeds {:.1} %: scored, but raises no incident until a refit does better",
+                rate * 100.0,
+                max_held_out_alarm_rate * 100.0
+            )
+        })
     }
 
     /// How far above its usual level a raw score is, in words for a technician.
@@ -287,6 +445,23 @@ mod tests {
             .collect()
     }
 
+    fn params(min_vectors: usize) -> FitParams {
+        FitParams { min_vectors, margin: 2.0, smoothing: 0.2, explained_variance: 0.9 }
+    }
+
+    /// Scores a stream of vectors as the core does: smoothed statistics.
+    fn stream(model: &DeviceModel, features: &[Vec<f64>]) -> Vec<ModelVerdict> {
+        let mut s = Smoothed::default();
+        features
+            .iter()
+            .map(|f| {
+                let (raw, parts) = model.raw(f);
+                let smoothed = s.push(model.smoothing, &raw).to_vec();
+                model.judge(&smoothed, &parts)
+            })
+            .collect()
+    }
+
     fn features(values: &[[f64; 2]], spec: &FeatureSpec) -> Vec<Vec<f64>> {
         let mut s = FeatureState::default();
         values.iter().filter_map(|v| s.push(spec, v)).collect()
@@ -297,10 +472,10 @@ mod tests {
         let spec = FeatureSpec::new(vec!["current".into(), "temp".into()]);
         let train = features(&correlated(5000, 1), &spec);
         for kind in [ModelKind::Pca, ModelKind::Gmm] {
-            let model = DeviceModel::fit(kind, "d", spec.clone(), &train, (0, 1), 0, 1000).unwrap();
+            let model = DeviceModel::fit(kind, "d", spec.clone(), &train, (0, 1), 0, &params(1000)).unwrap();
             assert!(model.validation.held_out_alarm_rate < 0.01, "{kind:?}: {:?}", model.validation);
             let normal = features(&correlated(2000, 2), &spec);
-            let max_normal = normal.iter().map(|f| model.score(f).score).fold(0.0, f64::max);
+            let max_normal = stream(&model, &normal).iter().map(|v| v.score).fold(0.0, f64::max);
             assert!(max_normal < 0.5, "{kind:?}: normal data scored {max_normal}");
             // The relation breaks: temperature falls as current rises, each inside its range.
             let broken: Vec<[f64; 2]> = correlated(2000, 3)
@@ -308,7 +483,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, v)| [v[0], 70.0 - 2.0 * (i as f64 / 60.0).sin()])
                 .collect();
-            let verdicts: Vec<ModelVerdict> = features(&broken, &spec).iter().map(|f| model.score(f)).collect();
+            let verdicts = stream(&model, &features(&broken, &spec));
             let alarms = verdicts.iter().filter(|v| v.score >= 0.5).count();
             assert!(alarms > verdicts.len() / 3, "{kind:?}: {alarms} of {}", verdicts.len());
             let top = verdicts.iter().max_by(|a, b| a.raw.total_cmp(&b.raw)).map(|v| v.contributors[0].clone());
@@ -319,7 +494,8 @@ mod tests {
     #[test]
     fn too_little_history_is_an_error() {
         let spec = FeatureSpec::new(vec!["a".into()]);
-        let err = DeviceModel::fit(ModelKind::Pca, "d", spec, &[vec![1.0, 0.0, 1.0]], (0, 0), 0, 1000).unwrap_err();
+        let err =
+            DeviceModel::fit(ModelKind::Pca, "d", spec, &[vec![1.0, 0.0, 1.0]], (0, 0), 0, &params(1000)).unwrap_err();
         assert!(matches!(err, ModelError::TooFewVectors { have: 1, need: 1000 }));
     }
 }

@@ -50,7 +50,7 @@ impl TrainRequests {
     }
 
     /// Takes what is pending: `(all, devices)`.
-    fn take(&self) -> (bool, BTreeSet<String>) {
+    pub fn take(&self) -> (bool, BTreeSet<String>) {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
@@ -85,14 +85,33 @@ pub struct TrainingSet {
     pub window: (i64, i64),
 }
 
+/// Before an incident's first anomalous reading, this much history is left out of training too:
+/// a slow fault is under way for a while before it is flagged.
+pub const UNHEALTHY_LEAD_MS: i64 = 3600 * 1000;
+
+/// The event-time spans of a device's history that are not healthy: every stored incident of
+/// the device from [`UNHEALTHY_LEAD_MS`] before its first anomaly until it resolved (open ones
+/// until the end of time).
+pub fn unhealthy_spans(store: &Store, device: &str) -> Result<Vec<(i64, i64)>, StoreError> {
+    let incidents: Vec<crate::incident::Incident> = store.incidents()?;
+    Ok(incidents
+        .iter()
+        .filter(|i| i.device == device)
+        .map(|i| (i.first_seen.saturating_sub(UNHEALTHY_LEAD_MS), i.resolved_at.unwrap_or(i64::MAX)))
+        .collect())
+}
+
 /// Training features of a device: complete vectors (every metric at the same event time, as one
-/// message carries them) over `window` up to its latest reading, thinned to `max` vectors.
+/// message carries them) over `window` up to its latest reading, outside the `unhealthy` spans,
+/// thinned to `max` vectors.
 pub fn training_features(
     store: &Store,
     device: &str,
     series: &[(u32, String)],
+    kinds: &[super::FeatureKind],
     window_ms: i64,
     max: usize,
+    unhealthy: &[(i64, i64)],
 ) -> Result<TrainingSet, StoreError> {
     let mut latest = i64::MIN;
     for (id, _) in series {
@@ -100,7 +119,7 @@ pub fn training_features(
             latest = latest.max(*ts);
         }
     }
-    let spec = FeatureSpec::new(series.iter().map(|(_, m)| m.clone()).collect());
+    let spec = FeatureSpec::with_kinds(series.iter().map(|(_, m)| m.clone()).collect(), kinds.to_vec());
     if latest == i64::MIN {
         return Ok(TrainingSet { spec, features: Vec::new(), window: (0, 0) });
     }
@@ -120,6 +139,11 @@ pub fn training_features(
     let mut features = Vec::new();
     for (ts, (count, values)) in by_ts {
         if count != n {
+            continue;
+        }
+        if unhealthy.iter().any(|&(from, to)| ts >= from && ts < to) {
+            // The rolling features restart after a gap, so no vector straddles a fault.
+            state = FeatureState::default();
             continue;
         }
         if let Some(f) = state.push(&spec, &values) {
@@ -144,11 +168,13 @@ pub fn fit_device(
     let all = devices(store)?;
     let series = all.get(device).ok_or_else(|| TrainError::UnknownDevice(device.to_string()))?;
     let window_ms = config.window.as_millis() as i64;
+    let unhealthy = unhealthy_spans(store, device)?;
     let TrainingSet { spec, features, window } =
-        training_features(store, device, series, window_ms, config.max_training_vectors)?;
+        training_features(store, device, series, &config.features, window_ms, config.max_training_vectors, &unhealthy)?;
     let mut out = Vec::new();
+    let params = super::FitParams::of(config);
     for kind in &config.kinds {
-        let model = DeviceModel::fit(*kind, device, spec.clone(), &features, window, now, config.min_training_vectors)?;
+        let model = DeviceModel::fit(*kind, device, spec.clone(), &features, window, now, &params)?;
         store.put_model(device, kind.as_str(), &model)?;
         tracing::info!(
             device,
