@@ -422,10 +422,6 @@ pub struct ModelsConfig {
     pub min_training_vectors: usize,
     /// At most this many vectors are fitted on (evenly thinned beyond).
     pub max_training_vectors: usize,
-    /// Drift: a refit is requested when the mean calibrated score of the last `drift_vectors`
-    /// vectors stays above `drift_bound`.
-    pub drift_vectors: usize,
-    pub drift_bound: f64,
     /// Features per metric: `value`, `delta`, `rolling_mean`.
     pub features: Vec<crate::model::FeatureKind>,
     /// The alarm sits this many times beyond the largest smoothed statistic of the fitting data.
@@ -436,6 +432,9 @@ pub struct ModelsConfig {
     pub explained_variance: f64,
     /// A model whose held-out alarm rate is above this is scored but raises no incident.
     pub max_held_out_alarm_rate: f64,
+    /// Whether the PCA's Hotelling's T² raises alarms too (it flags an unusual operating point
+    /// along the device's known relations; off, only broken relations alarm).
+    pub t2_alarms: bool,
 }
 
 impl Default for ModelsConfig {
@@ -447,13 +446,12 @@ impl Default for ModelsConfig {
             refit_every: Duration::from_secs(6 * 3600),
             min_training_vectors: 300,
             max_training_vectors: 100_000,
-            drift_vectors: 600,
-            drift_bound: 0.3,
             features: vec![crate::model::FeatureKind::Value],
-            margin: 2.5,
+            margin: 2.0,
             smoothing: 0.2,
-            explained_variance: 0.9,
+            explained_variance: 0.8,
             max_held_out_alarm_rate: 0.01,
+            t2_alarms: false,
         }
     }
 }
@@ -476,12 +474,6 @@ impl ModelsConfig {
         }
         if self.max_training_vectors < self.min_training_vectors {
             return bad("max_training_vectors", "must be at least min_training_vectors");
-        }
-        if self.drift_vectors < 10 {
-            return bad("drift_vectors", "must be at least 10");
-        }
-        if !(self.drift_bound > 0.0 && self.drift_bound < 1.0) {
-            return bad("drift_bound", "must be between 0 and 1 (a calibrated score)");
         }
         if self.features.is_empty() {
             return bad("features", "name at least one feature (\"value\", \"delta\", \"rolling_mean\")");
@@ -581,6 +573,11 @@ pub struct IncidentConfig {
     /// ... or this long of continuous anomaly, whichever comes first.
     #[serde(with = "humantime_serde")]
     pub debounce_for: Duration,
+    /// Slow faults (drift from the healthy reference, device behaviour) must also persist
+    /// this long: they develop over hours, and the wait lets a change of operating point be
+    /// recognised before it is ticketed.
+    #[serde(with = "humantime_serde")]
+    pub slow_debounce_for: Duration,
     /// An open incident resolves after this long without anomaly.
     #[serde(with = "humantime_serde")]
     pub quiet_period: Duration,
@@ -607,6 +604,7 @@ impl Default for IncidentConfig {
         Self {
             debounce_readings: 3,
             debounce_for: Duration::from_secs(120),
+            slow_debounce_for: Duration::from_secs(300),
             quiet_period: Duration::from_secs(600),
             evidence_readings: 10,
             cool_down: Duration::from_secs(3600),
@@ -1005,7 +1003,7 @@ mod tests {
             ("kinds = []", "detect.models.kinds"),
             ("min_training_vectors = 5", "detect.models.min_training_vectors"),
             ("refit_every = \"1s\"", "detect.models.refit_every"),
-            ("drift_bound = 1.5", "detect.models.drift_bound"),
+            ("margin = 0.5", "detect.models.margin"),
             ("kinds = [\"svm2\"]", "detect.models.kinds"),
             ("refit_evry = \"1h\"", "detect.models.refit_evry"),
         ] {

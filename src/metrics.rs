@@ -39,6 +39,8 @@ pub struct Metrics {
     pub messages: Counter,
     pub readings: Counter,
     pub readings_duplicate: Counter,
+    /// Devices recognised as running at a new operating point (references re-learnt).
+    pub operating_point_changes: Counter,
     pub rejected: Family<ReasonLabel, Counter>,
     pub anomalies: Family<ReasonLabel, Counter>,
     pub incidents_opened: Counter,
@@ -74,6 +76,7 @@ impl Metrics {
             messages: Counter::default(),
             readings: Counter::default(),
             readings_duplicate: Counter::default(),
+            operating_point_changes: Counter::default(),
             rejected: Family::default(),
             anomalies: Family::default(),
             incidents_opened: Counter::default(),
@@ -101,6 +104,11 @@ impl Metrics {
         r.register("messages", "MQTT messages received", m.messages.clone());
         r.register("readings", "Readings stored (new, not redelivered)", m.readings.clone());
         r.register("readings_duplicate", "Redelivered readings that were already stored", m.readings_duplicate.clone());
+        r.register(
+            "operating_point_changes",
+            "Devices recognised as running at a new operating point, whose references were re-learnt",
+            m.operating_point_changes.clone(),
+        );
         r.register("rejected_messages", "Messages rejected by decode, by reason", m.rejected.clone());
         r.register("anomalies", "Anomalous readings, by fault kind", m.anomalies.clone());
         r.register("incidents_opened", "Incidents opened", m.incidents_opened.clone());

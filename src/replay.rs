@@ -255,30 +255,6 @@ fn readings_of(device: &str, metrics: &[String], row: &Row<'_>) -> Vec<Reading> 
         .collect()
 }
 
-/// Fits the device models a core asked for, on its own store as it stands at event time `now`:
-/// what a live trainer would have had.
-fn fit_requested(core: &mut Core, store: &Store, config: &Config, now: i64) -> u64 {
-    let (all, mut devices) = core.train_requests().take();
-    if all {
-        if let Ok(d) = crate::model::trainer::devices(store) {
-            devices.extend(d.into_keys());
-        }
-    }
-    let mut fitted = 0;
-    for device in devices {
-        match crate::model::trainer::fit_device(store, &device, &config.detect.models, now) {
-            Ok(models) => {
-                for m in models {
-                    fitted += 1;
-                    core.install_model(m);
-                }
-            }
-            Err(e) => tracing::debug!(device, error = %e, "no model fitted yet"),
-        }
-    }
-    fitted
-}
-
 /// Replays one file (see the module docs).
 pub fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
     let started = Instant::now();
@@ -414,7 +390,7 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
             }
         }
         if fit_causally {
-            fitted += fit_requested(&mut core, &store, &config, row.ts);
+            fitted += core.fit_pending(row.ts) as u64;
         }
         let mut cells: Vec<String> = Vec::with_capacity(metrics.len() + 2);
         cells.push(row.raw_ts.to_string());

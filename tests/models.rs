@@ -117,7 +117,10 @@ fn broken_relation_between_metrics_opens_a_multivariate_incident_and_healthy_dev
         assert_eq!(inc.device, "comp-03", "a healthy device opened an incident: {inc:?}");
         assert!(inc.first_seen >= T0 + fault_at * 1000, "comp-03 alarmed before its fault: {inc:?}");
     }
-    let inc = opened.iter().find(|i| i.fault == FaultKind::Multivariate).expect("a multivariate incident");
+    let inc = opened
+        .iter()
+        .find(|i| i.fault == FaultKind::Multivariate)
+        .unwrap_or_else(|| panic!("no multivariate incident: {opened:?}"));
     assert_eq!(inc.key, "comp-03/device/multivariate");
     let (_, summary) = fieldwatch::incident::describe(inc, None);
     assert!(summary.contains("comp-03 behaves unlike its normal operation"), "{summary}");

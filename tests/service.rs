@@ -415,7 +415,12 @@ async fn a_fault_that_outlasts_its_silence_gets_its_ticket_when_the_silence_ends
     fault(&p, "comp-1", base_ts(), 5).await;
     wait_until("incident opened under the silence", || m.incidents_opened.get() == 1).await;
     assert!(bodies(&api).await.is_empty(), "silenced: no ticket yet");
-    // The fault is still open (its quiet period has not passed) when the silence expires.
+    // The silence expires while the fault goes on: its readings keep coming, for longer than
+    // the debounce, after the planned work ended.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    for i in 0..40 {
+        p.send("comp-1", base_ts() + 60_000 + i * 10_000, 99.0 + (i % 3) as f64 * 0.1).await;
+    }
     wait_until("ticket opened after the silence", || m.delivered("api") == 1).await;
     let b = bodies(&api).await;
     assert_eq!(b[0]["action"], "open");

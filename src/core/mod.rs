@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::assets::Registry;
 use crate::config::{Config, MaintenanceWindow, Mode, ModesConfig};
 use crate::decode::Decoder;
-use crate::detect::{time_to_limit, DetectorBank, FaultKind, Forecast};
+use crate::detect::{time_to_limit, Anomaly, DetectorBank, FaultKind, Forecast, Observation};
 use crate::incident::{Incident, IncidentPolicy, Transition, FLAPPING, RECURRED};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::reading::{Message, Reading};
@@ -67,6 +67,9 @@ pub struct Core {
     stale_after_ms: i64,
     /// Fitted per-device models and their streaming state (see `models.rs`).
     models: models::DeviceModels,
+    /// Held-back incidents whose planned work is over: their last anomaly (event time) then.
+    planned_ended: HashMap<String, i64>,
+    persist_after_work_ms: i64,
 }
 
 /// Suppression reasons that hold a ticket back (kept in the store, sent nowhere).
@@ -78,6 +81,10 @@ const MAINTENANCE: &str = "maintenance";
 const SILENCE: &str = "silence";
 /// Anomalies of two metrics this close in time count as "at the same time".
 const CORRELATION_MS: i64 = 5 * 60 * 1000;
+/// A metric whose detectors score at least this (0..1; 0.5 is the alarm) is moving away from
+/// its reference; when most of a device's metrics do so together, it is a candidate change of
+/// operating point.
+const CO_MOVING_SCORE: f64 = 0.3;
 /// Readings a trend is fitted on.
 const TREND_READINGS: usize = 120;
 /// Without a configured limit, a forecast aims at the healthy range widened this many times
@@ -102,7 +109,8 @@ impl Core {
                 units.insert(m.name.clone(), u.clone());
             }
         }
-        let models = models::DeviceModels::load(&config.detect.models, &store)?;
+        let settle_ms = config.detect.drift.reference_for.as_millis() as i64;
+        let models = models::DeviceModels::load(&config.detect.models, settle_ms, &store)?;
         Ok(Core {
             decoder: Decoder::new(&config.decode),
             detectors,
@@ -123,6 +131,9 @@ impl Core {
             last_heard: HashMap::new(),
             stale_after_ms: config.incident.stale_after.as_millis() as i64,
             models,
+            planned_ended: HashMap::new(),
+            persist_after_work_ms: config.incident.debounce_for.max(config.incident.slow_debounce_for).as_millis()
+                as i64,
         })
     }
 
@@ -160,7 +171,14 @@ impl Core {
     }
 
     /// Stores and scores the readings of one message (one device, one time): each series, then
-    /// the device's vector with its models. `received_ms` is when it was heard (sensor health).
+    /// the device's vector with its models, then the incident policy. `received_ms` is when it
+    /// was heard (sensor health).
+    ///
+    /// A change of operating point is told apart from a fault here: when most of the device's
+    /// metrics move away from their references together, and its model does not find the
+    /// relations between them clearly broken, the device runs at a new operating point. Their level and drift anomalies
+    /// then open nothing, and once they have all moved the device re-learns its references
+    /// (see [`Core::operating_point_changed`]).
     ///
     /// Returns the highest calibrated score of any detector or model (0..1), or `None` when
     /// every reading was already stored.
@@ -170,21 +188,63 @@ impl Core {
         received_ms: i64,
         out: &mut BatchOutcome,
     ) -> Result<Option<f64>, StoreError> {
-        if let Some(first) = readings.first() {
-            self.heard_from(&first.device, received_ms, out)?;
-        }
-        let mut score = None::<f64>;
+        let Some(first) = readings.first() else { return Ok(None) };
+        self.heard_from(&first.device, received_ms, out)?;
+        let mut observed = Vec::with_capacity(readings.len());
         for r in readings {
-            if let Some(s) = self.process_reading(r, out)? {
-                score = Some(score.unwrap_or(0.0).max(s));
+            if let Some(o) = self.score_reading(r, out)? {
+                observed.push((r, o));
             }
         }
-        if score.is_some() {
-            if let Some(s) = self.process_device_vector(readings, out)? {
-                score = Some(score.unwrap_or(0.0).max(s));
+        if observed.is_empty() {
+            return Ok(None);
+        }
+        let mut score = observed.iter().map(|(_, o)| o.score).fold(0.0, f64::max);
+        let device = self.score_device_vector(readings)?;
+        if let Some(d) = &device {
+            score = score.max(d.score);
+        }
+        let relations_broken = device.as_ref().is_some_and(|d| d.relations_broken);
+        let n = readings.len();
+        let moving = observed.iter().filter(|(_, o)| o.score >= CO_MOVING_SCORE).count();
+        let co_moving = n >= 2 && moving >= 2 && moving * 3 >= n * 2 && !relations_broken;
+        if co_moving {
+            let level_faults = |o: &Observation| {
+                o.anomalies.iter().filter(|a| matches!(a.kind, FaultKind::Deviation | FaultKind::Drift)).count()
+            };
+            let anomalous = observed.iter().filter(|(_, o)| level_faults(o) > 0).count();
+            for (_, o) in &mut observed {
+                o.anomalies.retain(|a| !matches!(a.kind, FaultKind::Deviation | FaultKind::Drift));
+            }
+            if anomalous >= 2 && anomalous * 3 >= n * 2 {
+                self.operating_point_changed(&first.device, first.ts);
             }
         }
-        Ok(score)
+        for (r, o) in &observed {
+            self.feed_incidents(r, &o.anomalies, out)?;
+        }
+        if let Some(d) = device {
+            if let Some(t) = self.incidents.observe_device(first, d.anomaly.as_ref()) {
+                let t = self.persist(t)?;
+                out.transitions.push(t);
+            }
+        }
+        Ok(Some(score))
+    }
+
+    /// The device runs at a new operating point: every metric's detectors re-learn their
+    /// references from now on, and its model's T² (distance along its known relations) raises
+    /// nothing until a refit has seen the new operating point.
+    fn operating_point_changed(&mut self, device: &str, ts: i64) {
+        tracing::info!(device, "operating point changed: re-learning the healthy references");
+        self.metrics.operating_point_changes.inc();
+        if let Some(metrics) = self.device_metrics.get(device) {
+            for m in metrics {
+                self.detectors.recommission(device, m);
+            }
+        }
+        self.models.new_operating_point(device, ts);
+        self.incidents.forget_pending(device);
     }
 
     /// Learns from readings known to be healthy (a recorded healthy run, `replay --train`):
@@ -211,11 +271,19 @@ impl Core {
         }
     }
 
-    /// Stores and scores one reading; readings already stored are counted and skipped.
+    /// Stores and scores one reading and feeds the incident policy; readings already stored
+    /// are counted and skipped.
     ///
     /// Returns the reading's highest calibrated detector score (0..1), or `None` for a reading
     /// that was already stored and so was not scored again.
     pub fn process_reading(&mut self, r: &Reading, out: &mut BatchOutcome) -> Result<Option<f64>, StoreError> {
+        let Some(o) = self.score_reading(r, out)? else { return Ok(None) };
+        self.feed_incidents(r, &o.anomalies, out)?;
+        Ok(Some(o.score))
+    }
+
+    /// Stores and scores one reading (`None`: already stored, counted and skipped).
+    fn score_reading(&mut self, r: &Reading, out: &mut BatchOutcome) -> Result<Option<Observation>, StoreError> {
         let series = self.store.series_id(&r.device, &r.metric)?;
         if !self.store.insert_reading(series, r.ts, r.value)? {
             out.duplicates += 1;
@@ -225,11 +293,10 @@ impl Core {
         out.stored += 1;
         self.metrics.readings.inc();
         let observation = self.detectors.observe(&r.device, &r.metric, r.ts, r.value);
-        let anomalies = observation.anomalies;
-        for a in &anomalies {
+        for a in &observation.anomalies {
             self.metrics.anomalies.get_or_create(&ReasonLabel { reason: a.kind.as_str().into() }).inc();
         }
-        if !anomalies.is_empty() {
+        if !observation.anomalies.is_empty() {
             self.last_anomaly.insert((r.device.clone(), r.metric.clone()), r.ts);
         }
         if !self.device_site.contains_key(&r.device) {
@@ -246,11 +313,16 @@ impl Core {
                 self.device_metrics.insert(r.device.clone(), BTreeSet::from([r.metric.clone()]));
             }
         }
-        for t in self.incidents.observe(r, &anomalies) {
+        Ok(Some(observation))
+    }
+
+    /// Feeds what the detectors said about a reading to the incident policy.
+    fn feed_incidents(&mut self, r: &Reading, anomalies: &[Anomaly], out: &mut BatchOutcome) -> Result<(), StoreError> {
+        for t in self.incidents.observe(r, anomalies) {
             let t = self.persist(t)?;
             out.transitions.push(t);
         }
-        Ok(Some(observation.score))
+        Ok(())
     }
 
     /// Time-driven changes; `now` is wall-clock ms. Escalates unacknowledged incidents, and
@@ -469,7 +541,10 @@ impl Core {
     }
 
     /// Incidents held back by planned work that ended while the fault is still there: their
-    /// ticket opens now (the technician needs it after all).
+    /// ticket opens now (the technician needs it after all). "Still there" means anomalies
+    /// for the (slow) debounce after the work ended, so the smoothed detectors' decay after
+    /// the work is not taken for a fault; one that stops with the work resolves after its
+    /// quiet period.
     fn planned_work_ended(&mut self, now: i64) -> Result<Vec<Transition>, StoreError> {
         let held: Vec<Incident> = self
             .incidents
@@ -477,12 +552,21 @@ impl Core {
             .filter(|i| i.suppressed.as_deref().is_some_and(|s| s.starts_with(MAINTENANCE) || s.starts_with(SILENCE)))
             .cloned()
             .collect();
+        self.planned_ended.retain(|key, _| held.iter().any(|i| &i.key == key));
         let mut out = Vec::new();
         for mut inc in held {
             let site = inc.site.clone().or_else(|| self.registry.site(&inc.device).map(str::to_string));
             if self.planned_work(&inc.device, site.as_deref(), now)?.is_some() {
+                self.planned_ended.remove(&inc.key);
                 continue;
             }
+            // Event time of the fault's last anomaly when the work ended: the fault persists
+            // once anomalies go on for the debounce beyond it.
+            let ended = *self.planned_ended.entry(inc.key.clone()).or_insert(inc.last_anomaly_at);
+            if inc.last_anomaly_at < ended + self.persist_after_work_ms {
+                continue;
+            }
+            self.planned_ended.remove(&inc.key);
             tracing::info!(incident = %inc.id, device = %inc.device, "planned work ended and the fault persists: opening its ticket");
             inc.suppressed = None;
             inc.opened_at = inc.opened_at.max(now);

@@ -1,13 +1,12 @@
 //! The core's side of the learned device models: score each complete vector of a device with
 //! its fitted models and feed the verdict to the incident policy as a `Multivariate` anomaly.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{BatchOutcome, Core};
+use super::Core;
 use crate::config::ModelsConfig;
 use crate::detect::{Anomaly, FaultKind};
-use crate::incident::{Incident, DEVICE_METRIC};
 use crate::metrics::ReasonLabel;
 use crate::model::trainer::TrainRequests;
 use crate::model::{DeviceModel, FeatureState, ModelVerdict, Smoothed, MODEL_VERSION};
@@ -22,10 +21,12 @@ struct LiveModel {
     smoothed: Smoothed,
     /// Why the model raises no incident, when it may not (see [`DeviceModel::distrust`]).
     distrust: Option<String>,
-    /// Calibrated scores of the last vectors, and their sum: the drift check.
-    recent: VecDeque<f64>,
-    recent_sum: f64,
 }
+
+/// A model score (0..1) at which the relations between a device's metrics are clearly broken:
+/// about 1.5 times the alarm level. Below it, metrics moving together may be a change of
+/// operating point.
+const CLEARLY_BROKEN: f64 = 0.9;
 
 /// When a device is due for a fit, counted in its own complete vectors and event time.
 #[derive(Debug, Default)]
@@ -41,18 +42,26 @@ pub(super) struct DeviceModels {
     config: ModelsConfig,
     by_device: HashMap<String, Vec<LiveModel>>,
     clocks: HashMap<String, FitClock>,
-    /// Where drift, a device's first healthy history and the event-time schedule ask the
-    /// trainer for a fit.
+    /// Devices that changed operating point (event time of the change) and have not been
+    /// refitted since.
+    new_point: HashMap<String, i64>,
+    /// How long a new operating point is watched before the refit that learns it.
+    settle_ms: i64,
+    /// Where a device's first healthy history, a settled new operating point and the
+    /// event-time schedule ask the trainer for a fit. Scores that creep up never do: that is
+    /// how a slow fault would be learned as normal.
     requests: Arc<TrainRequests>,
 }
 
 impl DeviceModels {
     /// Reloads the fitted models from the store (when models are enabled).
-    pub(super) fn load(config: &ModelsConfig, store: &Store) -> Result<DeviceModels, StoreError> {
+    pub(super) fn load(config: &ModelsConfig, settle_ms: i64, store: &Store) -> Result<DeviceModels, StoreError> {
         let mut models = DeviceModels {
             config: config.clone(),
             by_device: HashMap::new(),
             clocks: HashMap::new(),
+            new_point: HashMap::new(),
+            settle_ms,
             requests: Arc::default(),
         };
         if config.enabled {
@@ -71,19 +80,22 @@ impl DeviceModels {
         if let Some(why) = &distrust {
             tracing::warn!(device = %model.device, kind = model.kind.as_str(), why = %why, "model not trusted");
         }
+        if self.new_point.get(&model.device).is_some_and(|&at| model.window_to >= at + self.settle_ms) {
+            self.new_point.remove(&model.device);
+        }
         let clock = self.clocks.entry(model.device.clone()).or_default();
         clock.vectors = 0;
         clock.requested_at.get_or_insert(model.window_to);
         let list = self.by_device.entry(model.device.clone()).or_default();
+        let trusted_now = list.iter().any(|l| l.model.kind == model.kind && l.distrust.is_none());
+        if distrust.is_some() && trusted_now {
+            // A refit that does worse than the model in use may have learned a fault that is
+            // still developing: keep the one that was trusted.
+            tracing::warn!(device = %model.device, kind = model.kind.as_str(), "refit not trusted; the previous model stays in use");
+            return;
+        }
         list.retain(|l| l.model.kind != model.kind);
-        list.push(LiveModel {
-            model,
-            features: FeatureState::default(),
-            smoothed: Smoothed::default(),
-            distrust,
-            recent: VecDeque::new(),
-            recent_sum: 0.0,
-        });
+        list.push(LiveModel { model, features: FeatureState::default(), smoothed: Smoothed::default(), distrust });
     }
 
     /// Counts a complete vector of a device and asks for a fit when one is due: the first as
@@ -96,18 +108,29 @@ impl DeviceModels {
         let has_model = self.by_device.contains_key(device);
         let clock = self.clocks.entry(device.to_string()).or_default();
         clock.vectors += 1;
-        let due = match clock.requested_at {
-            // The first fit, or one that found too little healthy history: ask again once as
-            // much new history has come.
-            None => clock.vectors >= self.config.min_training_vectors,
-            Some(_) if !has_model => clock.vectors >= self.config.min_training_vectors,
-            Some(at) => ts - at >= self.config.refit_every.as_millis() as i64,
-        };
+        let settled = self.new_point.get(device).is_some_and(|&at| ts - at >= self.settle_ms)
+            && clock.requested_at.is_none_or(|r| r < ts - self.settle_ms / 2);
+        let due = settled
+            || match clock.requested_at {
+                // The first fit, or one that found too little healthy history: ask again once as
+                // much new history has come.
+                None => clock.vectors >= self.config.min_training_vectors,
+                Some(_) if !has_model => clock.vectors >= self.config.min_training_vectors,
+                Some(at) => ts - at >= self.config.refit_every.as_millis() as i64,
+            };
         if due {
             clock.vectors = 0;
             clock.requested_at = Some(ts);
             self.requests.request(Some(device));
         }
+    }
+}
+
+impl DeviceModels {
+    /// A device changed operating point at `ts`: its model's T² is muted until a refit that has
+    /// seen `settle_ms` of the new point.
+    pub(super) fn new_operating_point(&mut self, device: &str, ts: i64) {
+        self.new_point.insert(device.to_string(), ts);
     }
 }
 
@@ -123,6 +146,32 @@ impl Core {
         self.models.install(model);
     }
 
+    /// Fits, here and now, the devices the core asked a fit for (on its own store, as it stands
+    /// at event time `now`) and installs the models. `replay` and the fleet evaluation use it
+    /// so that a recording is fitted exactly when a live trainer would have fitted it; the
+    /// daemon fits in the background instead. Returns the models fitted.
+    pub fn fit_pending(&mut self, now: i64) -> usize {
+        let (all, mut devices) = self.models.requests.take();
+        if all {
+            if let Ok(d) = crate::model::trainer::devices(&self.store) {
+                devices.extend(d.into_keys());
+            }
+        }
+        let mut fitted = 0;
+        for device in devices {
+            match crate::model::trainer::fit_device(&self.store, &device, &self.models.config, now) {
+                Ok(models) => {
+                    for m in models {
+                        fitted += 1;
+                        self.install_model(m);
+                    }
+                }
+                Err(e) => tracing::debug!(device, error = %e, "no model fitted yet"),
+            }
+        }
+        fitted
+    }
+
     /// Number of fitted models the core scores with.
     pub fn models_installed(&self) -> usize {
         self.models.by_device.values().map(Vec::len).sum()
@@ -130,23 +179,18 @@ impl Core {
 
     /// Scores the vector one message carried (its readings, all of one device and time) with
     /// the device's models, if it has any and the message carried every model metric; counts
-    /// it towards the device's next fit.
-    pub(super) fn process_device_vector(
-        &mut self,
-        readings: &[Reading],
-        out: &mut BatchOutcome,
-    ) -> Result<Option<f64>, StoreError> {
+    /// it towards the device's next fit. The anomaly, if any, is for the caller to feed to the
+    /// incident policy.
+    pub(super) fn score_device_vector(&mut self, readings: &[Reading]) -> Result<Option<DeviceScore>, StoreError> {
         let Some(first) = readings.first() else { return Ok(None) };
         let complete = self.device_metrics.get(&first.device).is_some_and(|m| m.len() == readings.len());
         if complete {
             self.models.count_vector(&first.device, first.ts);
         }
+        let new_point = self.models.new_point.get(&first.device).copied();
         let Some(live) = self.models.by_device.get_mut(&first.device) else { return Ok(None) };
-        let open_key = Incident::key_for(&first.device, DEVICE_METRIC, FaultKind::Multivariate);
-        let open = self.incidents.open_incidents().any(|i| i.key == open_key);
-        let drift_n = self.models.config.drift_vectors;
-        let mut drifted = false;
         let mut best: Option<(ModelVerdict, &LiveModel)> = None;
+        let mut relations_broken = false;
         for lm in live.iter_mut() {
             let values: Option<Vec<f64>> = lm
                 .model
@@ -158,27 +202,25 @@ impl Core {
             let Some(values) = values else { continue };
             let Some(features) = lm.features.push(&lm.model.spec, &values) else { continue };
             let (raw, parts) = lm.model.raw(&features);
-            let smoothed = lm.smoothed.push(lm.model.smoothing, &raw).to_vec();
-            let verdict = lm.model.judge(&smoothed, &parts);
-            lm.recent.push_back(verdict.score);
-            lm.recent_sum += verdict.score;
-            if lm.recent.len() > drift_n {
-                lm.recent_sum -= lm.recent.pop_front().unwrap_or(0.0);
+            let mut smoothed = lm.smoothed.push(lm.model.smoothing, &raw).to_vec();
+            // The primary statistic (PCA: the residual off the device's relations) alone says
+            // whether those relations hold.
+            let primary = lm.model.judge(&smoothed[..1.min(smoothed.len())], &[]).score;
+            relations_broken |= lm.distrust.is_none() && primary >= CLEARLY_BROKEN;
+            if new_point.is_some() {
+                // A new operating point: distance along the known relations is expected until a
+                // refit has seen it.
+                smoothed.truncate(1);
             }
-            // Scores that stay raised without an alarm: the device's normal has moved. A fault
-            // (an open incident) is not learned as the new normal.
-            if lm.recent.len() == drift_n && lm.recent_sum / drift_n as f64 > self.models.config.drift_bound && !open {
-                drifted = true;
-                lm.recent.clear();
-                lm.recent_sum = 0.0;
+            let mut verdict = lm.model.judge(&smoothed, &parts);
+            if new_point.is_some() && verdict.score < CLEARLY_BROKEN {
+                // ... and relations fitted on the old point extrapolate imperfectly: until the
+                // refit, only a clearly broken relation alarms.
+                verdict.score = verdict.score.min(0.49);
             }
             if best.as_ref().is_none_or(|(b, _)| verdict.score > b.score) {
                 best = Some((verdict, lm));
             }
-        }
-        if drifted {
-            tracing::info!(device = %first.device, "model scores drifted; refit requested");
-            self.models.requests.request(Some(&first.device));
         }
         let Some((verdict, lm)) = best else { return Ok(None) };
         let score = verdict.score;
@@ -200,10 +242,15 @@ impl Core {
         if let Some(a) = &anomaly {
             self.metrics.anomalies.get_or_create(&ReasonLabel { reason: a.kind.as_str().into() }).inc();
         }
-        if let Some(t) = self.incidents.observe_device(first, anomaly.as_ref()) {
-            let t = self.persist(t)?;
-            out.transitions.push(t);
-        }
-        Ok(Some(score))
+        Ok(Some(DeviceScore { score, relations_broken, anomaly }))
     }
+}
+
+/// What a device's models said about one vector.
+pub(super) struct DeviceScore {
+    /// Highest calibrated score (0..1).
+    pub score: f64,
+    /// A trusted model finds the relations between the device's metrics clearly broken.
+    pub relations_broken: bool,
+    pub anomaly: Option<Anomaly>,
 }

@@ -104,6 +104,13 @@ impl FaultKind {
     pub fn needs_debounce(self) -> bool {
         !matches!(self, FaultKind::Pattern)
     }
+
+    /// Whether the fault develops slowly (hours), so its incident waits for the longer slow
+    /// debounce: nothing is lost by waiting minutes, and a change of operating point gets
+    /// the time to be recognised as such.
+    pub fn is_slow(self) -> bool {
+        matches!(self, FaultKind::Drift | FaultKind::Multivariate)
+    }
 }
 
 /// What a detector says about one reading.
@@ -245,6 +252,13 @@ impl DetectorBank {
             self.series.insert(key.clone(), s);
         }
         self.series.entry(key).or_insert_with(|| SeriesDetectors { detectors: Vec::new(), drift: None })
+    }
+
+    /// Starts a series over: fresh detectors that learn a new reference (the device runs at a
+    /// new operating point). Learned false-alarm tuning is kept.
+    pub fn recommission(&mut self, device: &str, metric: &str) {
+        let s = self.build(device, metric);
+        self.series.insert((device.to_string(), metric.to_string()), s);
     }
 
     /// Learns from a reading known to be healthy (see [`SeriesDetector::learn`]).

@@ -153,7 +153,11 @@ impl Transition {
 #[derive(Debug, Clone)]
 struct Pending {
     first_seen: i64,
+    /// Event time of the latest anomalous reading of the run.
+    last_seen: i64,
     count: u32,
+    /// Readings seen since the run began, anomalous or not (slow faults tolerate gaps).
+    seen: u32,
     peak: Anomaly,
 }
 
@@ -186,6 +190,18 @@ impl IncidentPolicy {
     /// Open incidents, for status pages and tests.
     pub fn open_incidents(&self) -> impl Iterator<Item = &Incident> {
         self.open.values()
+    }
+
+    /// Forgets the not-yet-open anomaly runs of a device's level and behaviour faults: the
+    /// device changed operating point, which explains them.
+    pub fn forget_pending(&mut self, device: &str) {
+        let prefix = format!("{device}/");
+        self.pending.retain(|key, _| {
+            !(key.starts_with(&prefix)
+                && [FaultKind::Deviation, FaultKind::Drift, FaultKind::Multivariate]
+                    .iter()
+                    .any(|k| key.ends_with(&format!("/{}", k.as_str()))))
+        });
     }
 
     /// Updates the state of every fault of the reading's series.
@@ -237,22 +253,42 @@ impl IncidentPolicy {
                 None => None,
             }
         } else {
+            // A slow fault's run survives short gaps (a load cycle can hide it for a while);
+            // any other run ends at the first normal reading.
+            let gap_ms = self.config.slow_debounce_for.as_millis() as i64 / 2;
             let Some(a) = hit else {
-                self.pending.remove(key);
+                match self.pending.get_mut(key) {
+                    Some(p) if p.peak.kind.is_slow() && ts - p.last_seen < gap_ms => p.seen += 1,
+                    _ => {
+                        self.pending.remove(key);
+                    }
+                }
                 return None;
             };
             let p = self.pending.entry(key.to_string()).or_insert_with(|| Pending {
                 first_seen: ts,
+                last_seen: ts,
                 count: 0,
+                seen: 0,
                 peak: a.clone(),
             });
             p.count += 1;
+            p.seen += 1;
+            p.last_seen = ts;
             if more_severe(a, &p.peak) {
                 p.peak = a.clone();
             }
-            let persisted = !a.kind.needs_debounce()
-                || p.count >= self.config.debounce_readings
-                || ts - p.first_seen >= self.config.debounce_for.as_millis() as i64;
+            let lasted = ts - p.first_seen;
+            let persisted = if a.kind.is_slow() {
+                // ... as long as at least half of its readings were anomalous.
+                p.count >= self.config.debounce_readings
+                    && lasted >= self.config.slow_debounce_for.as_millis() as i64
+                    && p.count * 2 >= p.seen
+            } else {
+                !a.kind.needs_debounce()
+                    || p.count >= self.config.debounce_readings
+                    || lasted >= self.config.debounce_for.as_millis() as i64
+            };
             if !persisted {
                 return None;
             }

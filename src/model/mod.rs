@@ -26,8 +26,8 @@ use pca::PcaBody;
 
 /// Format version of a stored model; a model of another version is refitted, not loaded.
 pub const MODEL_VERSION: u32 = 2;
-/// Share of the (time-ordered) training vectors held out to measure false alarms.
-const HELD_OUT: f64 = 0.2;
+/// One block of training vectors in this many is held out to measure false alarms (20 %).
+const HELD_OUT_EVERY: usize = 5;
 
 /// Why a model could not be fitted or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +111,7 @@ pub struct Validation {
     pub q99: f64,
     pub q995: f64,
     pub max: f64,
-    /// Vectors held out (the most recent part of the window).
+    /// Vectors held out (every fifth block of the window).
     pub held_out: usize,
     /// Held-out vectors at or above the alarm.
     #[serde(default)]
@@ -131,6 +131,9 @@ pub struct FitParams {
     pub smoothing: f64,
     /// Share of the variance the PCA's kept components explain.
     pub explained_variance: f64,
+    /// Whether Hotelling's T² (distance along the known relations) raises alarms, or only
+    /// the residual off them does.
+    pub t2_alarms: bool,
 }
 
 impl FitParams {
@@ -140,6 +143,7 @@ impl FitParams {
             margin: config.margin,
             smoothing: config.smoothing,
             explained_variance: config.explained_variance,
+            t2_alarms: config.t2_alarms,
         }
     }
 }
@@ -166,6 +170,9 @@ pub struct DeviceModel {
     /// One per statistic the body computes (PCA: residual Q, then T²; GMM: −log-likelihood);
     /// the first is the primary one shown to people.
     pub calibration: Vec<Calibration>,
+    /// How many of the statistics (from the first) raise alarms; the others are evidence.
+    #[serde(default = "one")]
+    pub alarming: usize,
     pub validation: Validation,
 }
 
@@ -206,6 +213,35 @@ impl Smoothed {
     }
 }
 
+/// Calibrates each statistic on its smoothed values: the alarm `margin` times beyond the
+/// largest value above the median. Returns the calibrations and each statistic's sorted values.
+fn calibrate<'a>(smoothed: impl Iterator<Item = &'a Vec<f64>>, margin: f64) -> (Vec<Calibration>, Vec<Vec<f64>>) {
+    let mut per_stat: Vec<Vec<f64>> = Vec::new();
+    for s in smoothed {
+        if per_stat.is_empty() {
+            per_stat = vec![Vec::new(); s.len()];
+        }
+        for (list, v) in per_stat.iter_mut().zip(s) {
+            list.push(*v);
+        }
+    }
+    for list in &mut per_stat {
+        list.sort_by(f64::total_cmp);
+    }
+    let calibration = per_stat
+        .iter()
+        .map(|sorted| {
+            let (q50, max) = (quantile(sorted, 0.5), quantile(sorted, 1.0));
+            Calibration { median: q50, threshold: q50 + margin * (max - q50).max(1e-9) }
+        })
+        .collect();
+    (calibration, per_stat)
+}
+
+fn one() -> usize {
+    1
+}
+
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -233,17 +269,22 @@ impl DeviceModel {
         if vectors.len() < need {
             return Err(ModelError::TooFewVectors { have: vectors.len(), need });
         }
-        let split = ((vectors.len() as f64) * (1.0 - HELD_OUT)) as usize;
-        let (fit_part, held) = vectors.split_at(split);
+        // Held out: every fifth block of consecutive vectors, so the check covers every
+        // operating point of the window (and blocks keep autocorrelated neighbours together).
+        let block = (vectors.len() / 50).max(10);
+        let is_held = |i: usize| (i / block) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1;
+        let fit_part: Vec<&Vec<f64>> =
+            vectors.iter().enumerate().filter(|(i, _)| !is_held(*i)).map(|(_, v)| *v).collect();
+        let held_n = vectors.len() - fit_part.len();
         let n = fit_part.len() as f64;
         let mut mean = vec![0.0; d];
-        for v in fit_part {
+        for v in &fit_part {
             for (m, x) in mean.iter_mut().zip(v.iter()) {
                 *m += x / n;
             }
         }
         let mut std = vec![0.0; d];
-        for v in fit_part {
+        for v in &fit_part {
             for ((s, x), m) in std.iter_mut().zip(v.iter()).zip(&mean) {
                 *s += (x - m) * (x - m) / (n - 1.0).max(1.0);
             }
@@ -270,6 +311,7 @@ impl DeviceModel {
             n_samples: fit_part.len(),
             smoothing: params.smoothing,
             calibration: Vec::new(),
+            alarming: if params.t2_alarms { 2 } else { 1 },
             validation: Validation {
                 q50: 0.0,
                 q99: 0.0,
@@ -280,70 +322,36 @@ impl DeviceModel {
                 held_out_alarm_rate: 0.0,
             },
         };
-        // Calibrate on the fitting part, validate on the held-out part that follows it in time,
-        // then calibrate the model as used on all of it (all of it is healthy history).
-        let burn_in = ((2.0 / params.smoothing.max(1e-3)) as usize).min(fit_part.len() / 4);
-        let fit_z: Vec<Vec<f64>> = x.rows().into_iter().map(|r| r.to_vec()).collect();
-        let held_z: Vec<Vec<f64>> = held.iter().map(|v| z(v)).collect();
-        let (calibration, fit_sorted) = model.calibrate(fit_z.iter(), burn_in, params);
+        // Smoothed statistics over the whole window in time order; calibrate on the fitting
+        // vectors, count alarms on the held-out ones, then calibrate the model as used on all
+        // of them (all of it is healthy history).
+        let burn_in = ((2.0 / params.smoothing.max(1e-3)) as usize).min(vectors.len() / 4);
+        let mut smoother = Smoothed::default();
+        let series: Vec<Vec<f64>> = vectors
+            .iter()
+            .map(|v| {
+                let raw = model.statistics(&z(v)).0;
+                smoother.push(params.smoothing, &raw).to_vec()
+            })
+            .collect();
+        let (calibration, fit_sorted) = calibrate(
+            series.iter().enumerate().filter(|(i, _)| *i >= burn_in && !is_held(*i)).map(|(_, s)| s),
+            params.margin,
+        );
         model.calibration = calibration;
-        let mut smoothed = Smoothed::default();
-        let mut alarms = 0;
-        for (i, v) in fit_z.iter().chain(&held_z).enumerate() {
-            let raw = model.statistics(v).0;
-            let s = smoothed.push(params.smoothing, &raw).to_vec();
-            if i >= fit_z.len() && model.judge(&s, &[]).score >= 0.5 {
-                alarms += 1;
-            }
-        }
+        let alarms = series.iter().enumerate().filter(|(i, s)| is_held(*i) && model.judge(s, &[]).score >= 0.5).count();
         let primary = fit_sorted.first().map(Vec::as_slice).unwrap_or(&[]);
         model.validation = Validation {
             q50: quantile(primary, 0.5),
             q99: quantile(primary, 0.99),
             q995: quantile(primary, 0.995),
             max: quantile(primary, 1.0),
-            held_out: held.len(),
+            held_out: held_n,
             held_out_alarms: alarms,
-            held_out_alarm_rate: alarms as f64 / held.len().max(1) as f64,
+            held_out_alarm_rate: alarms as f64 / held_n.max(1) as f64,
         };
-        model.calibration = model.calibrate(fit_z.iter().chain(&held_z), burn_in, params).0;
+        model.calibration = calibrate(series.iter().skip(burn_in), params.margin).0;
         Ok(model)
-    }
-
-    /// Calibrates each statistic on standardised vectors in time order: smoothed as when
-    /// scoring, past the burn-in, the alarm `margin` times beyond the largest value above the
-    /// median. Returns the calibrations and each statistic's sorted smoothed values.
-    fn calibrate<'a>(
-        &self,
-        rows: impl Iterator<Item = &'a Vec<f64>>,
-        burn_in: usize,
-        params: &FitParams,
-    ) -> (Vec<Calibration>, Vec<Vec<f64>>) {
-        let mut smoothed = Smoothed::default();
-        let mut per_stat: Vec<Vec<f64>> = Vec::new();
-        for (i, row) in rows.enumerate() {
-            let raw = self.statistics(row).0;
-            let s = smoothed.push(params.smoothing, &raw);
-            if per_stat.is_empty() {
-                per_stat = vec![Vec::new(); s.len()];
-            }
-            if i >= burn_in {
-                for (list, v) in per_stat.iter_mut().zip(s) {
-                    list.push(*v);
-                }
-            }
-        }
-        for list in &mut per_stat {
-            list.sort_by(f64::total_cmp);
-        }
-        let calibration = per_stat
-            .iter()
-            .map(|sorted| {
-                let (q50, max) = (quantile(sorted, 0.5), quantile(sorted, 1.0));
-                Calibration { median: q50, threshold: q50 + params.margin * (max - q50).max(1e-9) }
-            })
-            .collect();
-        (calibration, per_stat)
     }
 
     /// The raw statistics of a standardised vector, and each feature's share of the primary one.
@@ -371,7 +379,7 @@ impl DeviceModel {
     /// contributed most (from `parts`, per feature).
     pub fn judge(&self, smoothed: &[f64], parts: &[f64]) -> ModelVerdict {
         let mut best = (0.0f64, 0usize);
-        for (i, (v, c)) in smoothed.iter().zip(&self.calibration).enumerate() {
+        for (i, (v, c)) in smoothed.iter().zip(&self.calibration).take(self.alarming.max(1)).enumerate() {
             let s = if v.is_nan() { 1.0 } else { c.score(*v) };
             if s > best.0 {
                 best = (s, i);
@@ -446,7 +454,7 @@ mod tests {
     }
 
     fn params(min_vectors: usize) -> FitParams {
-        FitParams { min_vectors, margin: 2.0, smoothing: 0.2, explained_variance: 0.9 }
+        FitParams { min_vectors, margin: 2.0, smoothing: 0.2, explained_variance: 0.9, t2_alarms: false }
     }
 
     /// Scores a stream of vectors as the core does: smoothed statistics.

@@ -5,6 +5,9 @@
 //! Used by `demo`, the integration tests and the benchmarks, so all three exercise the same
 //! telemetry shapes. Deterministic for a given seed.
 
+pub mod evaluate;
+pub mod fleet;
+
 use std::time::Duration;
 
 use rand::rngs::StdRng;

@@ -1,0 +1,352 @@
+//! A fleet scenario for judging detection the way a field-service team would: pumps and
+//! compressors at three sites reporting every 10 s, each on its own duty (a load that changes set
+//! point now and then, plus a short cycle), some of them wearing out over hours.
+//!
+//! The faults are the ones proactive maintenance exists for: bearing wear (vibration climbs
+//! slowly, then faster), cooling drift (discharge temperature creeps up 15–25 °C over 1–2 h),
+//! fouling (a pump delivers less flow for more current), a relation fault (current rises
+//! against the load while every metric stays inside its own range) and a stuck sensor. Healthy
+//! devices change their operating point (every metric moves with the load to a new steady state),
+//! which is not a fault. One device's fault falls into a maintenance window.
+//!
+//! Every fault has a *failure* time: when the equipment would stop or trip. A detector is judged
+//! on whether the device was ticketed before it, and on the tickets of healthy devices.
+//! Deterministic for a given seed; different seeds give different fleets (levels, noise, load
+//! profiles, which devices fail and when).
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+
+/// One reading every this many ms per device.
+pub const PERIOD_MS: i64 = 10_000;
+
+/// What a device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Equipment {
+    Pump,
+    Compressor,
+}
+
+/// One metric of a device: its level at zero load, how it follows the load, its noise.
+#[derive(Debug, Clone)]
+pub struct MetricModel {
+    pub name: &'static str,
+    pub unit: &'static str,
+    pub level: f64,
+    /// Change per unit of load (load runs 0..1).
+    pub load_gain: f64,
+    pub noise: f64,
+}
+
+/// A degradation or fault that ends in a failure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FaultKind {
+    /// Vibration climbs by `rise` mm/s, slowly then faster (quadratic), over the fault.
+    BearingWear { rise: f64 },
+    /// Discharge temperature climbs by `rise` °C, linearly, over the fault.
+    CoolingDrift { rise: f64 },
+    /// A pump's flow falls by `loss` (share) while its current rises, over the fault.
+    Fouling { loss: f64 },
+    /// Current moves against the load instead of with it.
+    Relation,
+    /// One sensor freezes at its last value.
+    Stuck { metric: usize },
+}
+
+impl FaultKind {
+    pub fn label(&self) -> &'static str {
+        match self {
+            FaultKind::BearingWear { .. } => "bearing wear",
+            FaultKind::CoolingDrift { .. } => "cooling drift",
+            FaultKind::Fouling { .. } => "fouling",
+            FaultKind::Relation => "relation fault",
+            FaultKind::Stuck { .. } => "stuck sensor",
+        }
+    }
+}
+
+/// A fault of one device: from `start_ms` it develops; at `fail_ms` the equipment fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FleetFault {
+    pub device: usize,
+    pub kind: FaultKind,
+    pub start_ms: i64,
+    pub fail_ms: i64,
+}
+
+/// A device of the fleet.
+#[derive(Debug, Clone)]
+pub struct FleetDevice {
+    pub id: String,
+    pub site: String,
+    pub equipment: Equipment,
+    pub metrics: Vec<MetricModel>,
+    /// Load set points: from each time on (ms), the load the device runs at.
+    pub set_points: Vec<(i64, f64)>,
+    /// Period (ms) and depth of its short duty cycle.
+    pub cycle_ms: f64,
+    pub cycle_depth: f64,
+    phase: f64,
+}
+
+/// The whole scenario.
+pub struct Fleet {
+    pub devices: Vec<FleetDevice>,
+    pub faults: Vec<FleetFault>,
+    /// Planned work: (device, from ms, to ms).
+    pub maintenance: Vec<(usize, i64, i64)>,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    rng: StdRng,
+    noise: Normal<f64>,
+    frozen: Vec<Option<f64>>,
+    /// Smoothed load per device (set points are approached over minutes, not in one step).
+    load: Vec<Option<f64>>,
+}
+
+fn compressor(rng: &mut StdRng) -> Vec<MetricModel> {
+    let j = |rng: &mut StdRng, x: f64| x * rng.gen_range(0.85..1.15);
+    vec![
+        MetricModel {
+            name: "discharge_temp",
+            unit: "°C",
+            level: j(rng, 24.0),
+            load_gain: j(rng, 14.0),
+            noise: j(rng, 0.5),
+        },
+        MetricModel {
+            name: "suction_pressure",
+            unit: "bar",
+            level: j(rng, 4.6),
+            load_gain: j(rng, -0.6),
+            noise: j(rng, 0.04),
+        },
+        MetricModel {
+            name: "vibration",
+            unit: "mm/s",
+            level: j(rng, 1.8),
+            load_gain: j(rng, 1.6),
+            noise: j(rng, 0.12),
+        },
+        MetricModel { name: "current", unit: "A", level: j(rng, 6.0), load_gain: j(rng, 12.0), noise: j(rng, 0.2) },
+    ]
+}
+
+fn pump(rng: &mut StdRng) -> Vec<MetricModel> {
+    let j = |rng: &mut StdRng, x: f64| x * rng.gen_range(0.85..1.15);
+    vec![
+        MetricModel { name: "flow", unit: "m³/h", level: j(rng, 10.0), load_gain: j(rng, 60.0), noise: j(rng, 0.8) },
+        MetricModel {
+            name: "discharge_pressure",
+            unit: "bar",
+            level: j(rng, 1.5),
+            load_gain: j(rng, 4.0),
+            noise: j(rng, 0.05),
+        },
+        MetricModel { name: "vibration", unit: "mm/s", level: j(rng, 1.2), load_gain: j(rng, 2.0), noise: j(rng, 0.1) },
+        MetricModel { name: "current", unit: "A", level: j(rng, 4.0), load_gain: j(rng, 16.0), noise: j(rng, 0.25) },
+    ]
+}
+
+const HOUR: i64 = 3_600_000;
+
+impl Fleet {
+    /// A fleet of `n` devices (at least 8) over `hours` (at least 12) from `start_ms`: half pumps,
+    /// half compressors, at three sites; eight of them fail (two each of bearing wear and
+    /// cooling drift, one each of fouling, relation fault and two stuck sensors), the rest stay
+    /// healthy while changing their operating point. Faults start after 3 h of healthy history.
+    pub fn scenario(n: usize, hours: i64, start_ms: i64, seed: u64) -> Fleet {
+        let n = n.max(8);
+        let hours = hours.max(12);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let end_ms = start_ms + hours * HOUR;
+        let sites = ["site-north", "site-east", "site-south"];
+        let mut devices = Vec::with_capacity(n);
+        for i in 0..n {
+            let equipment = if i % 2 == 0 { Equipment::Pump } else { Equipment::Compressor };
+            let metrics = match equipment {
+                Equipment::Pump => pump(&mut rng),
+                Equipment::Compressor => compressor(&mut rng),
+            };
+            // Two to four set-point changes over the run, between 40 % and 95 % load.
+            let mut set_points = vec![(start_ms, rng.gen_range(0.5..0.8))];
+            let changes = rng.gen_range(2..=4);
+            for _ in 0..changes {
+                let at = start_ms + rng.gen_range(2 * HOUR..hours * HOUR);
+                set_points.push((at, rng.gen_range(0.4..0.95)));
+            }
+            set_points.sort_by_key(|p| p.0);
+            let prefix = if equipment == Equipment::Pump { "pump" } else { "comp" };
+            devices.push(FleetDevice {
+                id: format!("{prefix}-{:02}", i + 1),
+                site: sites[i % 3].to_string(),
+                equipment,
+                metrics,
+                set_points,
+                cycle_ms: rng.gen_range(8.0..20.0) * 60_000.0,
+                cycle_depth: rng.gen_range(0.03..0.08),
+                phase: rng.gen_range(0.0..1.0),
+            });
+        }
+        // Which devices fail: a shuffled pick, so each seed fails different ones.
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            order.swap(i, rng.gen_range(0..=i));
+        }
+        let pumps: Vec<usize> = order.iter().copied().filter(|&d| devices[d].equipment == Equipment::Pump).collect();
+        let comps: Vec<usize> =
+            order.iter().copied().filter(|&d| devices[d].equipment == Equipment::Compressor).collect();
+        let mut faults = Vec::new();
+        let at = |rng: &mut StdRng, dur_h: (f64, f64)| {
+            let start = start_ms + 3 * HOUR + rng.gen_range(0..(hours - 3 - 5).max(1) * HOUR);
+            let dur = (rng.gen_range(dur_h.0..dur_h.1) * HOUR as f64) as i64;
+            (start, (start + dur).min(end_ms))
+        };
+        let push = |faults: &mut Vec<FleetFault>, device: usize, kind: FaultKind, span: (i64, i64)| {
+            faults.push(FleetFault { device, kind, start_ms: span.0, fail_ms: span.1 });
+        };
+        let s = at(&mut rng, (2.0, 4.0));
+        push(&mut faults, pumps[0], FaultKind::BearingWear { rise: rng.gen_range(8.0..13.0) }, s);
+        let s = at(&mut rng, (2.0, 4.0));
+        push(&mut faults, comps[0], FaultKind::BearingWear { rise: rng.gen_range(8.0..13.0) }, s);
+        let s = at(&mut rng, (1.0, 2.0));
+        push(&mut faults, comps[1], FaultKind::CoolingDrift { rise: rng.gen_range(15.0..25.0) }, s);
+        let s = at(&mut rng, (1.0, 2.0));
+        push(&mut faults, comps[2], FaultKind::CoolingDrift { rise: rng.gen_range(15.0..25.0) }, s);
+        let s = at(&mut rng, (2.0, 4.0));
+        push(&mut faults, pumps[1], FaultKind::Fouling { loss: rng.gen_range(0.25..0.4) }, s);
+        let s = at(&mut rng, (1.0, 3.0));
+        push(&mut faults, comps[3], FaultKind::Relation, s);
+        let s = at(&mut rng, (1.0, 2.0));
+        push(&mut faults, pumps[2], FaultKind::Stuck { metric: 0 }, s);
+        let s = at(&mut rng, (1.0, 2.0));
+        push(&mut faults, comps[4], FaultKind::Stuck { metric: 2 }, s);
+        // Planned work on a healthy pump: its vibration transmitter reads nothing while a
+        // technician calibrates it.
+        let m_from = start_ms + 5 * HOUR;
+        let maintenance = vec![(pumps[3], m_from, m_from + HOUR)];
+        Fleet {
+            devices,
+            faults,
+            maintenance,
+            start_ms,
+            end_ms,
+            rng,
+            noise: Normal::new(0.0, 1.0).unwrap_or_else(|_| unreachable!()),
+            frozen: vec![None; n * 4],
+            load: vec![None; n],
+        }
+    }
+
+    /// Indexes of the devices with a fault.
+    pub fn failing(&self) -> Vec<usize> {
+        let mut d: Vec<usize> = self.faults.iter().map(|f| f.device).collect();
+        d.sort_unstable();
+        d.dedup();
+        d
+    }
+
+    /// The MQTT topic of a device.
+    pub fn topic(&self, device: usize) -> String {
+        format!("plant/{}/{}/telemetry", self.devices[device].site, self.devices[device].id)
+    }
+
+    /// The metric values of a device at `ts` (ms), called in time order per device.
+    pub fn values(&mut self, device: usize, ts: i64) -> Vec<f64> {
+        let d = &self.devices[device];
+        let target = d.set_points.iter().rev().find(|p| p.0 <= ts).map(|p| p.1).unwrap_or(0.6);
+        // A set-point change settles over a few minutes (first order, 2 min time constant).
+        let load_now = match self.load[device] {
+            Some(l) => l + (target - l) * (PERIOD_MS as f64 / 120_000.0).min(1.0),
+            None => target,
+        };
+        self.load[device] = Some(load_now);
+        let cycle = ((ts as f64 / d.cycle_ms + d.phase) * std::f64::consts::TAU).sin() * d.cycle_depth;
+        let load = load_now + cycle;
+        let in_maintenance = self.maintenance.iter().any(|&(dev, from, to)| dev == device && ts >= from && ts < to);
+        let faults: Vec<FleetFault> =
+            self.faults.iter().filter(|f| f.device == device && ts >= f.start_ms).copied().collect();
+        let mut out = Vec::with_capacity(d.metrics.len());
+        for (m, spec) in d.metrics.clone().iter().enumerate() {
+            let mut effective_load = load;
+            let mut extra = 0.0;
+            let mut stuck = false;
+            for f in &faults {
+                let progress = ((ts - f.start_ms) as f64 / (f.fail_ms - f.start_ms).max(1) as f64).clamp(0.0, 1.2);
+                match (f.kind, spec.name) {
+                    (FaultKind::BearingWear { rise }, "vibration") => extra += rise * progress * progress,
+                    (FaultKind::CoolingDrift { rise }, "discharge_temp") => extra += rise * progress,
+                    (FaultKind::Fouling { loss }, "flow") => extra -= loss * progress * spec.load_gain * load,
+                    (FaultKind::Fouling { loss }, "current") => extra += 0.5 * loss * progress * spec.load_gain * load,
+                    (FaultKind::Relation, "current") => effective_load = 2.0 * load_now - load + 0.15 * progress,
+                    (FaultKind::Stuck { metric }, _) if metric == m => stuck = true,
+                    _ => {}
+                }
+            }
+            if in_maintenance && spec.name == "vibration" {
+                // The technician has the vibration transmitter off for calibration.
+                effective_load = 0.0;
+                extra -= spec.level;
+            }
+            let mut v =
+                spec.level + spec.load_gain * effective_load + extra + spec.noise * self.noise.sample(&mut self.rng);
+            let slot = device * 4 + m;
+            if stuck {
+                v = *self.frozen[slot].get_or_insert(v);
+            } else {
+                self.frozen[slot] = None;
+            }
+            out.push((v * 100.0).round() / 100.0);
+        }
+        out
+    }
+
+    /// The JSON payload of a device at `ts`.
+    pub fn payload(&mut self, device: usize, ts: i64) -> Vec<u8> {
+        let values = self.values(device, ts);
+        let mut obj = serde_json::Map::new();
+        obj.insert("ts".into(), ts.into());
+        for (spec, v) in self.devices[device].metrics.iter().zip(values) {
+            obj.insert(spec.name.into(), v.into());
+        }
+        serde_json::Value::Object(obj).to_string().into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scenario_has_eight_failures_after_healthy_history_and_is_reproducible() {
+        let a = Fleet::scenario(30, 24, 0, 1);
+        assert_eq!(a.faults.len(), 8);
+        assert_eq!(a.failing().len(), 8, "eight different devices fail");
+        assert!(a.faults.iter().all(|f| f.start_ms >= 3 * HOUR && f.fail_ms > f.start_ms && f.fail_ms <= a.end_ms));
+        let mut b = Fleet::scenario(30, 24, 0, 1);
+        let mut a = a;
+        assert_eq!(a.values(3, 0), b.values(3, 0));
+        let other = Fleet::scenario(30, 24, 0, 2);
+        assert_ne!(other.failing(), a.failing(), "another seed fails other devices");
+    }
+
+    #[test]
+    fn bearing_wear_climbs_to_its_rise_by_the_failure() {
+        let mut f = Fleet::scenario(30, 24, 0, 3);
+        let wear = *f.faults.iter().find(|x| matches!(x.kind, FaultKind::BearingWear { .. })).expect("wear");
+        let FaultKind::BearingWear { rise } = wear.kind else { unreachable!() };
+        let vib = f.devices[wear.device].metrics.iter().position(|m| m.name == "vibration").unwrap_or(2);
+        let mut ts = wear.start_ms - HOUR;
+        let mut before = 0.0;
+        while ts < wear.fail_ms {
+            let v = f.values(wear.device, ts)[vib];
+            if ts < wear.start_ms {
+                before = v;
+            }
+            ts += PERIOD_MS;
+        }
+        let at_failure = f.values(wear.device, wear.fail_ms)[vib];
+        assert!(at_failure - before > rise * 0.6, "{before} -> {at_failure} (rise {rise})");
+    }
+}
