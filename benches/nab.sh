@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Scores fieldwatch on the Numenta Anomaly Benchmark.
 #
-#   benches/nab.sh [NAB_DIR]        (default: ../shared/nab relative to the repository root)
+#   benches/nab.sh [NAB_DIR] [CONFIG]   (defaults: ../shared/nab, config/nab.toml)
 #
 # Builds the release binary, replays every NAB data file through `fieldwatch replay` with the one
 # committed config (config/nab.toml), then scores
@@ -14,6 +14,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 nab="${1:-$root/../shared/nab}"
+config="${2:-$root/config/nab.toml}"
 if [[ ! -d "$nab/data" ]]; then
     echo "NAB corpus not found at $nab (expected $nab/data); nothing to benchmark."
     echo "Usage: benches/nab.sh [NAB_DIR]"
@@ -39,12 +40,12 @@ rm -rf "$out"
 mkdir -p "$out/results" "$out/incidents"
 : >"$out/replay.log"
 
-echo "== replaying $nab/data with config/nab.toml"
+echo "== replaying $nab/data with $(basename "$config")"
 mapfile -t files < <(cd "$nab/data" && find . -name '*.csv' | sed 's|^\./||' | sort)
 start=$(date +%s.%N)
 for rel in "${files[@]}"; do
     mkdir -p "$out/results/$(dirname "$rel")" "$out/incidents/$(dirname "$rel")"
-    "$bin" replay --config "$root/config/nab.toml" --input "$nab/data/$rel" \
+    "$bin" replay --config "$config" --input "$nab/data/$rel" \
         --output "$out/results/$rel" --incidents "$out/incidents/${rel%.csv}.jsonl" 2>>"$out/replay.log"
 done
 end=$(date +%s.%N)
@@ -57,6 +58,7 @@ PY
 echo "replayed ${#files[@]} files, $rows rows in $wall s (wall, one process per file)"
 
 # One alert row per incident opened: file,timestamp (the timestamp as written in the data file).
+# The incidents file also has update and resolve lines; only openings are alerts.
 python3 - "$out/incidents" "$out/alerts.csv" <<'PY'
 import csv, json, pathlib, sys
 root, dest = pathlib.Path(sys.argv[1]), sys.argv[2]
@@ -66,7 +68,7 @@ with open(dest, "w", newline="") as f:
     for p in sorted(root.rglob("*.jsonl")):
         rel = str(p.relative_to(root).with_suffix(".csv"))
         for line in open(p):
-            if line.strip():
+            if line.strip() and json.loads(line).get("event", "open") == "open":
                 w.writerow([rel, json.loads(line)["timestamp"]])
 PY
 echo "$(($(wc -l <"$out/alerts.csv") - 1)) incidents opened"
@@ -91,7 +93,8 @@ key = "realKnownCause/machine_temperature_system_failure.csv"
 parse = lambda s: datetime.strptime(s.split(".")[0], "%Y-%m-%d %H:%M:%S")
 windows = [(parse(a), parse(b)) for a, b in json.load(open(f"{labels_dir}/combined_windows.json"))[key]]
 labels = [parse(t) for t in json.load(open(f"{labels_dir}/combined_labels.json"))[key]]
-opened = sorted(parse(json.loads(l)["timestamp"]) for l in open(incidents) if l.strip())
+events = [json.loads(l) for l in open(incidents) if l.strip()]
+opened = sorted(parse(e["timestamp"]) for e in events if e.get("event", "open") == "open")
 prev_end = datetime.min
 for (a, b), failure in zip(windows, labels):
     hours = lambda t: (failure - t).total_seconds() / 3600

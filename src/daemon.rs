@@ -262,6 +262,15 @@ impl Batcher {
             self.commit(&mut core, &mut batch).await;
             self.liveness.batch_done();
         }
+        // The healthy references are kept for the next start.
+        match core.save_detector_state() {
+            Ok(_) => {
+                if let Err(e) = self.store.flush().await {
+                    tracing::error!(error = %e, "cannot flush the detector state");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot store the detector state"),
+        }
         // The source keeps polling its event loop until `drained`, so these can still go out.
         let give_up = tokio::time::Instant::now() + ACK_DRAIN;
         while !self.unacked.is_empty() && tokio::time::Instant::now() < give_up {

@@ -70,6 +70,8 @@ pub struct Core {
     /// Held-back incidents whose planned work is over: their last anomaly (event time) then.
     planned_ended: HashMap<String, i64>,
     persist_after_work_ms: i64,
+    /// When the detector state was last written (see [`Core::save_detector_state`]).
+    state_saved_at: i64,
 }
 
 /// Suppression reasons that hold a ticket back (kept in the store, sent nowhere).
@@ -84,7 +86,9 @@ const CORRELATION_MS: i64 = 5 * 60 * 1000;
 /// A metric whose detectors score at least this (0..1; 0.5 is the alarm) is moving away from
 /// its reference; when most of a device's metrics do so together, it is a candidate change of
 /// operating point.
-const CO_MOVING_SCORE: f64 = 0.3;
+const CO_MOVING_SCORE: f64 = 0.2;
+/// The detectors' healthy references are written to the store this often (tick time).
+const STATE_SAVE_EVERY_MS: i64 = 60_000;
 /// Readings a trend is fitted on.
 const TREND_READINGS: usize = 120;
 /// Without a configured limit, a forecast aims at the healthy range widened this many times
@@ -102,6 +106,9 @@ impl Core {
         let mut detectors = DetectorBank::new(&config.detect);
         for (device, metric, factor) in store.tuning()? {
             detectors.set_tuning(&device, &metric, factor);
+        }
+        for (device, metric, drift) in store.detector_states::<crate::detect::Drift>()? {
+            detectors.restore_drift(&device, &metric, drift);
         }
         let mut units: HashMap<String, String> = config.decode.units.clone().into_iter().collect();
         for m in &config.decode.metrics {
@@ -132,6 +139,7 @@ impl Core {
             stale_after_ms: config.incident.stale_after.as_millis() as i64,
             models,
             planned_ended: HashMap::new(),
+            state_saved_at: 0,
             persist_after_work_ms: config.incident.debounce_for.max(config.incident.slow_debounce_for).as_millis()
                 as i64,
         })
@@ -330,6 +338,10 @@ impl Core {
     /// broker connection started (`None` while it is down): a silent broker link is not an
     /// equipment fault, and after a reconnect devices get `stale_after` to be heard again.
     pub fn tick(&mut self, now: i64, link_up_since: Option<i64>) -> Result<Vec<Transition>, StoreError> {
+        if now - self.state_saved_at >= STATE_SAVE_EVERY_MS {
+            self.save_detector_state()?;
+            self.state_saved_at = now;
+        }
         let mut out = Vec::new();
         for t in self.incidents.tick(now) {
             out.push(self.persist(t)?);
@@ -573,6 +585,18 @@ impl Core {
             out.push(self.persist(Transition::Opened(inc))?);
         }
         Ok(out)
+    }
+
+    /// Writes every series' drift state (its healthy reference) to the store, durable with the
+    /// next flush, so a restart does not re-learn a reference from a fault under way. Returns
+    /// how many were written.
+    pub fn save_detector_state(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for (device, metric, drift) in self.detectors.drift_states() {
+            self.store.put_detector_state(device, metric, drift)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Number of series with detector state.

@@ -350,3 +350,45 @@ impl DetectorBank {
 pub fn calibrate(excess_ratio: f64) -> f64 {
     1.0 - 0.5f64.powf(excess_ratio * excess_ratio)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restored_false_alarm_widening_is_applied_once() {
+        let config = DetectConfig {
+            drift: DriftConfig { enabled: false, ..DriftConfig::default() },
+            flatline: false,
+            warmup_readings: 50,
+            ..DetectConfig::default()
+        };
+        let mut bank = DetectorBank::new(&config);
+        bank.set_tuning("d", "m", 2.0);
+        // Noise of spread ~0.58 around 10. z_threshold 5 widened ×2 once is 10 spreads: 12
+        // spreads alarms, 8 does not. Applied twice (×4, 20 spreads) 12 would not alarm.
+        for i in 0..500 {
+            let v = 10.0 + if i % 2 == 0 { 0.577 } else { -0.577 };
+            bank.observe("d", "m", i, v);
+        }
+        let at = |z: f64| 10.0 + z * 0.577;
+        let mut probe = DetectorBank::new(&config);
+        probe.set_tuning("d", "m", 2.0);
+        for i in 0..500 {
+            let v = 10.0 + if i % 2 == 0 { 0.577 } else { -0.577 };
+            probe.observe("d", "m", i, v);
+        }
+        let z12 = bank.observe("d", "m", 500, at(12.0));
+        assert!(!z12.anomalies.is_empty(), "12 spreads is beyond a threshold widened once (10)");
+        let z8 = probe.observe("d", "m", 500, at(8.0));
+        assert!(z8.anomalies.is_empty(), "8 spreads is inside a threshold widened once (10)");
+        let mut twice = DetectorBank::new(&config);
+        twice.set_tuning("d", "m", 4.0);
+        for i in 0..500 {
+            let v = 10.0 + if i % 2 == 0 { 0.577 } else { -0.577 };
+            twice.observe("d", "m", i, v);
+        }
+        let z12_twice = twice.observe("d", "m", 500, at(12.0));
+        assert!(z12_twice.anomalies.is_empty(), "a widening applied twice (×4) would hide 12 spreads");
+    }
+}

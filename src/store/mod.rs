@@ -86,6 +86,8 @@ pub struct Store {
     dead_letters: sled::Tree,
     held: sled::Tree,
     tuning: sled::Tree,
+    /// Per series: the drift detector's state (its healthy reference), JSON.
+    detector_state: sled::Tree,
     silences: sled::Tree,
     /// Fitted per-device models: `device\0kind` → JSON.
     models: sled::Tree,
@@ -154,6 +156,7 @@ impl Store {
             dead_letters: db.open_tree("dead_letters")?,
             held: db.open_tree("held")?,
             tuning: db.open_tree("tuning")?,
+            detector_state: db.open_tree("detector_state")?,
             silences: db.open_tree("silences")?,
             models: db.open_tree("models")?,
             series_cache: Mutex::new(HashMap::new()),
@@ -354,6 +357,27 @@ impl Store {
             let factor: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt("tuning".into()))?;
             if let Some((d, m)) = name.split_once('\0') {
                 out.push((d.to_string(), m.to_string(), f64::from_be_bytes(factor)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records the detector state of a series (durable with the next flush).
+    pub fn put_detector_state<T: Serialize>(&self, device: &str, metric: &str, state: &T) -> Result<(), StoreError> {
+        let key = [device.as_bytes(), &[0], metric.as_bytes()].concat();
+        self.detector_state.insert(key, serde_json::to_vec(state)?)?;
+        Ok(())
+    }
+
+    /// Every stored detector state: (device, metric, state). States that no longer parse (an
+    /// older format) are skipped: the series re-learns.
+    pub fn detector_states<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<(String, String, T)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.detector_state.iter() {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            if let (Some((d, m)), Ok(state)) = (name.split_once('\0'), serde_json::from_slice(&v)) {
+                out.push((d.to_string(), m.to_string(), state));
             }
         }
         Ok(out)

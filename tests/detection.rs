@@ -1,0 +1,236 @@
+//! Detection through the real core with the shipped configuration and a sled store on disk:
+//! slow degradation, changes of operating point, restarts mid-fault, untrusted models, and
+//! replay that never looks ahead.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fieldwatch::core::{BatchOutcome, Core};
+use fieldwatch::detect::FaultKind;
+use fieldwatch::incident::{Incident, Transition};
+use fieldwatch::metrics::Metrics;
+use fieldwatch::reading::Reading;
+use fieldwatch::store::Store;
+use fieldwatch::Config;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+
+const T0: i64 = 1_767_225_600_000;
+const STEP: i64 = 10_000;
+const HOUR: i64 = 3_600_000;
+
+fn shipped() -> Config {
+    Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fieldwatch.toml")).unwrap()
+}
+
+fn open(dir: &Path) -> Arc<Store> {
+    Arc::new(Store::open(dir, 64, 100).unwrap())
+}
+
+/// A compressor whose four metrics follow its load, with noise: `load(ts)` and `extra(ts)`
+/// (added to each metric) shape the scenario.
+struct Compressor {
+    rng: StdRng,
+    noise: Normal<f64>,
+}
+
+const METRICS: [(&str, f64, f64, f64); 4] = [
+    // name, level at zero load, change per unit of load, noise
+    ("discharge_temp", 24.0, 14.0, 0.5),
+    ("suction_pressure", 4.6, -0.6, 0.04),
+    ("vibration", 1.8, 1.6, 0.12),
+    ("current", 6.0, 12.0, 0.2),
+];
+
+impl Compressor {
+    fn new(seed: u64) -> Compressor {
+        Compressor { rng: StdRng::seed_from_u64(seed), noise: Normal::new(0.0, 1.0).unwrap() }
+    }
+
+    fn readings(&mut self, ts: i64, load: f64, extra: [f64; 4]) -> Vec<Reading> {
+        let cycle = 0.05 * ((ts as f64 / 600_000.0) * std::f64::consts::TAU).sin();
+        METRICS
+            .iter()
+            .zip(extra)
+            .map(|(&(name, level, gain, noise), extra)| Reading {
+                device: "comp-1".into(),
+                site: None,
+                metric: name.into(),
+                ts,
+                value: level + gain * (load + cycle) + extra + noise * self.noise.sample(&mut self.rng),
+            })
+            .collect()
+    }
+}
+
+/// Feeds `[from, to)` through the core (one message per step), fitting models when the core
+/// asks, and returns the transitions.
+fn feed(
+    core: &mut Core,
+    sim: &mut Compressor,
+    from: i64,
+    to: i64,
+    shape: impl Fn(i64) -> (f64, [f64; 4]),
+) -> Vec<Transition> {
+    feed_fitting(core, sim, from, to, shape, true)
+}
+
+fn feed_fitting(
+    core: &mut Core,
+    sim: &mut Compressor,
+    from: i64,
+    to: i64,
+    shape: impl Fn(i64) -> (f64, [f64; 4]),
+    fit: bool,
+) -> Vec<Transition> {
+    let mut out = Vec::new();
+    let mut ts = from;
+    while ts < to {
+        let (load, extra) = shape(ts);
+        let mut o = BatchOutcome::default();
+        core.process_readings(&sim.readings(ts, load, extra), ts, &mut o).unwrap();
+        out.extend(o.transitions);
+        if fit {
+            core.fit_pending(ts);
+        }
+        ts += STEP;
+    }
+    out
+}
+
+fn opened(ts: &[Transition]) -> Vec<&Incident> {
+    ts.iter()
+        .filter_map(|t| match t {
+            Transition::Opened(i) => Some(i),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Vibration climbs 10 mm/s over 3 h from `start`.
+fn wear(start: i64) -> impl Fn(i64) -> (f64, [f64; 4]) {
+    move |ts| {
+        let p = ((ts - start) as f64 / (3 * HOUR) as f64).clamp(0.0, 1.0);
+        (0.6, [0.0, 0.0, 10.0 * p * p, 0.0])
+    }
+}
+
+#[test]
+fn a_slow_climb_is_ticketed_early_with_a_forecast_of_when_it_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut core = Core::new(&shipped(), store.clone(), Arc::new(Metrics::new())).unwrap();
+    let mut sim = Compressor::new(1);
+    let start = T0 + 3 * HOUR;
+    let healthy = feed(&mut core, &mut sim, T0, start, wear(start));
+    assert!(opened(&healthy).is_empty(), "healthy history opened: {:?}", opened(&healthy));
+    assert_eq!(core.models_installed(), 1, "the model was fitted as soon as the history allowed");
+    let t = feed(&mut core, &mut sim, start, start + 3 * HOUR, wear(start));
+    let first = *opened(&t).first().expect("the climb opened an incident");
+    assert_eq!(first.device, "comp-1");
+    assert!(first.opened_at < start + HOUR, "ticketed {} min into a 3 h climb", (first.opened_at - start) / 60_000);
+    // The ticket says when the climb reaches the edge of what this machine does when healthy.
+    let entry = store.outbox_first("local-log").unwrap().expect("a ticket command in the outbox");
+    let cmd: serde_json::Value = serde_json::from_slice(&entry.body).unwrap();
+    let ticket = &cmd["command"]["ticket"];
+    let ticket = if ticket.is_null() { &cmd["ticket"] } else { ticket };
+    assert!(ticket["predicted_failure_at"].is_string(), "no forecast in {cmd}");
+}
+
+#[test]
+fn a_change_of_operating_point_opens_no_incident_and_is_relearnt() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let mut core = Core::new(&shipped(), open(dir.path()), metrics.clone()).unwrap();
+    let mut sim = Compressor::new(2);
+    // 0.5 load for 3 h, then 0.85 (every metric moves with it), then back to 0.6.
+    let load = |ts: i64| {
+        let l = if ts < T0 + 3 * HOUR {
+            0.5
+        } else if ts < T0 + 7 * HOUR {
+            0.85
+        } else {
+            0.6
+        };
+        (l, [0.0; 4])
+    };
+    let t = feed(&mut core, &mut sim, T0, T0 + 10 * HOUR, load);
+    assert!(opened(&t).is_empty(), "operating point changes opened: {:?}", opened(&t));
+    assert!(metrics.operating_point_changes.get() >= 1, "the new operating point was recognised");
+}
+
+#[test]
+fn a_restart_mid_fault_keeps_the_incident_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Compressor::new(3);
+    let start = T0 + 3 * HOUR;
+    let restart_at = start + 2 * HOUR;
+    let first = {
+        let store = open(dir.path());
+        let mut core = Core::new(&shipped(), store.clone(), Arc::new(Metrics::new())).unwrap();
+        let t = feed(&mut core, &mut sim, T0, restart_at, wear(start));
+        // What the daemon's periodic tick writes; then the process dies without a goodbye.
+        core.tick(restart_at, None).unwrap();
+        store.flush_blocking().unwrap();
+        opened(&t).iter().map(|i| i.key.clone()).collect::<Vec<_>>()
+    };
+    assert!(!first.is_empty(), "the fault opened an incident before the restart");
+    let store = open(dir.path());
+    let mut core = Core::new(&shipped(), store, Arc::new(Metrics::new())).unwrap();
+    let open_keys: Vec<String> = core.open_incidents().iter().map(|i| i.key.clone()).collect();
+    let after = feed(&mut core, &mut sim, restart_at, restart_at + HOUR, wear(start));
+    let resolved: Vec<&str> = after
+        .iter()
+        .filter_map(|t| match t {
+            Transition::Resolved(i) if open_keys.contains(&i.key) => Some(i.key.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(resolved.is_empty(), "the fault is still there, yet {resolved:?} resolved after the restart");
+    let reopened: Vec<_> = opened(&after).iter().filter(|i| first.contains(&i.key)).map(|i| i.key.clone()).collect();
+    assert!(reopened.is_empty(), "the same fault opened again after the restart: {reopened:?}");
+}
+
+#[test]
+fn a_model_that_cries_wolf_on_held_out_data_raises_no_incident() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = shipped();
+    // Only the model speaks here.
+    config.detect.baseline = false;
+    config.detect.drift.enabled = false;
+    let mut sim = Compressor::new(4);
+    // Current rises against the load: a broken relation, every metric inside its range.
+    let start = T0 + 2 * HOUR;
+    let relation = move |ts: i64| {
+        let broken = if ts >= start { 1.5 } else { 0.0 };
+        (0.6, [0.0, 0.0, 0.0, broken])
+    };
+    for trusted in [true, false] {
+        let dir = dir.path().join(format!("{trusted}"));
+        let store = open(&dir);
+        {
+            let mut core = Core::new(&config, store.clone(), Arc::new(Metrics::new())).unwrap();
+            feed(&mut core, &mut sim, T0, start, relation);
+        }
+        let mut model: fieldwatch::model::DeviceModel = store.models().unwrap().remove(0);
+        assert!(model.distrust(config.detect.models.max_held_out_alarm_rate).is_none(), "{:?}", model.validation);
+        if !trusted {
+            // As a model would look that alarmed on a quarter of its held-out healthy data.
+            model.validation.held_out_alarms = model.validation.held_out / 4;
+            model.validation.held_out_alarm_rate = 0.25;
+            assert!(model.distrust(config.detect.models.max_held_out_alarm_rate).is_some());
+            store.put_model(&model.device, model.kind.as_str(), &model).unwrap();
+        }
+        // A fresh core scores with the stored model (no refit during the fault).
+        let mut core = Core::new(&config, store.clone(), Arc::new(Metrics::new())).unwrap();
+        assert_eq!(core.models_installed(), 1);
+        let t = feed_fitting(&mut core, &mut sim, start, start + HOUR, relation, false);
+        let multivariate = opened(&t).iter().filter(|i| i.fault == FaultKind::Multivariate).count();
+        if trusted {
+            assert_eq!(multivariate, 1, "the trusted model flags the broken relation");
+        } else {
+            assert_eq!(multivariate, 0, "an untrusted model raised an incident");
+        }
+    }
+}
