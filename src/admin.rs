@@ -199,6 +199,9 @@ pub struct ModelSummary {
     pub window_to: i64,
     pub metrics: Vec<String>,
     pub validation: crate::model::Validation,
+    /// Why the model is scored but raises no incident, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untrusted: Option<String>,
 }
 
 impl ModelSummary {
@@ -212,6 +215,7 @@ impl ModelSummary {
             window_to: m.window_to,
             metrics: m.spec.metrics.clone(),
             validation: m.validation.clone(),
+            untrusted: m.untrusted.clone(),
         }
     }
 }

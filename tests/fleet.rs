@@ -23,7 +23,8 @@ fn every_failing_device_is_ticketed_before_it_fails_and_healthy_devices_get_no_t
     for f in &report.failures {
         assert!(f.caught(), "{} ({}) was not ticketed before it failed: {f:?}", f.device, f.fault);
     }
-    // At most one false ticket per 100 healthy device-hours (this fleet has about 650).
-    assert!(report.false_per_100h() <= 1.0, "false tickets: {:?}", report.false_tickets);
+    // Healthy devices (about 650 device-hours, each changing its operating point a few
+    // times) and failing ones before their fault began get no ticket.
+    assert!(report.false_tickets.is_empty(), "false tickets: {:?}", report.false_tickets);
     assert!(report.suppressed > 0, "the maintenance window held its incidents back");
 }

@@ -90,6 +90,9 @@ pub fn render(list: &[ModelSummary]) -> String {
             m.validation.max,
             m.metrics.join(", ")
         );
+        if let Some(why) = &m.untrusted {
+            let _ = writeln!(s, "{:<12} NOT USED FOR INCIDENTS: {why}", "");
+        }
     }
     s
 }

@@ -134,6 +134,8 @@ pub struct FitParams {
     /// Whether Hotelling's T² (distance along the known relations) raises alarms, or only
     /// the residual off them does.
     pub t2_alarms: bool,
+    /// A model whose held-out alarm rate exceeds this raises no incident.
+    pub max_held_out_alarm_rate: f64,
 }
 
 impl FitParams {
@@ -144,6 +146,7 @@ impl FitParams {
             smoothing: config.smoothing,
             explained_variance: config.explained_variance,
             t2_alarms: config.t2_alarms,
+            max_held_out_alarm_rate: config.max_held_out_alarm_rate,
         }
     }
 }
@@ -174,6 +177,9 @@ pub struct DeviceModel {
     #[serde(default = "one")]
     pub alarming: usize,
     pub validation: Validation,
+    /// Why the model raises no incident, as judged when it was fitted (see [`DeviceModel::distrust`]).
+    #[serde(default)]
+    pub untrusted: Option<String>,
 }
 
 /// What a model says about one vector.
@@ -321,6 +327,7 @@ impl DeviceModel {
                 held_out_alarms: 0,
                 held_out_alarm_rate: 0.0,
             },
+            untrusted: None,
         };
         // Smoothed statistics over the whole window in time order; calibrate on the fitting
         // vectors, count alarms on the held-out ones, then calibrate the model as used on all
@@ -351,6 +358,7 @@ impl DeviceModel {
             held_out_alarm_rate: alarms as f64 / held_n.max(1) as f64,
         };
         model.calibration = calibrate(series.iter().skip(burn_in), params.margin).0;
+        model.untrusted = model.distrust(params.max_held_out_alarm_rate);
         Ok(model)
     }
 
@@ -454,7 +462,14 @@ mod tests {
     }
 
     fn params(min_vectors: usize) -> FitParams {
-        FitParams { min_vectors, margin: 2.0, smoothing: 0.2, explained_variance: 0.9, t2_alarms: false }
+        FitParams {
+            min_vectors,
+            margin: 2.0,
+            smoothing: 0.2,
+            explained_variance: 0.9,
+            t2_alarms: false,
+            max_held_out_alarm_rate: 0.01,
+        }
     }
 
     /// Scores a stream of vectors as the core does: smoothed statistics.
