@@ -289,15 +289,9 @@ impl Fleet {
                 effective_load = 0.0;
                 extra -= spec.level;
             }
-            let mut v =
+            let v =
                 spec.level + spec.load_gain * effective_load + extra + spec.noise * self.noise.sample(&mut self.rng);
-            let slot = device * 4 + m;
-            if stuck {
-                v = *self.frozen[slot].get_or_insert(v);
-            } else {
-                self.frozen[slot] = None;
-            }
-            out.push((v * 100.0).round() / 100.0);
+            out.push(super::transmit(&mut self.frozen[device * 4 + m], v, stuck));
         }
         out
     }
@@ -305,12 +299,7 @@ impl Fleet {
     /// The JSON payload of a device at `ts`.
     pub fn payload(&mut self, device: usize, ts: i64) -> Vec<u8> {
         let values = self.values(device, ts);
-        let mut obj = serde_json::Map::new();
-        obj.insert("ts".into(), ts.into());
-        for (spec, v) in self.devices[device].metrics.iter().zip(values) {
-            obj.insert(spec.name.into(), v.into());
-        }
-        serde_json::Value::Object(obj).to_string().into_bytes()
+        super::json_payload(ts, self.devices[device].metrics.iter().map(|m| m.name).zip(values))
     }
 }
 

@@ -61,6 +61,28 @@ pub struct PlannedFault {
     pub end_ms: Option<i64>,
 }
 
+/// What a transmitter sends for the true value `v`: the frozen value while the sensor is stuck
+/// (the first value it froze at), else `v`, with two decimals like a real transmitter.
+pub(crate) fn transmit(frozen: &mut Option<f64>, v: f64, stuck: bool) -> f64 {
+    let v = if stuck {
+        *frozen.get_or_insert(v)
+    } else {
+        *frozen = None;
+        v
+    };
+    (v * 100.0).round() / 100.0
+}
+
+/// A telemetry payload: `{"ts": ..., "<metric>": <value>, ...}`.
+pub(crate) fn json_payload<'a>(ts: i64, values: impl Iterator<Item = (&'a str, f64)>) -> Vec<u8> {
+    let mut obj = serde_json::Map::new();
+    obj.insert("ts".into(), ts.into());
+    for (name, v) in values {
+        obj.insert(name.into(), v.into());
+    }
+    serde_json::Value::Object(obj).to_string().into_bytes()
+}
+
 /// A fleet of simulated devices.
 pub struct Simulator {
     pub devices: Vec<String>,
@@ -152,25 +174,15 @@ impl Simulator {
                     FaultShape::Relation => v -= 2.0 * spec.swing * load,
                 }
             }
-            if stuck {
-                v = *self.frozen[slot].get_or_insert(v);
-            } else {
-                self.frozen[slot] = None;
-            }
-            // Two decimals, like a real transmitter.
-            out.push((v * 100.0).round() / 100.0);
+            out.push(transmit(&mut self.frozen[slot], v, stuck));
         }
         out
     }
 
     /// The JSON payload of a device at time `ts`.
     pub fn payload(&mut self, device: usize, ts: i64) -> Vec<u8> {
-        let mut obj = serde_json::Map::new();
-        obj.insert("ts".into(), ts.into());
-        for (spec, v) in METRICS.iter().zip(self.values(device, ts)) {
-            obj.insert(spec.name.into(), v.into());
-        }
-        serde_json::Value::Object(obj).to_string().into_bytes()
+        let values = self.values(device, ts);
+        json_payload(ts, METRICS.iter().map(|m| m.name).zip(values))
     }
 
     /// Publishes `history` of past readings (1 Hz per device, with past event times) as fast as
