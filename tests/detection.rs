@@ -234,3 +234,27 @@ fn a_model_that_cries_wolf_on_held_out_data_raises_no_incident() {
         }
     }
 }
+
+#[test]
+fn a_device_is_silent_against_its_own_reporting_cadence() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut core = Core::new(&shipped(), open(dir.path()), Arc::new(Metrics::new())).unwrap();
+    let mut sim = Compressor::new(5);
+    // One message every 10 min for 5 h (stale_after is 15 min).
+    let every = 10 * 60_000;
+    let mut ts = T0;
+    while ts < T0 + 5 * HOUR {
+        let mut o = BatchOutcome::default();
+        core.process_readings(&sim.readings(ts, 0.6, [0.0; 4]), ts, &mut o).unwrap();
+        let t = core.tick(ts + every - 1, Some(T0)).unwrap();
+        assert!(t.is_empty(), "a device that reports every 10 min is not silent between reports: {t:?}");
+        ts += every;
+    }
+    let last = ts - every;
+    assert!(core.tick(last + 30 * 60_000, Some(T0)).unwrap().is_empty(), "three missed reports are not yet silence");
+    let t = core.tick(last + 60 * 60_000, Some(T0)).unwrap();
+    assert!(
+        matches!(t.as_slice(), [Transition::Opened(i)] if i.fault == FaultKind::Silent),
+        "six missed reports are: {t:?}"
+    );
+}

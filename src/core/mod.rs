@@ -72,6 +72,8 @@ pub struct Core {
     persist_after_work_ms: i64,
     /// When the detector state was last written (see [`Core::save_detector_state`]).
     state_saved_at: i64,
+    /// Per device: event time of its last message and its usual interval (ms).
+    cadence: HashMap<String, (i64, f64)>,
 }
 
 /// Suppression reasons that hold a ticket back (kept in the store, sent nowhere).
@@ -87,6 +89,9 @@ const CORRELATION_MS: i64 = 5 * 60 * 1000;
 /// its reference; when most of a device's metrics do so together, it is a candidate change of
 /// operating point.
 const CO_MOVING_SCORE: f64 = 0.2;
+/// A device is silent after this many of its own reporting intervals (when that is longer
+/// than `stale_after`).
+const SILENT_CADENCES: f64 = 5.0;
 /// The detectors' healthy references are written to the store this often (tick time).
 const STATE_SAVE_EVERY_MS: i64 = 60_000;
 /// Readings a trend is fitted on.
@@ -140,6 +145,7 @@ impl Core {
             models,
             planned_ended: HashMap::new(),
             state_saved_at: 0,
+            cadence: HashMap::new(),
             persist_after_work_ms: config.incident.debounce_for.max(config.incident.slow_debounce_for).as_millis()
                 as i64,
         })
@@ -198,6 +204,7 @@ impl Core {
     ) -> Result<Option<f64>, StoreError> {
         let Some(first) = readings.first() else { return Ok(None) };
         self.heard_from(&first.device, received_ms, out)?;
+        self.note_cadence(&first.device, first.ts);
         let mut observed = Vec::with_capacity(readings.len());
         for r in readings {
             if let Some(o) = self.score_reading(r, out)? {
@@ -352,7 +359,7 @@ impl Core {
             let silent: Vec<(String, i64)> = self
                 .last_heard
                 .iter()
-                .filter(|(_, &heard)| now - heard >= self.stale_after_ms)
+                .filter(|(d, &heard)| now - heard >= self.silent_after(d))
                 .map(|(d, &h)| (d.clone(), h))
                 .collect();
             for (device, heard) in silent {
@@ -363,6 +370,31 @@ impl Core {
             }
         }
         Ok(out)
+    }
+
+    /// Learns a device's reporting cadence from the event times of its messages (an EWMA of
+    /// the interval between them).
+    fn note_cadence(&mut self, device: &str, ts: i64) {
+        match self.cadence.get_mut(device) {
+            Some((last, interval)) => {
+                let gap = (ts - *last) as f64;
+                if gap > 0.0 {
+                    *interval = if *interval > 0.0 { *interval + 0.1 * (gap - *interval) } else { gap };
+                    *last = ts;
+                }
+            }
+            None => {
+                self.cadence.insert(device.to_string(), (ts, 0.0));
+            }
+        }
+    }
+
+    /// How long a device may stay silent before it is a sensor-health incident: `stale_after`,
+    /// or [`SILENT_CADENCES`] of its own reporting interval if that is longer (a device that
+    /// reports every 10 min is not silent after 15).
+    fn silent_after(&self, device: &str) -> i64 {
+        let own = self.cadence.get(device).map(|(_, i)| (i * SILENT_CADENCES) as i64).unwrap_or(0);
+        self.stale_after_ms.max(own)
     }
 
     /// Notes that a device was heard from; resolves its sensor-health incident if one is open.
@@ -404,7 +436,10 @@ impl Core {
         match action {
             Action::Open => {
                 inc.recent = self.store.recent(series, inc.opened_at, self.evidence_readings)?;
-                inc.respond_by = Some(inc.opened_at + asset.respond_within.as_millis() as i64);
+                // People respond from when the ticket is raised (wall clock), also for
+                // back-filled or replayed readings whose event time lies in the past.
+                let raised = crate::reading::now_ms().max(inc.opened_at);
+                inc.respond_by = Some(raised + asset.respond_within.as_millis() as i64);
                 inc.suppressed = self.suppression(&inc, site.as_deref())?;
                 // An incident opened before (held back by planned work) is not counted twice.
                 if inc.timeline.is_empty() {
