@@ -92,7 +92,8 @@ const CO_MOVING_SCORE: f64 = 0.2;
 /// A device is silent after this many of its own reporting intervals (when that is longer
 /// than `stale_after`).
 const SILENT_CADENCES: f64 = 5.0;
-/// The detectors' healthy references are written to the store this often (tick time).
+/// The detectors' state is written to the store this often (tick time), and at the next tick
+/// after a healthy reference was fixed.
 const STATE_SAVE_EVERY_MS: i64 = 60_000;
 /// Readings a trend is fitted on.
 const TREND_READINGS: usize = 120;
@@ -345,7 +346,7 @@ impl Core {
     /// broker connection started (`None` while it is down): a silent broker link is not an
     /// equipment fault, and after a reconnect devices get `stale_after` to be heard again.
     pub fn tick(&mut self, now: i64, link_up_since: Option<i64>) -> Result<Vec<Transition>, StoreError> {
-        if now - self.state_saved_at >= STATE_SAVE_EVERY_MS {
+        if self.detectors.take_references_changed() || now - self.state_saved_at >= STATE_SAVE_EVERY_MS {
             self.save_detector_state()?;
             self.state_saved_at = now;
         }

@@ -209,6 +209,8 @@ pub struct DetectorBank {
     series: HashMap<(String, String), SeriesDetectors>,
     /// Sensitivity factors learned from false alarms, applied to new and existing detectors.
     tuning: HashMap<(String, String), f64>,
+    /// A healthy reference was fixed or dropped since the state was last taken for storing.
+    references_changed: bool,
 }
 
 /// A false alarm widens a series' alarm band by this factor ...
@@ -223,6 +225,7 @@ impl DetectorBank {
             config: config.clone(),
             series: HashMap::new(),
             tuning: HashMap::new(),
+            references_changed: false,
         }
     }
 
@@ -259,6 +262,7 @@ impl DetectorBank {
     pub fn recommission(&mut self, device: &str, metric: &str) {
         let s = self.build(device, metric);
         self.series.insert((device.to_string(), metric.to_string()), s);
+        self.references_changed = true;
     }
 
     /// Learns from a reading known to be healthy (see [`SeriesDetector::learn`]).
@@ -270,6 +274,7 @@ impl DetectorBank {
 
     /// Ends learning from a healthy recording: every series' reference is fixed.
     pub fn end_learning(&mut self) {
+        self.references_changed = true;
         for s in self.series.values_mut() {
             for d in s.all() {
                 d.end_learning();
@@ -297,7 +302,18 @@ impl DetectorBank {
 
     /// Scores one reading of a series.
     pub fn observe(&mut self, device: &str, metric: &str, ts: i64, value: f64) -> Observation {
-        self.entry(device, metric).observe(ts, value)
+        let s = self.entry(device, metric);
+        let had = s.drift.as_ref().is_some_and(|d| d.reference().is_some());
+        let o = s.observe(ts, value);
+        let has = s.drift.as_ref().is_some_and(|d| d.reference().is_some());
+        self.references_changed |= had != has;
+        o
+    }
+
+    /// Whether a healthy reference was fixed or dropped since the last call: time to store the
+    /// state, so a restart does not lose it.
+    pub fn take_references_changed(&mut self) -> bool {
+        std::mem::take(&mut self.references_changed)
     }
 
     fn build(&self, device: &str, metric: &str) -> SeriesDetectors {
