@@ -113,8 +113,8 @@ impl Core {
         for (device, metric, factor) in store.tuning()? {
             detectors.set_tuning(&device, &metric, factor);
         }
-        for (device, metric, drift) in store.detector_states::<crate::detect::Drift>()? {
-            detectors.restore_drift(&device, &metric, drift);
+        for (device, metric, state) in store.detector_states::<crate::detect::SeriesState>()? {
+            detectors.restore(&device, &metric, state);
         }
         let mut units: HashMap<String, String> = config.decode.units.clone().into_iter().collect();
         for m in &config.decode.metrics {
@@ -623,13 +623,14 @@ impl Core {
         Ok(out)
     }
 
-    /// Writes every series' drift state (its healthy reference) to the store, durable with the
-    /// next flush, so a restart does not re-learn a reference from a fault under way. Returns
+    /// Writes every series' detector state (the healthy reference, the baseline, a flatline
+    /// run) to the store, durable with the next flush, so a restart does not re-learn a
+    /// reference from a fault under way. Returns
     /// how many were written.
     pub fn save_detector_state(&self) -> Result<usize, StoreError> {
         let mut n = 0;
-        for (device, metric, drift) in self.detectors.drift_states() {
-            self.store.put_detector_state(device, metric, drift)?;
+        for (device, metric, state) in self.detectors.states() {
+            self.store.put_detector_state(device, metric, &state)?;
             n += 1;
         }
         Ok(n)

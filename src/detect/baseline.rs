@@ -1,5 +1,7 @@
 //! Streaming baseline: an exponentially weighted mean and spread, robust to the outliers it flags.
 
+use serde::{Deserialize, Serialize};
+
 use super::{calibrate, Anomaly, FaultKind, SeriesDetector};
 
 /// Robust z-score over an EWMA baseline with a warm-up.
@@ -8,6 +10,7 @@ use super::{calibrate, Anomaly, FaultKind, SeriesDetector};
 /// same); afterwards they decay with the configured half-life. A reading is folded into the
 /// baseline only after clipping it to the alarm band, so one spike cannot drag the baseline
 /// along, while a lasting level change is still absorbed over a few half-lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
     warmup: u32,
     alpha: f64,

@@ -1,11 +1,14 @@
 //! Flatline: a sensor that repeats exactly the same value for too long is probably stuck.
 
+use serde::{Deserialize, Serialize};
+
 use super::{Anomaly, FaultKind, SeriesDetector};
 
 /// Reports a stuck sensor after `min_readings` identical readings spanning at least `min_ms`.
 ///
 /// A series that has never varied (a setpoint, a status code) is not reported: only a series
 /// that moved before and then froze.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Flatline {
     min_readings: u32,
     min_ms: i64,

@@ -173,10 +173,26 @@ pub struct Observation {
 
 /// The detectors of one series.
 pub struct SeriesDetectors {
+    /// Novelty and limits: nothing to keep across a restart.
     detectors: Vec<Box<dyn SeriesDetector>>,
-    /// Held apart from the others: its healthy reference is persisted across restarts and
-    /// gives forecasts their healthy envelope.
+    /// Held apart from the others: their state is stored across restarts (see
+    /// [`SeriesState`]), and the drift detector's healthy reference gives forecasts their
+    /// healthy envelope.
+    baseline: Option<Baseline>,
+    flatline: Option<Flatline>,
     drift: Option<Drift>,
+}
+
+/// The state of a series' detectors that survives a restart: what they learnt (the drift
+/// detector's healthy reference, the baseline's level) and where they are (a flatline run).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesState {
+    #[serde(default)]
+    pub baseline: Option<Baseline>,
+    #[serde(default)]
+    pub flatline: Option<Flatline>,
+    #[serde(default)]
+    pub drift: Option<Drift>,
 }
 
 impl SeriesDetectors {
@@ -184,6 +200,8 @@ impl SeriesDetectors {
         self.detectors
             .iter_mut()
             .map(|d| d.as_mut() as &mut dyn SeriesDetector)
+            .chain(self.baseline.as_mut().map(|d| d as &mut dyn SeriesDetector))
+            .chain(self.flatline.as_mut().map(|d| d as &mut dyn SeriesDetector))
             .chain(self.drift.as_mut().map(|d| d as &mut dyn SeriesDetector))
     }
 
@@ -254,7 +272,12 @@ impl DetectorBank {
             let s = self.build(device, metric);
             self.series.insert(key.clone(), s);
         }
-        self.series.entry(key).or_insert_with(|| SeriesDetectors { detectors: Vec::new(), drift: None })
+        self.series.entry(key).or_insert_with(|| SeriesDetectors {
+            detectors: Vec::new(),
+            baseline: None,
+            flatline: None,
+            drift: None,
+        })
     }
 
     /// Starts a series over: fresh detectors that learn a new reference (the device runs at a
@@ -288,15 +311,28 @@ impl DetectorBank {
         s.drift.as_ref()?.reference().copied()
     }
 
-    /// The drift state of every series, to persist (it carries the healthy reference).
-    pub fn drift_states(&self) -> impl Iterator<Item = (&str, &str, &Drift)> {
-        self.series.iter().filter_map(|((d, m), s)| s.drift.as_ref().map(|dr| (d.as_str(), m.as_str(), dr)))
+    /// The state of every series that survives a restart, to store.
+    pub fn states(&self) -> impl Iterator<Item = (&str, &str, SeriesState)> {
+        self.series.iter().map(|((d, m), s)| {
+            let state =
+                SeriesState { baseline: s.baseline.clone(), flatline: s.flatline.clone(), drift: s.drift.clone() };
+            (d.as_str(), m.as_str(), state)
+        })
     }
 
-    /// Restores a series' drift state (from the store, at start).
-    pub fn restore_drift(&mut self, device: &str, metric: &str, drift: Drift) {
-        if self.config.drift.enabled {
-            self.entry(device, metric).drift = Some(drift);
+    /// Restores a series' state (from the store, at start); detectors switched off since are
+    /// left off.
+    pub fn restore(&mut self, device: &str, metric: &str, state: SeriesState) {
+        let (baseline, flatline, drift) = (self.config.baseline, self.config.flatline, self.config.drift.enabled);
+        let s = self.entry(device, metric);
+        if let (true, Some(b)) = (baseline, state.baseline) {
+            s.baseline = Some(b);
+        }
+        if let (true, Some(f)) = (flatline, state.flatline) {
+            s.flatline = Some(f);
+        }
+        if let (true, Some(d)) = (drift, state.drift) {
+            s.drift = Some(d);
         }
     }
 
@@ -319,17 +355,10 @@ impl DetectorBank {
     fn build(&self, device: &str, metric: &str) -> SeriesDetectors {
         let c = &self.config;
         let mut detectors: Vec<Box<dyn SeriesDetector>> = Vec::new();
-        if c.baseline {
-            detectors.push(Box::new(Baseline::new(
-                c.warmup_readings,
-                c.baseline_half_life,
-                c.z_threshold,
-                c.min_relative_spread,
-            )));
-        }
-        if c.flatline {
-            detectors.push(Box::new(Flatline::new(c.flatline_readings, c.flatline_after.as_millis() as i64)));
-        }
+        let baseline = c
+            .baseline
+            .then(|| Baseline::new(c.warmup_readings, c.baseline_half_life, c.z_threshold, c.min_relative_spread));
+        let flatline = c.flatline.then(|| Flatline::new(c.flatline_readings, c.flatline_after.as_millis() as i64));
         if c.novelty.enabled {
             detectors.push(Box::new(Novelty::new(&c.novelty)));
         }
@@ -337,7 +366,7 @@ impl DetectorBank {
             detectors.push(Box::new(limit));
         }
         let drift = c.drift.enabled.then(|| Drift::new(&c.drift, c.min_relative_spread));
-        let mut s = SeriesDetectors { detectors, drift };
+        let mut s = SeriesDetectors { detectors, baseline, flatline, drift };
         // A restored false-alarm widening is applied once, here.
         if let Some(&factor) = self.tuning.get(&(device.to_string(), metric.to_string())) {
             for d in s.all() {
