@@ -400,8 +400,9 @@ pub fn calibrate(excess_ratio: f64) -> f64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_restored_false_alarm_widening_is_applied_once() {
+    /// A bank whose one series was restored with `factor`, after 500 readings of noise with a
+    /// spread of ~0.58 around 10; returns whether a reading `z` spreads off alarms.
+    fn alarms_at(factor: f64, z: f64) -> bool {
         let config = DetectConfig {
             drift: DriftConfig { enabled: false, ..DriftConfig::default() },
             flatline: false,
@@ -409,31 +410,19 @@ mod tests {
             ..DetectConfig::default()
         };
         let mut bank = DetectorBank::new(&config);
-        bank.set_tuning("d", "m", 2.0);
-        // Noise of spread ~0.58 around 10. z_threshold 5 widened ×2 once is 10 spreads: 12
-        // spreads alarms, 8 does not. Applied twice (×4, 20 spreads) 12 would not alarm.
+        bank.set_tuning("d", "m", factor);
         for i in 0..500 {
-            let v = 10.0 + if i % 2 == 0 { 0.577 } else { -0.577 };
-            bank.observe("d", "m", i, v);
+            bank.observe("d", "m", i, 10.0 + if i % 2 == 0 { 0.577 } else { -0.577 });
         }
-        let at = |z: f64| 10.0 + z * 0.577;
-        let mut probe = DetectorBank::new(&config);
-        probe.set_tuning("d", "m", 2.0);
-        for i in 0..500 {
-            let v = 10.0 + if i % 2 == 0 { 0.577 } else { -0.577 };
-            probe.observe("d", "m", i, v);
-        }
-        let z12 = bank.observe("d", "m", 500, at(12.0));
-        assert!(!z12.anomalies.is_empty(), "12 spreads is beyond a threshold widened once (10)");
-        let z8 = probe.observe("d", "m", 500, at(8.0));
-        assert!(z8.anomalies.is_empty(), "8 spreads is inside a threshold widened once (10)");
-        let mut twice = DetectorBank::new(&config);
-        twice.set_tuning("d", "m", 4.0);
-        for i in 0..500 {
-            let v = 10.0 + if i % 2 == 0 { 0.577 } else { -0.577 };
-            twice.observe("d", "m", i, v);
-        }
-        let z12_twice = twice.observe("d", "m", 500, at(12.0));
-        assert!(z12_twice.anomalies.is_empty(), "a widening applied twice (×4) would hide 12 spreads");
+        !bank.observe("d", "m", 500, 10.0 + z * 0.577).anomalies.is_empty()
+    }
+
+    #[test]
+    fn a_restored_false_alarm_widening_is_applied_once() {
+        // z_threshold 5 widened ×2 once is 10 spreads: 12 alarms, 8 does not. Applied twice it
+        // would be 20 spreads, as a ×4 widening is, which hides 12.
+        assert!(alarms_at(2.0, 12.0), "12 spreads is beyond a threshold widened once (10)");
+        assert!(!alarms_at(2.0, 8.0), "8 spreads is inside a threshold widened once (10)");
+        assert!(!alarms_at(4.0, 12.0), "a widening applied twice (×4) would hide 12 spreads");
     }
 }
