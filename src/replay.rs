@@ -335,8 +335,7 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
     let mut duplicates = 0u64;
     let mut fitted = 0u64;
     let mut opened: Vec<OpenedIncident> = Vec::new();
-    let mut skipped_report = ReplayReport::default();
-    recording.for_each(&mut skipped_report, |row| {
+    recording.for_each(&mut report, |row| {
         let readings = readings_of(&device, &metrics, &row);
         readings_n += readings.len() as u64;
         let mut outcome = BatchOutcome::default();
@@ -405,8 +404,6 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
     report.duplicates = duplicates;
     report.models_fitted += fitted;
     report.incidents = opened;
-    report.skipped_rows += skipped_report.skipped_rows;
-    report.skipped.extend(skipped_report.skipped);
     out.flush().map_err(io_err(&opts.output))?;
     if let (Some(w), Some(p)) = (incidents_out.as_mut(), &opts.incidents) {
         w.flush().map_err(io_err(p))?;

@@ -287,17 +287,6 @@ impl Core {
         }
     }
 
-    /// Stores and scores one reading and feeds the incident policy; readings already stored
-    /// are counted and skipped.
-    ///
-    /// Returns the reading's highest calibrated detector score (0..1), or `None` for a reading
-    /// that was already stored and so was not scored again.
-    pub fn process_reading(&mut self, r: &Reading, out: &mut BatchOutcome) -> Result<Option<f64>, StoreError> {
-        let Some(o) = self.score_reading(r, out)? else { return Ok(None) };
-        self.feed_incidents(r, &o.anomalies, out)?;
-        Ok(Some(o.score))
-    }
-
     /// Stores and scores one reading (`None`: already stored, counted and skipped).
     fn score_reading(&mut self, r: &Reading, out: &mut BatchOutcome) -> Result<Option<Observation>, StoreError> {
         let series = self.store.series_id(&r.device, &r.metric)?;
