@@ -1,10 +1,16 @@
 //! Admin HTTP (loopback by default): `/metrics` for Prometheus, `/healthz`, `/readyz`, and the
 //! operator API: incidents with their timeline, technician feedback, silences, rejected messages.
+//!
+//! Reads are open (they are what monitoring scrapes); every request that changes state needs
+//! `Authorization: Bearer <admin.token>` when a token is configured, compared in constant time.
+//! Bodies are capped at [`MAX_BODY_BYTES`] and free-text fields are bounded, since they end up
+//! in tickets.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -32,10 +38,19 @@ pub enum Control {
     ModelFitted(Box<DeviceModel>),
 }
 
+/// Largest request body accepted (feedback and silences are a few hundred bytes).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Longest silence reason accepted.
+pub const REASON_MAX: usize = 1024;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
+    pub health: Arc<crate::health::Health>,
+    /// Needed by every request that changes state; `None`: no token configured (loopback only).
+    pub token: Option<Arc<str>>,
     pub store: Arc<Store>,
     pub control: mpsc::Sender<Control>,
     /// Where `POST /api/models/train` asks for fits (`None`: models are disabled).
@@ -55,7 +70,45 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/rejected", get(list_rejected))
         .route("/api/models", get(list_models))
         .route("/api/models/train", post(train_models))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// The router of a daemon whose store cannot commit, served while it waits to start again:
+/// liveness, the reason it is not ready, and its counters.
+pub fn degraded_router(metrics: Arc<Metrics>, health: Arc<crate::health::Health>) -> Router {
+    Router::new()
+        .route("/metrics", get(move || async move { metrics_response(&metrics) }))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                let reason = health.store_error().unwrap_or_else(|| "starting".into());
+                (StatusCode::SERVICE_UNAVAILABLE, format!("store cannot commit: {reason}\n"))
+            }),
+        )
+}
+
+/// Requests that change state carry the admin token, when one is configured.
+async fn require_token(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+    let Some(token) = &s.token else { return next.run(req).await };
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.as_bytes())) {
+        next.run(req).await
+    } else {
+        let mut r = error(StatusCode::UNAUTHORIZED, "this request needs `Authorization: Bearer <admin.token>`");
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        r
+    }
 }
 
 /// Serves until `cancel`.
@@ -67,16 +120,24 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, cancel:
     }
 }
 
-async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render())
+async fn metrics_text(State(s): State<AdminState>) -> Response {
+    metrics_response(&s.metrics)
 }
 
-/// Ready when connected to the broker: until then no telemetry can arrive.
-async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
+fn metrics_response(metrics: &Metrics) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.render())
+        .into_response()
+}
+
+/// Ready when the store commits and the broker is connected: until then no telemetry is taken.
+async fn ready(State(s): State<AdminState>) -> Response {
+    if let Some(reason) = s.health.store_error() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("store cannot commit: {reason}\n")).into_response();
+    }
     if s.metrics.mqtt_connected.get() == 1 {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not connected to the broker\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "not connected to the broker\n").into_response()
     }
 }
 
@@ -109,6 +170,8 @@ async fn feedback(State(s): State<AdminState>, Path(id): Path<String>, Json(fb):
     match answer.await {
         Ok(Ok(inc)) => Json(inc).into_response(),
         Ok(Err(FeedbackError::NotFound(id))) => error(StatusCode::NOT_FOUND, format!("no incident with id {id}")),
+        Ok(Err(e @ FeedbackError::AlreadyDecided { .. })) => error(StatusCode::CONFLICT, e),
+        Ok(Err(e @ FeedbackError::Invalid(_))) => error(StatusCode::BAD_REQUEST, e),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is shutting down"),
     }
@@ -134,9 +197,20 @@ async fn add_silence(State(s): State<AdminState>, Json(req): Json<SilenceRequest
     if req.duration.is_zero() || req.duration > std::time::Duration::from_secs(30 * 86_400) {
         return error(StatusCode::BAD_REQUEST, "`for` must be between 1s and 30d");
     }
+    if req.device.iter().chain(req.site.iter()).any(|n| n.is_empty() || n.chars().count() > 128) {
+        return error(StatusCode::BAD_REQUEST, "`device` and `site` are 1 to 128 characters");
+    }
+    if req.reason.chars().count() > REASON_MAX {
+        return error(StatusCode::BAD_REQUEST, format!("`reason` is longer than {REASON_MAX} characters"));
+    }
     let now = now_ms();
+    let seq = match s.store.next_id() {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
     let silence = Silence {
-        id: format!("S-{now:x}"),
+        // Unique even for requests in the same millisecond: the store's id counter.
+        id: format!("S-{now:x}-{seq}"),
         device: req.device,
         site: req.site,
         created_at: now,

@@ -251,6 +251,11 @@ impl Registry {
         }
     }
 
+    /// True when the device is in the asset registry.
+    pub fn is_registered(&self, device: &str) -> bool {
+        self.devices.contains_key(device)
+    }
+
     /// The registered site of a device, if any.
     pub fn site(&self, device: &str) -> Option<&str> {
         self.devices.get(device).and_then(|d| d.site.as_deref())

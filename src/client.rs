@@ -26,10 +26,21 @@ pub struct AdminClient {
     addr: String,
 }
 
+/// Environment variable with the daemon's `admin.token`, sent with every request when set.
+pub const TOKEN_ENV: &str = "FIELDWATCH_ADMIN_TOKEN";
+
 impl AdminClient {
     pub fn new(addr: &str) -> Result<AdminClient, ClientError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()) {
+            if let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+                v.set_sensitive(true);
+                headers.insert(reqwest::header::AUTHORIZATION, v);
+            }
+        }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            .default_headers(headers)
             .build()
             .map_err(|source| ClientError::Unreachable { addr: addr.into(), source })?;
         Ok(AdminClient { http, addr: addr.to_string() })

@@ -142,11 +142,13 @@ impl MaintenanceWindow {
 pub struct DaemonConfig {
     /// Where the sled database lives. Under systemd this is `StateDirectory=`.
     pub data_dir: PathBuf,
+    /// Log filter (`tracing` env-filter syntax), re-read on SIGHUP; `RUST_LOG` overrides it.
+    pub log_level: String,
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("/var/lib/fieldwatch") }
+        Self { data_dir: PathBuf::from("/var/lib/fieldwatch"), log_level: "info,rumqttc=warn".into() }
     }
 }
 
@@ -291,6 +293,16 @@ pub struct DecodeConfig {
     /// Reject readings from devices not listed in `known_devices`.
     pub require_known_devices: bool,
     pub known_devices: Vec<String>,
+    /// Most devices tracked; messages of new devices beyond it are rejected (`too_many_devices`)
+    /// while known ones keep flowing. 0: no limit.
+    pub max_devices: usize,
+    /// Most series (device × metric) tracked; new series beyond it are rejected
+    /// (`too_many_series`). 0: no limit.
+    pub max_series: usize,
+    /// A device not heard from this long is forgotten: its detectors, models and bookkeeping
+    /// are freed (a silent-device incident stays open). It starts afresh if it returns.
+    #[serde(with = "humantime_serde")]
+    pub forget_after: Duration,
 }
 
 impl Default for DecodeConfig {
@@ -306,6 +318,9 @@ impl Default for DecodeConfig {
             max_payload_bytes: 64 * 1024,
             require_known_devices: false,
             known_devices: Vec::new(),
+            max_devices: 10_000,
+            max_series: 100_000,
+            forget_after: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -597,6 +612,11 @@ pub struct IncidentConfig {
     /// sensor-health incident. Zero disables it.
     #[serde(with = "humantime_serde")]
     pub stale_after: Duration,
+    /// Only an established device opens a sensor-health incident when it goes silent: one in
+    /// the asset registry, or one that has reported for at least this long. A burst of one-shot
+    /// device ids (a misconfigured publisher) then opens no tickets.
+    #[serde(with = "humantime_serde")]
+    pub establish_after: Duration,
 }
 
 impl Default for IncidentConfig {
@@ -612,6 +632,7 @@ impl Default for IncidentConfig {
             flap_hold_factor: 3,
             min_confidence: 0.55,
             stale_after: Duration::from_secs(900),
+            establish_after: Duration::from_secs(3600),
         }
     }
 }
@@ -725,13 +746,16 @@ impl SinkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// `host:port`; empty disables it.
+    /// `host:port`; empty disables it. Anything but a loopback address needs `token`.
     pub listen: String,
+    /// Bearer token every request that changes state must carry (`{ file = ... }` or
+    /// `{ env = ... }`). Reads (`/metrics`, health, lists) stay open.
+    pub token: Option<SecretRef>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9797".into() }
+        Self { listen: "127.0.0.1:9797".into(), token: None }
     }
 }
 
@@ -897,8 +921,36 @@ impl Config {
                 return Err((key, "name a site or a device, not both".into()));
             }
         }
-        if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad("admin.listen", "must be host:port, e.g. 127.0.0.1:9797, or empty");
+        if !self.admin.listen.is_empty() {
+            let Ok(addr) = self.admin.listen.parse::<std::net::SocketAddr>() else {
+                return bad("admin.listen", "must be host:port, e.g. 127.0.0.1:9797, or empty");
+            };
+            if !addr.ip().is_loopback() && self.admin.token.is_none() {
+                return bad(
+                    "admin.listen",
+                    "is not a loopback address: set admin.token (file or env) so only operators can change state",
+                );
+            }
+        }
+        if let Some(t) = &self.admin.token {
+            if t.file.is_none() && t.env.is_none() {
+                return bad("admin.token", "set `file` or `env`");
+            }
+        }
+        if self.decode.forget_after < self.incident.stale_after {
+            return bad(
+                "decode.forget_after",
+                "must be at least incident.stale_after (a silent device is reported first)",
+            );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.daemon.log_level) {
+            return Err(("daemon.log_level".into(), format!("is not a log filter: {e}")));
+        }
+        if self.decode.max_payload_bytes > self.mqtt.max_packet_bytes {
+            return bad(
+                "decode.max_payload_bytes",
+                "must not exceed mqtt.max_packet_bytes (a packet carries the payload)",
+            );
         }
         Ok(())
     }

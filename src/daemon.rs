@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{AdminState, Control};
 use crate::config::Config;
 use crate::core::Core;
+use crate::health::Health;
 use crate::ingest::mqtt::{self, Inbound};
 use crate::metrics::Metrics;
 use crate::model::trainer::{self, TrainerStatus};
@@ -42,11 +43,23 @@ pub enum DaemonError {
     Ingest(#[from] mqtt::IngestError),
     #[error("admin.listen {addr}: {source}")]
     Admin { addr: String, source: std::io::Error },
+    #[error("admin.token: {0}")]
+    AdminToken(crate::config::SecretError),
+}
+
+/// What outlives one run of the pipeline: counters stay monotonic and health stays known across
+/// the in-process restarts of a config reload or a store recovery.
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
 }
 
 /// A running daemon. Dropping it does not stop it: call [`Daemon::shutdown`].
 pub struct Daemon {
     cancel: CancellationToken,
+    /// Cancelled when the store stopped committing: the daemon must be restarted to go on.
+    failed: CancellationToken,
     tracker: TaskTracker,
     metrics: Arc<Metrics>,
     store: Arc<Store>,
@@ -56,12 +69,27 @@ pub struct Daemon {
 impl Daemon {
     /// Opens the store, builds every stage and starts them.
     pub async fn start(config: Config) -> Result<Daemon, DaemonError> {
-        let metrics = Arc::new(Metrics::new());
+        Daemon::start_with(config, Shared::default()).await
+    }
+
+    /// [`Daemon::start`] with counters and health that outlive this run.
+    pub async fn start_with(config: Config, shared: Shared) -> Result<Daemon, DaemonError> {
+        let Shared { metrics, health } = shared;
         let dir = config.daemon.data_dir.clone();
         let store = Arc::new(
             Store::open(&dir, config.store.cache_mb, config.store.rejected_max)
                 .map_err(|source| DaemonError::Store { dir: dir.clone(), source })?,
         );
+        // A store that cannot commit (a full disk) must not look like a running daemon.
+        store
+            .set_meta("started_at", &crate::reading::now_ms().to_be_bytes())
+            .and_then(|_| store.flush_blocking())
+            .map_err(|source| {
+                metrics.store_errors.inc();
+                health.set_store_error(format!("cannot commit to {}: {source}", dir.display()));
+                DaemonError::Store { dir: dir.clone(), source }
+            })?;
+        health.clear_store_error();
         let sinks = config
             .ticket
             .sinks
@@ -75,6 +103,7 @@ impl Daemon {
         let trainer_status = Arc::new(TrainerStatus::default());
 
         let cancel = CancellationToken::new();
+        let failed = CancellationToken::new();
         let tracker = TaskTracker::new();
         let wake = Arc::new(Notify::new());
         let retry = RetryPolicy { min: config.ticket.retry_min, max: config.ticket.retry_max };
@@ -87,8 +116,14 @@ impl Daemon {
                 .await
                 .map_err(|source| DaemonError::Admin { addr: config.admin.listen.clone(), source })?;
             let addr = listener.local_addr().ok();
+            let token = match &config.admin.token {
+                Some(t) => Some(Arc::from(t.resolve().map_err(DaemonError::AdminToken)?)),
+                None => None,
+            };
             let state = AdminState {
+                token,
                 metrics: metrics.clone(),
+                health: health.clone(),
                 store: store.clone(),
                 control: control_tx.clone(),
                 train: train.clone(),
@@ -130,6 +165,7 @@ impl Daemon {
             eventloop,
             config.mqtt.clone(),
             tx,
+            store.clone(),
             metrics.clone(),
             cancel.clone(),
             drained.clone(),
@@ -142,14 +178,16 @@ impl Daemon {
             store: store.clone(),
             wake,
             metrics: metrics.clone(),
+            health,
             liveness,
+            failed: failed.clone(),
             config: config.clone(),
         };
         tracker.spawn(stage.run(core, rx, control_rx, drained));
         tracker.close();
         systemd::ready();
         tracing::info!(data_dir = %dir.display(), open_incidents = open, admin = ?admin_addr, "fieldwatch started");
-        Ok(Daemon { cancel, tracker, metrics, store, admin_addr })
+        Ok(Daemon { cancel, failed, tracker, metrics, store, admin_addr })
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -168,6 +206,12 @@ impl Daemon {
     /// A token that stops the daemon when cancelled.
     pub fn cancel_token(&self) -> CancellationToken {
         self.cancel.clone()
+    }
+
+    /// A token cancelled when the store stopped committing; the daemon then has to be shut down
+    /// and started again (see [`crate::supervisor`]).
+    pub fn failed_token(&self) -> CancellationToken {
+        self.failed.clone()
     }
 
     /// Stops every stage in order and waits for them; flushes the store.
@@ -210,7 +254,10 @@ struct Batcher {
     /// Wakes the sink tasks when a batch queued ticket commands.
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     liveness: Arc<Liveness>,
+    /// Cancelled when the store fails; the batcher then stops taking messages.
+    failed: CancellationToken,
     config: Config,
 }
 
@@ -239,6 +286,9 @@ impl Batcher {
                 },
                 _ = clock.tick() => {
                     self.tick(&mut core).await;
+                    if self.failed.is_cancelled() {
+                        break;
+                    }
                     continue;
                 }
                 Some(c) = control.recv() => {
@@ -261,6 +311,9 @@ impl Batcher {
             self.liveness.batch_started();
             self.commit(&mut core, &mut batch).await;
             self.liveness.batch_done();
+            if self.failed.is_cancelled() {
+                break;
+            }
         }
         // The healthy references are kept for the next start.
         match core.save_detector_state() {
@@ -304,10 +357,22 @@ impl Batcher {
             Ok(t) if t.is_empty() => {}
             Ok(_) => match self.store.flush().await {
                 Ok(()) => self.wake.notify_waiters(),
-                Err(e) => tracing::error!(error = %e, "flush failed after incident escalation"),
+                Err(e) => self.store_failed("flush", &e),
             },
-            Err(e) => tracing::error!(error = %e, "cannot store incident escalation"),
+            Err(e) => self.store_failed("store", &e),
         }
+    }
+
+    /// The store cannot commit (sled refuses every write after an I/O error such as a full
+    /// disk). Nothing of the batch is acknowledged, so the broker redelivers it; the daemon stops
+    /// taking messages, reports not ready with the reason and withholds the watchdog ping, and
+    /// is restarted (by the supervisor, or by systemd) until the store commits again.
+    fn store_failed(&self, what: &str, e: &StoreError) {
+        self.metrics.store_errors.inc();
+        self.health.set_store_error(format!("{what}: {e}"));
+        self.liveness.fail();
+        self.failed.cancel();
+        tracing::error!(error = %e, "cannot commit to the store; batch not acknowledged, the broker will redeliver it");
     }
 
     /// Hands queued acknowledgements to the client, oldest first, until its queue is full.
@@ -327,13 +392,13 @@ impl Batcher {
         let outcome = match core.process_messages(&messages) {
             Ok(o) => o,
             Err(e) => {
-                tracing::error!(error = %e, "cannot store batch; not acknowledged, the broker will redeliver");
+                self.store_failed("store", &e);
                 batch.clear();
                 return;
             }
         };
         if let Err(e) = self.store.flush().await {
-            tracing::error!(error = %e, "flush failed; batch not acknowledged, the broker will redeliver");
+            self.store_failed("flush", &e);
             batch.clear();
             return;
         }

@@ -33,10 +33,16 @@ pub enum RejectReason {
     BadTimestamp(String),
     #[error("payload has no numeric metrics")]
     NoMetrics,
+    #[error("timestamp is older than store.retention ({0}); it would be deleted at once")]
+    TooOld(String),
+    #[error("device `{0}` is new and decode.max_devices devices are already tracked")]
+    TooManyDevices(String),
+    #[error("series `{0}` is new and decode.max_series series are already tracked")]
+    TooManySeries(String),
 }
 
 /// Every label [`RejectReason::label`] can return.
-pub const ALL_REJECT_LABELS: [&str; 10] = [
+pub const ALL_REJECT_LABELS: [&str; 13] = [
     "too_large",
     "not_json",
     "not_object",
@@ -47,6 +53,9 @@ pub const ALL_REJECT_LABELS: [&str; 10] = [
     "non_finite",
     "bad_timestamp",
     "no_metrics",
+    "too_old",
+    "too_many_devices",
+    "too_many_series",
 ];
 
 impl RejectReason {
@@ -57,6 +66,9 @@ impl RejectReason {
             RejectReason::NotJson(_) => "not_json",
             RejectReason::NotObject => "not_object",
             RejectReason::NoDevice => "no_device",
+            RejectReason::TooOld(_) => "too_old",
+            RejectReason::TooManyDevices(_) => "too_many_devices",
+            RejectReason::TooManySeries(_) => "too_many_series",
             RejectReason::BadDevice(_) => "bad_device",
             RejectReason::UnknownDevice(_) => "unknown_device",
             RejectReason::WrongType { .. } => "wrong_type",
@@ -88,6 +100,17 @@ pub struct Decoder {
     metrics: Vec<MetricMapping>,
     max_payload_bytes: usize,
     known_devices: Option<HashSet<String>>,
+    /// Readings older than this before their receive time are rejected (`too_old`).
+    max_age_ms: Option<i64>,
+}
+
+/// A scalar field of an accepted message that was not taken as a metric because it is not a
+/// JSON number. The core counts it when it was meant as a reading: a number written as text
+/// (`"12.5"`, `"NaN"`), or a field the device has sent as a number before.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IgnoredField {
+    pub field: String,
+    pub numeric_text: bool,
 }
 
 /// Event times further than this ahead of the receive time are rejected: a device with a wrong
@@ -116,11 +139,25 @@ impl Decoder {
             metrics: cfg.metrics.clone(),
             max_payload_bytes: cfg.max_payload_bytes,
             known_devices: cfg.require_known_devices.then(|| cfg.known_devices.iter().cloned().collect()),
+            max_age_ms: None,
         }
+    }
+
+    /// Rejects readings whose event time is more than `age` before they were received: the
+    /// store would delete them at its next retention pass.
+    pub fn with_max_age(mut self, age: std::time::Duration) -> Decoder {
+        self.max_age_ms = Some(age.as_millis().min(i64::MAX as u128) as i64);
+        self
     }
 
     /// Decodes one message into its readings, or says why it cannot.
     pub fn decode(&self, msg: &Message) -> Result<Vec<Reading>, RejectReason> {
+        self.decode_noting(msg, &mut Vec::new())
+    }
+
+    /// [`Decoder::decode`], noting in `ignored` the fields of an accepted message that look like
+    /// metrics but are not numbers (e.g. `"NaN"` beside numeric fields).
+    pub fn decode_noting(&self, msg: &Message, ignored: &mut Vec<IgnoredField>) -> Result<Vec<Reading>, RejectReason> {
         if msg.payload.len() > self.max_payload_bytes {
             return Err(RejectReason::TooLarge { size: msg.payload.len(), limit: self.max_payload_bytes });
         }
@@ -158,6 +195,11 @@ impl Decoder {
         if ts < 0 {
             return Err(RejectReason::BadTimestamp("before 1970".into()));
         }
+        if let Some(age) = self.max_age_ms {
+            if ts < msg.received_ms.saturating_sub(age) {
+                return Err(RejectReason::TooOld(crate::reading::format_ts(ts)));
+            }
+        }
 
         let mut readings = Vec::new();
         let mut push = |metric: &str, value: f64| {
@@ -167,17 +209,25 @@ impl Decoder {
             let skip = |key: &str| {
                 [&self.device_field, &self.site_field, &self.timestamp_field]
                     .iter()
-                    .any(|f| f.as_deref().map(|p| &p[1..]) == Some(key))
+                    .any(|f| f.as_deref().and_then(|p| p.strip_prefix('/')).is_some_and(|p| unescape_pointer(p) == key))
             };
             for (key, v) in obj {
                 if skip(key) {
                     continue;
                 }
-                if let Some(n) = v.as_f64() {
-                    if !n.is_finite() {
-                        return Err(RejectReason::NonFinite(key.clone()));
+                match v {
+                    Value::Number(_) => match v.as_f64() {
+                        Some(n) if n.is_finite() => push(key, n),
+                        _ => return Err(RejectReason::NonFinite(key.clone())),
+                    },
+                    Value::String(t) => {
+                        ignored.push(IgnoredField { field: key.clone(), numeric_text: t.trim().parse::<f64>().is_ok() })
                     }
-                    push(key, n);
+                    Value::Null | Value::Bool(_) => {
+                        ignored.push(IgnoredField { field: key.clone(), numeric_text: false })
+                    }
+                    // Arrays and objects are metadata, not metrics.
+                    _ => {}
                 }
             }
         } else {
@@ -216,6 +266,15 @@ impl Decoder {
             }
         }
         (device, site)
+    }
+}
+
+/// A one-level JSON pointer's key (`~1` is `/`, `~0` is `~`).
+fn unescape_pointer(p: &str) -> std::borrow::Cow<'_, str> {
+    if p.contains('~') {
+        p.replace("~1", "/").replace("~0", "~").into()
+    } else {
+        p.into()
     }
 }
 

@@ -23,6 +23,7 @@
 
 pub mod admin;
 pub mod assets;
+pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod core;
@@ -31,15 +32,18 @@ pub mod decode;
 #[cfg(feature = "embedded-broker")]
 pub mod demo;
 pub mod detect;
+pub mod health;
 pub mod incident;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod preflight;
 pub mod reading;
 pub mod replay;
 pub mod silence;
 pub mod sim;
 pub mod store;
+pub mod supervisor;
 pub mod systemd;
 pub mod ticket;
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use fieldwatch::{Config, Daemon};
+use fieldwatch::Config;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -153,6 +153,34 @@ fn init_logging(default: &str) {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
+/// Logging whose filter can be changed later (`daemon.log_level` on SIGHUP), unless `RUST_LOG`
+/// set it.
+fn init_reloadable_logging(level: &str) -> fieldwatch::supervisor::SetLogLevel {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let pinned = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(level));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+    Box::new(move |level: &str| {
+        if pinned {
+            return;
+        }
+        match EnvFilter::try_new(level) {
+            Ok(f) => {
+                if let Err(e) = handle.reload(f) {
+                    tracing::warn!(error = %e, "cannot change the log level");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "daemon.log_level is not a log filter"),
+        }
+    })
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -179,7 +207,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(_) => {
+            Ok(config) => {
+                let findings = fieldwatch::preflight::check(&config);
+                for f in &findings {
+                    eprintln!("{}: {f}", file.display());
+                }
+                if findings.iter().any(|f| f.severity == fieldwatch::preflight::Severity::Error) {
+                    return ExitCode::from(2);
+                }
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }
@@ -188,15 +223,14 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => {
-            init_logging("info,rumqttc=warn");
-            let config = match load_config(&config) {
+        Command::Run { config: path } => {
+            let config = match load_config(&path) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            let set_log_level = init_reloadable_logging(&config.daemon.log_level);
             run_async(async move {
-                let daemon = Daemon::start(config).await?;
-                daemon.run_until(shutdown_signal()).await;
+                fieldwatch::supervisor::supervise(path, config, set_log_level, shutdown_signal()).await?;
                 Ok(())
             })
         }

@@ -42,6 +42,8 @@ pub struct Metrics {
     /// Devices recognised as running at a new operating point (references re-learnt).
     pub operating_point_changes: Counter,
     pub rejected: Family<ReasonLabel, Counter>,
+    /// Fields of accepted messages meant as readings but not numbers.
+    pub fields_ignored: Family<ReasonLabel, Counter>,
     pub anomalies: Family<ReasonLabel, Counter>,
     pub incidents_opened: Counter,
     pub incidents_resolved: Counter,
@@ -58,7 +60,14 @@ pub struct Metrics {
     pub tickets_dead: Family<SinkLabel, Counter>,
     pub outbox_depth: Family<SinkLabel, Gauge>,
     pub mqtt_connected: Gauge,
+    /// Devices and series the core tracks now (bounded by decode.max_devices / max_series).
+    pub devices_tracked: Gauge,
+    pub series_tracked: Gauge,
     pub mqtt_connection_errors: Counter,
+    /// Reconnects where the broker had lost our persistent session.
+    pub mqtt_sessions_lost: Counter,
+    /// Store writes or flushes that failed (a full disk, an I/O error).
+    pub store_errors: Counter,
     pub retention_removed: Counter,
     pub batch_commit_seconds: Histogram,
 }
@@ -78,6 +87,7 @@ impl Metrics {
             readings_duplicate: Counter::default(),
             operating_point_changes: Counter::default(),
             rejected: Family::default(),
+            fields_ignored: Family::default(),
             anomalies: Family::default(),
             incidents_opened: Counter::default(),
             incidents_resolved: Counter::default(),
@@ -94,7 +104,11 @@ impl Metrics {
             tickets_dead: Family::default(),
             outbox_depth: Family::default(),
             mqtt_connected: Gauge::default(),
+            devices_tracked: Gauge::default(),
+            series_tracked: Gauge::default(),
             mqtt_connection_errors: Counter::default(),
+            mqtt_sessions_lost: Counter::default(),
+            store_errors: Counter::default(),
             retention_removed: Counter::default(),
             batch_commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             registry: Registry::default(),
@@ -110,6 +124,11 @@ impl Metrics {
             m.operating_point_changes.clone(),
         );
         r.register("rejected_messages", "Messages rejected by decode, by reason", m.rejected.clone());
+        r.register(
+            "fields_ignored",
+            "Fields of accepted messages meant as readings but not numbers (numeric_text, not_a_number); the other readings were taken",
+            m.fields_ignored.clone(),
+        );
         r.register("anomalies", "Anomalous readings, by fault kind", m.anomalies.clone());
         r.register("incidents_opened", "Incidents opened", m.incidents_opened.clone());
         r.register("incidents_resolved", "Incidents resolved", m.incidents_resolved.clone());
@@ -154,7 +173,23 @@ impl Metrics {
         r.register("tickets_dead_lettered", "Ticket commands a sink refused for good", m.tickets_dead.clone());
         r.register("outbox_depth", "Ticket commands waiting for delivery", m.outbox_depth.clone());
         r.register("mqtt_connected", "1 while connected to the broker", m.mqtt_connected.clone());
+        r.register(
+            "devices_tracked",
+            "Devices the daemon keeps state for (decode.max_devices)",
+            m.devices_tracked.clone(),
+        );
+        r.register("series_tracked", "Series the daemon keeps state for (decode.max_series)", m.series_tracked.clone());
         r.register("mqtt_connection_errors", "Broker connection errors", m.mqtt_connection_errors.clone());
+        r.register(
+            "mqtt_sessions_lost",
+            "Reconnects where the broker had lost our persistent session (what it queued meanwhile is gone)",
+            m.mqtt_sessions_lost.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Store writes or flushes that failed (full disk, I/O error)",
+            m.store_errors.clone(),
+        );
         r.register("retention_removed_readings", "Readings deleted by retention", m.retention_removed.clone());
         r.register("batch_commit_seconds", "Time to store, detect and flush one batch", m.batch_commit_seconds.clone());
         Metrics { registry, ..m }

@@ -15,6 +15,8 @@ use crate::reading::now_ms;
 #[derive(Debug, Default)]
 pub struct Liveness {
     busy_since_ms: AtomicI64,
+    /// Set when the store stopped committing: nothing makes progress until a restart.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl Liveness {
@@ -26,10 +28,15 @@ impl Liveness {
         self.busy_since_ms.store(0, Ordering::Relaxed);
     }
 
-    /// True unless a batch has been running for longer than `limit`.
+    /// Nothing commits any more (the store failed).
+    pub fn fail(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
+
+    /// True unless the store failed or a batch has been running for longer than `limit`.
     pub fn healthy(&self, limit: Duration) -> bool {
         let since = self.busy_since_ms.load(Ordering::Relaxed);
-        since == 0 || now_ms() - since < limit.as_millis() as i64
+        !self.failed.load(Ordering::Relaxed) && (since == 0 || now_ms() - since < limit.as_millis() as i64)
     }
 }
 
@@ -59,7 +66,24 @@ pub async fn watchdog(liveness: Arc<Liveness>, cancel: CancellationToken) {
         if liveness.healthy(period) {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         } else {
-            tracing::error!("batcher stuck; withholding watchdog ping so systemd restarts the daemon");
+            tracing::error!("nothing commits; withholding the watchdog ping so systemd restarts the daemon");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_store_withholds_the_watchdog_ping() {
+        let l = Liveness::default();
+        let period = Duration::from_secs(30);
+        assert!(l.healthy(period));
+        l.batch_started();
+        assert!(l.healthy(period), "a batch under way is progress");
+        l.batch_done();
+        l.fail();
+        assert!(!l.healthy(period), "nothing commits any more");
     }
 }

@@ -76,3 +76,36 @@ fn asset_registry_in_a_separate_file_is_loaded_and_checked() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("assets.toml:3") && err.contains("devices[0].criticality"), "{err}");
 }
+
+#[test]
+fn check_config_refuses_an_open_admin_listen_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("open.toml");
+    std::fs::write(&file, "[admin]\nlisten = \"0.0.0.0:9797\"\n").unwrap();
+    let out = fieldwatch().arg("check-config").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin.listen") && err.contains("admin.token"), "{err}");
+
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let text = format!("[admin]\nlisten = \"0.0.0.0:9797\"\ntoken = {{ file = \"{}\" }}\n", token.display());
+    std::fs::write(&file, text).unwrap();
+    let out = fieldwatch().arg("check-config").arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn check_config_names_missing_files_and_warns_about_what_cannot_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("files.toml");
+    let text =
+        "[mqtt]\ntopics = [\"factory/#\"]\nusername = \"fw\"\npassword = { file = \"/nonexistent/mqtt-password\" }\n";
+    std::fs::write(&file, text).unwrap();
+    let out = fieldwatch().arg("check-config").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a secret file that cannot be read is an error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mqtt.password.file") && err.contains("/nonexistent/mqtt-password"), "{err}");
+    assert!(err.contains("warning: ticket.sinks"), "no sink: {err}");
+    assert!(err.contains("warning: mqtt.topics[0]") && err.contains("can never match"), "{err}");
+}

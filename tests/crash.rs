@@ -3,60 +3,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
 use common::*;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
-
-/// The real binary, `fieldwatch run`, with its logs in the test's directory.
-struct Process {
-    child: Child,
-    admin: String,
-}
-
-impl Process {
-    fn start(config: &Path, admin: &str, log: &Path) -> Process {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_fieldwatch"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Process { child, admin: admin.to_string() }
-    }
-
-    /// A counter from `/metrics`, or None while the daemon is not up.
-    async fn metric(&self, name: &str) -> Option<u64> {
-        let text = reqwest::get(format!("http://{}/metrics", self.admin)).await.ok()?.text().await.ok()?;
-        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-    }
-
-    async fn wait_metric(&self, name: &str, at_least: u64) {
-        for _ in 0..600 {
-            if self.metric(name).await.is_some_and(|v| v >= at_least) {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        panic!("{name} never reached {at_least}");
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL: no shutdown path runs
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn write_config(dir: &Path, broker_port: u16, api: &str, admin: &str) -> std::path::PathBuf {
     let mut config = test_config(broker_port, &dir.join("db"), vec![]);
@@ -98,13 +48,7 @@ listen = "{admin}"
 }
 
 async fn open_requests(api: &MockServer) -> Vec<serde_json::Value> {
-    api.received_requests()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap())
-        .filter(|b| b["action"] == "open")
-        .collect()
+    bodies(api).await.into_iter().filter(|b| b["action"] == "open").collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +62,7 @@ async fn killed_daemon_neither_loses_nor_duplicates_tickets() {
     let config = write_config(dir.path(), broker.port, &api.uri(), &admin);
     let log = dir.path().join("daemon.log");
 
-    let daemon = Process::start(&config, &admin, &log);
+    let daemon = DaemonProcess::start(&config, &admin, &log);
     daemon.wait_metric("fieldwatch_mqtt_connected", 1).await;
     let p = Publisher::connect(broker.port, "pub-crash").await;
     let t0 = base_ts();
@@ -139,7 +83,7 @@ async fn killed_daemon_neither_loses_nor_duplicates_tickets() {
     api.reset().await;
     Mock::given(method("POST")).respond_with(ResponseTemplate::new(201)).mount(&api).await;
 
-    let daemon = Process::start(&config, &admin, &log);
+    let daemon = DaemonProcess::start(&config, &admin, &log);
     daemon.wait_metric("fieldwatch_tickets_delivered_total{sink=\"api\"}", 1).await;
     daemon.wait_metric("fieldwatch_readings_total", 5).await;
     assert_eq!(
@@ -150,7 +94,7 @@ async fn killed_daemon_neither_loses_nor_duplicates_tickets() {
     daemon.kill9();
 
     // Killed again right after delivery: a restart must not send the ticket a second time.
-    let daemon = Process::start(&config, &admin, &log);
+    let daemon = DaemonProcess::start(&config, &admin, &log);
     daemon.wait_metric("fieldwatch_mqtt_connected", 1).await;
     for i in 50..55 {
         p.send("comp-1", t0 + i * 1000, 99.0).await;
@@ -190,7 +134,7 @@ async fn a_slow_fault_stays_open_across_a_sigkill() {
     let at = |i: i64| t0 + i * 10_000;
     let value = |i: i64| normal(i) + 0.02 * (i - 400).max(0) as f64;
 
-    let daemon = Process::start(&config, &admin, &log);
+    let daemon = DaemonProcess::start(&config, &admin, &log);
     daemon.wait_metric("fieldwatch_mqtt_connected", 1).await;
     let p = Publisher::connect(broker.port, "pub-slow").await;
     for i in 0..550 {
@@ -202,7 +146,7 @@ async fn a_slow_fault_stays_open_across_a_sigkill() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     daemon.kill9();
 
-    let daemon = Process::start(&config, &admin, &log);
+    let daemon = DaemonProcess::start(&config, &admin, &log);
     daemon.wait_metric("fieldwatch_mqtt_connected", 1).await;
     // The climb goes on for 20 more minutes of event time (twice the quiet period).
     for i in 550..670 {

@@ -189,6 +189,8 @@ async fn models_api_lists_fitted_models_and_accepts_train_requests() {
     let (control, _rx) = tokio::sync::mpsc::channel(1);
     let state = fieldwatch::admin::AdminState {
         metrics: Arc::new(Metrics::new()),
+        health: Default::default(),
+        token: None,
         store: store.clone(),
         control,
         train: Some(core.train_requests()),

@@ -309,6 +309,8 @@ async fn a_silent_device_opens_one_sensor_health_incident_and_resolves_when_hear
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
     config.incident.stale_after = Duration::from_secs(2);
+    // Every device counts as established here (tests/faults.rs shows one-shot ids open nothing).
+    config.incident.establish_after = Duration::ZERO;
     let (daemon, m) = start_connected(config).await;
     let p = Publisher::connect(broker.port, "pub-silent").await;
     let t0 = base_ts();
@@ -343,6 +345,8 @@ async fn a_broker_outage_is_not_blamed_on_the_devices() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
     config.incident.stale_after = Duration::from_secs(2);
+    // comp-a would be silent if it were not for the outage: make it count as established.
+    config.incident.establish_after = Duration::ZERO;
     let (daemon, m) = start_connected(config).await;
     let p = Publisher::connect(broker.port, "pub-outage").await;
     let t0 = base_ts();

@@ -48,11 +48,33 @@ pub struct Feedback {
     pub note: Option<String>,
 }
 
+/// Longest root-cause code accepted.
+pub const ROOT_CAUSE_MAX: usize = 128;
+/// Longest note accepted; it goes into the ticket as it is.
+pub const NOTE_MAX: usize = 4096;
+
+impl Feedback {
+    /// Checks the free-text fields, which end up in tickets.
+    pub fn validate(&self) -> Result<(), FeedbackError> {
+        if self.root_cause.as_ref().is_some_and(|r| r.chars().count() > ROOT_CAUSE_MAX) {
+            return Err(FeedbackError::Invalid(format!("root_cause is longer than {ROOT_CAUSE_MAX} characters")));
+        }
+        if self.note.as_ref().is_some_and(|n| n.chars().count() > NOTE_MAX) {
+            return Err(FeedbackError::Invalid(format!("note is longer than {NOTE_MAX} characters")));
+        }
+        Ok(())
+    }
+}
+
 /// Why feedback could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum FeedbackError {
     #[error("no incident with id {0}")]
     NotFound(String),
+    #[error("incident {id} is resolved and already has the verdict {verdict}")]
+    AlreadyDecided { id: String, verdict: String },
+    #[error("{0}")]
+    Invalid(String),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -61,7 +83,17 @@ impl Core {
     /// Applies a verdict to incident `id` at wall-clock time `now` (ms); returns the incident as
     /// stored afterwards.
     pub fn feedback(&mut self, id: &str, fb: &Feedback, now: i64) -> Result<crate::incident::Incident, FeedbackError> {
+        fb.validate()?;
         let mut inc = self.incidents.find(id).cloned().ok_or_else(|| FeedbackError::NotFound(id.to_string()))?;
+        if inc.state != IncidentState::Open {
+            // A resolved incident takes one verdict: the same one again changes nothing (a retried
+            // request must not widen a band twice), another one is refused.
+            match inc.verdict.as_deref() {
+                Some(v) if v == fb.verdict.as_str() => return Ok(inc),
+                Some(v) => return Err(FeedbackError::AlreadyDecided { id: id.to_string(), verdict: v.to_string() }),
+                None => {}
+            }
+        }
         self.metrics.verdicts.get_or_create(&ReasonLabel { reason: fb.verdict.as_str().into() }).inc();
         if inc.verdict.is_none() {
             self.metrics.time_to_acknowledge_seconds.observe(((now - inc.opened_at).max(0) as f64) / 1000.0);

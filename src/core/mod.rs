@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::assets::Registry;
 use crate::config::{Config, MaintenanceWindow, Mode, ModesConfig};
-use crate::decode::Decoder;
+use crate::decode::{Decoder, RejectReason};
 use crate::detect::{time_to_limit, Anomaly, DetectorBank, FaultKind, Forecast, Observation};
 use crate::incident::{Incident, IncidentPolicy, Transition, FLAPPING, RECURRED};
 use crate::metrics::{Metrics, ReasonLabel};
@@ -74,6 +74,20 @@ pub struct Core {
     state_saved_at: i64,
     /// Per device: event time of its last message and its usual interval (ms).
     cadence: HashMap<String, (i64, f64)>,
+    /// Wall-clock receive time of each device's first message since it was last forgotten.
+    first_heard: HashMap<String, i64>,
+    limits: Limits,
+    /// Series (device × metric) tracked now.
+    series_count: usize,
+}
+
+/// How much the core tracks, and for how long (see `decode.max_devices` and friends).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_devices: usize,
+    max_series: usize,
+    forget_after_ms: i64,
+    establish_after_ms: i64,
 }
 
 /// Suppression reasons that hold a ticket back (kept in the store, sent nowhere).
@@ -125,7 +139,7 @@ impl Core {
         let settle_ms = config.detect.drift.reference_for.as_millis() as i64;
         let models = models::DeviceModels::load(&config.detect.models, settle_ms, &store)?;
         Ok(Core {
-            decoder: Decoder::new(&config.decode),
+            decoder: Decoder::new(&config.decode).with_max_age(config.store.retention),
             detectors,
             incidents: IncidentPolicy::new(&config.incident, stored),
             sinks: config.ticket.sinks.iter().map(|s| s.name().to_string()).collect(),
@@ -149,6 +163,14 @@ impl Core {
             cadence: HashMap::new(),
             persist_after_work_ms: config.incident.debounce_for.max(config.incident.slow_debounce_for).as_millis()
                 as i64,
+            first_heard: HashMap::new(),
+            limits: Limits {
+                max_devices: config.decode.max_devices,
+                max_series: config.decode.max_series,
+                forget_after_ms: config.decode.forget_after.as_millis() as i64,
+                establish_after_ms: config.incident.establish_after.as_millis() as i64,
+            },
+            series_count: 0,
         })
     }
 
@@ -161,28 +183,100 @@ impl Core {
     /// flushes the store.
     pub fn process_messages(&mut self, msgs: &[Message]) -> Result<BatchOutcome, StoreError> {
         let mut out = BatchOutcome::default();
+        let mut ignored = Vec::new();
         for msg in msgs {
             self.metrics.messages.inc();
-            match self.decoder.decode(msg) {
-                Ok(readings) => {
+            ignored.clear();
+            match self.decoder.decode_noting(msg, &mut ignored).and_then(|r| self.within_limits(r)) {
+                Ok((readings, over)) => {
+                    self.count_ignored(&readings, &ignored);
                     self.process_readings(&readings, msg.received_ms, &mut out)?;
+                    if let Some(reason) = over {
+                        // The new series are refused; the message's other readings were taken.
+                        self.reject(msg, &reason, &mut out)?;
+                    }
                 }
-                Err(reason) => {
-                    out.rejected += 1;
-                    let label = reason.label();
-                    self.metrics.count_rejected(label);
-                    self.log_rejected(label, &msg.topic, &reason.to_string());
-                    let payload_end = msg.payload.len().min(REJECTED_PAYLOAD_MAX);
-                    self.store.reject(&Rejected {
-                        received_ms: msg.received_ms,
-                        topic: msg.topic.clone(),
-                        reason: reason.to_string(),
-                        payload: String::from_utf8_lossy(&msg.payload[..payload_end]).into_owned(),
-                    })?;
-                }
+                Err(reason) => self.reject(msg, &reason, &mut out)?,
             }
         }
         Ok(out)
+    }
+
+    /// Counts, logs and keeps aside a rejected message (its payload cut).
+    fn reject(&mut self, msg: &Message, reason: &RejectReason, out: &mut BatchOutcome) -> Result<(), StoreError> {
+        out.rejected += 1;
+        let label = reason.label();
+        self.metrics.count_rejected(label);
+        self.log_rejected(label, &msg.topic, &reason.to_string());
+        let payload_end = msg.payload.len().min(REJECTED_PAYLOAD_MAX);
+        self.store.reject(&Rejected {
+            received_ms: msg.received_ms,
+            topic: msg.topic.clone(),
+            reason: reason.to_string(),
+            payload: String::from_utf8_lossy(&msg.payload[..payload_end]).into_owned(),
+        })
+    }
+
+    /// Applies `decode.max_devices` and `decode.max_series`: a new device beyond the limit is
+    /// refused whole; new series beyond it are dropped from the readings (and the message is
+    /// reported) while the device's known series keep flowing.
+    fn within_limits(&self, mut readings: Vec<Reading>) -> Result<(Vec<Reading>, Option<RejectReason>), RejectReason> {
+        let Some(first) = readings.first() else { return Ok((readings, None)) };
+        let known = self.device_metrics.get(&first.device);
+        let l = self.limits;
+        if known.is_none() && l.max_devices > 0 && self.device_metrics.len() >= l.max_devices {
+            return Err(RejectReason::TooManyDevices(first.device.clone()));
+        }
+        if l.max_series == 0 {
+            return Ok((readings, None));
+        }
+        let is_new = |r: &Reading| !known.is_some_and(|m| m.contains(&r.metric));
+        let room = l.max_series.saturating_sub(self.series_count);
+        let new = readings.iter().filter(|r| is_new(r)).count();
+        if new <= room {
+            return Ok((readings, None));
+        }
+        let mut admitted = 0;
+        let mut refused = None;
+        readings.retain(|r| {
+            if !is_new(r) {
+                return true;
+            }
+            admitted += 1;
+            if admitted <= room {
+                return true;
+            }
+            refused.get_or_insert_with(|| format!("{}/{}", r.device, r.metric));
+            false
+        });
+        let reason = RejectReason::TooManySeries(refused.unwrap_or_default());
+        if readings.is_empty() {
+            return Err(reason);
+        }
+        Ok((readings, Some(reason)))
+    }
+
+    /// Counts the fields of an accepted message that were meant as readings but are not
+    /// numbers: numbers sent as text, and fields the device has sent as numbers before.
+    fn count_ignored(&mut self, readings: &[Reading], ignored: &[crate::decode::IgnoredField]) {
+        let Some(first) = readings.first() else { return };
+        for f in ignored {
+            let known = self.device_metrics.get(&first.device).is_some_and(|m| m.contains(&f.field));
+            if !(f.numeric_text || known) {
+                continue;
+            }
+            let reason = if f.numeric_text { "numeric_text" } else { "not_a_number" };
+            self.metrics.fields_ignored.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+            let label = if f.numeric_text { "field:numeric_text" } else { "field:not_a_number" };
+            let now = Instant::now();
+            let entry = self.reject_log.entry(label).or_insert((now - REJECT_LOG_EVERY, 0));
+            if now.duration_since(entry.0) >= REJECT_LOG_EVERY {
+                tracing::warn!(device = %first.device, field = %f.field, reason, suppressed_since_last = entry.1, "field is not a number; the message's other readings were taken");
+                *entry = (now, 0);
+            } else {
+                entry.1 += 1;
+            }
+        }
     }
 
     /// Stores and scores the readings of one message (one device, one time): each series, then
@@ -313,9 +407,11 @@ impl Core {
             Some(metrics) if metrics.contains(&r.metric) => {}
             Some(metrics) => {
                 metrics.insert(r.metric.clone());
+                self.series_count += 1;
             }
             None => {
                 self.device_metrics.insert(r.device.clone(), BTreeSet::from([r.metric.clone()]));
+                self.series_count += 1;
             }
         }
         Ok(Some(observation))
@@ -345,11 +441,24 @@ impl Core {
         }
         out.extend(self.planned_work_ended(now)?);
         let link_settled = link_up_since.is_some_and(|since| now - since >= self.stale_after_ms);
+        if link_settled {
+            let forgotten: Vec<String> = self
+                .last_heard
+                .iter()
+                .filter(|(d, &heard)| now - heard >= self.limits.forget_after_ms.max(self.silent_after(d)))
+                .map(|(d, _)| d.clone())
+                .collect();
+            for device in forgotten {
+                self.forget_device(&device)?;
+            }
+        }
+        self.metrics.devices_tracked.set(self.device_metrics.len() as i64);
+        self.metrics.series_tracked.set(self.series_count as i64);
         if self.stale_after_ms > 0 && link_settled {
             let silent: Vec<(String, i64)> = self
                 .last_heard
                 .iter()
-                .filter(|(d, &heard)| now - heard >= self.silent_after(d))
+                .filter(|(d, &heard)| now - heard >= self.silent_after(d) && self.established(d, heard))
                 .map(|(d, &h)| (d.clone(), h))
                 .collect();
             for (device, heard) in silent {
@@ -387,9 +496,38 @@ impl Core {
         self.stale_after_ms.max(own)
     }
 
+    /// A device whose silence is worth a ticket: registered as an asset, or reporting for at
+    /// least `incident.establish_after` before it went quiet.
+    fn established(&self, device: &str, last_heard: i64) -> bool {
+        self.registry.is_registered(device)
+            || self.first_heard.get(device).is_some_and(|&first| last_heard - first >= self.limits.establish_after_ms)
+    }
+
+    /// Frees everything the core keeps about a device not heard from for `decode.forget_after`
+    /// (its stored readings age out by retention). An open incident of it stays open.
+    fn forget_device(&mut self, device: &str) -> Result<(), StoreError> {
+        tracing::info!(device, "device not heard from for decode.forget_after; forgetting its state");
+        self.last_heard.remove(device);
+        self.first_heard.remove(device);
+        self.cadence.remove(device);
+        self.device_site.remove(device);
+        if let Some(metrics) = self.device_metrics.remove(device) {
+            self.series_count = self.series_count.saturating_sub(metrics.len());
+            for m in &metrics {
+                self.last_anomaly.remove(&(device.to_string(), m.clone()));
+                self.detectors.forget(device, m);
+                self.store.remove_detector_state(device, m)?;
+            }
+        }
+        self.models.forget(device);
+        self.incidents.forget_pending(device);
+        Ok(())
+    }
+
     /// Notes that a device was heard from; resolves its sensor-health incident if one is open.
     fn heard_from(&mut self, device: &str, received: i64, out: &mut BatchOutcome) -> Result<(), StoreError> {
         self.last_heard.insert(device.to_string(), received);
+        self.first_heard.entry(device.to_string()).or_insert(received);
         if let Some(t) = self.incidents.heard(device, received) {
             out.transitions.push(self.persist(t)?);
         }

@@ -54,6 +54,14 @@ pub(super) struct DeviceModels {
 }
 
 impl DeviceModels {
+    /// Drops a device's models from memory (it was forgotten; the stored fit stays until a
+    /// refit replaces it).
+    pub(super) fn forget(&mut self, device: &str) {
+        self.by_device.remove(device);
+        self.clocks.remove(device);
+        self.new_point.remove(device);
+    }
+
     /// Reloads the fitted models from the store (when models are enabled).
     pub(super) fn load(config: &ModelsConfig, settle_ms: i64, store: &Store) -> Result<DeviceModels, StoreError> {
         let mut models = DeviceModels {

@@ -247,6 +247,13 @@ impl DetectorBank {
         }
     }
 
+    /// Drops a series' detectors and tuning (its device was forgotten).
+    pub fn forget(&mut self, device: &str, metric: &str) {
+        let key = (device.to_string(), metric.to_string());
+        self.series.remove(&key);
+        self.tuning.remove(&key);
+    }
+
     /// Restores a learned sensitivity factor (from the store, at start).
     pub fn set_tuning(&mut self, device: &str, metric: &str, factor: f64) {
         self.tuning.insert((device.to_string(), metric.to_string()), factor);

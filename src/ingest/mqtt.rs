@@ -5,18 +5,28 @@
 //! which acknowledges only after the batch is durably stored. When the batcher falls behind the
 //! channel fills and this task stops polling: backpressure reaches the broker instead of memory.
 //! Connection errors back off exponentially with jitter; the loop is never hot.
+//!
+//! A queued message over `mqtt.max_packet_bytes` would otherwise wedge a persistent session:
+//! the client refuses it, reconnects, and the broker sends the same message first again. When
+//! that happens the limit is raised for one connection, to exactly the size the broker
+//! announced, so the message can be taken, acknowledged and rejected as `too_large` (decode
+//! keeps a cut copy aside); the limit returns for the connection after it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS, StateError, TlsConfiguration,
+    Transport,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::backoff;
 use crate::config::MqttConfig;
 use crate::metrics::Metrics;
 use crate::reading::{now_ms, Message};
-use crate::ticket::outbox::backoff;
+use crate::store::Store;
 
 /// Why the MQTT client could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -72,18 +82,40 @@ pub fn connect(cfg: &MqttConfig, request_capacity: usize) -> Result<(AsyncClient
     Ok(AsyncClient::new(opts, request_capacity))
 }
 
+/// The size of the packet the client refused, when that is why the connection failed.
+fn refused_size(e: &ConnectionError) -> Option<usize> {
+    match e {
+        ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+        )) => Some(*n),
+        _ => None,
+    }
+}
+
+/// The store key saying a persistent session was established under this client id: when the
+/// broker later answers `session_present = false`, what it queued for us meanwhile is gone.
+fn session_key(cfg: &MqttConfig) -> String {
+    format!("mqtt.session.{}", cfg.client_id)
+}
+
 /// Polls the event loop until `cancel`, forwarding publishes to `tx`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: AsyncClient,
     mut eventloop: EventLoop,
     cfg: MqttConfig,
     tx: mpsc::Sender<Inbound>,
+    store: Arc<Store>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
     drained: CancellationToken,
 ) {
     let mut delays = backoff(cfg.reconnect_min, cfg.reconnect_max);
     let mut connected = false;
+    // Raised above `max_packet_bytes` for one connection to take a refused message.
+    let mut raised = false;
+    let persistent = !cfg.clean_session;
+    let mut had_session = persistent && matches!(store.meta(&session_key(&cfg)), Ok(Some(_)));
     loop {
         let event = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -96,6 +128,19 @@ pub async fn run(
                 metrics.connected_since_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
                 delays = backoff(cfg.reconnect_min, cfg.reconnect_max);
                 tracing::info!(host = %cfg.host, port = cfg.port, session_present = ack.session_present, "connected to broker");
+                if persistent && !ack.session_present {
+                    if had_session {
+                        metrics.mqtt_sessions_lost.inc();
+                        tracing::warn!(
+                            client_id = %cfg.client_id,
+                            "the broker lost our persistent session: messages published while we were away are gone \
+                             (keep mosquitto's `persistence true` and a short `autosave_interval`)"
+                        );
+                    } else if let Err(e) = store.set_meta(&session_key(&cfg), b"1") {
+                        tracing::warn!(error = %e, "cannot record the broker session");
+                    }
+                    had_session = true;
+                }
                 // Subscribing again on a resumed session is harmless and covers a broker that
                 // lost its session store. try_: the event loop that drains requests is this task.
                 let filters = cfg.topics.iter().map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
@@ -104,6 +149,11 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                if raised && p.payload.len() + p.topic.len() > cfg.max_packet_bytes {
+                    // The refused message: it goes on to be rejected; later connections keep the limit.
+                    raised = false;
+                    eventloop.mqtt_options.set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes);
+                }
                 let message = Message { topic: p.topic.clone(), payload: p.payload.clone(), received_ms: now_ms() };
                 let publish = (p.qos != QoS::AtMostOnce).then_some(p);
                 let send = tokio::select! {
@@ -119,6 +169,15 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
+                if let Some(size) = refused_size(&e) {
+                    tracing::warn!(
+                        size,
+                        limit = cfg.max_packet_bytes,
+                        "a message over mqtt.max_packet_bytes is queued for us; taking it once to reject it as too_large"
+                    );
+                    raised = true;
+                    eventloop.mqtt_options.set_max_packet_size(size, cfg.max_packet_bytes);
+                }
                 metrics.mqtt_connection_errors.inc();
                 metrics.mqtt_connected.set(0);
                 metrics.connected_since_ms.store(0, std::sync::atomic::Ordering::Relaxed);

@@ -455,6 +455,32 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a series' stored detector state (its device was forgotten).
+    pub fn remove_detector_state(&self, device: &str, metric: &str) -> Result<(), StoreError> {
+        let mut key = device.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(metric.as_bytes());
+        self.detector_state.remove(key)?;
+        Ok(())
+    }
+
+    /// A number never returned before by this database (ids of silences and the like).
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
+    }
+
+    /// A small daemon fact kept across restarts (in the default tree), e.g. that a broker
+    /// session was established under a client id.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(key.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Sets a daemon fact; durable with the next flush.
+    pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.db.insert(key.as_bytes(), value)?;
+        Ok(())
+    }
+
     /// Blocking flush, for synchronous callers (replay, benchmarks).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.db.flush()?;

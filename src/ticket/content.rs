@@ -52,8 +52,12 @@ fn default_steps(inc: &Incident) -> Vec<String> {
 pub fn command(inc: &Incident, action: Action, ctx: &TicketContext) -> TicketCommand {
     let (title, summary) = describe(inc, ctx.unit);
     let p = &inc.peak;
+    // Every command of an incident's life has its own key: updates are numbered, and each
+    // resolve is numbered by the reopen it ends (a receiver that honours the key must not take
+    // the resolve after a recurrence for a retry of the first one).
     let idempotency_key = match action {
         Action::Update => format!("{}:update:{}", inc.idempotency_key, inc.updates),
+        Action::Resolve => format!("{}:resolve:{}", inc.idempotency_key, inc.reopen_count),
         a => format!("{}:{}", inc.idempotency_key, a.as_str()),
     };
     let respond_by = inc.respond_by.unwrap_or(inc.opened_at + ctx.asset.respond_within.as_millis() as i64);
@@ -166,6 +170,46 @@ pub fn validate(t: &Ticket) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_command_of_an_incident_has_its_own_key() {
+        let peak = crate::detect::Anomaly {
+            contributors: Vec::new(),
+            kind: crate::detect::FaultKind::Deviation,
+            detector: "baseline".into(),
+            ts: 1_000,
+            value: 99.0,
+            score: 0.9,
+            expected: Some(70.0),
+            spread: Some(0.5),
+            z: Some(10.0),
+            bound: None,
+            history: None,
+        };
+        let subject = crate::incident::Subject { device: "comp-1".into(), site: None, metric: "temp".into() };
+        let mut inc = Incident::new(subject, 1_000, 4_000, peak, 3);
+        let asset = crate::assets::Registry::new(&Default::default(), None, &Default::default()).lookup(&inc.device);
+        let ctx = TicketContext {
+            unit: None,
+            asset,
+            runbook: None,
+            checks: Vec::new(),
+            note: None,
+            predicted_failure_at: None,
+            forecast: None,
+            needs_review: false,
+        };
+        let mut keys = std::collections::HashSet::new();
+        assert!(keys.insert(command(&inc, Action::Open, &ctx).idempotency_key));
+        assert!(keys.insert(command(&inc, Action::Resolve, &ctx).idempotency_key));
+        // It recurs, is updated and resolves again: new keys each time.
+        inc.reopen_count += 1;
+        inc.updates += 1;
+        assert!(keys.insert(command(&inc, Action::Update, &ctx).idempotency_key));
+        assert!(keys.insert(command(&inc, Action::Resolve, &ctx).idempotency_key), "{keys:?}");
+        // The same command again (a retry) has the same key.
+        assert!(!keys.insert(command(&inc, Action::Resolve, &ctx).idempotency_key));
+    }
 
     #[test]
     fn a_complete_ticket_passes_and_each_missing_field_is_named() {

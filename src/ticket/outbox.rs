@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -22,15 +21,7 @@ pub struct RetryPolicy {
     pub max: Duration,
 }
 
-/// Exponential backoff with jitter and no attempt limit: tickets are never given up on.
-pub fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(min)
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
+use crate::backoff::backoff;
 
 /// Runs until `cancel`: delivers every queued command for `name` through `sink`.
 pub async fn deliver(

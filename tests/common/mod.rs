@@ -43,6 +43,11 @@ impl Mosquitto {
     /// certificate and password files can be written there first).
     pub fn start_with(listener: impl FnOnce(&Path) -> String) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
+        // Started as root, mosquitto drops to its own user: it must be able to write its
+        // persistence file and log here, or a restart silently loses every session.
+        let mut perms = std::fs::metadata(dir.path()).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
+        std::fs::set_permissions(dir.path(), perms).unwrap();
         let listener = listener(dir.path());
         let mut m = Mosquitto { port: free_port(), dir, child: None, listener };
         m.spawn();
@@ -98,6 +103,20 @@ impl Mosquitto {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
+
+    /// Kills the broker with SIGKILL: it saves nothing (sessions since its last autosave are
+    /// lost), as after a power cut.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again after [`Mosquitto::stop`] or [`Mosquitto::kill9`].
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
 }
 
 impl Drop for Mosquitto {
@@ -106,6 +125,96 @@ impl Drop for Mosquitto {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// The real binary, `fieldwatch run`, with its logs in the test's directory.
+pub struct DaemonProcess {
+    child: Child,
+    admin: String,
+}
+
+impl DaemonProcess {
+    pub fn start(config: &Path, admin: &str, log: &Path) -> DaemonProcess {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_fieldwatch"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        DaemonProcess { child, admin: admin.to_string() }
+    }
+
+    /// A counter from `/metrics`, or None while the daemon is not up.
+    pub async fn metric(&self, name: &str) -> Option<u64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.admin)).await.ok()?.text().await.ok()?;
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    pub async fn wait_metric(&self, name: &str, at_least: u64) {
+        for _ in 0..600 {
+            if self.metric(name).await.is_some_and(|v| v >= at_least) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("{name} never reached {at_least}");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(ok.success(), "kill -{name} failed");
+    }
+
+    /// True while the process has not exited.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
+    /// Peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// `GET http://<admin><path>`: status and body, or None while the daemon is not up.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let r = reqwest::get(format!("http://{}{path}", self.admin)).await.ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.text().await.ok()?))
+    }
+
+    pub fn admin(&self) -> &str {
+        &self.admin
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL: no shutdown path runs
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -1,0 +1,791 @@
+//! Fault injection against the real binary: a real mosquitto, `fieldwatch run` as a process, a
+//! real HTTP ticket API (wiremock), loopback only, every wait bounded.
+//!
+//! Each test prints one `FAULT` line with what it measured (sent / stored / lost / doubled
+//! readings, expected / delivered / duplicated tickets, peak RSS); run with `--nocapture` to
+//! see them. BENCHMARKS.md quotes them.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// Extra TOML for the sections of the fault-test config.
+#[derive(Default)]
+struct Extra<'a> {
+    mqtt: &'a str,
+    decode: &'a str,
+    incident: &'a str,
+    admin: &'a str,
+    ticket: &'a str,
+    tail: &'a str,
+}
+
+/// Writes a config for the binary: fast timers, a webhook at `api` (when given), the admin
+/// endpoint on `admin`.
+fn write_config(dir: &Path, broker: u16, api: Option<&str>, admin: &str, extra: Extra<'_>) -> PathBuf {
+    let sink = match api {
+        Some(api) => {
+            format!("[[ticket.sinks]]\ntype = \"webhook\"\nname = \"api\"\nurl = \"{api}/tickets\"\ntimeout = \"1s\"\n")
+        }
+        None => String::new(),
+    };
+    let text = format!(
+        r#"[daemon]
+data_dir = "{data}"
+[mqtt]
+port = {broker}
+client_id = "fw-fault-{client}"
+topics = ["plant/+/+/telemetry"]
+reconnect_min = "100ms"
+reconnect_max = "1s"
+{mqtt}
+[decode]
+topic_pattern = "plant/{{site}}/{{device}}/telemetry"
+{decode}
+[store]
+batch_linger = "5ms"
+cache_mb = 16
+[detect]
+warmup_readings = 30
+baseline_half_life = 100
+z_threshold = 5.0
+[detect.models]
+enabled = false
+[incident]
+debounce_readings = 3
+evidence_readings = 5
+{incident}
+[ticket]
+retry_min = "100ms"
+retry_max = "300ms"
+{ticket}
+{sink}
+[admin]
+listen = "{admin}"
+{admin_extra}
+{tail}
+"#,
+        data = dir.join("db").display(),
+        client = dir.file_name().unwrap().to_string_lossy(),
+        mqtt = extra.mqtt,
+        decode = extra.decode,
+        incident = extra.incident,
+        ticket = extra.ticket,
+        admin_extra = extra.admin,
+        tail = extra.tail,
+    );
+    let path = dir.join("fieldwatch.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A test's broker, directory, admin address and daemon log.
+struct Rig {
+    broker: Mosquitto,
+    dir: tempfile::TempDir,
+    admin: String,
+    log: PathBuf,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("daemon.log");
+        Rig { broker: Mosquitto::start(), dir, admin: format!("127.0.0.1:{}", free_port()), log }
+    }
+
+    fn config(&self, api: Option<&str>, extra: Extra<'_>) -> PathBuf {
+        write_config(self.dir.path(), self.broker.port, api, &self.admin, extra)
+    }
+
+    async fn daemon(&self, config: &Path) -> DaemonProcess {
+        let d = DaemonProcess::start(config, &self.admin, &self.log);
+        d.wait_metric("fieldwatch_mqtt_connected", 1).await;
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Readings in the daemon's store (after the daemon stopped), by series and time.
+    fn stored(&self) -> HashSet<(String, i64)> {
+        let store = fieldwatch::store::Store::open(&self.dir.path().join("db"), 16, 10).unwrap();
+        let mut out = HashSet::new();
+        for (id, device, metric) in store.all_series().unwrap() {
+            for (ts, _) in store.range(id, i64::MIN, i64::MAX).unwrap() {
+                out.insert((format!("{device}/{metric}"), ts));
+            }
+        }
+        out
+    }
+}
+
+/// Distinct idempotency keys of `action` commands, and how many requests carried them.
+async fn keys_of(api: &MockServer, action: &str) -> (HashSet<String>, usize) {
+    let cmds: Vec<_> = bodies(api).await.into_iter().filter(|c| c["action"] == action).collect();
+    let keys = cmds.iter().map(|c| c["idempotency_key"].as_str().unwrap_or_default().to_string()).collect();
+    (keys, cmds.len())
+}
+
+async fn ok_api() -> MockServer {
+    let api = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(201)).mount(&api).await;
+    api
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_rejected_and_ingestion_goes_on() {
+    let rig = Rig::new();
+    let config = rig.config(None, Extra::default());
+    let daemon = rig.daemon(&config).await;
+    let p = Publisher::connect(rig.broker.port, "pub-big").await;
+    let t0 = base_ts();
+    p.send("comp-1", t0, normal(0)).await;
+    // 600 kB: over mqtt.max_packet_bytes (256 KiB), so the client first refuses the packet.
+    let big = format!("{{\"ts\": {t0}, \"blob\": \"{}\"}}", "x".repeat(600_000));
+    p.raw("plant/site-1/comp-2/telemetry", big.into_bytes()).await;
+    for i in 1..50 {
+        p.send("comp-1", t0 + i * 1000, normal(i)).await;
+    }
+    daemon.wait_metric("fieldwatch_readings_total", 50).await;
+    daemon.wait_metric("fieldwatch_rejected_messages_total{reason=\"too_large\"}", 1).await;
+    let (status, _) = daemon.get("/readyz").await.unwrap();
+    assert_eq!(status, 200, "ready again after the oversized message");
+    let (_, rejected) = daemon.get("/api/rejected").await.unwrap();
+    let rejected: Vec<serde_json::Value> = serde_json::from_str(&rejected).unwrap();
+    let big = rejected.iter().find(|r| r["topic"] == "plant/site-1/comp-2/telemetry").expect("kept aside");
+    assert!(big["payload"].as_str().unwrap().len() <= 4096, "kept aside cut");
+    assert!(big["reason"].as_str().unwrap().contains("over the"), "{big}");
+    let errors = daemon.metric("fieldwatch_mqtt_connection_errors_total").await.unwrap();
+    assert!(errors <= 2, "one refusal, not a reconnect loop: {errors} connection errors");
+    println!("FAULT oversized: sent=50 readings + 1 x 600 kB, stored=50, too_large=1, connection errors={errors}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_needs_its_token_and_bounds_requests() {
+    let rig = Rig::new();
+    let token_file = rig.dir.path().join("admin.token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let admin_extra = format!("token = {{ file = \"{}\" }}", token_file.display());
+    let api = ok_api().await;
+    let config = rig.config(Some(&api.uri()), Extra { admin: &admin_extra, ..Extra::default() });
+    let daemon = rig.daemon(&config).await;
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("http://{}{p}", rig.admin);
+    let silence = serde_json::json!({ "device": "comp-1", "for": "1h", "reason": "test" });
+
+    let none = http.post(url("/api/silences")).json(&silence).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    let wrong = http.post(url("/api/silences")).bearer_auth("s3cret-tokeN").json(&silence).send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let reads = http.get(url("/metrics")).send().await.unwrap();
+    assert_eq!(reads.status(), 200, "reads stay open");
+
+    // 20 at once: 20 distinct ids, none overwritten.
+    let mut creates = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let req = http.post(url("/api/silences")).bearer_auth("s3cret-token").json(&silence);
+        creates.spawn(async move { req.send().await });
+    }
+    let mut ids = HashSet::new();
+    while let Some(r) = creates.join_next().await {
+        let r = r.unwrap().unwrap();
+        assert_eq!(r.status(), 201);
+        let body: serde_json::Value = r.json().await.unwrap();
+        ids.insert(body["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 20, "{ids:?}");
+    let listed: Vec<serde_json::Value> = http.get(url("/api/silences")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed.len(), 20);
+
+    let huge = serde_json::json!({ "device": "comp-1", "for": "1h", "reason": "x".repeat(2_000_000) });
+    let r = http.post(url("/api/silences")).bearer_auth("s3cret-token").json(&huge).send().await.unwrap();
+    assert_eq!(r.status(), 413, "2 MB body refused");
+    let long = serde_json::json!({ "device": "comp-1", "for": "1h", "reason": "x".repeat(5_000) });
+    let r = http.post(url("/api/silences")).bearer_auth("s3cret-token").json(&long).send().await.unwrap();
+    assert_eq!(r.status(), 400, "text fields are bounded");
+
+    // A resolved incident takes one verdict: repeating it changes nothing, another is refused.
+    let p = Publisher::connect(rig.broker.port, "pub-admin").await;
+    let t0 = base_ts();
+    for i in 0..40 {
+        p.send("comp-2", t0 + i * 1000, normal(i)).await;
+    }
+    for i in 40..45 {
+        p.send("comp-2", t0 + i * 1000, 99.0).await;
+    }
+    daemon.wait_metric("fieldwatch_incidents_opened_total", 1).await;
+    let list: Vec<serde_json::Value> = http.get(url("/api/incidents")).send().await.unwrap().json().await.unwrap();
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    let verdict = |v: &str| {
+        http.post(url(&format!("/api/incidents/{id}/feedback")))
+            .bearer_auth("s3cret-token")
+            .json(&serde_json::json!({ "verdict": v }))
+            .send()
+    };
+    assert_eq!(verdict("false_alarm").await.unwrap().status(), 200);
+    let again = verdict("false_alarm").await.unwrap();
+    assert_eq!(again.status(), 200, "the same verdict again is idempotent");
+    let inc: serde_json::Value = again.json().await.unwrap();
+    let verdicts = inc["timeline"].as_array().unwrap().iter().filter(|e| e.to_string().contains("verdict")).count();
+    assert_eq!(verdicts, 1, "recorded once: {inc}");
+    assert_eq!(verdict("fixed").await.unwrap().status(), 409);
+    let widened = daemon.get("/metrics").await.unwrap().1;
+    assert!(widened.contains("fieldwatch_false_alarms_total{"), "{widened}");
+    println!(
+        "FAULT admin: 401 without/with a wrong token, 20/20 silence ids unique, 413 for 2 MB, 409 for a second verdict"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_flood_is_bounded_and_opens_no_silent_tickets() {
+    let rig = Rig::new();
+    let api = ok_api().await;
+    let config = rig.config(
+        Some(&api.uri()),
+        Extra {
+            decode: "max_devices = 100\nforget_after = \"6s\"",
+            incident: "stale_after = \"2s\"",
+            tail: "[[assets.devices]]\nid = \"comp-reg\"\n",
+            ..Extra::default()
+        },
+    );
+    let daemon = rig.daemon(&config).await;
+    let p = Publisher::connect(rig.broker.port, "pub-flood").await;
+    let t0 = base_ts();
+    for i in 0..5 {
+        p.send("comp-reg", t0 + i * 1000, normal(i)).await;
+    }
+    daemon.wait_metric("fieldwatch_readings_total", 5).await;
+    for n in 0..300 {
+        p.send(&format!("oneshot-{n}"), t0, 70.0).await;
+    }
+    daemon.wait_metric("fieldwatch_messages_total", 305).await;
+    let refused = daemon.metric("fieldwatch_rejected_messages_total{reason=\"too_many_devices\"}").await;
+    assert_eq!(refused, Some(201), "100 devices tracked: the registered one and 99 one-shots");
+    let (status, _) = daemon.get("/readyz").await.unwrap();
+    assert_eq!(status, 200);
+    // All go quiet: only the registered device is worth a silent-device ticket.
+    daemon.wait_metric("fieldwatch_tickets_delivered_total{sink=\"api\"}", 1).await;
+    // Then they are forgotten and their state is freed.
+    for _ in 0..200 {
+        if daemon.metric("fieldwatch_devices_tracked").await == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(daemon.metric("fieldwatch_devices_tracked").await, Some(0), "forgotten after decode.forget_after");
+    let opens = bodies(&api).await.into_iter().filter(|c| c["action"] == "open").collect::<Vec<_>>();
+    assert_eq!(opens.len(), 1, "{opens:?}");
+    assert_eq!(opens[0]["ticket"]["device"], "comp-reg");
+    // A new device is taken again once the old ones are forgotten.
+    p.send("late-device", t0 + 10_000, 70.0).await;
+    daemon.wait_metric("fieldwatch_readings_total", 105).await;
+    println!(
+        "FAULT flood: 300 one-shot ids, tracked=100 (limit), refused=201, silent tickets=1 (registered device only), tracked after forget_after=0, peak RSS={} KiB",
+        daemon.peak_rss_kib()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_acks_reports_it_and_resumes_without_loss() {
+    if !nix_is_root() {
+        println!("FAULT full-disk: skipped, mounting a small tmpfs needs root");
+        return;
+    }
+    let rig = Rig::new();
+    let mnt = rig.dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        println!("FAULT full-disk: skipped, cannot mount a tmpfs here");
+        return;
+    }
+    let _unmount = Unmount(mnt.clone());
+    let mut text = std::fs::read_to_string(rig.config(None, Extra::default())).unwrap();
+    text = text.replace(
+        &format!("data_dir = \"{}\"", rig.dir.path().join("db").display()),
+        &format!("data_dir = \"{}\"", mnt.join("db").display()),
+    );
+    let config = rig.dir.path().join("full.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = rig.daemon(&config).await;
+    let p = Publisher::connect(rig.broker.port, "pub-full").await;
+    let t0 = base_ts();
+    let mut sent = 0i64;
+    for i in 0..200 {
+        p.send("comp-1", t0 + i * 1000, normal(i)).await;
+        sent += 1;
+    }
+    daemon.wait_metric("fieldwatch_readings_total", 200).await;
+    // Fill the disk, then keep publishing.
+    let filler = mnt.join("filler");
+    let _ = std::process::Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", filler.display()))
+        .args(["bs=64k", "count=1000"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    for i in 200..3000 {
+        p.send("comp-1", t0 + i * 1000, normal(i)).await;
+        sent += 1;
+    }
+    daemon.wait_metric("fieldwatch_store_errors_total", 1).await;
+    // Between a failed pipeline and the degraded endpoints there is a moment with no listener.
+    let mut answer = (0, String::new());
+    for _ in 0..100 {
+        if let Some(a) = daemon.get("/readyz").await {
+            answer = a;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = answer;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("store cannot commit"), "{body}");
+    assert!(daemon.running(), "a full disk does not end the daemon");
+    // Space returns: it resumes by itself and stores everything.
+    std::fs::remove_file(&filler).unwrap();
+    let mut ready = false;
+    for _ in 0..600 {
+        if daemon.get("/readyz").await.is_some_and(|(s, _)| s == 200) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "ready again once space returned; log:\n{}", rig.log());
+    daemon.wait_metric("fieldwatch_readings_total", sent as u64).await;
+    let errors = daemon.metric("fieldwatch_store_errors_total").await.unwrap();
+    daemon.signal("TERM");
+    assert!(daemon.wait().success());
+    let store = fieldwatch::store::Store::open(&mnt.join("db"), 16, 10).unwrap();
+    let stored = store.reading_count() as i64;
+    assert_eq!(stored, sent, "every reading stored once");
+    println!(
+        "FAULT full-disk: sent={sent} stored={stored} lost={} store errors={errors}, resumed by itself",
+        sent - stored
+    );
+}
+
+fn nix_is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Unmounts a test's tmpfs when the test ends, however it ends.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_and_a_bad_file_keeps_the_old_one() {
+    let rig = Rig::new();
+    let tickets = rig.dir.path().join("tickets.jsonl");
+    let config = rig.config(None, Extra::default());
+    let mut daemon = rig.daemon(&config).await;
+    // Add a file sink and reload.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let with_sink = text.replace(
+        "[admin]",
+        &format!("[[ticket.sinks]]\ntype = \"file\"\nname = \"file\"\npath = \"{}\"\n[admin]", tickets.display()),
+    );
+    std::fs::write(&config, &with_sink).unwrap();
+    daemon.signal("HUP");
+    let mut reloaded = false;
+    for _ in 0..200 {
+        if rig.log().contains("SIGHUP: configuration re-read") {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "{}", rig.log());
+    daemon.wait_metric("fieldwatch_mqtt_connected", 1).await;
+    assert!(daemon.running(), "SIGHUP does not end the daemon");
+    let p = Publisher::connect(rig.broker.port, "pub-hup").await;
+    let t0 = base_ts();
+    for i in 0..40 {
+        p.send("comp-1", t0 + i * 1000, normal(i)).await;
+    }
+    for i in 40..45 {
+        p.send("comp-1", t0 + i * 1000, 99.0).await;
+    }
+    for _ in 0..200 {
+        if std::fs::read_to_string(&tickets).is_ok_and(|t| t.contains("\"open\"")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(std::fs::read_to_string(&tickets).unwrap_or_default().contains("\"open\""), "the new sink is live");
+
+    // An invalid file: logged, the running config stays.
+    std::fs::write(&config, with_sink.replace("debounce_readings = 3", "debounce_readings = 0")).unwrap();
+    daemon.signal("HUP");
+    for _ in 0..200 {
+        if rig.log().contains("keeping the running one") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = rig.log();
+    assert!(log.contains("keeping the running one") && log.contains("incident.debounce_readings"), "{log}");
+    assert!(daemon.running());
+    p.send("comp-1", t0 + 45_000, 99.0).await;
+    daemon.wait_metric("fieldwatch_readings_total", 1).await;
+    daemon.signal("TERM");
+    assert!(daemon.wait().success());
+    println!(
+        "FAULT sighup: reload applied (new sink delivered), invalid file kept the old config, clean exit after TERM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_broker_session_is_counted_and_warned_about() {
+    let mut rig = Rig::new();
+    let config = rig.config(None, Extra::default());
+    let daemon = rig.daemon(&config).await;
+    assert_eq!(daemon.metric("fieldwatch_mqtt_sessions_lost_total").await, Some(0));
+    // SIGKILL: mosquitto has not saved the session yet (its autosave_interval is 30 min).
+    rig.broker.kill9();
+    rig.broker.start_again();
+    daemon.wait_metric("fieldwatch_mqtt_sessions_lost_total", 1).await;
+    assert!(rig.log().contains("lost our persistent session"));
+    println!("FAULT session-lost: broker killed -9 and restarted, sessions_lost_total=1, warning logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_timestamps_and_numbers_as_text_are_counted_not_dropped() {
+    let rig = Rig::new();
+    let config = rig.config(None, Extra::default());
+    let daemon = rig.daemon(&config).await;
+    let p = Publisher::connect(rig.broker.port, "pub-bad").await;
+    let t0 = base_ts();
+    p.raw("plant/site-1/comp-1/telemetry", br#"{"ts": 86400000, "discharge_temp": 70.0}"#.to_vec()).await;
+    let mixed = format!(r#"{{"ts": {t0}, "discharge_temp": 70.0, "pressure": "NaN"}}"#);
+    p.raw("plant/site-1/comp-1/telemetry", mixed.into_bytes()).await;
+    daemon.wait_metric("fieldwatch_rejected_messages_total{reason=\"too_old\"}", 1).await;
+    daemon.wait_metric("fieldwatch_fields_ignored_total{reason=\"numeric_text\"}", 1).await;
+    assert_eq!(daemon.metric("fieldwatch_readings_total").await, Some(1), "the good reading beside it is stored");
+    println!(
+        "FAULT bad-values: 1970 timestamp rejected as too_old, \"NaN\" counted as numeric_text, good reading kept"
+    );
+}
+
+/// Publishes `n` messages per device from a background task, `pace` apart, the first `faulty`
+/// devices reading 99 from message `fault_from` on. The task returns how many it published,
+/// after waiting (bounded) for the broker to acknowledge them. What the broker really took is
+/// measured by an [`Observer`]: a publisher may lose messages of its own when the broker goes.
+fn publish_in_background(
+    port: u16,
+    id: &'static str,
+    devices: Vec<String>,
+    n: i64,
+    pace: Duration,
+    faulty: usize,
+    fault_from: i64,
+) -> tokio::task::JoinHandle<i64> {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Arc;
+    tokio::spawn(async move {
+        let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        o.set_inflight(100).set_keep_alive(Duration::from_secs(10)).set_clean_session(false);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 1000);
+        let acked = Arc::new(AtomicI64::new(0));
+        let counter = acked.clone();
+        let poll = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        let t0 = base_ts();
+        let mut sent = 0;
+        for i in 0..n {
+            for (k, d) in devices.iter().enumerate() {
+                let v = if k < faulty && i >= fault_from { 99.0 } else { normal(i) };
+                let payload = serde_json::json!({ "ts": t0 + i * 1000, "discharge_temp": v }).to_string();
+                client
+                    .publish(format!("plant/site-1/{d}/telemetry"), rumqttc::QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+                sent += 1;
+            }
+            tokio::time::sleep(pace).await;
+        }
+        for _ in 0..600 {
+            if acked.load(Ordering::Relaxed) >= sent {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        poll.abort();
+        sent
+    })
+}
+
+/// A second subscriber with its own persistent session: the readings the broker accepted, the
+/// ground truth the daemon's store is compared with.
+struct Observer {
+    seen: std::sync::Arc<std::sync::Mutex<HashSet<(String, i64)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Observer {
+    async fn start(port: u16) -> Observer {
+        let mut o = rumqttc::MqttOptions::new(format!("observer-{port}"), "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(10)).set_clean_session(false).set_inflight(100);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 1000);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(HashSet::new()));
+        let into = seen.clone();
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+        let mut subscribed_tx = Some(subscribed_tx);
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        let _ = client.subscribe("plant/#", rumqttc::QoS::AtLeastOnce).await;
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        if let Some(tx) = subscribed_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let device = p.topic.split('/').nth(2).unwrap_or_default().to_string();
+                        let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                        if let Some(ts) = v["ts"].as_i64() {
+                            into.lock().unwrap().insert((format!("{device}/discharge_temp"), ts));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(10), subscribed).await;
+        Observer { seen, task }
+    }
+
+    /// What it has seen once it has stopped growing for a second.
+    async fn settled(&self) -> HashSet<(String, i64)> {
+        let mut last = usize::MAX;
+        for _ in 0..60 {
+            let n = self.seen.lock().unwrap().len();
+            if n == last {
+                break;
+            }
+            last = n;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restarts_under_load_lose_nothing() {
+    let mut rig = Rig::new();
+    let config = rig.config(None, Extra::default());
+    let mut daemon = rig.daemon(&config).await;
+    let observer = Observer::start(rig.broker.port).await;
+    let devices: Vec<String> = (0..5).map(|k| format!("comp-{k}")).collect();
+    let load = publish_in_background(rig.broker.port, "pub-load", devices, 400, Duration::from_millis(5), 0, i64::MAX);
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        rig.broker.restart();
+    }
+    let published = load.await.unwrap();
+    let accepted = observer.settled().await;
+    for _ in 0..100 {
+        if daemon.metric("fieldwatch_readings_total").await >= Some(accepted.len() as u64) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dup = daemon.metric("fieldwatch_readings_duplicate_total").await.unwrap_or(0);
+    daemon.signal("TERM");
+    assert!(daemon.wait().success());
+    let stored = rig.stored();
+    let lost = accepted.difference(&stored).count();
+    let mut missing: Vec<_> = accepted.difference(&stored).collect();
+    missing.sort();
+    assert_eq!(
+        lost,
+        0,
+        "every reading the broker accepted is stored; missing {:?}\n{}\nbroker:\n{}",
+        &missing[..missing.len().min(20)],
+        rig.log(),
+        rig.broker.log()
+    );
+    assert!(stored.len() as i64 <= published, "and nothing else");
+    println!(
+        "FAULT broker-restart x2 under load: published={published} accepted by the broker={} stored={} lost={lost} redelivered (deduplicated)={dup}",
+        accepted.len(),
+        stored.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_sigkills_under_load_with_incidents_open() {
+    let rig = Rig::new();
+    let api = ok_api().await;
+    let config = rig.config(Some(&api.uri()), Extra::default());
+    let daemon = rig.daemon(&config).await;
+    let observer = Observer::start(rig.broker.port).await;
+    let devices: Vec<String> = (0..4).map(|k| format!("comp-{k}")).collect();
+    // comp-0 is faulty from reading 60 on: one incident, open throughout the kills.
+    let load = publish_in_background(rig.broker.port, "pub-kill", devices, 400, Duration::from_millis(10), 1, 60);
+    daemon.wait_metric("fieldwatch_incidents_opened_total", 1).await;
+    daemon.kill9();
+    let mut peak = 0;
+    for _ in 0..2 {
+        let d = rig.daemon(&config).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        peak = peak.max(d.peak_rss_kib());
+        d.kill9();
+    }
+    let mut last = rig.daemon(&config).await;
+    let published = load.await.unwrap();
+    let accepted = observer.settled().await;
+    last.wait_metric("fieldwatch_readings_total", 1).await;
+    last.wait_metric("fieldwatch_mqtt_connected", 1).await;
+    for _ in 0..300 {
+        if last.metric("fieldwatch_outbox_depth{sink=\"api\"}").await == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    peak = peak.max(last.peak_rss_kib());
+    last.signal("TERM");
+    assert!(last.wait().success());
+    let stored = rig.stored();
+    let lost = accepted.difference(&stored).count();
+    let (opens, open_requests) = keys_of(&api, "open").await;
+    assert_eq!(lost, 0, "every accepted reading stored across three SIGKILLs; log:\n{}", rig.log());
+    assert_eq!(accepted.len() as i64, published, "the broker took everything (it stayed up)");
+    assert_eq!(opens.len(), 1, "one incident, one ticket: {opens:?}");
+    let per_device: HashMap<String, usize> =
+        bodies(&api).await.iter().filter(|c| c["action"] == "open").fold(HashMap::new(), |mut m, c| {
+            *m.entry(c["ticket"]["device"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+            m
+        });
+    assert_eq!(per_device.get("comp-0"), Some(&open_requests));
+    println!(
+        "FAULT sigkill x3 under load: sent={published} stored={} lost={lost} | tickets expected=1 delivered={} duplicated=0 (requests={open_requests}) | peak RSS={peak} KiB",
+        stored.len(),
+        opens.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_api_that_refuses_then_stalls_then_recovers_gets_each_ticket_once() {
+    let rig = Rig::new();
+    let api = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(503)).mount(&api).await;
+    let config = rig.config(Some(&api.uri()), Extra::default());
+    let daemon = rig.daemon(&config).await;
+    let p = Publisher::connect(rig.broker.port, "pub-api").await;
+    let t0 = base_ts();
+    for k in 0..3 {
+        let d = format!("comp-{k}");
+        for i in 0..40 {
+            p.send(&d, t0 + i * 1000, normal(i)).await;
+        }
+        for i in 40..45 {
+            p.send(&d, t0 + i * 1000, 99.0).await;
+        }
+    }
+    daemon.wait_metric("fieldwatch_incidents_opened_total", 3).await;
+    daemon.wait_metric("fieldwatch_ticket_attempts_failed_total{sink=\"api\"}", 3).await;
+    // Slow: answers after the sink's 1 s timeout.
+    api.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_secs(2)))
+        .mount(&api)
+        .await;
+    let failed = daemon.metric("fieldwatch_ticket_attempts_failed_total{sink=\"api\"}").await.unwrap();
+    daemon.wait_metric("fieldwatch_ticket_attempts_failed_total{sink=\"api\"}", failed + 2).await;
+    let stalled = bodies(&api).await.len();
+    api.reset().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(201)).mount(&api).await;
+    daemon.wait_metric("fieldwatch_tickets_delivered_total{sink=\"api\"}", 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (keys, requests) = keys_of(&api, "open").await;
+    assert_eq!(keys.len(), 3, "three incidents, three tickets: {keys:?}");
+    assert_eq!(requests, 3, "each confirmed once after recovery");
+    assert_eq!(daemon.metric("fieldwatch_tickets_delivered_total{sink=\"api\"}").await, Some(3));
+    println!(
+        "FAULT ticket API 503 → slow → up: tickets expected=3 delivered=3 duplicated=0 (requests that timed out while slow: {stalled}, same keys)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_with_a_slow_sink_keeps_memory_bounded() {
+    let rig = Rig::new();
+    let api = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_millis(300)))
+        .mount(&api)
+        .await;
+    let config = rig.config(Some(&api.uri()), Extra::default());
+    let daemon = rig.daemon(&config).await;
+    let devices: Vec<String> = (0..50).map(|k| format!("comp-{k}")).collect();
+    let load = publish_in_background(rig.broker.port, "pub-flood-slow", devices, 200, Duration::ZERO, 50, 100);
+    let sent = load.await.unwrap();
+    daemon.wait_metric("fieldwatch_readings_total", sent as u64).await;
+    let peak = daemon.peak_rss_kib();
+    let depth = daemon.metric("fieldwatch_outbox_depth{sink=\"api\"}").await.unwrap_or(0);
+    assert!(peak < 200 * 1024, "peak RSS {peak} KiB");
+    println!("FAULT flood with a slow sink (300 ms per ticket): sent={sent} stored={sent}, outbox depth at the end={depth}, peak RSS={peak} KiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_resolve_of_a_recurring_incident_has_its_own_key() {
+    let rig = Rig::new();
+    let api = ok_api().await;
+    let config = rig.config(Some(&api.uri()), Extra { incident: "quiet_period = \"20s\"", ..Extra::default() });
+    let daemon = rig.daemon(&config).await;
+    let p = Publisher::connect(rig.broker.port, "pub-recur").await;
+    let t0 = base_ts();
+    // Healthy, faulty, healthy for longer than the quiet period (event time), and again.
+    let phases = [(0, 40, false), (40, 45, true), (45, 80, false), (80, 85, true), (85, 120, false)];
+    for (from, to, faulty) in phases {
+        for i in from..to {
+            p.send("comp-1", t0 + i * 1000, if faulty { 99.0 } else { normal(i) }).await;
+        }
+    }
+    daemon.wait_metric("fieldwatch_incidents_resolved_total", 2).await;
+    daemon.wait_metric("fieldwatch_tickets_delivered_total{sink=\"api\"}", 4).await;
+    let (resolves, requests) = keys_of(&api, "resolve").await;
+    assert_eq!(requests, 2, "{:?}", bodies(&api).await);
+    assert_eq!(resolves.len(), 2, "two resolves, two keys: {resolves:?}");
+    let (opens, _) = keys_of(&api, "open").await;
+    assert_eq!(opens.len(), 1, "the recurrence reopened the same ticket");
+    println!("FAULT recurrence: open=1, resolves=2 with distinct keys {resolves:?}");
+}
