@@ -172,6 +172,8 @@ pub enum SecretError {
     Env(String),
     #[error("neither `file` nor `env` is set")]
     Missing,
+    #[error("the secret is empty")]
+    Empty,
 }
 
 impl SecretRef {
@@ -334,6 +336,13 @@ pub struct StoreConfig {
     pub retention: Duration,
     #[serde(with = "humantime_serde")]
     pub retention_interval: Duration,
+    /// Readings dropped by retention are kept as per-interval aggregates (min, max, mean,
+    /// count) of this width ...
+    #[serde(with = "humantime_serde")]
+    pub downsample_interval: Duration,
+    /// ... for this long (event time).
+    #[serde(with = "humantime_serde")]
+    pub aggregate_retention: Duration,
     /// Largest group-commit batch (messages).
     pub batch_max: usize,
     /// Longest a message waits for its batch to fill before the batch is committed.
@@ -350,6 +359,8 @@ impl Default for StoreConfig {
         Self {
             retention: Duration::from_secs(14 * 24 * 3600),
             retention_interval: Duration::from_secs(600),
+            downsample_interval: Duration::from_secs(300),
+            aggregate_retention: Duration::from_secs(365 * 24 * 3600),
             batch_max: 512,
             batch_linger: Duration::from_millis(20),
             cache_mb: 64,
@@ -845,6 +856,12 @@ impl Config {
         }
         if self.store.retention < Duration::from_secs(3600) {
             return bad("store.retention", "must be at least 1h");
+        }
+        if self.store.downsample_interval < Duration::from_secs(1) {
+            return bad("store.downsample_interval", "must be at least 1s");
+        }
+        if self.store.aggregate_retention < self.store.retention {
+            return bad("store.aggregate_retention", "must be at least store.retention (aggregates outlive readings)");
         }
         if self.store.cache_mb == 0 {
             return bad("store.cache_mb", "must be at least 1");

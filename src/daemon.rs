@@ -76,10 +76,12 @@ impl Daemon {
     pub async fn start_with(config: Config, shared: Shared) -> Result<Daemon, DaemonError> {
         let Shared { metrics, health } = shared;
         let dir = config.daemon.data_dir.clone();
-        let store = Arc::new(
-            Store::open(&dir, config.store.cache_mb, config.store.rejected_max)
-                .map_err(|source| DaemonError::Store { dir: dir.clone(), source })?,
-        );
+        let (cache_mb, rejected_max) = (config.store.cache_mb, config.store.rejected_max);
+        let open_dir = dir.clone();
+        let opened = tokio::task::spawn_blocking(move || Store::open(&open_dir, cache_mb, rejected_max))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let store = Arc::new(opened.map_err(|source| DaemonError::Store { dir: dir.clone(), source })?);
         // A store that cannot commit (a full disk) must not look like a running daemon.
         store
             .set_meta("started_at", &crate::reading::now_ms().to_be_bytes())
@@ -97,6 +99,10 @@ impl Daemon {
             .map(|s| Ok((s.name().to_string(), Sink::build(s)?)))
             .collect::<Result<Vec<_>, SinkBuildError>>()?;
         let core = Core::new(&config, store.clone(), metrics.clone())?;
+        let batch_max = config.store.batch_max;
+        let request_capacity = (4 * batch_max).max(4 * usize::from(config.mqtt.inflight)).max(1024);
+        // Everything that can fail is done before the first task is spawned.
+        let (client, eventloop) = mqtt::connect(&config.mqtt, request_capacity)?;
         let open = core.open_incidents().len();
         let models = &config.detect.models;
         let train = models.enabled.then(|| core.train_requests());
@@ -117,7 +123,13 @@ impl Daemon {
                 .map_err(|source| DaemonError::Admin { addr: config.admin.listen.clone(), source })?;
             let addr = listener.local_addr().ok();
             let token = match &config.admin.token {
-                Some(t) => Some(Arc::from(t.resolve().map_err(DaemonError::AdminToken)?)),
+                Some(t) => {
+                    let token = t.resolve().map_err(DaemonError::AdminToken)?;
+                    if token.trim().is_empty() {
+                        return Err(DaemonError::AdminToken(crate::config::SecretError::Empty));
+                    }
+                    Some(Arc::from(token))
+                }
                 None => None,
             };
             let state = AdminState {
@@ -135,13 +147,7 @@ impl Daemon {
         for (name, sink) in sinks {
             tracker.spawn(deliver(name, sink, store.clone(), wake.clone(), metrics.clone(), retry, cancel.clone()));
         }
-        tracker.spawn(run_retention(
-            store.clone(),
-            config.store.retention,
-            config.store.retention_interval,
-            metrics.clone(),
-            cancel.clone(),
-        ));
+        tracker.spawn(run_retention(store.clone(), config.store.clone(), metrics.clone(), cancel.clone()));
 
         if let Some(requests) = train {
             tracker.spawn(trainer::run(
@@ -155,9 +161,6 @@ impl Daemon {
         }
         drop(control_tx);
 
-        let batch_max = config.store.batch_max;
-        let request_capacity = (4 * batch_max).max(4 * usize::from(config.mqtt.inflight)).max(1024);
-        let (client, eventloop) = mqtt::connect(&config.mqtt, request_capacity)?;
         let (tx, rx) = mpsc::channel(2 * batch_max);
         let drained = CancellationToken::new();
         tracker.spawn(mqtt::run(
@@ -214,13 +217,22 @@ impl Daemon {
         self.failed.clone()
     }
 
-    /// Stops every stage in order and waits for them; flushes the store.
+    /// Stops every stage in order and waits for them; flushes the store. Tells systemd the
+    /// service is stopping.
     pub async fn shutdown(self) {
         systemd::stopping();
+        self.stop().await;
+    }
+
+    /// [`Daemon::shutdown`] for an in-process restart: systemd is not told the service stops.
+    pub async fn stop(self) {
         self.cancel.cancel();
         self.tracker.wait().await;
-        if let Err(e) = self.store.flush().await {
-            tracing::error!(error = %e, "final flush failed");
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.compact_and_flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "final flush failed"),
+            Err(e) => tracing::error!(error = %e, "final flush panicked"),
         }
         tracing::info!("fieldwatch stopped");
     }
@@ -285,7 +297,7 @@ impl Batcher {
                     None => break,
                 },
                 _ = clock.tick() => {
-                    self.tick(&mut core).await;
+                    core = self.tick(core).await;
                     if self.failed.is_cancelled() {
                         break;
                     }
@@ -309,7 +321,7 @@ impl Batcher {
                 }
             }
             self.liveness.batch_started();
-            self.commit(&mut core, &mut batch).await;
+            core = self.commit(core, &mut batch).await;
             self.liveness.batch_done();
             if self.failed.is_cancelled() {
                 break;
@@ -339,10 +351,13 @@ impl Batcher {
             Control::Feedback { id, feedback, reply } => {
                 let mut result = core.feedback(&id, &feedback, crate::reading::now_ms());
                 if result.is_ok() {
-                    if let Err(e) = self.store.flush().await {
-                        result = Err(e.into());
+                    match self.store.flush().await {
+                        Ok(()) => self.wake.notify_waiters(),
+                        Err(e) => {
+                            self.store_failed("flush", &e);
+                            result = Err(e.into());
+                        }
                     }
-                    self.wake.notify_waiters();
                 }
                 let _ = reply.send(result);
             }
@@ -350,17 +365,26 @@ impl Batcher {
         }
     }
 
-    /// Time-driven incident changes (escalations), made durable like a batch.
-    async fn tick(&self, core: &mut Core) {
+    /// Time-driven incident changes (escalations, silent devices) and the periodic detector
+    /// state save, made durable like a batch, off the async runtime.
+    async fn tick(&self, core: Core) -> Core {
         let since = self.metrics.connected_since_ms.load(std::sync::atomic::Ordering::Relaxed);
-        match core.tick(crate::reading::now_ms(), (since > 0).then_some(since)) {
-            Ok(t) if t.is_empty() => {}
-            Ok(_) => match self.store.flush().await {
-                Ok(()) => self.wake.notify_waiters(),
-                Err(e) => self.store_failed("flush", &e),
-            },
-            Err(e) => self.store_failed("store", &e),
+        let store = self.store.clone();
+        let (core, result) = off_runtime(core, move |core| {
+            let transitions =
+                core.tick(crate::reading::now_ms(), (since > 0).then_some(since)).map_err(|e| ("store", e))?;
+            if !transitions.is_empty() {
+                store.flush_blocking().map_err(|e| ("flush", e))?;
+            }
+            Ok(!transitions.is_empty())
+        })
+        .await;
+        match result {
+            Ok(true) => self.wake.notify_waiters(),
+            Ok(false) => {}
+            Err((what, e)) => self.store_failed(what, &e),
         }
+        core
     }
 
     /// The store cannot commit (sled refuses every write after an I/O error such as a full
@@ -386,27 +410,52 @@ impl Batcher {
         }
     }
 
-    async fn commit(&mut self, core: &mut Core, batch: &mut Vec<Inbound>) {
+    /// Runs a batch through the core and flushes it (on a blocking thread: sled and the
+    /// detectors must not hold up the runtime that polls the broker), then acknowledges it.
+    async fn commit(&mut self, core: Core, batch: &mut Vec<Inbound>) -> Core {
         let started = Instant::now();
         let messages: Vec<_> = batch.iter().map(|i| i.message.clone()).collect();
-        let outcome = match core.process_messages(&messages) {
+        let store = self.store.clone();
+        let (core, result) = off_runtime(core, move |core| {
+            let outcome = core.process_messages(&messages).map_err(|e| ("store", e))?;
+            store.flush_blocking().map_err(|e| ("flush", e))?;
+            Ok(outcome)
+        })
+        .await;
+        let outcome = match result {
             Ok(o) => o,
-            Err(e) => {
-                self.store_failed("store", &e);
+            Err((what, e)) => {
+                self.store_failed(what, &e);
                 batch.clear();
-                return;
+                return core;
             }
         };
-        if let Err(e) = self.store.flush().await {
-            self.store_failed("flush", &e);
-            batch.clear();
-            return;
-        }
         self.metrics.batch_commit_seconds.observe(started.elapsed().as_secs_f64());
         if !outcome.transitions.is_empty() {
             self.wake.notify_waiters();
         }
         self.unacked.extend(batch.drain(..).filter_map(|inbound| inbound.publish));
         self.send_acks();
+        core
+    }
+}
+
+/// What a step of the core says went wrong: the operation ("store", "flush") and the error.
+type StepError = (&'static str, StoreError);
+
+/// Runs `step` on the core on a blocking thread and hands the core back with its result. A
+/// panic in the core is a bug: it is passed on, and the daemon ends (systemd restarts it).
+async fn off_runtime<T: Send + 'static>(
+    mut core: Core,
+    step: impl FnOnce(&mut Core) -> Result<T, StepError> + Send + 'static,
+) -> (Core, Result<T, StepError>) {
+    match tokio::task::spawn_blocking(move || {
+        let r = step(&mut core);
+        (core, r)
+    })
+    .await
+    {
+        Ok(done) => done,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }

@@ -92,7 +92,9 @@ pub fn check(config: &Config) -> Vec<Finding> {
                 Err(e) => out.push(error(format!("{key}.file"), format!("cannot read {}: {e}", resolved.display()))),
             }
         } else if let Some(var) = &secret.env {
-            if std::env::var_os(var).is_none() {
+            if std::env::var_os(var).is_some_and(|v| v.is_empty()) {
+                out.push(error(format!("{key}.env"), format!("`{var}` is set but empty")));
+            } else if std::env::var_os(var).is_none() {
                 out.push(warning(
                     format!("{key}.env"),
                     format!("`{var}` is not set here; it must be set in the daemon's environment"),
@@ -128,6 +130,11 @@ fn resolve(path: &Path) -> PathBuf {
 /// True when some topic matches both the subscription `filter` (with `+` and `#`) and the
 /// decode `pattern` (literal levels and `{placeholder}`/`+` levels of one level each).
 pub fn can_match(filter: &str, pattern: &str) -> bool {
+    // A shared subscription `$share/<group>/<filter>` matches what its filter matches.
+    let filter = match filter.strip_prefix("$share/").and_then(|rest| rest.split_once('/')) {
+        Some((_group, inner)) => inner,
+        None => filter,
+    };
     let f: Vec<&str> = filter.split('/').collect();
     let p: Vec<&str> = pattern.split('/').collect();
     let placeholder = |s: &str| s == "+" || (s.starts_with('{') && s.ends_with('}'));
@@ -151,7 +158,9 @@ mod tests {
     #[test]
     fn filters_are_matched_against_the_pattern() {
         let p = "plant/{site}/{device}/telemetry";
-        for ok in ["plant/+/+/telemetry", "plant/#", "#", "plant/north/+/telemetry", "+/+/pump-1/+"] {
+        for ok in
+            ["plant/+/+/telemetry", "plant/#", "#", "plant/north/+/telemetry", "+/+/pump-1/+", "$share/fw/plant/#"]
+        {
             assert!(can_match(ok, p), "{ok}");
         }
         for never in ["plant/+/telemetry", "factory/#", "plant/+/+/status", "plant/+/+/telemetry/x"] {

@@ -1,6 +1,10 @@
 //! `fieldwatch run`: keeps one [`Daemon`] running until SIGTERM/SIGINT, restarting it in-process
 //! when the config is reloaded (SIGHUP) or when its store stopped committing.
 //!
+//! systemd hears `RELOADING=1` then `READY=1` around a reload, and `STOPPING=1` only at the
+//! final stop. A reloaded config that cannot start (a token file gone, a bad sink) falls back to
+//! the previous one.
+//!
 //! A restart is the ordinary shutdown (stop taking messages, store and acknowledge what is in
 //! hand, keep the broker session) followed by a start with the new config, so a reload applies
 //! every setting — detection, incidents, assets, maintenance, sinks, log level, even the broker
@@ -37,6 +41,8 @@ pub async fn supervise(
     let shared = Shared::default();
     let mut reload = ReloadSignal::new();
     let mut store_retry = backoff(STORE_RETRY_MIN, STORE_RETRY_MAX);
+    // The config that last ran: a reloaded one that cannot start falls back to it.
+    let mut last_good: Option<Config> = None;
     tokio::pin!(stop);
     loop {
         let daemon = match Daemon::start_with(config.clone(), shared.clone()).await {
@@ -45,12 +51,23 @@ pub async fn supervise(
                 let delay = store_retry.next().unwrap_or(STORE_RETRY_MAX);
                 tracing::error!(error = %e, retry_in = ?delay, "the store cannot commit; trying again");
                 if wait_degraded(&config, &shared, delay, &mut stop).await {
+                    crate::systemd::stopping();
                     return Ok(());
                 }
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => match last_good.take() {
+                Some(previous) => {
+                    tracing::error!(error = %e, "the reloaded configuration cannot start; going back to the previous one");
+                    set_log_level(&previous.daemon.log_level);
+                    config = previous;
+                    continue;
+                }
+                None => return Err(e),
+            },
         };
+        last_good = None;
+        let started = std::time::Instant::now();
         let failed = daemon.failed_token();
         loop {
             tokio::select! {
@@ -59,18 +76,27 @@ pub async fn supervise(
                     return Ok(());
                 }
                 _ = failed.cancelled() => {
-                    tracing::error!("the store stopped committing; restarting the pipeline");
-                    daemon.shutdown().await;
+                    daemon.stop().await;
+                    // A store that failed again soon after a restart waits before the next one.
+                    if started.elapsed() >= STORE_RETRY_MAX {
+                        store_retry = backoff(STORE_RETRY_MIN, STORE_RETRY_MAX);
+                    }
+                    let delay = store_retry.next().unwrap_or(STORE_RETRY_MAX);
+                    tracing::error!(retry_in = ?delay, "the store stopped committing; restarting the pipeline");
+                    if wait_degraded(&config, &shared, delay, &mut stop).await {
+                        crate::systemd::stopping();
+                        return Ok(());
+                    }
                     break;
                 }
                 _ = reload.recv() => {
                     match Config::load(&path) {
                         Ok(new) => {
                             tracing::info!(config = %path.display(), "SIGHUP: configuration re-read; restarting the pipeline with it");
+                            crate::systemd::reloading();
                             set_log_level(&new.daemon.log_level);
-                            config = new;
-                            daemon.shutdown().await;
-                            store_retry = backoff(STORE_RETRY_MIN, STORE_RETRY_MAX);
+                            last_good = Some(std::mem::replace(&mut config, new));
+                            daemon.stop().await;
                             break;
                         }
                         Err(e) => tracing::error!(error = %e, "SIGHUP: the new configuration is invalid; keeping the running one"),

@@ -45,7 +45,17 @@ pub fn ready() {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 }
 
-/// Tells systemd the daemon is stopping.
+/// Tells systemd the daemon re-reads its configuration (a `READY=1` follows once it runs again).
+pub fn reloading() {
+    let mut states = vec![sd_notify::NotifyState::Reloading];
+    if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    let _ = sd_notify::notify(false, &states);
+}
+
+/// Tells systemd the daemon is stopping for good (never for an in-process restart: systemd
+/// would then wait for the process to exit and kill it).
 pub fn stopping() {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
 }

@@ -86,12 +86,15 @@ impl Core {
         fb.validate()?;
         let mut inc = self.incidents.find(id).cloned().ok_or_else(|| FeedbackError::NotFound(id.to_string()))?;
         if inc.state != IncidentState::Open {
-            // A resolved incident takes one verdict: the same one again changes nothing (a retried
-            // request must not widen a band twice), another one is refused.
+            // A resolved incident takes one closing verdict: the same one again changes nothing (a
+            // retried request must not widen a band twice), another one is refused.
+            // A confirmation may still be followed by how it ended.
             match inc.verdict.as_deref() {
                 Some(v) if v == fb.verdict.as_str() => return Ok(inc),
-                Some(v) => return Err(FeedbackError::AlreadyDecided { id: id.to_string(), verdict: v.to_string() }),
-                None => {}
+                Some(v) if v != Verdict::Confirmed.as_str() => {
+                    return Err(FeedbackError::AlreadyDecided { id: id.to_string(), verdict: v.to_string() })
+                }
+                _ => {}
             }
         }
         self.metrics.verdicts.get_or_create(&ReasonLabel { reason: fb.verdict.as_str().into() }).inc();

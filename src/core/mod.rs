@@ -127,9 +127,19 @@ impl Core {
         for (device, metric, factor) in store.tuning()? {
             detectors.set_tuning(&device, &metric, factor);
         }
+        // What the core tracks survives a restart: the series with stored detector state and the
+        // devices with their first-heard time (for `establish_after`). Each is given `now` as its
+        // last-heard time, so one that never comes back is reported silent, then forgotten.
+        let now = crate::reading::now_ms();
+        let mut device_metrics: HashMap<String, BTreeSet<String>> = HashMap::new();
         for (device, metric, state) in store.detector_states::<crate::detect::SeriesState>()? {
             detectors.restore(&device, &metric, state);
+            device_metrics.entry(device).or_default().insert(metric);
         }
+        let first_heard: HashMap<String, i64> = store.devices()?.into_iter().collect();
+        let last_heard: HashMap<String, i64> =
+            device_metrics.keys().chain(first_heard.keys()).map(|d| (d.clone(), now)).collect();
+        let series_count = device_metrics.values().map(BTreeSet::len).sum();
         let mut units: HashMap<String, String> = config.decode.units.clone().into_iter().collect();
         for m in &config.decode.metrics {
             if let Some(u) = &m.unit {
@@ -153,9 +163,9 @@ impl Core {
             maintenance: config.maintenance.windows.clone(),
             min_confidence: config.incident.min_confidence,
             device_site: HashMap::new(),
-            device_metrics: HashMap::new(),
+            device_metrics,
             last_anomaly: HashMap::new(),
-            last_heard: HashMap::new(),
+            last_heard,
             stale_after_ms: config.incident.stale_after.as_millis() as i64,
             models,
             planned_ended: HashMap::new(),
@@ -163,14 +173,14 @@ impl Core {
             cadence: HashMap::new(),
             persist_after_work_ms: config.incident.debounce_for.max(config.incident.slow_debounce_for).as_millis()
                 as i64,
-            first_heard: HashMap::new(),
+            first_heard,
             limits: Limits {
                 max_devices: config.decode.max_devices,
                 max_series: config.decode.max_series,
                 forget_after_ms: config.decode.forget_after.as_millis() as i64,
                 establish_after_ms: config.incident.establish_after.as_millis() as i64,
             },
-            series_count: 0,
+            series_count,
         })
     }
 
@@ -224,7 +234,9 @@ impl Core {
         let Some(first) = readings.first() else { return Ok((readings, None)) };
         let known = self.device_metrics.get(&first.device);
         let l = self.limits;
-        if known.is_none() && l.max_devices > 0 && self.device_metrics.len() >= l.max_devices {
+        // A forgotten device with an open incident (it went silent) is let back in to resolve it.
+        let has_incident = || self.incidents.open_incidents().any(|i| i.device == first.device);
+        if known.is_none() && l.max_devices > 0 && self.device_metrics.len() >= l.max_devices && !has_incident() {
             return Err(RejectReason::TooManyDevices(first.device.clone()));
         }
         if l.max_series == 0 {
@@ -441,17 +453,6 @@ impl Core {
         }
         out.extend(self.planned_work_ended(now)?);
         let link_settled = link_up_since.is_some_and(|since| now - since >= self.stale_after_ms);
-        if link_settled {
-            let forgotten: Vec<String> = self
-                .last_heard
-                .iter()
-                .filter(|(d, &heard)| now - heard >= self.limits.forget_after_ms.max(self.silent_after(d)))
-                .map(|(d, _)| d.clone())
-                .collect();
-            for device in forgotten {
-                self.forget_device(&device)?;
-            }
-        }
         self.metrics.devices_tracked.set(self.device_metrics.len() as i64);
         self.metrics.series_tracked.set(self.series_count as i64);
         if self.stale_after_ms > 0 && link_settled {
@@ -466,6 +467,18 @@ impl Core {
                 if let Some(t) = self.incidents.silent(&device, site, heard, now) {
                     out.push(self.persist(t)?);
                 }
+            }
+        }
+        // After the silent pass: a device is reported silent before it is forgotten.
+        if link_settled {
+            let forgotten: Vec<String> = self
+                .last_heard
+                .iter()
+                .filter(|(d, &heard)| now - heard >= self.limits.forget_after_ms.max(self.silent_after(d)))
+                .map(|(d, _)| d.clone())
+                .collect();
+            for device in forgotten {
+                self.forget_device(&device)?;
             }
         }
         Ok(out)
@@ -521,13 +534,17 @@ impl Core {
         }
         self.models.forget(device);
         self.incidents.forget_pending(device);
+        self.store.forget_device(device)?;
         Ok(())
     }
 
     /// Notes that a device was heard from; resolves its sensor-health incident if one is open.
     fn heard_from(&mut self, device: &str, received: i64, out: &mut BatchOutcome) -> Result<(), StoreError> {
         self.last_heard.insert(device.to_string(), received);
-        self.first_heard.entry(device.to_string()).or_insert(received);
+        if !self.first_heard.contains_key(device) {
+            self.first_heard.insert(device.to_string(), received);
+            self.store.note_device(device, received)?;
+        }
         if let Some(t) = self.incidents.heard(device, received) {
             out.transitions.push(self.persist(t)?);
         }

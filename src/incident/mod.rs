@@ -325,6 +325,8 @@ impl IncidentPolicy {
         inc.state = IncidentState::Open;
         inc.resolved_at = None;
         inc.reopen_count += 1;
+        // A verdict was about the occurrence that resolved; this one needs its own.
+        inc.verdict = None;
         inc.last_anomaly_at = ts;
         inc.anomalous_readings += u64::from(p.count);
         if more_severe(&p.peak, &inc.peak) {

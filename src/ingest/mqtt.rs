@@ -9,8 +9,8 @@
 //! A queued message over `mqtt.max_packet_bytes` would otherwise wedge a persistent session:
 //! the client refuses it, reconnects, and the broker sends the same message first again. When
 //! that happens the limit is raised for one connection, to exactly the size the broker
-//! announced, so the message can be taken, acknowledged and rejected as `too_large` (decode
-//! keeps a cut copy aside); the limit returns for the connection after it.
+//! announced (at most 64 MiB), so the message can be taken, acknowledged and rejected as
+//! `too_large` (decode keeps a cut copy aside); the connection after it has the normal limit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,6 +82,10 @@ pub fn connect(cfg: &MqttConfig, request_capacity: usize) -> Result<(AsyncClient
     Ok(AsyncClient::new(opts, request_capacity))
 }
 
+/// The largest refused message taken once to reject it; beyond this the memory is not worth
+/// risking on a gateway (the broker's `message_size_limit` should stop such messages).
+const OVERSIZE_MAX: usize = 64 * 1024 * 1024;
+
 /// The size of the packet the client refused, when that is why the connection failed.
 fn refused_size(e: &ConnectionError) -> Option<usize> {
     match e {
@@ -123,6 +127,11 @@ pub async fn run(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                if raised {
+                    // This connection reads with the raised limit; the next ones do not.
+                    raised = false;
+                    eventloop.mqtt_options.set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes);
+                }
                 connected = true;
                 metrics.mqtt_connected.set(1);
                 metrics.connected_since_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
@@ -149,11 +158,6 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if raised && p.payload.len() + p.topic.len() > cfg.max_packet_bytes {
-                    // The refused message: it goes on to be rejected; later connections keep the limit.
-                    raised = false;
-                    eventloop.mqtt_options.set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes);
-                }
                 let message = Message { topic: p.topic.clone(), payload: p.payload.clone(), received_ms: now_ms() };
                 let publish = (p.qos != QoS::AtMostOnce).then_some(p);
                 let send = tokio::select! {
@@ -169,14 +173,22 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
-                if let Some(size) = refused_size(&e) {
-                    tracing::warn!(
+                match refused_size(&e) {
+                    Some(size) if size <= OVERSIZE_MAX => {
+                        tracing::warn!(
+                            size,
+                            limit = cfg.max_packet_bytes,
+                            "a message over mqtt.max_packet_bytes is queued for us; taking it once to reject it as too_large"
+                        );
+                        raised = true;
+                        eventloop.mqtt_options.set_max_packet_size(size, cfg.max_packet_bytes);
+                    }
+                    Some(size) => tracing::error!(
                         size,
-                        limit = cfg.max_packet_bytes,
-                        "a message over mqtt.max_packet_bytes is queued for us; taking it once to reject it as too_large"
-                    );
-                    raised = true;
-                    eventloop.mqtt_options.set_max_packet_size(size, cfg.max_packet_bytes);
+                        max = OVERSIZE_MAX,
+                        "a queued message is too large even to take and reject; remove it at the broker and set its message_size_limit"
+                    ),
+                    None => {}
                 }
                 metrics.mqtt_connection_errors.inc();
                 metrics.mqtt_connected.set(0);

@@ -2,8 +2,9 @@
 //!
 //! Trees:
 //! - `series`: `device \0 metric` → series id (u32 BE); `series_by_id` is the reverse map.
-//! - `readings`: `series id (BE) ‖ ts (order-preserving BE)` → value (f64 BE), so a range scan is
-//!   one series in time order, and storing a redelivered reading again is a no-op.
+//! - readings (see [`readings`]): `log` (one entry per committed batch), `chunks` (per-series
+//!   compressed runs, keyed `series id (BE) ‖ first ts (order-preserving BE)`) and `aggregates`
+//!   (per-interval min/max/mean/count kept after retention drops the chunks).
 //! - `rejected`: seq (BE) → a JSON [`Rejected`] record, bounded to `rejected_max` entries.
 //! - `incidents`: incident key → JSON; `outbox`: `sink \0 seq (BE)` → JSON ticket command;
 //!   `dead_letters`: commands a sink refused for good; `held`: commands kept back (shadow
@@ -13,6 +14,7 @@
 //! Nothing here is durable until [`Store::flush`]: the caller group-commits a batch, flushes once,
 //! then acknowledges the batch to the broker.
 
+mod readings;
 mod retention;
 
 use std::collections::HashMap;
@@ -23,6 +25,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
+pub use readings::{Aggregate, Chunk, CHUNK_READINGS};
 pub use retention::run_retention;
 
 /// Why the store failed. Disk errors are the daemon's to report; they are never the input's fault.
@@ -79,7 +82,7 @@ pub struct Store {
     db: sled::Db,
     series: sled::Tree,
     series_by_id: sled::Tree,
-    readings: sled::Tree,
+    readings: readings::Readings,
     rejected: sled::Tree,
     incidents: sled::Tree,
     outbox: sled::Tree,
@@ -89,6 +92,8 @@ pub struct Store {
     /// Per series: the drift detector's state (its healthy reference), JSON.
     detector_state: sled::Tree,
     silences: sled::Tree,
+    /// Devices the core tracks: device → when it was first heard (wall ms, BE).
+    devices: sled::Tree,
     /// Fitted per-device models: `device\0kind` → JSON.
     models: sled::Tree,
     /// Series ids are looked up on every reading; the cache keeps that off the disk.
@@ -145,10 +150,10 @@ impl Store {
 
     fn from_db(db: sled::Db, rejected_max: usize) -> Result<Store, StoreError> {
         let rejected = db.open_tree("rejected")?;
-        Ok(Store {
+        let store = Store {
             series: db.open_tree("series")?,
             series_by_id: db.open_tree("series_by_id")?,
-            readings: db.open_tree("readings")?,
+            readings: readings::Readings::open(&db)?,
             rejected_len: AtomicUsize::new(rejected.len()),
             rejected,
             incidents: db.open_tree("incidents")?,
@@ -158,11 +163,46 @@ impl Store {
             tuning: db.open_tree("tuning")?,
             detector_state: db.open_tree("detector_state")?,
             silences: db.open_tree("silences")?,
+            devices: db.open_tree("devices")?,
             models: db.open_tree("models")?,
             series_cache: Mutex::new(HashMap::new()),
             rejected_max,
             db,
-        })
+        };
+        store.migrate_key_per_reading()?;
+        Ok(store)
+    }
+
+    /// Moves readings of the earlier layout (one key per reading in the `readings` tree) into
+    /// chunks, a slice at a time, so an upgraded gateway keeps its history.
+    fn migrate_key_per_reading(&self) -> Result<(), StoreError> {
+        let old = self.db.open_tree("readings")?;
+        if old.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(readings = old.len(), "moving readings into compressed chunks (one-off, after an upgrade)");
+        loop {
+            let slice: Vec<(sled::IVec, sled::IVec)> = old.iter().take(100_000).collect::<Result<_, sled::Error>>()?;
+            if slice.is_empty() {
+                break;
+            }
+            let mut batch = sled::Batch::default();
+            for (k, v) in &slice {
+                let series = u32::from_be_bytes(
+                    k.get(..4)
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(|| StoreError::Corrupt("reading key".into()))?,
+                );
+                let (ts, value) = decode_reading(k, v)?;
+                self.readings.insert(series, ts, value)?;
+                batch.remove(k);
+            }
+            self.readings.commit(true)?;
+            old.apply_batch(batch)?;
+            self.db.flush()?;
+        }
+        self.db.drop_tree("readings")?;
+        Ok(())
     }
 
     /// The compact id of a (device, metric) series, allocated on first sight.
@@ -210,30 +250,28 @@ impl Store {
     /// Stores one reading. Returns `false` when exactly this reading was already stored (a
     /// redelivery), so the caller does not feed it to the detectors twice.
     pub fn insert_reading(&self, series: u32, ts: i64, value: f64) -> Result<bool, StoreError> {
-        let old = self.readings.insert(reading_key(series, ts), &value.to_be_bytes())?;
-        Ok(old.is_none())
+        self.readings.insert(series, ts, value)
     }
 
     /// Up to `n` most recent readings of a series at or before `until`, oldest first.
     pub fn recent(&self, series: u32, until: i64, n: usize) -> Result<Vec<(i64, f64)>, StoreError> {
-        let mut out = Vec::with_capacity(n);
-        for kv in self.readings.range(reading_key(series, i64::MIN)..=reading_key(series, until)).rev().take(n) {
-            let (k, v) = kv?;
-            out.push(decode_reading(&k, &v)?);
-        }
-        out.reverse();
-        Ok(out)
+        self.readings.recent(series, until, n)
     }
 
     /// All readings of a series in `[from, to]`, in time order.
     pub fn range(&self, series: u32, from: i64, to: i64) -> Result<Vec<(i64, f64)>, StoreError> {
-        self.readings
-            .range(reading_key(series, from)..=reading_key(series, to))
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode_reading(&k, &v)
-            })
-            .collect()
+        self.readings.range(series, from, to)
+    }
+
+    /// The downsampled aggregates of a series (kept after retention dropped its readings) with a
+    /// start in `[from, to]`.
+    pub fn aggregates(&self, series: u32, from: i64, to: i64) -> Result<Vec<Aggregate>, StoreError> {
+        self.readings.aggregates(series, from, to)
+    }
+
+    /// Readings not yet compacted into chunks (they are in the batch log).
+    pub fn head_readings(&self) -> usize {
+        self.readings.head_readings()
     }
 
     /// Every known series: (id, device, metric).
@@ -274,7 +312,7 @@ impl Store {
 
     /// Number of stored readings (a full scan: for tests and the CLI, not the hot path).
     pub fn reading_count(&self) -> usize {
-        self.readings.len()
+        self.readings.count().unwrap_or(0)
     }
 
     /// Keeps a rejected message aside; drops the oldest beyond the configured bound.
@@ -451,7 +489,16 @@ impl Store {
 
     /// Makes everything written so far durable (group commit).
     pub async fn flush(&self) -> Result<(), StoreError> {
+        self.readings.commit(false)?;
         self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Compacts every series' pending readings into chunks and flushes: at shutdown, so the
+    /// disk holds compressed chunks only.
+    pub fn compact_and_flush(&self) -> Result<(), StoreError> {
+        self.readings.commit(true)?;
+        self.db.flush()?;
         Ok(())
     }
 
@@ -461,6 +508,30 @@ impl Store {
         key.push(0);
         key.extend_from_slice(metric.as_bytes());
         self.detector_state.remove(key)?;
+        Ok(())
+    }
+
+    /// Records when a device was first heard (kept until it is forgotten).
+    pub fn note_device(&self, device: &str, first_heard: i64) -> Result<(), StoreError> {
+        self.devices.insert(device.as_bytes(), &first_heard.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Every tracked device and when it was first heard.
+    pub fn devices(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.devices
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let t: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt("device record".into()))?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), i64::from_be_bytes(t)))
+            })
+            .collect()
+    }
+
+    /// Forgets a device's record (see [`Store::note_device`]).
+    pub fn forget_device(&self, device: &str) -> Result<(), StoreError> {
+        self.devices.remove(device.as_bytes())?;
         Ok(())
     }
 
@@ -483,26 +554,27 @@ impl Store {
 
     /// Blocking flush, for synchronous callers (replay, benchmarks).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.readings.commit(false)?;
         self.db.flush()?;
         Ok(())
     }
 
-    /// Deletes readings older than `cutoff` (event time, ms). Returns how many were removed.
-    pub fn prune_before(&self, cutoff: i64) -> Result<usize, StoreError> {
+    /// Drops readings older than `cutoff` (event time, ms) a whole chunk at a time, keeping
+    /// their `interval` aggregates, and drops aggregates older than `aggregate_cutoff`. Returns
+    /// how many readings were removed.
+    pub fn prune_before(
+        &self,
+        cutoff: i64,
+        aggregate_cutoff: i64,
+        interval: std::time::Duration,
+    ) -> Result<usize, StoreError> {
+        let interval_ms = (interval.as_millis() as i64).max(1);
         let mut removed = 0;
         for kv in self.series_by_id.iter() {
             let (k, _) = kv?;
             let id = u32::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt("series id".into()))?);
-            let mut batch = sled::Batch::default();
-            let mut n = 0;
-            for kv in self.readings.range(reading_key(id, i64::MIN)..reading_key(id, cutoff)) {
-                batch.remove(kv?.0);
-                n += 1;
-            }
-            if n > 0 {
-                self.readings.apply_batch(batch)?;
-                removed += n;
-            }
+            removed += self.readings.prune(id, cutoff, interval_ms)?;
+            self.readings.prune_aggregates(id, aggregate_cutoff)?;
         }
         Ok(removed)
     }
@@ -533,14 +605,24 @@ mod tests {
         assert!(!store.insert_reading(id, 2000, 2.0).unwrap());
         assert_eq!(store.recent(id, 3000, 2).unwrap(), vec![(2000, 2.0), (3000, 3.0)]);
         assert_eq!(store.range(id, 1000, 2000).unwrap().len(), 2);
-        assert_eq!(store.prune_before(2000).unwrap(), 2);
-        assert_eq!(store.range(id, 0, 10_000).unwrap().len(), 3);
         store.flush_blocking().unwrap();
         drop(store);
+        // After a restart (the readings came back from the batch log).
         let store = Store::open(dir.path(), 8, 10).unwrap();
         assert_eq!(store.series_id("pump", "temp").unwrap(), id);
         assert_eq!(store.series_name(id).unwrap(), Some(("pump".into(), "temp".into())));
-        assert_eq!(store.reading_count(), 3);
+        assert_eq!(store.reading_count(), 5);
+        assert!(!store.insert_reading(id, 4000, 4.0).unwrap(), "still a duplicate");
+        store.compact_and_flush().unwrap();
+        assert_eq!(store.head_readings(), 0);
+        // Retention drops whole chunks only: this one still has a reading after 2000.
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(store.prune_before(2000, i64::MIN, day).unwrap(), 0);
+        assert_eq!(store.prune_before(5000, i64::MIN, day).unwrap(), 5);
+        assert!(store.range(id, 0, 10_000).unwrap().is_empty());
+        let aggs = store.aggregates(id, i64::MIN, i64::MAX).unwrap();
+        assert_eq!(aggs.len(), 1);
+        assert_eq!((aggs[0].min, aggs[0].max, aggs[0].count), (0.0, 4.0, 5));
     }
 
     #[test]
