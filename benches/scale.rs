@@ -11,8 +11,10 @@
 //! reading after the daemon stopped (chunks compacted).
 //!
 //! Run with `cargo bench --bench scale`. `FW_SCALE_DEVICES` [10,100,1000,10000] and
-//! `FW_SCALE_READINGS` [800000: total readings per row, so messages per device = that / 4 /
-//! devices, at least 50]. Needs `mosquitto` and `mosquitto_sub` in `PATH` (or /usr/sbin,
+//! `FW_SCALE_READINGS` [2000000: total readings per row, so messages per device = that / 4 /
+//! devices, at least 50; 500 per device at 1,000 devices]. `FW_SCALE_EXTRA_TOML` is appended
+//! to the daemon's config (`\n` for new lines), `FW_SCALE_WRAP` runs the daemon under
+//! a profiler (e.g. `perf record -e cpu-clock -g -o FILE --`). Needs `mosquitto` and `mosquitto_sub` in `PATH` (or /usr/sbin,
 //! /usr/bin); exits 0 with a message otherwise. The table is also written to
 //! `target/bench-scale.md`.
 
@@ -72,8 +74,9 @@ fn start_broker(mosquitto: &Path, dir: &Path) -> (u16, Killed) {
 fn write_config(dir: &Path, port: u16, admin: &str) -> PathBuf {
     let text = format!(
         "[daemon]\ndata_dir = \"{}\"\n[mqtt]\nport = {port}\nclient_id = \"fw-scale\"\ntopics = [\"plant/+/+/telemetry\"]\n\
-         [admin]\nlisten = \"{admin}\"\n",
-        dir.join("db").display()
+         [admin]\nlisten = \"{admin}\"\n{extra}",
+        dir.join("db").display(),
+        extra = std::env::var("FW_SCALE_EXTRA_TOML").unwrap_or_default().replace("\\n", "\n"),
     );
     let path = dir.join("fieldwatch.toml");
     std::fs::write(&path, text).unwrap();
@@ -82,15 +85,19 @@ fn write_config(dir: &Path, port: u16, admin: &str) -> PathBuf {
 
 fn spawn_daemon(config: &Path, log: &Path) -> Killed {
     let log = std::fs::File::create(log).unwrap();
-    Killed(
-        Command::new(env!("CARGO_BIN_EXE_fieldwatch"))
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
+    // FW_SCALE_WRAP="perf record -e cpu-clock -g -o FILE --" (or valgrind ...): run the daemon
+    // under a profiler; the RSS and CPU figures of that run are the wrapper's.
+    let wrap = std::env::var("FW_SCALE_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(tool) => {
+            let mut c = Command::new(tool);
+            c.args(words).arg(env!("CARGO_BIN_EXE_fieldwatch"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_fieldwatch")),
+    };
+    Killed(cmd.args(["run", "--config"]).arg(config).stdout(Stdio::null()).stderr(log).spawn().unwrap())
 }
 
 fn metric(admin: &str, name: &str) -> Option<u64> {
@@ -261,7 +268,7 @@ async fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let total: usize = std::env::var("FW_SCALE_READINGS").ok().and_then(|s| s.parse().ok()).unwrap_or(800_000);
+    let total: usize = std::env::var("FW_SCALE_READINGS").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000_000);
     let mut out = String::from(
         "| devices | msgs/device | messages | bare msg/s | fieldwatch msg/s | ratio | readings/s | peak RSS (MiB) | RSS at end (MiB) | CPU s per M readings | bytes/reading on disk |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );

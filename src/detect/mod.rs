@@ -224,7 +224,8 @@ impl SeriesDetectors {
 pub struct DetectorBank {
     config: DetectConfig,
     limits: LimitTable,
-    series: HashMap<(String, String), SeriesDetectors>,
+    /// Per device, per metric: two levels so a lookup by `&str` allocates nothing.
+    series: HashMap<String, HashMap<String, SeriesDetectors>>,
     /// Sensitivity factors learned from false alarms, applied to new and existing detectors.
     tuning: HashMap<(String, String), f64>,
     /// A healthy reference was fixed or dropped since the state was last taken for storing.
@@ -249,9 +250,13 @@ impl DetectorBank {
 
     /// Drops a series' detectors and tuning (its device was forgotten).
     pub fn forget(&mut self, device: &str, metric: &str) {
-        let key = (device.to_string(), metric.to_string());
-        self.series.remove(&key);
-        self.tuning.remove(&key);
+        if let Some(m) = self.series.get_mut(device) {
+            m.remove(metric);
+            if m.is_empty() {
+                self.series.remove(device);
+            }
+        }
+        self.tuning.remove(&(device.to_string(), metric.to_string()));
     }
 
     /// Restores a learned sensitivity factor (from the store, at start).
@@ -265,7 +270,7 @@ impl DetectorBank {
         let old = self.tuning.get(&key).copied().unwrap_or(1.0);
         let new = (old * FALSE_ALARM_WIDENING).min(MAX_WIDENING);
         self.tuning.insert(key.clone(), new);
-        if let Some(s) = self.series.get_mut(&key) {
+        if let Some(s) = self.series.get_mut(device).and_then(|m| m.get_mut(metric)) {
             for d in s.all() {
                 d.desensitize(new / old);
             }
@@ -273,31 +278,27 @@ impl DetectorBank {
         new
     }
 
-    fn entry(&mut self, device: &str, metric: &str) -> &mut SeriesDetectors {
-        let key = (device.to_string(), metric.to_string());
-        if !self.series.contains_key(&key) {
+    /// A series' detectors, built on first sight. Lookups of known series allocate nothing; the
+    /// result is always `Some` (an `Option` only so that no lookup needs an `unwrap`).
+    fn entry(&mut self, device: &str, metric: &str) -> Option<&mut SeriesDetectors> {
+        if !self.series.get(device).is_some_and(|m| m.contains_key(metric)) {
             let s = self.build(device, metric);
-            self.series.insert(key.clone(), s);
+            self.series.entry(device.to_string()).or_default().insert(metric.to_string(), s);
         }
-        self.series.entry(key).or_insert_with(|| SeriesDetectors {
-            detectors: Vec::new(),
-            baseline: None,
-            flatline: None,
-            drift: None,
-        })
+        self.series.get_mut(device).and_then(|m| m.get_mut(metric))
     }
 
     /// Starts a series over: fresh detectors that learn a new reference (the device runs at a
     /// new operating point). Learned false-alarm tuning is kept.
     pub fn recommission(&mut self, device: &str, metric: &str) {
         let s = self.build(device, metric);
-        self.series.insert((device.to_string(), metric.to_string()), s);
+        self.series.entry(device.to_string()).or_default().insert(metric.to_string(), s);
         self.references_changed = true;
     }
 
     /// Learns from a reading known to be healthy (see [`SeriesDetector::learn`]).
     pub fn learn(&mut self, device: &str, metric: &str, ts: i64, value: f64) {
-        for d in self.entry(device, metric).all() {
+        for d in self.entry(device, metric).into_iter().flat_map(SeriesDetectors::all) {
             d.learn(ts, value);
         }
     }
@@ -305,7 +306,7 @@ impl DetectorBank {
     /// Ends learning from a healthy recording: every series' reference is fixed.
     pub fn end_learning(&mut self) {
         self.references_changed = true;
-        for s in self.series.values_mut() {
+        for s in self.series.values_mut().flat_map(|m| m.values_mut()) {
             for d in s.all() {
                 d.end_learning();
             }
@@ -314,13 +315,13 @@ impl DetectorBank {
 
     /// The healthy reference of a series, once it has one.
     pub fn reference(&self, device: &str, metric: &str) -> Option<Reference> {
-        let s = self.series.get(&(device.to_string(), metric.to_string()))?;
+        let s = self.series.get(device)?.get(metric)?;
         s.drift.as_ref()?.reference().copied()
     }
 
     /// The state of every series that survives a restart, to store.
     pub fn states(&self) -> impl Iterator<Item = (&str, &str, SeriesState)> {
-        self.series.iter().map(|((d, m), s)| {
+        self.series.iter().flat_map(|(d, by)| by.iter().map(move |(m, s)| (d, m, s))).map(|(d, m, s)| {
             let state =
                 SeriesState { baseline: s.baseline.clone(), flatline: s.flatline.clone(), drift: s.drift.clone() };
             (d.as_str(), m.as_str(), state)
@@ -331,7 +332,7 @@ impl DetectorBank {
     /// left off.
     pub fn restore(&mut self, device: &str, metric: &str, state: SeriesState) {
         let (baseline, flatline, drift) = (self.config.baseline, self.config.flatline, self.config.drift.enabled);
-        let s = self.entry(device, metric);
+        let Some(s) = self.entry(device, metric) else { return };
         if let (true, Some(b)) = (baseline, state.baseline) {
             s.baseline = Some(b);
         }
@@ -345,7 +346,7 @@ impl DetectorBank {
 
     /// Scores one reading of a series.
     pub fn observe(&mut self, device: &str, metric: &str, ts: i64, value: f64) -> Observation {
-        let s = self.entry(device, metric);
+        let Some(s) = self.entry(device, metric) else { return Observation::default() };
         let had = s.drift.as_ref().is_some_and(|d| d.reference().is_some());
         let o = s.observe(ts, value);
         let has = s.drift.as_ref().is_some_and(|d| d.reference().is_some());
@@ -390,11 +391,11 @@ impl DetectorBank {
 
     /// Number of series with detector state (memory is bounded by the number of series).
     pub fn len(&self) -> usize {
-        self.series.len()
+        self.series.values().map(HashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
+        self.series.values().all(HashMap::is_empty)
     }
 }
 

@@ -207,13 +207,21 @@ impl IncidentPolicy {
     /// Updates the state of every fault of the reading's series.
     pub fn observe(&mut self, reading: &Reading, anomalies: &[Anomaly]) -> Vec<Transition> {
         let mut out = Vec::new();
+        // One key buffer per reading (this runs for every reading): `device/metric/` + kind.
+        let mut key = Incident::key_for(&reading.device, &reading.metric, FaultKind::ALL[0]);
+        let prefix = key.len() - FaultKind::ALL[0].as_str().len();
         for kind in FaultKind::ALL {
-            let key = Incident::key_for(&reading.device, &reading.metric, kind);
+            key.truncate(prefix);
+            key.push_str(kind.as_str());
             // Several detectors may report the same kind; the most severe speaks for them.
             let hit = anomalies.iter().filter(|a| a.kind == kind).fold(None::<&Anomaly>, |best, a| match best {
                 Some(b) if !more_severe(a, b) => Some(b),
                 _ => Some(a),
             });
+            // Nothing to report and nothing under way: nothing can change (the common case).
+            if hit.is_none() && !self.open.contains_key(&key) && !self.pending.contains_key(&key) {
+                continue;
+            }
             if let Some(t) = self.step(&key, reading, hit) {
                 out.push(t);
             }

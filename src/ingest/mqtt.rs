@@ -158,8 +158,17 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let message = Message { topic: p.topic.clone(), payload: p.payload.clone(), received_ms: now_ms() };
-                let publish = (p.qos != QoS::AtMostOnce).then_some(p);
+                // What acknowledging needs is the packet id: the ack handle carries no topic or
+                // payload, so a message waiting for its ack does not pin the read buffer.
+                let publish = (p.qos != QoS::AtMostOnce).then(|| Publish {
+                    dup: p.dup,
+                    qos: p.qos,
+                    retain: p.retain,
+                    topic: String::new(),
+                    pkid: p.pkid,
+                    payload: bytes::Bytes::new(),
+                });
+                let message = Message { topic: p.topic, payload: p.payload, received_ms: now_ms() };
                 let send = tokio::select! {
                     _ = cancel.cancelled() => break,
                     r = tx.send(Inbound { message, publish }) => r,

@@ -97,7 +97,7 @@ pub struct Store {
     /// Fitted per-device models: `device\0kind` → JSON.
     models: sled::Tree,
     /// Series ids are looked up on every reading; the cache keeps that off the disk.
-    series_cache: Mutex<HashMap<(String, String), u32>>,
+    series_cache: Mutex<HashMap<String, HashMap<String, u32>>>,
     rejected_len: AtomicUsize,
     rejected_max: usize,
 }
@@ -207,8 +207,8 @@ impl Store {
 
     /// The compact id of a (device, metric) series, allocated on first sight.
     pub fn series_id(&self, device: &str, metric: &str) -> Result<u32, StoreError> {
-        let cache_key = (device.to_string(), metric.to_string());
-        if let Some(id) = self.cache().get(&cache_key) {
+        // Looked up by reference: no allocation on the hot path.
+        if let Some(id) = self.cache().get(device).and_then(|m| m.get(metric)) {
             return Ok(*id);
         }
         let name = [device.as_bytes(), &[0], metric.as_bytes()].concat();
@@ -230,11 +230,11 @@ impl Store {
                 }
             }
         };
-        self.cache().insert(cache_key, id);
+        self.cache().entry(device.to_string()).or_default().insert(metric.to_string(), id);
         Ok(id)
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u32>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, u32>>> {
         // A poisoned cache is still a valid cache: entries are only ever inserted whole.
         self.series_cache.lock().unwrap_or_else(|p| p.into_inner())
     }

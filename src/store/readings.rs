@@ -426,40 +426,50 @@ impl Readings {
                 }
             }
         }
+        // The head was read first (see `range`): a compaction in between shows a reading twice.
         older.extend(out);
+        older.sort_by_key(|p| p.0);
+        older.dedup_by_key(|p| p.0);
         let skip = older.len().saturating_sub(n);
         Ok(older.split_off(skip))
     }
 
     /// All readings of a series in `[from, to]`, in time order.
+    ///
+    /// The head is read before the chunks: a compaction in between (it writes the chunks before
+    /// it empties the head, both under the lock) then shows a reading twice, never not at all,
+    /// and the duplicates are dropped.
     pub(super) fn range(&self, series: u32, from: i64, to: i64) -> Result<Vec<(i64, f64)>, StoreError> {
         if from > to {
             return Ok(Vec::new());
         }
-        let mut out = Vec::new();
+        let mut out: Vec<(i64, f64)> = {
+            let st = self.lock();
+            st.heads
+                .get(&series)
+                .map(|h| h.points.iter().filter(|p| p.0 >= from && p.0 <= to).copied().collect())
+                .unwrap_or_default()
+        };
         // The chunk that starts before `from` may reach into the range.
         let start = self.covering(series, from)?.map(|(k, _)| key_ts(&k)).transpose()?.unwrap_or(from);
         for kv in self.chunks.range(chunk_key(series, start)..=chunk_key(series, to)) {
             let c = Chunk::decode(&kv?.1)?;
             out.extend(c.ts.into_iter().zip(c.values).filter(|p| p.0 >= from && p.0 <= to));
         }
-        {
-            let st = self.lock();
-            if let Some(h) = st.heads.get(&series) {
-                out.extend(h.points.iter().filter(|p| p.0 >= from && p.0 <= to).copied());
-            }
-        }
         out.sort_by_key(|p| p.0);
+        out.dedup_by_key(|p| p.0);
         Ok(out)
     }
 
     /// Number of stored readings (reads every chunk header: tests and tools, not the hot path).
     pub(super) fn count(&self) -> Result<usize, StoreError> {
-        let mut n = 0;
+        // Under the lock: no compaction moves readings between the two while they are counted.
+        let st = self.lock();
+        let mut n = st.heads.values().map(|h| h.points.len()).sum::<usize>();
         for kv in self.chunks.iter() {
             n += Chunk::header(&kv?.1)?.0;
         }
-        Ok(n + self.lock().heads.values().map(|h| h.points.len()).sum::<usize>())
+        Ok(n)
     }
 
     /// Readings waiting in heads (not yet in a chunk).
@@ -584,6 +594,33 @@ mod tests {
         assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
         assert_eq!(r.recent(7, 150_000, 3).unwrap(), vec![(148_000, 148.0), (149_000, 149.0), (150_000, 150.0)]);
         assert_eq!(r.range(7, 10_500, 12_000).unwrap(), vec![(11_000, 11.0), (12_000, 12.0)]);
+    }
+
+    #[test]
+    fn a_reader_never_misses_readings_a_compaction_is_moving() {
+        let db = db();
+        let r = std::sync::Arc::new(Readings::open(&db).unwrap());
+        let writer = {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                for i in 0..4000 {
+                    r.insert(2, i * 1000, i as f64).unwrap();
+                    if i % 37 == 0 {
+                        r.commit(false).unwrap();
+                    }
+                }
+                r.commit(true).unwrap();
+            })
+        };
+        let mut last = 0;
+        while !writer.is_finished() {
+            let seen = r.range(2, i64::MIN, i64::MAX).unwrap();
+            assert!(seen.len() >= last, "readings vanished: {} after {last}", seen.len());
+            assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "sorted, no duplicates");
+            last = seen.len();
+        }
+        writer.join().unwrap();
+        assert_eq!(r.range(2, i64::MIN, i64::MAX).unwrap().len(), 4000);
     }
 
     #[test]
