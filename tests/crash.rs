@@ -66,12 +66,7 @@ async fn killed_daemon_neither_loses_nor_duplicates_tickets() {
     daemon.wait_metric("fieldwatch_mqtt_connected", 1).await;
     let p = Publisher::connect(broker.port, "pub-crash").await;
     let t0 = base_ts();
-    for i in 0..40 {
-        p.send("comp-1", t0 + i * 1000, normal(i)).await;
-    }
-    for i in 40..45 {
-        p.send("comp-1", t0 + i * 1000, 99.0).await;
-    }
+    fault(&p, "comp-1", t0, 5).await;
     daemon.wait_metric("fieldwatch_incidents_opened_total", 1).await;
     daemon.wait_metric("fieldwatch_ticket_attempts_failed_total{sink=\"api\"}", 2).await;
     daemon.kill9();

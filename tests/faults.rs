@@ -222,12 +222,7 @@ async fn the_admin_api_needs_its_token_and_bounds_requests() {
     // A resolved incident takes one verdict: repeating it changes nothing, another is refused.
     let p = Publisher::connect(rig.broker.port, "pub-admin").await;
     let t0 = base_ts();
-    for i in 0..40 {
-        p.send("comp-2", t0 + i * 1000, normal(i)).await;
-    }
-    for i in 40..45 {
-        p.send("comp-2", t0 + i * 1000, 99.0).await;
-    }
+    fault(&p, "comp-2", t0, 5).await;
     daemon.wait_metric("fieldwatch_incidents_opened_total", 1).await;
     let list: Vec<serde_json::Value> = http.get(url("/api/incidents")).send().await.unwrap().json().await.unwrap();
     let id = list[0]["id"].as_str().unwrap().to_string();
@@ -437,12 +432,7 @@ async fn sighup_reloads_the_config_and_a_bad_file_keeps_the_old_one() {
     assert!(daemon.running(), "SIGHUP does not end the daemon");
     let p = Publisher::connect(rig.broker.port, "pub-hup").await;
     let t0 = base_ts();
-    for i in 0..40 {
-        p.send("comp-1", t0 + i * 1000, normal(i)).await;
-    }
-    for i in 40..45 {
-        p.send("comp-1", t0 + i * 1000, 99.0).await;
-    }
+    fault(&p, "comp-1", t0, 5).await;
     for _ in 0..200 {
         if std::fs::read_to_string(&tickets).is_ok_and(|t| t.contains("\"open\"")) {
             break;

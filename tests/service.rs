@@ -43,16 +43,6 @@ async fn api() -> MockServer {
     server
 }
 
-/// 40 healthy readings, then `faulty` readings at 99 °C, for one device.
-async fn fault(p: &Publisher, device: &str, t0: i64, faulty: i64) {
-    for i in 0..40 {
-        p.send(device, t0 + i * 1000, normal(i)).await;
-    }
-    for i in 40..40 + faulty {
-        p.send(device, t0 + i * 1000, 99.0).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tier1_critical_asset_gets_p1_with_its_respond_by_and_a_complete_ticket() {
     let broker = Mosquitto::start();

@@ -322,6 +322,16 @@ impl Drop for Publisher {
     }
 }
 
+/// 40 healthy readings, then `faulty` readings at 99 °C, for one device, a second apart from `t0`.
+pub async fn fault(p: &Publisher, device: &str, t0: i64, faulty: i64) {
+    for i in 0..40 {
+        p.send(device, t0 + i * 1000, normal(i)).await;
+    }
+    for i in 40..40 + faulty {
+        p.send(device, t0 + i * 1000, 99.0).await;
+    }
+}
+
 /// A healthy reading: small deterministic wobble around 70 °C.
 pub fn normal(i: i64) -> f64 {
     70.0 + 0.5 * (i as f64 * 0.7).sin()
