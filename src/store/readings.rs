@@ -318,12 +318,18 @@ impl Readings {
             let split = points.partition_point(|p| p.0 <= chunked_until);
             let (late, fresh) = points.split_at(split);
             let mut late_by_chunk: Vec<(sled::IVec, Vec<(i64, f64)>)> = Vec::new();
+            // Late readings of a series whose chunks retention has dropped have no chunk to go
+            // into: they start new chunks like fresh ones.
+            let mut orphans: Vec<(i64, f64)> = Vec::new();
             for p in late {
                 let key = match self.covering(*series, p.0)? {
                     Some((k, _)) => k,
                     None => match self.chunks.scan_prefix(series.to_be_bytes()).next() {
                         Some(kv) => kv?.0,
-                        None => continue,
+                        None => {
+                            orphans.push(*p);
+                            continue;
+                        }
                     },
                 };
                 match late_by_chunk.iter_mut().find(|(k, _)| *k == key) {
@@ -342,7 +348,7 @@ impl Readings {
                 writes.push((new_key.to_vec(), Some(chunk.encode()?)));
             }
             // Fresh readings extend the last chunk while it is small, then start new ones.
-            let mut fresh: Vec<(i64, f64)> = fresh.to_vec();
+            let mut fresh: Vec<(i64, f64)> = orphans.into_iter().chain(fresh.iter().copied()).collect();
             if fresh.is_empty() {
                 continue;
             }
@@ -621,6 +627,21 @@ mod tests {
         }
         writer.join().unwrap();
         assert_eq!(r.range(2, i64::MIN, i64::MAX).unwrap().len(), 4000);
+    }
+
+    #[test]
+    fn a_late_reading_after_retention_dropped_every_chunk_is_kept() {
+        let db = db();
+        let r = Readings::open(&db).unwrap();
+        for i in 0..CHUNK_READINGS as i64 {
+            r.insert(5, i * 1000, 1.0).unwrap();
+        }
+        r.commit(true).unwrap();
+        assert_eq!(r.prune(5, i64::MAX, 60_000).unwrap(), CHUNK_READINGS);
+        // Older than the newest reading ever chunked, but no chunk is left to merge it into.
+        assert!(r.insert(5, 10_500, 2.0).unwrap());
+        r.commit(true).unwrap();
+        assert_eq!(r.range(5, i64::MIN, i64::MAX).unwrap(), vec![(10_500, 2.0)]);
     }
 
     #[test]
