@@ -2,7 +2,7 @@
 //! it names that are missing or unreadable, secrets not set, no ticket sink, subscriptions that
 //! can never match the topic pattern. Errors fail the check; warnings are printed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::config::{Config, SecretRef, SinkConfig};
 
@@ -40,9 +40,8 @@ pub fn check(config: &Config) -> Vec<Finding> {
     let error = |key: String, message: String| Finding { severity: Severity::Error, key, message };
     let warning = |key: String, message: String| Finding { severity: Severity::Warning, key, message };
     let mut file = |key: String, path: &Path| {
-        let resolved = resolve(path);
-        if let Err(e) = std::fs::File::open(&resolved) {
-            out.push(error(key, format!("cannot read {}: {e}", resolved.display())));
+        if let Err(e) = std::fs::File::open(path) {
+            out.push(error(key, format!("cannot read {}: {e}", path.display())));
         }
     };
     let mut secrets: Vec<(String, &SecretRef)> = Vec::new();
@@ -69,7 +68,7 @@ pub fn check(config: &Config) -> Vec<Finding> {
             SinkConfig::Jira(c) => secrets.push((format!("{key}.api_token"), &c.api_token)),
             SinkConfig::PagerDuty(c) => secrets.push((format!("{key}.routing_key"), &c.routing_key)),
             SinkConfig::File { path, .. } => {
-                let dir = resolve(path).parent().map(Path::to_path_buf).unwrap_or_default();
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
                 if !dir.as_os_str().is_empty() && !dir.is_dir() {
                     // systemd's StateDirectory= may create it only when the service starts.
                     out.push(warning(
@@ -83,13 +82,12 @@ pub fn check(config: &Config) -> Vec<Finding> {
     }
     for (key, secret) in secrets {
         if let Some(path) = &secret.file {
-            let resolved = resolve(path);
-            match std::fs::read_to_string(&resolved) {
+            match std::fs::read_to_string(path) {
                 Ok(s) if s.trim().is_empty() => {
-                    out.push(error(format!("{key}.file"), format!("{} is empty", resolved.display())))
+                    out.push(error(format!("{key}.file"), format!("{} is empty", path.display())))
                 }
                 Ok(_) => {}
-                Err(e) => out.push(error(format!("{key}.file"), format!("cannot read {}: {e}", resolved.display()))),
+                Err(e) => out.push(error(format!("{key}.file"), format!("cannot read {}: {e}", path.display()))),
             }
         } else if let Some(var) = &secret.env {
             if std::env::var_os(var).is_some_and(|v| v.is_empty()) {
@@ -121,10 +119,6 @@ pub fn check(config: &Config) -> Vec<Finding> {
         }
     }
     out
-}
-
-fn resolve(path: &Path) -> PathBuf {
-    path.to_path_buf()
 }
 
 /// True when some topic matches both the subscription `filter` (with `+` and `#`) and the

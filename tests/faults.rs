@@ -116,14 +116,7 @@ impl Rig {
 
     /// Readings in the daemon's store (after the daemon stopped), by series and time.
     fn stored(&self) -> HashSet<(String, i64)> {
-        let store = fieldwatch::store::Store::open(&self.dir.path().join("db"), 16, 10).unwrap();
-        let mut out = HashSet::new();
-        for (id, device, metric) in store.all_series().unwrap() {
-            for (ts, _) in store.range(id, i64::MIN, i64::MAX).unwrap() {
-                out.insert((format!("{device}/{metric}"), ts));
-            }
-        }
-        out
+        stored_readings(&self.dir.path().join("db"))
     }
 }
 

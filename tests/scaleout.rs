@@ -20,17 +20,6 @@ fn config(dir: &Path, broker: u16, admin: &str, site: &str) -> std::path::PathBu
     path
 }
 
-fn stored(dir: &Path) -> HashSet<(String, i64)> {
-    let store = fieldwatch::store::Store::open(&dir.join("db"), 16, 10).unwrap();
-    let mut out = HashSet::new();
-    for (id, device, _metric) in store.all_series().unwrap() {
-        for (ts, _) in store.range(id, i64::MIN, i64::MAX).unwrap() {
-            out.insert((device.clone(), ts));
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_with_disjoint_filters_handle_each_reading_once() {
     let broker = Mosquitto::start();
@@ -51,7 +40,7 @@ async fn two_daemons_with_disjoint_filters_handle_each_reading_once() {
         for (site, device) in [("north", "n-1"), ("north", "n-2"), ("south", "s-1")] {
             let payload = serde_json::json!({ "ts": t0 + i * 1000, "temp": normal(i) }).to_string();
             p.raw(&format!("plant/{site}/{device}/telemetry"), payload.into_bytes()).await;
-            sent.insert((device.to_string(), t0 + i * 1000));
+            sent.insert((format!("{device}/temp"), t0 + i * 1000));
         }
     }
     da.wait_metric("fieldwatch_readings_total", 200).await;
@@ -60,7 +49,7 @@ async fn two_daemons_with_disjoint_filters_handle_each_reading_once() {
     db.signal("TERM");
     assert!(da.wait().success() && db.wait().success());
 
-    let (north, south) = (stored(a.path()), stored(b.path()));
+    let (north, south) = (stored_readings(&a.path().join("db")), stored_readings(&b.path().join("db")));
     assert!(north.iter().all(|(d, _)| d.starts_with("n-")), "north stored only its site");
     assert!(south.iter().all(|(d, _)| d.starts_with("s-")), "south stored only its site");
     assert!(north.is_disjoint(&south), "no reading handled twice");

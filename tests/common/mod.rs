@@ -332,6 +332,18 @@ pub async fn fault(p: &Publisher, device: &str, t0: i64, faulty: i64) {
     }
 }
 
+/// Every reading in the store under `data_dir` (a stopped daemon's), as (`device/metric`, ts).
+pub fn stored_readings(data_dir: &Path) -> std::collections::HashSet<(String, i64)> {
+    let store = fieldwatch::store::Store::open(data_dir, 16, 10).unwrap();
+    let mut out = std::collections::HashSet::new();
+    for (id, device, metric) in store.all_series().unwrap() {
+        for (ts, _) in store.range(id, i64::MIN, i64::MAX).unwrap() {
+            out.insert((format!("{device}/{metric}"), ts));
+        }
+    }
+    out
+}
+
 /// A healthy reading: small deterministic wobble around 70 °C.
 pub fn normal(i: i64) -> f64 {
     70.0 + 0.5 * (i as f64 * 0.7).sin()
