@@ -352,7 +352,10 @@ impl Batcher {
                 let mut result = core.feedback(&id, &feedback, crate::reading::now_ms());
                 if result.is_ok() {
                     match self.store.flush().await {
-                        Ok(()) => self.wake.notify_waiters(),
+                        Ok(()) => {
+                            core.committed();
+                            self.wake.notify_waiters()
+                        }
                         Err(e) => {
                             self.store_failed("flush", &e);
                             result = Err(e.into());
@@ -376,6 +379,7 @@ impl Batcher {
                 core.tick(crate::reading::now_ms(), (since > 0).then_some(since)).map_err(|e| ("store", e))?;
             if !transitions.is_empty() {
                 store.flush_blocking().map_err(|e| ("flush", e))?;
+                core.committed();
             }
             Ok(!transitions.is_empty())
         })
@@ -424,6 +428,7 @@ impl Batcher {
         let (core, result) = off_runtime(core, move |core| {
             let outcome = core.process_messages(&messages).map_err(|e| ("store", e))?;
             store.flush_blocking().map_err(|e| ("flush", e))?;
+            core.committed();
             Ok(outcome)
         })
         .await;

@@ -130,7 +130,11 @@ impl Metrics {
             m.fields_ignored.clone(),
         );
         r.register("anomalies", "Anomalous readings, by fault kind", m.anomalies.clone());
-        r.register("incidents_opened", "Incidents opened", m.incidents_opened.clone());
+        r.register(
+            "incidents_opened",
+            "Incidents opened (counted once durable in the store)",
+            m.incidents_opened.clone(),
+        );
         r.register("incidents_resolved", "Incidents resolved", m.incidents_resolved.clone());
         r.register(
             "incidents_updated",

@@ -79,6 +79,9 @@ pub struct Core {
     limits: Limits,
     /// Series (device × metric) tracked now.
     series_count: usize,
+    /// Incidents opened since the last commit: counted once they are durable (see
+    /// [`Core::committed`]), so the metric never counts one a crash could still take back.
+    opened_uncommitted: u64,
 }
 
 /// How much the core tracks, and for how long (see `decode.max_devices` and friends).
@@ -181,7 +184,14 @@ impl Core {
                 establish_after_ms: config.incident.establish_after.as_millis() as i64,
             },
             series_count,
+            opened_uncommitted: 0,
         })
+    }
+
+    /// Tells the core that what it wrote is durable (the caller flushed the store): counts
+    /// what may only be counted once it survives a crash.
+    pub fn committed(&mut self) {
+        self.metrics.incidents_opened.inc_by(std::mem::take(&mut self.opened_uncommitted));
     }
 
     /// Open incidents known to the core.
@@ -589,7 +599,7 @@ impl Core {
                 // An incident opened before (held back by planned work) is not counted twice.
                 if inc.timeline.is_empty() {
                     self.observe_actual_lead_time(&inc);
-                    self.metrics.incidents_opened.inc();
+                    self.opened_uncommitted += 1;
                     let detect_s = ((inc.opened_at - inc.first_seen).max(0) as f64) / 1000.0;
                     self.metrics.time_to_detect_seconds.observe(detect_s);
                 }
