@@ -12,7 +12,7 @@ use crate::detect::FaultKind;
 use crate::ticket::{AssetRef, CustomerRef, Priority};
 
 /// Customer tiers, most important first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
     /// Significant revenue or strategic value.
@@ -43,7 +43,7 @@ impl Tier {
 }
 
 /// How much an outage of the asset hurts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Criticality {
     High,
@@ -63,7 +63,7 @@ impl Criticality {
 }
 
 /// A customer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerConfig {
     pub id: String,
@@ -72,7 +72,7 @@ pub struct CustomerConfig {
 }
 
 /// A registered device (asset).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
     pub id: String,
@@ -91,7 +91,7 @@ pub struct DeviceConfig {
 }
 
 /// What to do about one class of fault.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunbookConfig {
     /// A fault kind (`deviation`, `stuck`, `above_limit`, `below_limit`, ...) for every metric,
@@ -102,7 +102,7 @@ pub struct RunbookConfig {
 }
 
 /// `[assets]`: the registry, inline or in a separate file.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AssetsConfig {
     /// A separate TOML file with `customers`, `devices` and `runbooks` (same shape as here);
@@ -126,7 +126,7 @@ pub struct AssetsFile {
 }
 
 /// `[priority]`: the matrix and the SLA of each priority.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PriorityConfig {
     /// Priority for a high-criticality asset, by tier: `[tier1, tier2, tier3]`.
@@ -139,7 +139,7 @@ pub struct PriorityConfig {
 
 /// Respond-by time per priority. Every priority has one: Tier III customers get P4 at worst,
 /// which still carries an SLA.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RespondWithin {
     #[serde(rename = "P1", with = "humantime_serde")]

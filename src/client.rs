@@ -30,9 +30,28 @@ pub struct AdminClient {
 pub const TOKEN_ENV: &str = "FIELDWATCH_ADMIN_TOKEN";
 
 impl AdminClient {
+    /// A client for the daemon at `addr` that sends the token in [`TOKEN_ENV`], if set.
     pub fn new(addr: &str) -> Result<AdminClient, ClientError> {
+        AdminClient::with_token(addr, std::env::var(TOKEN_ENV).ok())
+    }
+
+    /// A client for the daemon at `addr` that sends `token` with every request. An address
+    /// the daemon listens on for every interface (`0.0.0.0:9797`) is reached on loopback.
+    pub fn with_token(addr: &str, token: Option<String>) -> Result<AdminClient, ClientError> {
+        let addr = match addr.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() => {
+                let ip: std::net::IpAddr = if a.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                };
+                std::net::SocketAddr::new(ip, a.port()).to_string()
+            }
+            _ => addr.to_string(),
+        };
+        let addr = addr.as_str();
         let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(token) = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()) {
+        if let Some(token) = token.filter(|t| !t.is_empty()) {
             if let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
                 v.set_sensitive(true);
                 headers.insert(reqwest::header::AUTHORIZATION, v);

@@ -36,6 +36,8 @@ pub struct DemoOptions {
     pub duration: Option<Duration>,
     pub data_dir: PathBuf,
     pub devices: usize,
+    /// A config to run instead of the built-in `config/demo.toml` (see [`demo_config_from`]).
+    pub config: Option<PathBuf>,
 }
 
 /// What the demo did.
@@ -96,7 +98,19 @@ dynamic_filters = true
 
 /// The daemon config for a demo on `port`, writing into `dir`.
 pub fn demo_config(port: u16, dir: &Path) -> Result<Config, DemoError> {
-    let mut config = Config::parse(DEMO_CONFIG, Path::new("config/demo.toml"))?;
+    demo_config_from(Config::parse(DEMO_CONFIG, Path::new("config/demo.toml"))?, port, dir)
+}
+
+/// `config` made into a demo on `port` writing into `dir`: the demo's broker, database
+/// and ticket file replace the configured ones; detection, incidents, assets and other
+/// sinks stay as configured.
+pub fn demo_config_from(mut config: Config, port: u16, dir: &Path) -> Result<Config, DemoError> {
+    config.mqtt.host = "127.0.0.1".into();
+    config.mqtt.tls = None;
+    config.mqtt.username = None;
+    config.mqtt.password = None;
+    config.mqtt.topics = vec!["plant/+/+/telemetry".into()];
+    config.decode.topic_pattern = Some("plant/{site}/{device}/telemetry".into());
     config.mqtt.port = port;
     config.daemon.data_dir = dir.join("db");
     for sink in &mut config.ticket.sinks {
@@ -112,7 +126,10 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     std::fs::create_dir_all(&opts.data_dir)?;
     let port = free_port()?;
     start_broker(port)?;
-    let config = demo_config(port, &opts.data_dir)?;
+    let config = match &opts.config {
+        Some(path) => demo_config_from(Config::load(path)?, port, &opts.data_dir)?,
+        None => demo_config(port, &opts.data_dir)?,
+    };
     let tickets_file = opts.data_dir.join("tickets.jsonl");
     let already = std::fs::metadata(&tickets_file).map(|m| m.len()).unwrap_or(0);
     println!(

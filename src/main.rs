@@ -19,19 +19,85 @@ struct Cli {
     command: Command,
 }
 
+/// Where the daemon's configuration lives when `--config` is not given.
+const DEFAULT_CONFIG: &str = "/etc/fieldwatch/fieldwatch.toml";
+
+/// The configuration file, for commands that need one.
+#[derive(clap::Args)]
+struct ConfigFile {
+    /// Configuration file.
+    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+/// How a client command finds the running daemon: `--admin`, else the config's `admin.listen`;
+/// the token from `FIELDWATCH_ADMIN_TOKEN`, else the config's `admin.token`.
+#[derive(clap::Args)]
+struct AdminTarget {
+    /// The daemon's configuration, read for `admin.listen` and `admin.token` [default:
+    /// /etc/fieldwatch/fieldwatch.toml, when it exists].
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The daemon's admin address (overrides the config's admin.listen).
+    #[arg(long, env = "FIELDWATCH_ADMIN", value_name = "HOST:PORT")]
+    admin: Option<String>,
+}
+
+impl AdminTarget {
+    fn client(&self) -> anyhow::Result<fieldwatch::client::AdminClient> {
+        let config = match &self.config {
+            Some(path) => Some(Config::load(path)?),
+            None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+                match Config::load(std::path::Path::new(DEFAULT_CONFIG)) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        eprintln!("warning: {e}; using the built-in admin address");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let addr = match (&self.admin, &config) {
+            (Some(a), _) => a.clone(),
+            (None, Some(c)) if !c.admin.listen.is_empty() => c.admin.listen.clone(),
+            (None, Some(_)) => anyhow::bail!(
+                "{}: admin.listen is empty, so the daemon serves no admin API",
+                self.config.as_deref().unwrap_or(std::path::Path::new(DEFAULT_CONFIG)).display()
+            ),
+            (None, None) => fieldwatch::config::AdminConfig::default().listen,
+        };
+        let token = match std::env::var(fieldwatch::client::TOKEN_ENV).ok().filter(|t| !t.is_empty()) {
+            Some(t) => Some(t),
+            None => match config.as_ref().and_then(|c| c.admin.token.as_ref()) {
+                Some(secret) => Some(secret.resolve().map_err(|e| anyhow::anyhow!("admin.token: {e}"))?),
+                None => None,
+            },
+        };
+        Ok(fieldwatch::client::AdminClient::with_token(&addr, token)?)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
     Run {
-        /// Configuration file.
-        #[arg(short, long, default_value = "/etc/fieldwatch/fieldwatch.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
     },
-    /// Check a configuration file and exit: 0 when valid, 2 with the file, key and reason when not.
+    /// Check a configuration file and exit: 0 when valid, 2 with the file, line, key and reason
+    /// when not.
     CheckConfig {
-        /// Configuration file.
-        file: PathBuf,
+        /// Configuration file [default: /etc/fieldwatch/fieldwatch.toml].
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The configuration file, given without `--config`.
+        #[arg(value_name = "FILE", conflicts_with = "config")]
+        file: Option<PathBuf>,
     },
+    /// Print the reference configuration: every option with its default and what it is for
+    /// (the shipped config/fieldwatch.toml).
+    PrintDefaultConfig,
     /// List incidents with their timeline (asks the running daemon).
     Incidents {
         /// Only open incidents.
@@ -40,9 +106,8 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
-        /// The daemon's admin address (admin.listen).
-        #[arg(long, env = "FIELDWATCH_ADMIN", default_value = "127.0.0.1:9797")]
-        admin: String,
+        #[command(flatten)]
+        target: AdminTarget,
     },
     /// Record a technician's verdict on an incident.
     Feedback {
@@ -55,8 +120,8 @@ enum Command {
         root_cause: Option<String>,
         #[arg(long)]
         note: Option<String>,
-        #[arg(long, env = "FIELDWATCH_ADMIN", default_value = "127.0.0.1:9797")]
-        admin: String,
+        #[command(flatten)]
+        target: AdminTarget,
     },
     /// Silence tickets for a device or a site for a while (planned work not in the config).
     Silence {
@@ -72,8 +137,8 @@ enum Command {
         /// List active silences instead.
         #[arg(long)]
         list: bool,
-        #[arg(long, env = "FIELDWATCH_ADMIN", default_value = "127.0.0.1:9797")]
-        admin: String,
+        #[command(flatten)]
+        target: AdminTarget,
     },
     /// Feed a recorded CSV file through the detectors and incident policy, and write its scores.
     Replay {
@@ -104,13 +169,13 @@ enum Command {
         /// Only this device; all devices with enough history without it.
         #[arg(long)]
         device: Option<String>,
-        #[arg(short, long, default_value = "/etc/fieldwatch/fieldwatch.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// List the fitted device models and how well they validated.
     Models {
-        #[arg(short, long, default_value = "/etc/fieldwatch/fieldwatch.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -145,6 +210,10 @@ enum Command {
         /// Number of simulated compressors.
         #[arg(long, default_value_t = 20)]
         devices: usize,
+        /// Run with this config instead of the built-in demo config (its detection, incident,
+        /// asset and sink settings; the demo keeps its own broker, database and ticket file).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -206,24 +275,15 @@ async fn shutdown_signal() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(config) => {
-                let findings = fieldwatch::preflight::check(&config);
-                for f in &findings {
-                    eprintln!("{}: {f}", file.display());
-                }
-                if findings.iter().any(|f| f.severity == fieldwatch::preflight::Severity::Error) {
-                    return ExitCode::from(2);
-                }
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        },
-        Command::Run { config: path } => {
+        Command::PrintDefaultConfig => {
+            print!("{}", fieldwatch::config::reference::REFERENCE);
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { config, file } => {
+            let file = file.or(config).unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+            check_config(&file)
+        }
+        Command::Run { config: ConfigFile { config: path } } => {
             let config = match load_config(&path) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -234,8 +294,8 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Incidents { open, json, admin } => run_async(async move {
-            let list = fieldwatch::client::AdminClient::new(&admin)?.incidents(open).await?;
+        Command::Incidents { open, json, target } => run_async(async move {
+            let list = target.client()?.incidents(open).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
@@ -243,14 +303,14 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
-        Command::Feedback { id, verdict, root_cause, note, admin } => run_async(async move {
+        Command::Feedback { id, verdict, root_cause, note, target } => run_async(async move {
             let fb = fieldwatch::core::Feedback { verdict, root_cause, note };
-            let inc = fieldwatch::client::AdminClient::new(&admin)?.feedback(&id, &fb).await?;
+            let inc = target.client()?.feedback(&id, &fb).await?;
             print!("{}", fieldwatch::client::render_incidents(std::slice::from_ref(&inc)));
             Ok(())
         }),
-        Command::Silence { device, site, duration, reason, list, admin } => run_async(async move {
-            let client = fieldwatch::client::AdminClient::new(&admin)?;
+        Command::Silence { device, site, duration, reason, list, target } => run_async(async move {
+            let client = target.client()?;
             if list {
                 for s in client.silences().await? {
                     let target = s
@@ -294,7 +354,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Train { device, config } => {
+        Command::Train { device, config: ConfigFile { config } } => {
             init_logging("info");
             let config = match load_config(&config) {
                 Ok(c) => c,
@@ -311,7 +371,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Models { config, json } => {
+        Command::Models { config: ConfigFile { config }, json } => {
             let config = match load_config(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -365,13 +425,34 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         #[cfg(feature = "embedded-broker")]
-        Command::Demo { duration, data_dir, devices } => {
+        Command::Demo { duration, data_dir, devices, config } => {
             init_logging("warn,rumqttd=off");
             run_async(async move {
-                let opts = fieldwatch::demo::DemoOptions { duration, data_dir, devices };
+                let opts = fieldwatch::demo::DemoOptions { duration, data_dir, devices, config };
                 fieldwatch::demo::run(opts, shutdown_signal()).await?;
                 Ok(())
             })
+        }
+    }
+}
+
+/// `check-config`: the file's errors, then the machine checks (files, broker, sinks).
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(config) => {
+            let findings = fieldwatch::preflight::check(&config);
+            for f in &findings {
+                eprintln!("{}: {f}", file.display());
+            }
+            if findings.iter().any(|f| f.severity == fieldwatch::preflight::Severity::Error) {
+                return ExitCode::from(2);
+            }
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -109,3 +109,39 @@ fn check_config_names_missing_files_and_warns_about_what_cannot_work() {
     assert!(err.contains("warning: ticket.sinks"), "no sink: {err}");
     assert!(err.contains("warning: mqtt.topics[0]") && err.contains("can never match"), "{err}");
 }
+
+#[test]
+fn print_default_config_prints_the_shipped_reference_and_it_checks() {
+    let out = fieldwatch().arg("print-default-config").output().unwrap();
+    assert!(out.status.success());
+    let reference =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fieldwatch.toml"))
+            .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), reference);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fieldwatch.toml");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let out = fieldwatch().args(["check-config", "--config"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn every_command_that_reads_a_config_takes_dash_dash_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[store]\nretention = \"1m\"\n").unwrap();
+    for command in ["check-config", "run", "train", "models", "replay", "evaluate", "incidents", "silence"] {
+        let mut cmd = fieldwatch();
+        cmd.arg(command).arg("--config").arg(&file);
+        if command == "replay" {
+            cmd.args(["--input", "in.csv", "--output", "out.csv"]);
+        }
+        if command == "silence" {
+            cmd.arg("--list");
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command} accepted a bad config");
+        assert!(err.contains(&format!("{}:2", file.display())) && err.contains("store.retention"), "{command}: {err}");
+    }
+}

@@ -8,7 +8,12 @@ use fieldwatch::ticket::{Action, TicketCommand};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_writes_a_complete_ticket_for_the_injected_fault() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = DemoOptions { duration: Some(Duration::from_secs(20)), data_dir: dir.path().to_path_buf(), devices: 4 };
+    let opts = DemoOptions {
+        duration: Some(Duration::from_secs(20)),
+        data_dir: dir.path().to_path_buf(),
+        devices: 4,
+        config: None,
+    };
     let report = run(opts, std::future::pending()).await.unwrap();
     // History is published as fast as the broker takes it; how much of it is stored by the end
     // depends on the machine's load, so only its presence is asserted.

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use fieldwatch::config::SecretRef;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -253,12 +254,28 @@ async fn silence_set_through_the_api_suppresses_tickets() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
     config.admin.listen = "127.0.0.1:0".into();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    config.admin.token = Some(SecretRef { file: Some(token_file.clone()), env: None });
     let (daemon, m) = start_connected(config).await;
     let admin = daemon.admin_addr().unwrap().to_string();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fieldwatch"))
-        .args(["silence", "--device", "comp-1", "--for", "2h", "--reason", "crane lift", "--admin", &admin])
-        .output()
-        .unwrap();
+    let silence = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fieldwatch"))
+            .env_remove("FIELDWATCH_ADMIN")
+            .env_remove("FIELDWATCH_ADMIN_TOKEN")
+            .args(["silence", "--device", "comp-1", "--for", "2h", "--reason", "crane lift"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // The address alone is not enough: changing state needs the token ...
+    let out = silence(&["--admin", &admin]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("401"), "{out:?}");
+    // ... which the CLI reads, with the address, from the daemon's config file.
+    let cli_config = dir.path().join("fieldwatch.toml");
+    let text = format!("[admin]\nlisten = \"{admin}\"\ntoken = {{ file = \"{}\" }}\n", token_file.display());
+    std::fs::write(&cli_config, text).unwrap();
+    let out = silence(&["--config", cli_config.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let p = Publisher::connect(broker.port, "pub-silence").await;
     let t0 = base_ts();

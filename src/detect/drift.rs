@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::{calibrate, Anomaly, FaultKind, SeriesDetector};
 
 /// `[detect.drift]`: the healthy-reference drift detector.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DriftConfig {
     /// Run the detector on every series.

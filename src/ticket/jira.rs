@@ -29,7 +29,7 @@ use crate::config::SecretRef;
 const KNOWN_MAX: usize = 1024;
 
 /// `type = "jira"`: open, comment on and close Jira Cloud issues.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JiraConfig {
     pub name: String,
@@ -53,7 +53,7 @@ pub struct JiraConfig {
 }
 
 /// Jira priority names for fieldwatch priorities; the defaults are Jira's own scheme.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct JiraPriorities {
     pub p1: String,

@@ -23,7 +23,7 @@ use crate::reading::{format_ts, now_ms};
 const SUMMARY_MAX: usize = 1024;
 
 /// `type = "pagerduty"`: trigger and resolve PagerDuty alerts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PagerDutyConfig {
     pub name: String,

@@ -32,7 +32,7 @@ const STATE_RESOLVED: &str = "6";
 const KNOWN_MAX: usize = 1024;
 
 /// `type = "servicenow"`: open, update and resolve ServiceNow incidents.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceNowConfig {
     pub name: String,

@@ -14,6 +14,9 @@ use crate::ticket::jira::JiraConfig;
 use crate::ticket::pagerduty::PagerDutyConfig;
 use crate::ticket::servicenow::ServiceNowConfig;
 
+mod locate;
+pub mod reference;
+
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -27,13 +30,29 @@ pub enum ConfigError {
     /// The TOML is malformed, a key is unknown or a value has the wrong type.
     #[error("{file}:{line}: key `{key}`: {reason}")]
     Parse { file: PathBuf, line: usize, key: String, reason: String },
-    /// The values parse but do not make sense together.
-    #[error("{file}: key `{key}`: {reason}")]
-    Invalid { file: PathBuf, key: String, reason: String },
+    /// The values parse but do not make sense together. `line` is where the key is written
+    /// (or its table, for a key left at its default).
+    #[error("{}: key `{key}`: {reason}", place(.file, *.line))]
+    Invalid { file: PathBuf, line: Option<usize>, key: String, reason: String },
+}
+
+/// `file:line`, or the file alone when the line is not known.
+fn place(file: &Path, line: Option<usize>) -> String {
+    match line {
+        Some(line) => format!("{}:{line}", file.display()),
+        None => file.display().to_string(),
+    }
+}
+
+impl ConfigError {
+    /// A value error in `text` (read from `file`), with the line of `key`.
+    pub fn invalid(file: &Path, text: &str, key: String, reason: String) -> ConfigError {
+        ConfigError::Invalid { file: file.to_path_buf(), line: locate::line_of(text, &key), key, reason }
+    }
 }
 
 /// The whole daemon configuration (`config/fieldwatch.toml` documents every option).
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub daemon: DaemonConfig,
@@ -68,7 +87,7 @@ pub enum Mode {
 }
 
 /// `[modes]`: roll fieldwatch out safely, site by site.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModesConfig {
     pub default: Mode,
@@ -84,7 +103,7 @@ impl ModesConfig {
 }
 
 /// `[maintenance]`: scheduled windows during which no ticket opens.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MaintenanceConfig {
     pub windows: Vec<MaintenanceWindow>,
@@ -97,9 +116,15 @@ pub struct MaintenanceConfig {
 pub struct MaintenanceWindow {
     pub site: Option<String>,
     pub device: Option<String>,
+    /// RFC 3339 with an offset: `2026-05-01T06:00:00Z` or `2026-05-01T08:00:00+02:00`.
+    #[serde(default, deserialize_with = "instant")]
     pub start: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default, deserialize_with = "instant")]
     pub end: Option<chrono::DateTime<chrono::Utc>>,
+    /// Time of day, UTC: `HH:MM` or `HH:MM:SS`.
+    #[serde(default, deserialize_with = "time_of_day")]
     pub daily_from: Option<chrono::NaiveTime>,
+    #[serde(default, deserialize_with = "time_of_day")]
     pub daily_to: Option<chrono::NaiveTime>,
     /// Weekdays for a daily window (`mon`..`sun`); empty = every day.
     #[serde(default)]
@@ -107,6 +132,27 @@ pub struct MaintenanceWindow {
     /// Shown in logs and the suppression record.
     #[serde(default)]
     pub reason: String,
+}
+
+/// An RFC 3339 time with its offset; the error says what is expected.
+fn instant<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<chrono::DateTime<chrono::Utc>>, D::Error> {
+    let text = String::deserialize(de)?;
+    chrono::DateTime::parse_from_rfc3339(text.trim()).map(|t| Some(t.to_utc())).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not an RFC 3339 time ({e}): write it with its offset, e.g. \
+             2026-05-01T06:00:00Z or 2026-05-01T08:00:00+02:00"
+        ))
+    })
+}
+
+/// A time of day, `HH:MM` or `HH:MM:SS` (UTC); the error says what is expected.
+fn time_of_day<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<chrono::NaiveTime>, D::Error> {
+    let text = String::deserialize(de)?;
+    let t = text.trim();
+    chrono::NaiveTime::parse_from_str(t, "%H:%M:%S")
+        .or_else(|_| chrono::NaiveTime::parse_from_str(t, "%H:%M"))
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("`{text}` is not a time of day: write HH:MM or HH:MM:SS (UTC)")))
 }
 
 impl MaintenanceWindow {
@@ -137,7 +183,7 @@ impl MaintenanceWindow {
 }
 
 /// Process-wide settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonConfig {
     /// Where the sled database lives. Under systemd this is `StateDirectory=`.
@@ -154,12 +200,14 @@ impl Default for DaemonConfig {
 
 /// Where a secret comes from. Secrets never sit in the config text itself, so the config can be
 /// versioned and shared without leaking credentials.
-#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
     /// Read the secret from this file (trailing newline trimmed).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
     /// Read the secret from this environment variable.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub env: Option<String>,
 }
 
@@ -192,7 +240,7 @@ impl SecretRef {
 }
 
 /// The MQTT connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     pub host: String,
@@ -238,7 +286,7 @@ impl Default for MqttConfig {
 }
 
 /// TLS towards the broker (rustls).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file with the CA certificate(s) that signed the broker's certificate.
@@ -250,7 +298,7 @@ pub struct TlsConfig {
 }
 
 /// How a payload's event time is written.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum TimestampFormat {
     /// RFC 3339 strings, or numbers: seconds below 10^11, milliseconds above.
@@ -262,7 +310,7 @@ pub enum TimestampFormat {
 }
 
 /// One metric taken from a JSON pointer instead of a top-level field.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricMapping {
     /// Metric name as it appears in tickets and the store.
@@ -274,7 +322,7 @@ pub struct MetricMapping {
 }
 
 /// How a message becomes readings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DecodeConfig {
     /// Topic pattern with `{device}` and optional `{site}` placeholders.
@@ -328,7 +376,7 @@ impl Default for DecodeConfig {
 }
 
 /// The embedded database.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Readings older than this (by event time) are deleted in the background.
@@ -370,7 +418,7 @@ impl Default for StoreConfig {
 }
 
 /// A fixed limit for one metric (any device), or for one device's metric.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
     pub metric: String,
@@ -381,7 +429,7 @@ pub struct LimitConfig {
 }
 
 /// Streaming detectors.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectConfig {
     /// Readings a series needs before its baseline may raise anomalies.
@@ -432,7 +480,7 @@ impl Default for DetectConfig {
 
 /// `[detect.models]`: per-device models (`crate::model`) fitted in the background on stored
 /// history. Off by default: a model needs `min_training_vectors` of healthy history first.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelsConfig {
     pub enabled: bool,
@@ -523,7 +571,7 @@ impl ModelsConfig {
 /// The novelty detector (`detect::Novelty`). The defaults are the values measured on the
 /// Numenta Anomaly Benchmark; the window sizes not listed here are derived from `memory` and
 /// `warmup_readings`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NoveltyConfig {
     pub enabled: bool,
@@ -591,7 +639,7 @@ impl NoveltyConfig {
 }
 
 /// When anomalies become incidents.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IncidentConfig {
     /// Consecutive anomalous readings before an incident opens ...
@@ -649,7 +697,7 @@ impl Default for IncidentConfig {
 }
 
 /// Ticket delivery.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TicketConfig {
     pub sinks: Vec<SinkConfig>,
@@ -666,7 +714,7 @@ impl Default for TicketConfig {
 }
 
 /// One ticket destination.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
 pub enum SinkConfig {
     /// POST each ticket command as JSON.
@@ -702,6 +750,17 @@ impl SinkConfig {
             SinkConfig::ServiceNow(c) => &c.name,
             SinkConfig::Jira(c) => &c.name,
             SinkConfig::PagerDuty(c) => &c.name,
+        }
+    }
+
+    /// The sink's `type` as written in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Webhook { .. } => "webhook",
+            SinkConfig::File { .. } => "file",
+            SinkConfig::ServiceNow(_) => "servicenow",
+            SinkConfig::Jira(_) => "jira",
+            SinkConfig::PagerDuty(_) => "pagerduty",
         }
     }
 
@@ -754,7 +813,7 @@ impl SinkConfig {
 }
 
 /// The loopback HTTP endpoint for `/metrics` and health checks.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// `host:port`; empty disables it. Anything but a loopback address needs `token`.
@@ -796,7 +855,7 @@ impl Config {
                 .map_err(|source| ConfigError::Read { file: assets_path.clone(), source })?;
             let extra: crate::assets::AssetsFile = parse_toml(&assets_text, &assets_path)?;
             crate::assets::Registry::validate(&config.assets, Some(&extra))
-                .map_err(|(key, reason)| ConfigError::Invalid { file: assets_path.clone(), key, reason })?;
+                .map_err(|(key, reason)| ConfigError::invalid(&assets_path, &assets_text, key, reason))?;
             config.assets.customers.extend(extra.customers);
             config.assets.devices.extend(extra.devices);
             config.assets.runbooks.extend(extra.runbooks);
@@ -807,7 +866,7 @@ impl Config {
     /// Parses and validates config text; `file` is only used in error messages.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let config: Config = parse_toml(text, file)?;
-        config.validate().map_err(|(key, reason)| ConfigError::Invalid { file: file.to_path_buf(), key, reason })?;
+        config.validate().map_err(|(key, reason)| ConfigError::invalid(file, text, key, reason))?;
         Ok(config)
     }
 
@@ -1049,8 +1108,33 @@ mod tests {
 
     #[test]
     fn invalid_value_names_key_and_reason() {
-        let msg = parse("[detect]\nz_threshold = -1.0\n").unwrap_err().to_string();
-        assert!(msg.contains("detect.z_threshold") && msg.contains("positive"), "{msg}");
+        let msg = parse("[detect]\nwarmup_readings = 60\nz_threshold = -1.0\n").unwrap_err().to_string();
+        assert!(
+            msg.contains("test.toml:3:") && msg.contains("detect.z_threshold") && msg.contains("positive"),
+            "{msg}"
+        );
+        // A key left at its default is pointed at by its table.
+        let msg = parse("[store]\n\n[decode]\nforget_after = \"1m\"\n").unwrap_err().to_string();
+        assert!(msg.starts_with("test.toml:4:") && msg.contains("decode.forget_after"), "{msg}");
+    }
+
+    #[test]
+    fn maintenance_times_take_offsets_and_say_what_they_expect() {
+        let c =
+            parse("[[maintenance.windows]]\nstart = \"2026-05-01T08:00:00+02:00\"\nend = \"2026-05-01T07:00:00Z\"\n")
+                .unwrap();
+        let w = &c.maintenance.windows[0];
+        assert_eq!(w.start.unwrap().to_rfc3339(), "2026-05-01T06:00:00+00:00");
+        let msg = parse("[[maintenance.windows]]\nstart = \"2026-05-01T06:00:00\"\nend = \"2026-05-01T07:00:00Z\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("test.toml:2") && msg.contains("maintenance.windows[0].start"), "{msg}");
+        assert!(msg.contains("RFC 3339") && msg.contains("2026-05-01T06:00:00Z"), "{msg}");
+        let c = parse("[[maintenance.windows]]\ndaily_from = \"22:00\"\ndaily_to = \"02:30:00\"\n").unwrap();
+        assert_eq!(c.maintenance.windows[0].daily_from.unwrap().to_string(), "22:00:00");
+        let msg =
+            parse("[[maintenance.windows]]\ndaily_from = \"10pm\"\ndaily_to = \"02:30\"\n").unwrap_err().to_string();
+        assert!(msg.contains("HH:MM"), "{msg}");
     }
 
     #[test]
