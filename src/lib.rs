@@ -20,6 +20,7 @@
 //! - [`daemon`]: wires the stages with bounded channels and shuts them down in order.
 //! - [`sim`] and [`demo`]: simulated equipment and the self-contained demo.
 //! - [`metrics`] and [`admin`]: Prometheus counters and the loopback HTTP endpoint.
+//! - [`logging`]: log output for a terminal, a file, the systemd journal or a log shipper.
 
 pub mod admin;
 pub mod assets;
@@ -35,6 +36,7 @@ pub mod detect;
 pub mod health;
 pub mod incident;
 pub mod ingest;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod preflight;

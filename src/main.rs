@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fieldwatch::Config;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -217,37 +216,9 @@ enum Command {
     },
 }
 
+/// Logging for the short-lived commands: `RUST_LOG`, else `default`.
 fn init_logging(default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-}
-
-/// Logging whose filter can be changed later (`daemon.log_level` on SIGHUP), unless `RUST_LOG`
-/// set it.
-fn init_reloadable_logging(level: &str) -> fieldwatch::supervisor::SetLogLevel {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let from_env = EnvFilter::try_from_default_env().ok();
-    let pinned = from_env.is_some();
-    let filter = from_env.unwrap_or_else(|| EnvFilter::new(level));
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .init();
-    Box::new(move |level: &str| {
-        if pinned {
-            return;
-        }
-        match EnvFilter::try_new(level) {
-            Ok(f) => {
-                if let Err(e) = handle.reload(f) {
-                    tracing::warn!(error = %e, "cannot change the log level");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "daemon.log_level is not a log filter"),
-        }
-    })
+    let _ = fieldwatch::logging::init(default, fieldwatch::config::LogFormat::Auto);
 }
 
 async fn shutdown_signal() {
@@ -288,7 +259,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let set_log_level = init_reloadable_logging(&config.daemon.log_level);
+            let set_log_level = fieldwatch::logging::init(&config.daemon.log_level, config.daemon.log_format);
             run_async(async move {
                 fieldwatch::supervisor::supervise(path, config, set_log_level, shutdown_signal()).await?;
                 Ok(())

@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::daemon::{Daemon, DaemonError, Shared};
 
 /// Applies a new log filter (`daemon.log_level`); `main` owns the subscriber.
-pub type SetLogLevel = Box<dyn Fn(&str) + Send + Sync>;
+pub use crate::logging::SetLogLevel;
 
 /// How quickly a failed store is tried again, at first and at most.
 const STORE_RETRY_MIN: Duration = Duration::from_secs(1);

@@ -145,3 +145,57 @@ fn every_command_that_reads_a_config_takes_dash_dash_config() {
         assert!(err.contains(&format!("{}:2", file.display())) && err.contains("store.retention"), "{command}: {err}");
     }
 }
+
+/// Runs the daemon (broker unreachable: it logs and retries) with stderr in a file, until it
+/// has logged a few lines; returns them.
+fn daemon_log_lines(format: &str, journal: bool) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.path().join("fieldwatch.toml");
+    let text = format!(
+        "[daemon]\ndata_dir = \"{}\"\nlog_format = \"{format}\"\n\n[mqtt]\nport = {port}\n\n[admin]\nlisten = \"\"\n",
+        dir.path().join("db").display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("stderr.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut cmd = fieldwatch();
+    cmd.args(["run", "--config"]).arg(&config).env_remove("RUST_LOG").env_remove("JOURNAL_STREAM");
+    if journal {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata().unwrap();
+        cmd.env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()));
+    }
+    let mut child = cmd.stderr(file).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut lines = Vec::new();
+    while std::time::Instant::now() < deadline {
+        lines = std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_string).collect();
+        if lines.len() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(lines.len() >= 2, "the daemon logged: {lines:?}");
+    lines
+}
+
+#[test]
+fn logs_have_no_colour_codes_off_a_terminal_and_come_as_json_or_for_the_journal() {
+    for line in daemon_log_lines("auto", false) {
+        assert!(!line.contains('\u{1b}'), "ANSI in a log file: {line:?}");
+        assert!(!line.starts_with('<'), "not the journal: {line:?}");
+    }
+    for line in daemon_log_lines("json", false) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+    // Under systemd, stderr connected to the journal: syslog priority prefixes, no timestamps.
+    for line in daemon_log_lines("auto", true) {
+        assert!(!line.contains('\u{1b}'), "{line:?}");
+        assert!(["<3>", "<4>", "<6>", "<7>"].iter().any(|p| line.starts_with(p)), "{line:?}");
+        assert!(!line.contains(&chrono::Utc::now().format("%Y-%m-%dT").to_string()), "no timestamp: {line:?}");
+    }
+}

@@ -190,12 +190,34 @@ pub struct DaemonConfig {
     pub data_dir: PathBuf,
     /// Log filter (`tracing` env-filter syntax), re-read on SIGHUP; `RUST_LOG` overrides it.
     pub log_level: String,
+    /// How log lines are written to stderr (chosen at start).
+    pub log_format: LogFormat,
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("/var/lib/fieldwatch"), log_level: "info,rumqttc=warn".into() }
+        Self {
+            data_dir: PathBuf::from("/var/lib/fieldwatch"),
+            log_level: "info,rumqttc=warn".into(),
+            log_format: LogFormat::Auto,
+        }
     }
+}
+
+/// `daemon.log_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// `journald` when stderr is the systemd journal, else `text` (coloured only on a terminal).
+    #[default]
+    Auto,
+    /// Human-readable lines with a timestamp; ANSI colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+    /// For the systemd journal: a syslog priority prefix (`<3>` error ... `<7>` debug) so
+    /// `journalctl -p` works, no timestamp (the journal keeps its own), no colours.
+    Journald,
 }
 
 /// Where a secret comes from. Secrets never sit in the config text itself, so the config can be
