@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Publish};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,7 +21,7 @@ use crate::admin::{AdminState, Control};
 use crate::config::Config;
 use crate::core::Core;
 use crate::health::Health;
-use crate::ingest::mqtt::{self, Inbound};
+use crate::ingest::mqtt::{self, Ack, Client, Inbound};
 use crate::metrics::Metrics;
 use crate::model::trainer::{self, TrainerStatus};
 use crate::store::{run_retention, Store, StoreError};
@@ -100,9 +99,9 @@ impl Daemon {
             .collect::<Result<Vec<_>, SinkBuildError>>()?;
         let core = Core::new(&config, store.clone(), metrics.clone())?;
         let batch_max = config.store.batch_max;
-        let request_capacity = (4 * batch_max).max(4 * usize::from(config.mqtt.inflight)).max(1024);
+        let request_capacity = (4 * batch_max).max(4 * usize::from(config.mqtt.receive_window())).max(1024);
         // Everything that can fail is done before the first task is spawned.
-        let (client, eventloop) = mqtt::connect(&config.mqtt, request_capacity)?;
+        let (client, connection) = mqtt::connect(&config.mqtt, request_capacity)?;
         let open = core.open_incidents().len();
         let models = &config.detect.models;
         let train = models.enabled.then(|| core.train_requests());
@@ -165,7 +164,7 @@ impl Daemon {
         let drained = CancellationToken::new();
         tracker.spawn(mqtt::run(
             client.clone(),
-            eventloop,
+            connection,
             config.mqtt.clone(),
             tx,
             store.clone(),
@@ -255,13 +254,13 @@ const ACK_DRAIN: Duration = Duration::from_secs(2);
 
 /// The group-commit stage and what it needs besides its input.
 struct Batcher {
-    client: AsyncClient,
+    client: Client,
     /// Stored messages whose acknowledgement did not fit in the client's request queue yet.
     /// They are retried, never dropped: the broker counts them against our in-flight window
     /// and redelivers them only after a reconnect, so a dropped acknowledgement would stall
     /// ingestion for as long as the connection stays up. Waiting for room instead would
     /// deadlock, since the event loop that empties the queue may itself be waiting for us.
-    unacked: VecDeque<Publish>,
+    unacked: VecDeque<Ack>,
     store: Arc<Store>,
     /// Wakes the sink tasks when a batch queued ticket commands.
     wake: Arc<Notify>,
@@ -406,8 +405,8 @@ impl Batcher {
 
     /// Hands queued acknowledgements to the client, oldest first, until its queue is full.
     fn send_acks(&mut self) {
-        while let Some(p) = self.unacked.front() {
-            if let Err(e) = self.client.try_ack(p) {
+        while let Some(&ack) = self.unacked.front() {
+            if let Err(e) = self.client.try_ack(ack) {
                 tracing::trace!(error = %e, waiting = self.unacked.len(), "ack queue full; retrying shortly");
                 return;
             }
@@ -423,7 +422,7 @@ impl Batcher {
     /// detectors must not hold up the runtime that polls the broker), then acknowledges it.
     async fn commit(&mut self, core: Core, batch: &mut Vec<Inbound>) -> Core {
         let started = Instant::now();
-        let (messages, acks): (Vec<_>, Vec<_>) = batch.drain(..).map(|i| (i.message, i.publish)).unzip();
+        let (messages, acks): (Vec<_>, Vec<_>) = batch.drain(..).map(|i| (i.message, i.ack)).unzip();
         let store = self.store.clone();
         let (core, result) = off_runtime(core, move |core| {
             let outcome = core.process_messages(&messages).map_err(|e| ("store", e))?;

@@ -7,7 +7,7 @@
 //! One stage, one module; the core does not know where readings come from.
 //!
 //! - [`config`]: the typed, validated configuration (`config/fieldwatch.toml`).
-//! - [`ingest`]: the MQTT source (rumqttc, QoS 1, manual acks after storage).
+//! - [`ingest`]: the MQTT source (rumqttc, MQTT 3.1.1 or 5, QoS 1, manual acks after storage).
 //! - [`decode`]: topic + JSON payload → [`reading::Reading`]s, or a counted rejection.
 //! - [`store`]: the sled database: readings, rejected messages, incidents, the ticket outbox.
 //! - [`detect`]: streaming detectors per series (baseline, flatline, limits, novelty).

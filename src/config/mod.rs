@@ -277,7 +277,9 @@ pub struct MqttConfig {
     pub password: Option<SecretRef>,
     /// Topic filters subscribed at QoS 1.
     pub topics: Vec<String>,
-    /// Unacknowledged QoS 1 messages the broker may have in flight to us.
+    /// The client's own window of QoS 1 publishes in flight (it sizes the client's queues; we
+    /// publish nothing today). Also the receive maximum announced with MQTT 5 unless
+    /// `receive_maximum` is set.
     pub inflight: u16,
     pub max_packet_bytes: usize,
     #[serde(with = "humantime_serde")]
@@ -285,6 +287,78 @@ pub struct MqttConfig {
     #[serde(with = "humantime_serde")]
     pub reconnect_max: Duration,
     pub tls: Option<TlsConfig>,
+    /// The protocol version spoken to the broker.
+    pub protocol: MqttProtocol,
+    /// MQTT 5: how many unacknowledged QoS 1 messages the broker may have in flight to us (the
+    /// Receive Maximum of CONNECT). Unset: `inflight`. With 3.1.1 the broker decides alone.
+    pub receive_maximum: Option<u16>,
+    /// MQTT 5: how long the broker keeps our session (and what it queues for us) after the
+    /// connection drops. Unset: never expires, as a 3.1.1 persistent session.
+    pub session_expiry: Option<SessionExpiry>,
+}
+
+/// The MQTT protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum MqttProtocol {
+    /// MQTT 3.1.1, the default.
+    #[default]
+    #[serde(rename = "v311", alias = "3.1.1")]
+    V311,
+    /// MQTT 5.
+    #[serde(rename = "v5", alias = "5")]
+    V5,
+}
+
+/// How long an MQTT 5 broker keeps a session after its connection drops: a duration
+/// (`"7d"`), or `"never"` for a session that does not expire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionExpiry {
+    Never,
+    After(Duration),
+}
+
+impl SessionExpiry {
+    /// The Session Expiry Interval of CONNECT in seconds; `u32::MAX` is "never" in MQTT 5.
+    /// Validation keeps a duration below that.
+    pub fn seconds(self) -> u32 {
+        match self {
+            SessionExpiry::Never => u32::MAX,
+            SessionExpiry::After(d) => u32::try_from(d.as_secs()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionExpiry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.trim() == "never" {
+            return Ok(SessionExpiry::Never);
+        }
+        humantime::parse_duration(&text).map(SessionExpiry::After).map_err(|e| {
+            serde::de::Error::custom(format!("`{text}` is neither a duration such as \"7d\" nor \"never\": {e}"))
+        })
+    }
+}
+
+impl MqttConfig {
+    /// The in-flight window we ask an MQTT 5 broker to keep to, or, with 3.1.1, the one we
+    /// size our queues for (the broker's own setting decides there).
+    pub fn receive_window(&self) -> u16 {
+        match self.protocol {
+            MqttProtocol::V5 => self.receive_maximum.unwrap_or(self.inflight),
+            MqttProtocol::V311 => self.inflight,
+        }
+    }
+
+    /// The MQTT 5 Session Expiry Interval sent in CONNECT: 0 (the session ends with the
+    /// connection) for a clean session, else `session_expiry`, never by default.
+    pub fn session_expiry_seconds(&self) -> u32 {
+        if self.clean_session {
+            0
+        } else {
+            self.session_expiry.unwrap_or(SessionExpiry::Never).seconds()
+        }
+    }
 }
 
 impl Default for MqttConfig {
@@ -303,6 +377,9 @@ impl Default for MqttConfig {
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(60),
             tls: None,
+            protocol: MqttProtocol::V311,
+            receive_maximum: None,
+            session_expiry: None,
         }
     }
 }
@@ -931,6 +1008,7 @@ impl Config {
                 return bad("mqtt.tls.client_key_file", "client_cert_file and client_key_file go together");
             }
         }
+        self.validate_mqtt5()?;
         self.validate_decode()?;
         if self.store.batch_max == 0 {
             return bad("store.batch_max", "must be at least 1");
@@ -1051,6 +1129,51 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The MQTT 5 options: refused with 3.1.1 rather than ignored, so nobody believes a window
+    /// or an expiry is in force that the broker never heard of.
+    fn validate_mqtt5(&self) -> Result<(), (String, String)> {
+        let m = &self.mqtt;
+        let bad = |key: &str, reason: &str| Err((key.to_string(), reason.to_string()));
+        if m.protocol == MqttProtocol::V311 {
+            if m.receive_maximum.is_some() {
+                return bad(
+                    "mqtt.receive_maximum",
+                    "only MQTT 5 announces a receive maximum: set mqtt.protocol = \"v5\" or remove it \
+                     (with 3.1.1 the broker's own limit applies, e.g. mosquitto's max_inflight_messages)",
+                );
+            }
+            if m.session_expiry.is_some() {
+                return bad(
+                    "mqtt.session_expiry",
+                    "only MQTT 5 has a session expiry: set mqtt.protocol = \"v5\" or remove it \
+                     (a 3.1.1 persistent session is kept until the broker expires it, e.g. mosquitto's \
+                     persistent_client_expiration)",
+                );
+            }
+            return Ok(());
+        }
+        if m.receive_maximum == Some(0) {
+            return bad("mqtt.receive_maximum", "must be at least 1 (0 is a protocol error in MQTT 5)");
+        }
+        match m.session_expiry {
+            Some(_) if m.clean_session => bad(
+                "mqtt.session_expiry",
+                "has no effect with mqtt.clean_session = true (every connection starts a new session): \
+                 remove it or set clean_session = false",
+            ),
+            Some(SessionExpiry::After(d)) if d < Duration::from_secs(1) => bad(
+                "mqtt.session_expiry",
+                "must be at least 1s, or \"never\": with 0 the broker ends the session when the connection \
+                 drops, and what is published meanwhile is lost",
+            ),
+            Some(SessionExpiry::After(d)) if d.as_secs() >= u64::from(u32::MAX) => bad(
+                "mqtt.session_expiry",
+                "must be below 136 years (MQTT 5 counts it in 32-bit seconds); use \"never\"",
+            ),
+            _ => Ok(()),
+        }
     }
 
     fn validate_decode(&self) -> Result<(), (String, String)> {
@@ -1196,6 +1319,38 @@ mod tests {
         assert!(msg.contains("detect.novelty.neighbours"), "{msg}");
         let msg = parse("[detect.novelty]\nmemroy = 10\n").unwrap_err().to_string();
         assert!(msg.contains("detect.novelty.memroy") && msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn mqtt5_options_take_defaults_and_aliases() {
+        let c = parse("[mqtt]\nprotocol = \"v5\"\n").unwrap();
+        assert_eq!(c.mqtt.protocol, MqttProtocol::V5);
+        assert_eq!(c.mqtt.receive_window(), c.mqtt.inflight);
+        assert_eq!(c.mqtt.session_expiry_seconds(), u32::MAX, "never expires by default");
+        let c = parse("[mqtt]\nprotocol = \"5\"\nreceive_maximum = 10\nsession_expiry = \"7d\"\n").unwrap();
+        assert_eq!(c.mqtt.receive_window(), 10);
+        assert_eq!(c.mqtt.session_expiry_seconds(), 7 * 24 * 3600);
+        let c = parse("[mqtt]\nprotocol = \"v5\"\nsession_expiry = \"never\"\n").unwrap();
+        assert_eq!(c.mqtt.session_expiry, Some(SessionExpiry::Never));
+        assert_eq!(parse("[mqtt]\nprotocol = \"3.1.1\"\n").unwrap().mqtt.protocol, MqttProtocol::V311);
+        assert_eq!(parse("").unwrap().mqtt.protocol, MqttProtocol::V311);
+    }
+
+    #[test]
+    fn mqtt5_options_that_would_not_apply_are_refused_with_their_key() {
+        for (text, key, reason) in [
+            ("receive_maximum = 10", "mqtt.receive_maximum", "only MQTT 5"),
+            ("session_expiry = \"1h\"", "mqtt.session_expiry", "only MQTT 5"),
+            ("protocol = \"v5\"\nreceive_maximum = 0", "mqtt.receive_maximum", "at least 1"),
+            ("protocol = \"v5\"\nsession_expiry = \"0s\"", "mqtt.session_expiry", "at least 1s"),
+            ("protocol = \"v5\"\nsession_expiry = \"200years\"", "mqtt.session_expiry", "136 years"),
+            ("protocol = \"v5\"\nclean_session = true\nsession_expiry = \"1h\"", "mqtt.session_expiry", "no effect"),
+            ("protocol = \"v5\"\nsession_expiry = \"soon\"", "mqtt.session_expiry", "never"),
+            ("protocol = \"v6\"", "mqtt.protocol", "v5"),
+        ] {
+            let msg = parse(&format!("[mqtt]\n{text}\n")).unwrap_err().to_string();
+            assert!(msg.contains("test.toml") && msg.contains(key) && msg.contains(reason), "{text}: {msg}");
+        }
     }
 
     #[test]

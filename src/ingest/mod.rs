@@ -1,3 +1,4 @@
 //! Ingest: where messages come from. Today MQTT; files and the simulator feed the core directly.
 
+pub mod link;
 pub mod mqtt;

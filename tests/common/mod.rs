@@ -322,6 +322,82 @@ impl Drop for Publisher {
     }
 }
 
+/// An MQTT 5 QoS 1 publisher that counts the broker's PUBACKs, its event loop driven in the
+/// background. Every message carries the properties a publisher may attach (user properties,
+/// content type, correlation data, ...): a reading must not depend on any of them.
+pub struct Publisher5 {
+    pub client: rumqttc::v5::AsyncClient,
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher5 {
+    pub async fn connect(port: u16, id: &str) -> Publisher5 {
+        use rumqttc::v5::{mqttbytes::v5::Packet, Event};
+        let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(10)).set_max_packet_size(Some(1 << 20));
+        let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(o, 1000);
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = acked.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        Publisher5 { client, acked, task }
+    }
+
+    /// Publishes a JSON reading at QoS 1, with properties.
+    pub async fn send(&self, device: &str, ts_ms: i64, temp: f64) {
+        let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(3600),
+            response_topic: Some("plant/replies".into()),
+            correlation_data: Some(bytes::Bytes::from_static(b"\x00\xffcorrelation")),
+            user_properties: vec![
+                ("firmware".into(), "4.2.1".into()),
+                ("discharge_temp".into(), "-1000".into()),
+                ("ts".into(), "0".into()),
+                ("ünïcode".into(), "".into()),
+            ],
+            content_type: Some("application/json".into()),
+            ..Default::default()
+        };
+        let payload = serde_json::json!({ "ts": ts_ms, "discharge_temp": temp }).to_string();
+        self.client
+            .publish_with_properties(
+                format!("plant/site-1/{device}/telemetry"),
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                false,
+                payload,
+                properties,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits (bounded) until the broker has acknowledged `n` publishes: they are queued there.
+    pub async fn wait_acked(&self, n: u64) {
+        let acked = self.acked.clone();
+        wait_until(&format!("the broker acknowledged {n} publishes"), move || {
+            acked.load(std::sync::atomic::Ordering::Relaxed) >= n
+        })
+        .await;
+    }
+}
+
+impl Drop for Publisher5 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// 40 healthy readings, then `faulty` readings at 99 °C, for one device, a second apart from `t0`.
 pub async fn fault(p: &Publisher, device: &str, t0: i64, faulty: i64) {
     for i in 0..40 {
