@@ -35,7 +35,8 @@ fn the_debian_package_holds_binary_unit_conffile_and_creates_the_user() {
 
     let listing = Command::new("dpkg-deb").arg("--contents").arg(&deb).output().unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
-    for path in ["./usr/bin/fieldwatch", "./usr/lib/systemd/system/fieldwatch.service", "./etc/fieldwatch/fieldwatch.toml"]
+    for path in
+        ["./usr/bin/fieldwatch", "./usr/lib/systemd/system/fieldwatch.service", "./etc/fieldwatch/fieldwatch.toml"]
     {
         assert!(listing.lines().any(|l| l.ends_with(path)), "{path} missing from the package:\n{listing}");
     }

@@ -298,7 +298,7 @@ pub struct MqttConfig {
 }
 
 /// The MQTT protocol version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 pub enum MqttProtocol {
     /// MQTT 3.1.1, the default.
     #[default]
@@ -324,6 +324,15 @@ impl SessionExpiry {
         match self {
             SessionExpiry::Never => u32::MAX,
             SessionExpiry::After(d) => u32::try_from(d.as_secs()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+impl serde::Serialize for SessionExpiry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SessionExpiry::Never => serializer.serialize_str("never"),
+            SessionExpiry::After(d) => serializer.serialize_str(&humantime::format_duration(*d).to_string()),
         }
     }
 }
