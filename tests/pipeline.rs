@@ -112,7 +112,9 @@ async fn malformed_payload_is_rejected_and_counted_while_good_readings_arrive() 
     assert_eq!(rejected[2].payload.len(), 4096, "large payloads are kept cut");
     let series = store.series_id("comp-1", "discharge_temp").unwrap();
     assert_eq!(store.range(series, 0, i64::MAX).unwrap().len(), 3);
-    assert!(m.render().contains("fieldwatch_rejected_messages_total{reason=\"not_json\"} 1"));
+    assert!(m
+        .render(fieldwatch::metrics::Format::Text)
+        .contains("fieldwatch_rejected_messages_total{reason=\"not_json\"} 1"));
     daemon.shutdown().await;
 }
 

@@ -241,7 +241,7 @@ async fn technician_feedback_closes_the_loop_through_the_admin_api_and_cli() {
     assert!(text.contains("comp-2/discharge_temp.deviation") && text.contains("verdict: wont_fix"), "{text}");
     assert!(text.contains("opened (P4): discharge_temp rose to 99 °C"), "timeline shown: {text}");
     assert!(m
-        .render()
+        .render(fieldwatch::metrics::Format::Text)
         .contains("fieldwatch_false_alarms_total{device=\"comp-1\",detector=\"baseline\",asset_model=\"unknown\"} 1"));
     daemon.shutdown().await;
 }
@@ -288,7 +288,7 @@ async fn unacknowledged_incident_is_escalated_at_its_respond_by_time() {
     let b = bodies(&api).await;
     assert_eq!(b[1]["action"], "update");
     assert!(b[1]["ticket"]["note"].as_str().unwrap().starts_with("Escalated: not acknowledged"));
-    assert!(m.render().contains("fieldwatch_sla_breaches_total{reason=\"tier3\"} 1"));
+    assert!(m.render(fieldwatch::metrics::Format::Text).contains("fieldwatch_sla_breaches_total{reason=\"tier3\"} 1"));
     daemon.shutdown().await;
 }
 

@@ -1,4 +1,5 @@
-//! Metrics: every event worth counting, in one place, exposed in Prometheus text format.
+//! Metrics: every event worth counting, in one place, exposed in Prometheus text format 0.0.4
+//! or OpenMetrics ([`Format`]).
 //!
 //! Each stage logs and counts an event at the same spot, so `/metrics` and the logs never
 //! disagree. Names follow Prometheus conventions (`_total` counters, base units).
@@ -9,6 +10,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+mod exposition;
+
+pub use exposition::{text_from_openmetrics, Format};
 
 /// Label for counters split by a short fixed reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -223,11 +228,14 @@ impl Metrics {
         self.tickets_delivered.get(&SinkLabel { sink: sink.into() }).map(|c| c.get()).unwrap_or(0)
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// The exposition in `format`.
+    pub fn render(&self, format: Format) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        match format {
+            Format::OpenMetrics => out,
+            Format::Text => text_from_openmetrics(&out),
+        }
     }
 }
