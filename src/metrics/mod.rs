@@ -1,5 +1,5 @@
 //! Metrics: every event worth counting, in one place, exposed in Prometheus text format 0.0.4
-//! or OpenMetrics ([`Format`]).
+//! or OpenMetrics ([`Format`]), with the standard `process_*` metrics and `fieldwatch_build_info`.
 //!
 //! Each stage logs and counts an event at the same spot, so `/metrics` and the logs never
 //! disagree. Names follow Prometheus conventions (`_total` counters, base units).
@@ -12,8 +12,10 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 mod exposition;
+mod process;
 
 pub use exposition::{text_from_openmetrics, Format};
+pub use process::ProcessCollector;
 
 /// Label for counters split by a short fixed reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,6 +35,12 @@ pub struct FalseAlarmLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabel {
     pub sink: String,
+}
+
+/// Label of the build information.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    pub version: String,
 }
 
 /// All of the daemon's counters and gauges.
@@ -75,6 +83,8 @@ pub struct Metrics {
     pub store_errors: Counter,
     pub retention_removed: Counter,
     pub batch_commit_seconds: Histogram,
+    /// 1, labelled with the version: which build runs where.
+    pub build_info: Family<BuildLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -85,7 +95,6 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("fieldwatch");
         let m = Metrics {
             messages: Counter::default(),
             readings: Counter::default(),
@@ -116,10 +125,15 @@ impl Metrics {
             store_errors: Counter::default(),
             retention_removed: Counter::default(),
             batch_commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            build_info: Family::default(),
             registry: Registry::default(),
             connected_since_ms: std::sync::atomic::AtomicI64::new(0),
         };
-        let r = &mut registry;
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ProcessCollector::new()));
+        let r = registry.sub_registry_with_prefix("fieldwatch");
+        r.register("build_info", "1, labelled with the version of the running build", m.build_info.clone());
+        m.build_info.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         r.register("messages", "MQTT messages received", m.messages.clone());
         r.register("readings", "Readings stored (new, not redelivered)", m.readings.clone());
         r.register("readings_duplicate", "Redelivered readings that were already stored", m.readings_duplicate.clone());
@@ -236,6 +250,34 @@ impl Metrics {
         match format {
             Format::OpenMetrics => out,
             Format::Text => text_from_openmetrics(&out),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_info_is_one_for_this_version() {
+        let text = Metrics::new().render(Format::Text);
+        let build = format!("fieldwatch_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        assert!(text.lines().any(|l| l == build), "{text}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_metrics_are_exported_without_the_prefix() {
+        let text = Metrics::new().render(Format::Text);
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(&format!("\n{name} ")), "{name} missing from\n{text}");
         }
     }
 }
