@@ -4,12 +4,22 @@
 //! Each stage logs and counts an event at the same spot, so `/metrics` and the logs never
 //! disagree. Names follow Prometheus conventions (`_total` counters, base units).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use crate::assets::Tier;
+use crate::core::{Verdict, IGNORED_FIELD_REASONS, LEAD_TIME_KINDS, SUPPRESSION_REASONS};
+use crate::detect::{FaultKind, DETECTORS};
+use crate::model::trainer::FIT_RESULTS;
+use crate::model::ModelKind;
+use crate::ticket::Priority;
 
 mod exposition;
 mod process;
@@ -17,24 +27,92 @@ mod process;
 pub use exposition::{text_from_openmetrics, Format};
 pub use process::ProcessCollector;
 
+/// A label value from the configuration (a sink's name, an asset model), escaped as the
+/// exposition needs it: prometheus-client writes label values as they are.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Escaped(pub String);
+
+impl EncodeLabelValue for Escaped {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Label for counters split by a short fixed reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
 }
 
-/// Labels of a false alarm: which detector and which kind of asset.
+/// Label of anomalies: the fault kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultLabel {
+    pub fault: String,
+}
+
+/// Label of opened incidents: the priority of their ticket.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PriorityLabel {
+    pub priority: String,
+}
+
+/// Label of SLA breaches: the customer's tier.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabel {
+    pub tier: String,
+}
+
+/// Label of technician verdicts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    pub verdict: String,
+}
+
+/// Label of lead times: predicted (to a forecast crossing) or actual (to the crossing).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+/// Labels of a false alarm: which detector and which kind of asset. Not the device: that would
+/// be one series per device for good; the incidents API has each verdict with its device.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FalseAlarmLabel {
-    pub device: String,
     pub detector: String,
-    pub asset_model: String,
+    pub asset_model: Escaped,
 }
 
 /// Label for per-sink counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabel {
-    pub sink: String,
+    pub sink: Escaped,
+}
+
+impl SinkLabel {
+    pub fn new(sink: &str) -> SinkLabel {
+        SinkLabel { sink: Escaped(sink.to_string()) }
+    }
+}
+
+/// Labels of the device models in use: their kind, and whether they may raise incidents.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    pub kind: String,
+    pub trust: String,
+}
+
+/// Label of background model fits: how the fit ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
 }
 
 /// Label of the build information.
@@ -42,6 +120,12 @@ pub struct SinkLabel {
 pub struct BuildLabel {
     pub version: String,
 }
+
+/// The `trust` values of [`ModelLabel`].
+pub const MODEL_TRUST: [&str; 2] = ["trusted", "untrusted"];
+
+/// The asset model of a device the registry has no model for.
+pub const UNKNOWN_ASSET_MODEL: &str = "unknown";
 
 /// All of the daemon's counters and gauges.
 pub struct Metrics {
@@ -52,26 +136,34 @@ pub struct Metrics {
     pub messages: Counter,
     pub readings: Counter,
     pub readings_duplicate: Counter,
+    /// How far behind real time the data is: now minus the newest event time of the last
+    /// committed batch. It grows when the broker holds a backlog (backpressure keeps the queue
+    /// there, not here) and reflects the devices' clocks.
+    pub ingest_lag_seconds: Gauge<f64, AtomicU64>,
     /// Devices recognised as running at a new operating point (references re-learnt).
     pub operating_point_changes: Counter,
     pub rejected: Family<ReasonLabel, Counter>,
     /// Fields of accepted messages meant as readings but not numbers.
     pub fields_ignored: Family<ReasonLabel, Counter>,
-    pub anomalies: Family<ReasonLabel, Counter>,
-    pub incidents_opened: Counter,
+    pub anomalies: Family<FaultLabel, Counter>,
+    pub incidents_opened: Family<PriorityLabel, Counter>,
     pub incidents_resolved: Counter,
     pub incidents_updated: Counter,
-    pub incidents_escalated: Family<ReasonLabel, Counter>,
+    pub incidents_escalated: Family<TierLabel, Counter>,
     pub tickets_suppressed: Family<ReasonLabel, Counter>,
-    pub verdicts: Family<ReasonLabel, Counter>,
+    pub verdicts: Family<VerdictLabel, Counter>,
     pub false_alarms: Family<FalseAlarmLabel, Counter>,
     pub time_to_detect_seconds: Histogram,
     pub time_to_acknowledge_seconds: Histogram,
-    pub lead_time_seconds: Family<ReasonLabel, Histogram, fn() -> Histogram>,
+    pub lead_time_seconds: Family<KindLabel, Histogram, fn() -> Histogram>,
     pub tickets_delivered: Family<SinkLabel, Counter>,
     pub ticket_attempts_failed: Family<SinkLabel, Counter>,
     pub tickets_dead: Family<SinkLabel, Counter>,
     pub outbox_depth: Family<SinkLabel, Gauge>,
+    /// Device models the core scores with, by kind and trust.
+    pub models: Family<ModelLabel, Gauge>,
+    /// Background fits of a device's models, by result.
+    pub model_fits: Family<ResultLabel, Counter>,
     pub mqtt_connected: Gauge,
     /// Devices and series the core tracks now (bounded by decode.max_devices / max_series).
     pub devices_tracked: Gauge,
@@ -99,11 +191,12 @@ impl Metrics {
             messages: Counter::default(),
             readings: Counter::default(),
             readings_duplicate: Counter::default(),
+            ingest_lag_seconds: Gauge::default(),
             operating_point_changes: Counter::default(),
             rejected: Family::default(),
             fields_ignored: Family::default(),
             anomalies: Family::default(),
-            incidents_opened: Counter::default(),
+            incidents_opened: Family::default(),
             incidents_resolved: Counter::default(),
             incidents_updated: Counter::default(),
             incidents_escalated: Family::default(),
@@ -117,6 +210,8 @@ impl Metrics {
             ticket_attempts_failed: Family::default(),
             tickets_dead: Family::default(),
             outbox_depth: Family::default(),
+            models: Family::default(),
+            model_fits: Family::default(),
             mqtt_connected: Gauge::default(),
             devices_tracked: Gauge::default(),
             series_tracked: Gauge::default(),
@@ -133,10 +228,14 @@ impl Metrics {
         registry.register_collector(Box::new(ProcessCollector::new()));
         let r = registry.sub_registry_with_prefix("fieldwatch");
         r.register("build_info", "1, labelled with the version of the running build", m.build_info.clone());
-        m.build_info.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         r.register("messages", "MQTT messages received", m.messages.clone());
         r.register("readings", "Readings stored (new, not redelivered)", m.readings.clone());
         r.register("readings_duplicate", "Redelivered readings that were already stored", m.readings_duplicate.clone());
+        r.register(
+            "ingest_lag_seconds",
+            "How far behind real time the data is: now minus the newest event time of the last committed batch",
+            m.ingest_lag_seconds.clone(),
+        );
         r.register(
             "operating_point_changes",
             "Devices recognised as running at a new operating point, whose references were re-learnt",
@@ -151,7 +250,7 @@ impl Metrics {
         r.register("anomalies", "Anomalous readings, by fault kind", m.anomalies.clone());
         r.register(
             "incidents_opened",
-            "Incidents opened (counted once durable in the store)",
+            "Incidents opened, by ticket priority (counted once durable in the store)",
             m.incidents_opened.clone(),
         );
         r.register("incidents_resolved", "Incidents resolved", m.incidents_resolved.clone());
@@ -171,7 +270,11 @@ impl Metrics {
             m.tickets_suppressed.clone(),
         );
         r.register("verdicts", "Technician verdicts on incidents, by verdict", m.verdicts.clone());
-        r.register("false_alarms", "Incidents a technician marked as false alarms", m.false_alarms.clone());
+        r.register(
+            "false_alarms",
+            "Incidents a technician marked as false alarms, by detector and asset model",
+            m.false_alarms.clone(),
+        );
         r.register(
             "time_to_detect_seconds",
             "From the first anomalous reading to the incident opening (event time)",
@@ -194,7 +297,17 @@ impl Metrics {
             m.ticket_attempts_failed.clone(),
         );
         r.register("tickets_dead_lettered", "Ticket commands a sink refused for good", m.tickets_dead.clone());
-        r.register("outbox_depth", "Ticket commands waiting for delivery", m.outbox_depth.clone());
+        r.register("outbox_depth", "Ticket commands waiting for delivery, by sink", m.outbox_depth.clone());
+        r.register(
+            "models",
+            "Device models in use, by kind and trust (untrusted: scored, but raising no incident)",
+            m.models.clone(),
+        );
+        r.register(
+            "model_fits",
+            "Background fits of a device's models, by result: fitted, too_little_history, failed",
+            m.model_fits.clone(),
+        );
         r.register("mqtt_connected", "1 while connected to the broker", m.mqtt_connected.clone());
         r.register(
             "devices_tracked",
@@ -215,7 +328,76 @@ impl Metrics {
         );
         r.register("retention_removed_readings", "Readings deleted by retention", m.retention_removed.clone());
         r.register("batch_commit_seconds", "Time to store, detect and flush one batch", m.batch_commit_seconds.clone());
+        m.start_at_zero();
         Metrics { registry, ..m }
+    }
+
+    /// Creates every series whose label values are known in advance, at zero: a family that
+    /// appears only with its first event hides it from `rate()` and `increase()`, and from an
+    /// alert on it. Sinks and asset models come from the configuration
+    /// ([`Metrics::start_sinks_at_zero`], [`Metrics::start_false_alarms_at_zero`]).
+    fn start_at_zero(&self) {
+        let label = |s: &str| s.to_string();
+        self.build_info.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION").into() }).set(1);
+        for reason in crate::decode::ALL_REJECT_LABELS {
+            self.rejected.get_or_create_owned(&ReasonLabel { reason: label(reason) });
+        }
+        for reason in IGNORED_FIELD_REASONS {
+            self.fields_ignored.get_or_create_owned(&ReasonLabel { reason: label(reason) });
+        }
+        // Silent devices are incidents without an anomalous reading: never counted here.
+        for fault in FaultKind::ALL.iter().chain(&[FaultKind::Multivariate]) {
+            self.anomalies.get_or_create_owned(&FaultLabel { fault: label(fault.as_str()) });
+        }
+        for p in Priority::ALL {
+            self.incidents_opened.get_or_create_owned(&PriorityLabel { priority: label(p.as_str()) });
+        }
+        for tier in Tier::ALL {
+            self.incidents_escalated.get_or_create_owned(&TierLabel { tier: label(tier.as_str()) });
+        }
+        for reason in SUPPRESSION_REASONS {
+            self.tickets_suppressed.get_or_create_owned(&ReasonLabel { reason: label(reason) });
+        }
+        for v in Verdict::ALL {
+            self.verdicts.get_or_create_owned(&VerdictLabel { verdict: label(v.as_str()) });
+        }
+        for kind in LEAD_TIME_KINDS {
+            self.lead_time_seconds.get_or_create_owned(&KindLabel { kind: label(kind) });
+        }
+        for kind in ModelKind::ALL {
+            for trust in MODEL_TRUST {
+                self.models.get_or_create_owned(&ModelLabel { kind: label(kind.as_str()), trust: label(trust) });
+            }
+        }
+        for result in FIT_RESULTS {
+            self.model_fits.get_or_create_owned(&ResultLabel { result: label(result) });
+        }
+        self.start_false_alarms_at_zero(std::iter::empty());
+    }
+
+    /// Creates the per-sink series of the configured sinks at zero.
+    pub fn start_sinks_at_zero<'a>(&self, sinks: impl IntoIterator<Item = &'a str>) {
+        for sink in sinks {
+            let label = SinkLabel::new(sink);
+            self.tickets_delivered.get_or_create_owned(&label);
+            self.ticket_attempts_failed.get_or_create_owned(&label);
+            self.tickets_dead.get_or_create_owned(&label);
+            self.outbox_depth.get_or_create_owned(&label);
+        }
+    }
+
+    /// Creates the false-alarm series of every detector for the registry's asset models (and
+    /// devices without one) at zero.
+    pub fn start_false_alarms_at_zero<'a>(&self, asset_models: impl IntoIterator<Item = &'a str>) {
+        let models: Vec<&str> = asset_models.into_iter().chain([UNKNOWN_ASSET_MODEL]).collect();
+        for detector in DETECTORS {
+            for model in &models {
+                self.false_alarms.get_or_create_owned(&FalseAlarmLabel {
+                    detector: detector.to_string(),
+                    asset_model: Escaped(model.to_string()),
+                });
+            }
+        }
     }
 
     /// Counts a rejected message under its reason label.
@@ -232,6 +414,19 @@ impl Metrics {
             .sum()
     }
 
+    /// Counts an incident opened with a ticket of `priority` (once it is durable).
+    pub fn count_opened(&self, priority: Priority, n: u64) {
+        self.incidents_opened.get_or_create(&PriorityLabel { priority: priority.as_str().into() }).inc_by(n);
+    }
+
+    /// Incidents opened so far, all priorities.
+    pub fn incidents_opened_total(&self) -> u64 {
+        Priority::ALL
+            .iter()
+            .filter_map(|p| self.incidents_opened.get(&PriorityLabel { priority: p.as_str().into() }).map(|c| c.get()))
+            .sum()
+    }
+
     /// Suppressed tickets for one reason.
     pub fn suppressed(&self, reason: &str) -> u64 {
         self.tickets_suppressed.get(&ReasonLabel { reason: reason.into() }).map(|c| c.get()).unwrap_or(0)
@@ -239,7 +434,7 @@ impl Metrics {
 
     /// Per-sink counter value.
     pub fn delivered(&self, sink: &str) -> u64 {
-        self.tickets_delivered.get(&SinkLabel { sink: sink.into() }).map(|c| c.get()).unwrap_or(0)
+        self.tickets_delivered.get(&SinkLabel::new(sink)).map(|c| c.get()).unwrap_or(0)
     }
 
     /// The exposition in `format`.
@@ -259,10 +454,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn build_info_is_one_for_this_version() {
-        let text = Metrics::new().render(Format::Text);
+    fn labelled_series_exist_at_zero_before_any_event() {
+        let m = Metrics::new();
+        m.start_sinks_at_zero(["api"]);
+        m.start_false_alarms_at_zero(["Bitzer 4FES-5Y"]);
+        let text = m.render(Format::Text);
+        for line in [
+            "fieldwatch_rejected_messages_total{reason=\"not_json\"} 0",
+            "fieldwatch_fields_ignored_total{reason=\"numeric_text\"} 0",
+            "fieldwatch_anomalies_total{fault=\"multivariate\"} 0",
+            "fieldwatch_incidents_opened_total{priority=\"P1\"} 0",
+            "fieldwatch_sla_breaches_total{tier=\"tier3\"} 0",
+            "fieldwatch_tickets_suppressed_total{reason=\"flapping\"} 0",
+            "fieldwatch_verdicts_total{verdict=\"false_alarm\"} 0",
+            "fieldwatch_false_alarms_total{detector=\"pca\",asset_model=\"Bitzer 4FES-5Y\"} 0",
+            "fieldwatch_false_alarms_total{detector=\"baseline\",asset_model=\"unknown\"} 0",
+            "fieldwatch_lead_time_seconds_count{kind=\"actual\"} 0",
+            "fieldwatch_tickets_delivered_total{sink=\"api\"} 0",
+            "fieldwatch_ticket_attempts_failed_total{sink=\"api\"} 0",
+            "fieldwatch_tickets_dead_lettered_total{sink=\"api\"} 0",
+            "fieldwatch_outbox_depth{sink=\"api\"} 0",
+            "fieldwatch_models{kind=\"gmm\",trust=\"untrusted\"} 0",
+            "fieldwatch_model_fits_total{result=\"too_little_history\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+        }
         let build = format!("fieldwatch_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
         assert!(text.lines().any(|l| l == build), "{text}");
+    }
+
+    #[test]
+    fn every_counter_is_named_with_total_in_text_format() {
+        let text = Metrics::new().render(Format::Text);
+        let counters: Vec<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+        assert!(counters.len() > 15, "{counters:?}");
+        for name in counters {
+            assert!(name.ends_with("_total"), "{name}");
+            assert!(text.contains(&format!("# HELP {name} ")), "{name} has no help");
+        }
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+        assert!(Metrics::new().render(Format::OpenMetrics).ends_with("# EOF\n"));
     }
 
     #[cfg(target_os = "linux")]
@@ -278,6 +510,21 @@ mod tests {
             "process_start_time_seconds",
         ] {
             assert!(text.contains(&format!("\n{name} ")), "{name} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_configured_label_value_is_escaped() {
+        let m = Metrics::new();
+        m.start_sinks_at_zero(["a \"quoted\" \\ name"]);
+        let text = m.render(Format::Text);
+        assert!(text.contains(r#"fieldwatch_outbox_depth{sink="a \"quoted\" \\ name"} 0"#), "{text}");
+    }
+
+    #[test]
+    fn the_model_kinds_are_detector_names() {
+        for kind in ModelKind::ALL {
+            assert!(DETECTORS.contains(&kind.as_str()), "{kind:?}");
         }
     }
 }
