@@ -232,7 +232,7 @@ async fn until_subscribed(p: &Publisher, m: &Metrics) {
 
 /// Messages and seconds spent in group commits, from the daemon's histogram.
 fn commit_totals(m: &Metrics) -> (f64, f64) {
-    let text = m.render();
+    let text = m.render(fieldwatch::metrics::Format::Text);
     let value = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0);
     (value("fieldwatch_batch_commit_seconds_count"), value("fieldwatch_batch_commit_seconds_sum"))
 }

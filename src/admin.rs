@@ -1,5 +1,6 @@
-//! Admin HTTP (loopback by default): `/metrics` for Prometheus, `/healthz`, `/readyz`, and the
-//! operator API: incidents with their timeline, technician feedback, silences, rejected messages.
+//! Admin HTTP (loopback by default): `/metrics` for Prometheus (text 0.0.4, or OpenMetrics when
+//! asked for), `/healthz`, `/readyz`, and the operator API: incidents with their timeline,
+//! technician feedback, silences, rejected messages.
 //!
 //! Reads are open (they are what monitoring scrapes); every request that changes state needs
 //! `Authorization: Bearer <admin.token>` when a token is configured, compared in constant time.
@@ -9,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::{Feedback, FeedbackError};
 use crate::incident::{Incident, IncidentState};
-use crate::metrics::Metrics;
+use crate::metrics::{Format, Metrics};
 use crate::model::trainer::TrainRequests;
 use crate::model::{DeviceModel, ModelKind};
 use crate::reading::now_ms;
@@ -79,7 +80,7 @@ pub fn router(state: AdminState) -> Router {
 /// liveness, the reason it is not ready, and its counters.
 pub fn degraded_router(metrics: Arc<Metrics>, health: Arc<crate::health::Health>) -> Router {
     Router::new()
-        .route("/metrics", get(move || async move { metrics_response(&metrics) }))
+        .route("/metrics", get(move |headers: HeaderMap| async move { metrics_response(&metrics, &headers) }))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
@@ -120,13 +121,16 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, cancel:
     }
 }
 
-async fn metrics_text(State(s): State<AdminState>) -> Response {
-    metrics_response(&s.metrics)
+async fn metrics_text(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    metrics_response(&s.metrics, &headers)
 }
 
-fn metrics_response(metrics: &Metrics) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.render())
-        .into_response()
+/// The exposition in the format the scraper asks for: OpenMetrics when its `Accept` header
+/// prefers it, Prometheus text 0.0.4 otherwise.
+fn metrics_response(metrics: &Metrics, headers: &HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    ([(header::CONTENT_TYPE, format.content_type())], metrics.render(format)).into_response()
 }
 
 /// Ready when the store commits and the broker is connected: until then no telemetry is taken.

@@ -25,6 +25,9 @@ pub enum Tier {
 }
 
 impl Tier {
+    /// Every tier, most important first.
+    pub const ALL: [Tier; 3] = [Tier::Tier1, Tier::Tier2, Tier::Tier3];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Tier::Tier1 => "tier1",
@@ -249,6 +252,13 @@ impl Registry {
             priority,
             respond_within: self.priority.respond_within(priority),
         }
+    }
+
+    /// The asset models of the registered devices, each once.
+    pub fn asset_models(&self) -> impl Iterator<Item = &str> {
+        let models: std::collections::BTreeSet<&str> =
+            self.devices.values().filter_map(|d| d.model.as_deref()).collect();
+        models.into_iter()
     }
 
     /// True when the device is in the asset registry.

@@ -98,6 +98,7 @@ impl Daemon {
             .map(|s| Ok((s.name().to_string(), Sink::build(s)?)))
             .collect::<Result<Vec<_>, SinkBuildError>>()?;
         let core = Core::new(&config, store.clone(), metrics.clone())?;
+        metrics.start_sinks_at_zero(sinks.iter().map(|(name, _)| name.as_str()));
         let batch_max = config.store.batch_max;
         let request_capacity = (4 * batch_max).max(4 * usize::from(config.mqtt.receive_window())).max(1024);
         // Everything that can fail is done before the first task is spawned.
@@ -155,6 +156,7 @@ impl Daemon {
                 requests,
                 trainer_status.clone(),
                 control_tx.clone(),
+                metrics.clone(),
                 cancel.clone(),
             ));
         }
@@ -439,6 +441,10 @@ impl Batcher {
             }
         };
         self.metrics.batch_commit_seconds.observe(started.elapsed().as_secs_f64());
+        if let Some(newest) = outcome.newest_ts {
+            let lag_ms = (crate::reading::now_ms() - newest).max(0);
+            self.metrics.ingest_lag_seconds.set(lag_ms as f64 / 1000.0);
+        }
         if !outcome.transitions.is_empty() {
             self.wake.notify_waiters();
         }

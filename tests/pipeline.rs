@@ -112,7 +112,9 @@ async fn malformed_payload_is_rejected_and_counted_while_good_readings_arrive() 
     assert_eq!(rejected[2].payload.len(), 4096, "large payloads are kept cut");
     let series = store.series_id("comp-1", "discharge_temp").unwrap();
     assert_eq!(store.range(series, 0, i64::MAX).unwrap().len(), 3);
-    assert!(m.render().contains("fieldwatch_rejected_messages_total{reason=\"not_json\"} 1"));
+    assert!(m
+        .render(fieldwatch::metrics::Format::Text)
+        .contains("fieldwatch_rejected_messages_total{reason=\"not_json\"} 1"));
     daemon.shutdown().await;
 }
 
@@ -153,7 +155,7 @@ async fn readings_and_open_incidents_survive_a_daemon_restart() {
     }
     wait_until("stored", || m.readings.get() == 10).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(m.incidents_opened.get(), 0, "the reloaded incident is not opened again");
+    assert_eq!(m.incidents_opened_total(), 0, "the reloaded incident is not opened again");
     assert_eq!(bodies(&api).await.len(), 1, "no second ticket");
     assert_eq!(store.range(series, 0, i64::MAX).unwrap().len(), 65);
     daemon.shutdown().await;
@@ -185,7 +187,7 @@ async fn ticket_is_delivered_after_the_api_answers_500_several_times() {
     assert_eq!(requests.len(), 4, "three failures, then success");
     let keys: Vec<_> = requests.iter().map(|r| r.headers.get("idempotency-key").unwrap().clone()).collect();
     assert!(keys.iter().all(|k| *k == keys[0]), "every retry carries the same idempotency key");
-    assert_eq!(m.ticket_attempts_failed.get_or_create(&fieldwatch::metrics::SinkLabel { sink: "api".into() }).get(), 3);
+    assert_eq!(m.ticket_attempts_failed.get_or_create(&fieldwatch::metrics::SinkLabel::new("api")).get(), 3);
     assert_eq!(daemon.store().outbox_len("api"), 0);
     let body: serde_json::Value = serde_json::from_slice(&requests[3].body).unwrap();
     assert!(body["ticket"]["summary"].as_str().unwrap().starts_with("discharge_temp fell to 20 °C"));

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::Core;
 use crate::detect::FALSE_ALARM_WIDENING;
 use crate::incident::{IncidentState, Transition};
-use crate::metrics::{FalseAlarmLabel, ReasonLabel};
+use crate::metrics::{Escaped, FalseAlarmLabel, VerdictLabel, UNKNOWN_ASSET_MODEL};
 use crate::store::StoreError;
 
 /// What the technician found.
@@ -26,6 +26,9 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Every verdict.
+    pub const ALL: [Verdict; 4] = [Verdict::Confirmed, Verdict::FalseAlarm, Verdict::Fixed, Verdict::WontFix];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Confirmed => "confirmed",
@@ -97,7 +100,7 @@ impl Core {
                 _ => {}
             }
         }
-        self.metrics.verdicts.get_or_create(&ReasonLabel { reason: fb.verdict.as_str().into() }).inc();
+        self.metrics.verdicts.get_or_create(&VerdictLabel { verdict: fb.verdict.as_str().into() }).inc();
         if inc.verdict.is_none() {
             self.metrics.time_to_acknowledge_seconds.observe(((now - inc.opened_at).max(0) as f64) / 1000.0);
         }
@@ -111,14 +114,10 @@ impl Core {
         if fb.verdict == Verdict::FalseAlarm {
             let factor = self.detectors.desensitize(&inc.device, &inc.metric);
             self.store.set_tuning(&inc.device, &inc.metric, factor)?;
-            let model = self.registry.lookup(&inc.device).asset.model.unwrap_or_else(|| "unknown".into());
+            let model = self.registry.lookup(&inc.device).asset.model.unwrap_or_else(|| UNKNOWN_ASSET_MODEL.into());
             self.metrics
                 .false_alarms
-                .get_or_create(&FalseAlarmLabel {
-                    device: inc.device.clone(),
-                    detector: inc.peak.detector.clone(),
-                    asset_model: model,
-                })
+                .get_or_create(&FalseAlarmLabel { detector: inc.peak.detector.clone(), asset_model: Escaped(model) })
                 .inc();
             words.push_str(&format!(
                 ". The {} detector of {}/{} is now {:.0}% less sensitive (alarm band widened x{:.2})",

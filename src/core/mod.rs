@@ -17,8 +17,8 @@ use crate::assets::Registry;
 use crate::config::{Config, MaintenanceWindow, Mode, ModesConfig};
 use crate::decode::{Decoder, RejectReason};
 use crate::detect::{time_to_limit, Anomaly, DetectorBank, FaultKind, Forecast, Observation};
-use crate::incident::{Incident, IncidentPolicy, Transition, FLAPPING, RECURRED};
-use crate::metrics::{Metrics, ReasonLabel};
+use crate::incident::{Incident, IncidentPolicy, Transition, FLAPPING as FLAPPING_NOTE, RECURRED};
+use crate::metrics::{FaultLabel, KindLabel, Metrics, ReasonLabel, TierLabel};
 use crate::reading::{Message, Reading};
 use crate::store::{Rejected, Route, Store, StoreError, REJECTED_PAYLOAD_MAX};
 use crate::ticket::content::{self, TicketContext};
@@ -33,6 +33,8 @@ pub struct BatchOutcome {
     pub duplicates: usize,
     /// Messages rejected by decode.
     pub rejected: usize,
+    /// The newest event time (ms) among the new readings, if any.
+    pub newest_ts: Option<i64>,
     /// Incidents opened or resolved by this batch.
     pub transitions: Vec<Transition>,
 }
@@ -79,9 +81,10 @@ pub struct Core {
     limits: Limits,
     /// Series (device × metric) tracked now.
     series_count: usize,
-    /// Incidents opened since the last commit: counted once they are durable (see
-    /// [`Core::committed`]), so the metric never counts one a crash could still take back.
-    opened_uncommitted: u64,
+    /// The priorities of the incidents opened since the last commit: counted once they are
+    /// durable (see [`Core::committed`]), so the metric never counts one a crash could still
+    /// take back.
+    opened_uncommitted: Vec<crate::ticket::Priority>,
 }
 
 /// How much the core tracks, and for how long (see `decode.max_devices` and friends).
@@ -100,6 +103,20 @@ const OBSERVE: &str = "observe";
 /// Suppression reasons of planned work (followed by `: <reason>`).
 const MAINTENANCE: &str = "maintenance";
 const SILENCE: &str = "silence";
+/// Updates of an open ticket that stood in for a new one (a recurrence, a flapping incident).
+const DEDUP: &str = "dedup";
+const FLAPPING: &str = "flapping";
+/// Every `reason` of `fieldwatch_tickets_suppressed_total`.
+pub const SUPPRESSION_REASONS: [&str; 7] = [MAINTENANCE, SILENCE, OBSERVE, SHADOW, NEEDS_REVIEW, DEDUP, FLAPPING];
+/// Every `reason` of `fieldwatch_fields_ignored_total`.
+pub const IGNORED_FIELD_REASONS: [&str; 2] = [NUMERIC_TEXT, NOT_A_NUMBER];
+const NUMERIC_TEXT: &str = "numeric_text";
+const NOT_A_NUMBER: &str = "not_a_number";
+/// Every `kind` of `fieldwatch_lead_time_seconds`: to a forecast limit crossing, or to the
+/// crossing itself.
+pub const LEAD_TIME_KINDS: [&str; 2] = [PREDICTED, ACTUAL];
+const PREDICTED: &str = "predicted";
+const ACTUAL: &str = "actual";
 /// Anomalies of two metrics this close in time count as "at the same time".
 const CORRELATION_MS: i64 = 5 * 60 * 1000;
 /// A metric whose detectors score at least this (0..1; 0.5 is the alarm) is moving away from
@@ -151,7 +168,7 @@ impl Core {
         }
         let settle_ms = config.detect.drift.reference_for.as_millis() as i64;
         let models = models::DeviceModels::load(&config.detect.models, settle_ms, &store)?;
-        Ok(Core {
+        let core = Core {
             decoder: Decoder::new(&config.decode).with_max_age(config.store.retention),
             detectors,
             incidents: IncidentPolicy::new(&config.incident, stored),
@@ -184,14 +201,19 @@ impl Core {
                 establish_after_ms: config.incident.establish_after.as_millis() as i64,
             },
             series_count,
-            opened_uncommitted: 0,
-        })
+            opened_uncommitted: Vec::new(),
+        };
+        core.metrics.start_false_alarms_at_zero(core.registry.asset_models());
+        core.count_models();
+        Ok(core)
     }
 
     /// Tells the core that what it wrote is durable (the caller flushed the store): counts
     /// what may only be counted once it survives a crash.
     pub fn committed(&mut self) {
-        self.metrics.incidents_opened.inc_by(std::mem::take(&mut self.opened_uncommitted));
+        for priority in self.opened_uncommitted.drain(..) {
+            self.metrics.count_opened(priority, 1);
+        }
     }
 
     /// Open incidents known to the core.
@@ -287,7 +309,7 @@ impl Core {
             if !(f.numeric_text || known) {
                 continue;
             }
-            let reason = if f.numeric_text { "numeric_text" } else { "not_a_number" };
+            let reason = if f.numeric_text { NUMERIC_TEXT } else { NOT_A_NUMBER };
             self.metrics.fields_ignored.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
             let label = if f.numeric_text { "field:numeric_text" } else { "field:not_a_number" };
             let now = Instant::now();
@@ -412,10 +434,11 @@ impl Core {
             return Ok(None);
         }
         out.stored += 1;
+        out.newest_ts = out.newest_ts.max(Some(r.ts));
         self.metrics.readings.inc();
         let observation = self.detectors.observe(&r.device, &r.metric, r.ts, r.value);
         for a in &observation.anomalies {
-            self.metrics.anomalies.get_or_create(&ReasonLabel { reason: a.kind.as_str().into() }).inc();
+            self.metrics.anomalies.get_or_create(&FaultLabel { fault: a.kind.as_str().into() }).inc();
         }
         if !observation.anomalies.is_empty() {
             self.last_anomaly.insert((r.device.clone(), r.metric.clone()), r.ts);
@@ -543,6 +566,7 @@ impl Core {
             }
         }
         self.models.forget(device);
+        self.count_models();
         self.incidents.forget_pending(device);
         self.store.forget_device(device)?;
         Ok(())
@@ -599,7 +623,7 @@ impl Core {
                 // An incident opened before (held back by planned work) is not counted twice.
                 if inc.timeline.is_empty() {
                     self.observe_actual_lead_time(&inc);
-                    self.opened_uncommitted += 1;
+                    self.opened_uncommitted.push(asset.priority);
                     let detect_s = ((inc.opened_at - inc.first_seen).max(0) as f64) / 1000.0;
                     self.metrics.time_to_detect_seconds.observe(detect_s);
                 }
@@ -607,7 +631,7 @@ impl Core {
             Action::Update => {
                 inc.updates += 1;
                 self.metrics.incidents_updated.inc();
-                for reason in [("dedup", RECURRED), ("flapping", FLAPPING)] {
+                for reason in [(DEDUP, RECURRED), (FLAPPING, FLAPPING_NOTE)] {
                     if note.as_deref().is_some_and(|n| n.starts_with(reason.1)) {
                         self.metrics.tickets_suppressed.get_or_create(&ReasonLabel { reason: reason.0.into() }).inc();
                     }
@@ -615,7 +639,7 @@ impl Core {
                 if inc.escalated && note.as_deref().is_some_and(|n| n.starts_with("Escalated")) {
                     self.metrics
                         .incidents_escalated
-                        .get_or_create(&ReasonLabel { reason: asset.tier.as_str().into() })
+                        .get_or_create(&TierLabel { tier: asset.tier.as_str().into() })
                         .inc();
                 }
             }
@@ -632,7 +656,7 @@ impl Core {
         if let (Action::Open, Some(f)) = (action, forecast) {
             self.metrics
                 .lead_time_seconds
-                .get_or_create(&ReasonLabel { reason: "predicted".into() })
+                .get_or_create(&KindLabel { kind: PREDICTED.into() })
                 .observe(((f.at - inc.opened_at).max(0) as f64) / 1000.0);
         }
         let ctx = TicketContext {
@@ -713,7 +737,7 @@ impl Core {
         if let Some(dev) = self.incidents.open_incidents().find(|i| i.key == early) {
             self.metrics
                 .lead_time_seconds
-                .get_or_create(&ReasonLabel { reason: "actual".into() })
+                .get_or_create(&KindLabel { kind: ACTUAL.into() })
                 .observe(((inc.opened_at - dev.opened_at).max(0) as f64) / 1000.0);
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::Core;
 use crate::config::ModelsConfig;
 use crate::detect::{Anomaly, FaultKind};
-use crate::metrics::ReasonLabel;
+use crate::metrics::{FaultLabel, ModelLabel, MODEL_TRUST};
 use crate::model::trainer::TrainRequests;
 use crate::model::{DeviceModel, FeatureState, ModelVerdict, Smoothed, MODEL_VERSION};
 use crate::reading::Reading;
@@ -152,6 +152,23 @@ impl Core {
     pub fn install_model(&mut self, model: DeviceModel) {
         tracing::info!(device = %model.device, kind = model.kind.as_str(), "model installed");
         self.models.install(model);
+        self.count_models();
+    }
+
+    /// Sets `fieldwatch_models`: the models in use by kind and trust.
+    pub(super) fn count_models(&self) {
+        for kind in crate::model::ModelKind::ALL {
+            for (trust, untrusted) in MODEL_TRUST.iter().zip([false, true]) {
+                let n = self
+                    .models
+                    .by_device
+                    .values()
+                    .flatten()
+                    .filter(|l| l.model.kind == kind && l.distrust.is_some() == untrusted);
+                let label = ModelLabel { kind: kind.as_str().into(), trust: trust.to_string() };
+                self.metrics.models.get_or_create(&label).set(n.count() as i64);
+            }
+        }
     }
 
     /// Fits, here and now, the devices the core asked a fit for (on its own store, as it stands
@@ -248,7 +265,7 @@ impl Core {
             contributors: verdict.contributors.clone(),
         });
         if let Some(a) = &anomaly {
-            self.metrics.anomalies.get_or_create(&ReasonLabel { reason: a.kind.as_str().into() }).inc();
+            self.metrics.anomalies.get_or_create(&FaultLabel { fault: a.kind.as_str().into() }).inc();
         }
         Ok(Some(DeviceScore { score, relations_broken, anomaly }))
     }

@@ -113,6 +113,10 @@ impl FaultKind {
     }
 }
 
+/// Every name [`Anomaly::detector`] takes: the series detectors, the incident policy's
+/// staleness check, and the device models' kinds.
+pub const DETECTORS: [&str; 8] = ["baseline", "drift", "flatline", "limit", "novelty", "staleness", "pca", "gmm"];
+
 /// What a detector says about one reading.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Anomaly {

@@ -47,6 +47,9 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
+    /// Every model kind.
+    pub const ALL: [ModelKind; 2] = [ModelKind::Pca, ModelKind::Gmm];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ModelKind::Pca => "pca",

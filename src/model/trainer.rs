@@ -13,7 +13,15 @@ use tokio_util::sync::CancellationToken;
 use super::{DeviceModel, FeatureSpec, FeatureState, ModelError};
 use crate::admin::Control;
 use crate::config::ModelsConfig;
+use crate::metrics::{Metrics, ResultLabel};
 use crate::store::{Store, StoreError};
+
+/// Every `result` of `fieldwatch_model_fits_total`: the device's models were fitted, its history
+/// holds too few healthy vectors yet, or the fit failed.
+pub const FIT_RESULTS: [&str; 3] = [FITTED, TOO_LITTLE_HISTORY, FAILED];
+const FITTED: &str = "fitted";
+const TOO_LITTLE_HISTORY: &str = "too_little_history";
+const FAILED: &str = "failed";
 
 /// Why a device could not be trained.
 #[derive(Debug, thiserror::Error)]
@@ -212,8 +220,10 @@ pub async fn run(
     requests: Arc<TrainRequests>,
     status: Arc<TrainerStatus>,
     control: mpsc::Sender<Control>,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
+    let count = |result: &str| metrics.model_fits.get_or_create(&ResultLabel { result: result.into() }).inc();
     let mut schedule = tokio::time::interval(config.refit_every);
     schedule.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -235,6 +245,7 @@ pub async fn run(
             }
             match fit_in_background(store.clone(), device.clone(), config.clone(), status.clone()).await {
                 Ok(models) => {
+                    count(FITTED);
                     for m in models {
                         if control.send(Control::ModelFitted(Box::new(m))).await.is_err() {
                             return;
@@ -242,9 +253,13 @@ pub async fn run(
                     }
                 }
                 Err(TrainError::Model(ModelError::TooFewVectors { have, need })) => {
+                    count(TOO_LITTLE_HISTORY);
                     tracing::debug!(device, have, need, "not enough history for a model yet");
                 }
-                Err(e) => tracing::warn!(device, error = %e, "model fit failed"),
+                Err(e) => {
+                    count(FAILED);
+                    tracing::warn!(device, error = %e, "model fit failed");
+                }
             }
         }
     }

@@ -54,6 +54,9 @@ pub enum Priority {
 }
 
 impl Priority {
+    /// Every priority, most urgent first.
+    pub const ALL: [Priority; 4] = [Priority::P1, Priority::P2, Priority::P3, Priority::P4];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Priority::P1 => "P1",

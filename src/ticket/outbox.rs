@@ -33,7 +33,7 @@ pub async fn deliver(
     retry: RetryPolicy,
     cancel: CancellationToken,
 ) {
-    let label = SinkLabel { sink: name.clone() };
+    let label = SinkLabel::new(&name);
     let mut delays = backoff(retry.min, retry.max);
     let mut last_count: Option<std::time::Instant> = None;
     loop {

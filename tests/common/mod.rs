@@ -148,10 +148,10 @@ impl DaemonProcess {
         DaemonProcess { child, admin: admin.to_string() }
     }
 
-    /// A counter from `/metrics`, or None while the daemon is not up.
+    /// A counter from `/metrics`, or None while the daemon is not up (see [`sample`]).
     pub async fn metric(&self, name: &str) -> Option<u64> {
         let text = reqwest::get(format!("http://{}/metrics", self.admin)).await.ok()?.text().await.ok()?;
-        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        sample(&text, name)
     }
 
     pub async fn wait_metric(&self, name: &str, at_least: u64) {
@@ -216,6 +216,25 @@ impl Drop for DaemonProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of the series `name` (`family{label="value"}`) in an exposition; a bare family
+/// name of a labelled family sums its series (`fieldwatch_incidents_opened_total` over the
+/// priorities).
+pub fn sample(exposition: &str, name: &str) -> Option<u64> {
+    let mut found = None;
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let value = match rest.strip_prefix(' ') {
+            Some(v) => v,
+            None if rest.starts_with('{') && !name.contains('{') => rest.rsplit_once("} ").map_or("", |(_, v)| v),
+            None => continue,
+        };
+        if let Ok(v) = value.trim().parse::<u64>() {
+            found = Some(found.unwrap_or(0) + v);
+        }
+    }
+    found
 }
 
 /// A daemon config for tests: fast timers, small warm-up, the given broker and data dir.
