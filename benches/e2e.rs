@@ -22,10 +22,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fieldwatch::config::{Config, SinkConfig};
+use fieldwatch::config::Config;
 use fieldwatch::metrics::Metrics;
 use fieldwatch::reading::now_ms;
 use fieldwatch::sim::{Simulator, METRICS};
+use fieldwatch::ticket::webhook::WebhookConfig;
+use fieldwatch::ticket::SinkConfig;
 use fieldwatch::Daemon;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use wiremock::matchers::method;
@@ -334,12 +336,12 @@ async fn latency(mosquitto: &Path, p: &Params) -> Latency {
     let api = MockServer::start().await;
     let arrivals = Arrivals::default();
     Mock::given(method("POST")).respond_with(arrivals.clone()).mount(&api).await;
-    let sink = SinkConfig::Webhook {
+    let sink = SinkConfig::Webhook(WebhookConfig {
         name: "api".into(),
         url: format!("{}/tickets", api.uri()),
         token: None,
         timeout: Duration::from_secs(2),
-    };
+    });
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(config(broker.port, dir.path(), 512, vec![sink])).await.unwrap();
     let m = daemon.metrics().clone();

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, SinkConfig};
+use crate::config::Config;
 use crate::reading::now_ms;
 use crate::sim::Simulator;
+use crate::ticket::SinkConfig;
 use crate::ticket::{Action, TicketCommand};
 use crate::Daemon;
 
@@ -114,8 +115,8 @@ pub fn demo_config_from(mut config: Config, port: u16, dir: &Path) -> Result<Con
     config.mqtt.port = port;
     config.daemon.data_dir = dir.join("db");
     for sink in &mut config.ticket.sinks {
-        if let SinkConfig::File { path, .. } = sink {
-            *path = dir.join("tickets.jsonl");
+        if let SinkConfig::File(c) = sink {
+            c.path = dir.join("tickets.jsonl");
         }
     }
     Ok(config)

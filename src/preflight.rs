@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use crate::config::{Config, SecretRef, SinkConfig};
+use crate::config::{Config, SecretRef};
+use crate::ticket::SinkConfig;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,12 +64,12 @@ pub fn check(config: &Config) -> Vec<Finding> {
     for (i, sink) in config.ticket.sinks.iter().enumerate() {
         let key = format!("ticket.sinks[{i}]");
         match sink {
-            SinkConfig::Webhook { token: Some(t), .. } => secrets.push((format!("{key}.token"), t)),
+            SinkConfig::Webhook(c) => secrets.extend(c.token.iter().map(|t| (format!("{key}.token"), t))),
             SinkConfig::ServiceNow(c) => secrets.push((format!("{key}.password"), &c.password)),
             SinkConfig::Jira(c) => secrets.push((format!("{key}.api_token"), &c.api_token)),
             SinkConfig::PagerDuty(c) => secrets.push((format!("{key}.routing_key"), &c.routing_key)),
-            SinkConfig::File { path, .. } => {
-                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            SinkConfig::File(c) => {
+                let dir = c.path.parent().map(Path::to_path_buf).unwrap_or_default();
                 if !dir.as_os_str().is_empty() && !dir.is_dir() {
                     // systemd's StateDirectory= may create it only when the service starts.
                     out.push(warning(
@@ -77,7 +78,6 @@ pub fn check(config: &Config) -> Vec<Finding> {
                     ));
                 }
             }
-            SinkConfig::Webhook { token: None, .. } => {}
         }
     }
     for (key, secret) in secrets {

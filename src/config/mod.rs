@@ -3,6 +3,10 @@
 //! Every error names the file, the key (a dotted path such as `mqtt.keep_alive`) and the reason, so
 //! an operator on a gateway can fix a typo without reading source code. Unknown keys are errors:
 //! a misspelt option that is silently ignored is worse than one that stops the daemon.
+//!
+//! A component with settings of its own keeps their types and checks beside its code (`[ticket]`
+//! in [`crate::ticket::TicketConfig`], `[assets]` in [`crate::assets`]); this module loads and
+//! merges the files and reports every error the same way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,9 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::ticket::jira::JiraConfig;
-use crate::ticket::pagerduty::PagerDutyConfig;
-use crate::ticket::servicenow::ServiceNowConfig;
+use crate::ticket::TicketConfig;
 
 mod locate;
 pub mod reference;
@@ -804,122 +806,6 @@ impl Default for IncidentConfig {
     }
 }
 
-/// Ticket delivery.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TicketConfig {
-    pub sinks: Vec<SinkConfig>,
-    #[serde(with = "humantime_serde")]
-    pub retry_min: Duration,
-    #[serde(with = "humantime_serde")]
-    pub retry_max: Duration,
-}
-
-impl Default for TicketConfig {
-    fn default() -> Self {
-        Self { sinks: Vec::new(), retry_min: Duration::from_secs(1), retry_max: Duration::from_secs(300) }
-    }
-}
-
-/// One ticket destination.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
-pub enum SinkConfig {
-    /// POST each ticket command as JSON.
-    Webhook {
-        name: String,
-        url: String,
-        token: Option<SecretRef>,
-        #[serde(with = "humantime_serde", default = "default_http_timeout")]
-        timeout: Duration,
-    },
-    /// Append each ticket command as a JSON line.
-    File { name: String, path: PathBuf },
-    /// ServiceNow incidents through the Table API.
-    #[serde(rename = "servicenow")]
-    ServiceNow(ServiceNowConfig),
-    /// Jira Cloud issues through the REST API v3.
-    Jira(JiraConfig),
-    /// PagerDuty alerts through the Events API v2.
-    #[serde(rename = "pagerduty")]
-    PagerDuty(PagerDutyConfig),
-}
-
-/// Timeout of one HTTP request to a ticket system.
-pub(crate) fn default_http_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-impl SinkConfig {
-    /// The sink's name, unique within the config; it keys the sink's outbox queue.
-    pub fn name(&self) -> &str {
-        match self {
-            SinkConfig::Webhook { name, .. } | SinkConfig::File { name, .. } => name,
-            SinkConfig::ServiceNow(c) => &c.name,
-            SinkConfig::Jira(c) => &c.name,
-            SinkConfig::PagerDuty(c) => &c.name,
-        }
-    }
-
-    /// The sink's `type` as written in the config.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::Webhook { .. } => "webhook",
-            SinkConfig::File { .. } => "file",
-            SinkConfig::ServiceNow(_) => "servicenow",
-            SinkConfig::Jira(_) => "jira",
-            SinkConfig::PagerDuty(_) => "pagerduty",
-        }
-    }
-
-    /// Checks one sink; `key` is its path, e.g. `ticket.sinks[0]`.
-    fn validate(&self, key: &str) -> Result<(), (String, String)> {
-        let bad = |field: &str, reason: String| Err((format!("{key}.{field}"), reason));
-        let url = |field: &str, url: &str| match reqwest::Url::parse(url) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(()),
-            _ => bad(field, format!("`{url}` is not an http(s) URL")),
-        };
-        let secret = |field: &str, s: &SecretRef| match (&s.file, &s.env) {
-            (None, None) => bad(field, "set `file` or `env`".into()),
-            _ => Ok(()),
-        };
-        let filled = |field: &str, value: &str| match value.trim().is_empty() {
-            true => bad(field, "must not be empty".into()),
-            false => Ok(()),
-        };
-        match self {
-            SinkConfig::Webhook { url: u, token, .. } => {
-                url("url", u)?;
-                token.as_ref().map_or(Ok(()), |t| secret("token", t))
-            }
-            SinkConfig::File { .. } => Ok(()),
-            SinkConfig::ServiceNow(c) => {
-                url("instance_url", &c.instance_url)?;
-                filled("username", &c.username)?;
-                secret("password", &c.password)?;
-                filled("category", &c.category)?;
-                filled("close_code", &c.close_code)
-            }
-            SinkConfig::Jira(c) => {
-                url("base_url", &c.base_url)?;
-                filled("email", &c.email)?;
-                secret("api_token", &c.api_token)?;
-                filled("project_key", &c.project_key)?;
-                filled("issue_type", &c.issue_type)?;
-                filled("done_transition", &c.done_transition)?;
-                let p = &c.priorities;
-                [("priorities.p1", &p.p1), ("priorities.p2", &p.p2), ("priorities.p3", &p.p3), ("priorities.p4", &p.p4)]
-                    .into_iter()
-                    .try_for_each(|(field, name)| filled(field, name))
-            }
-            SinkConfig::PagerDuty(c) => {
-                secret("routing_key", &c.routing_key)?;
-                url("url", &c.url)
-            }
-        }
-    }
-}
-
 /// The loopback HTTP endpoint for `/metrics` and health checks.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1066,17 +952,7 @@ impl Config {
         if self.incident.quiet_period.is_zero() {
             return bad("incident.quiet_period", "must be above zero");
         }
-        if self.ticket.retry_min.is_zero() || self.ticket.retry_min > self.ticket.retry_max {
-            return bad("ticket.retry_min", "must be above zero and at most ticket.retry_max");
-        }
-        let mut names = std::collections::HashSet::new();
-        for (i, sink) in self.ticket.sinks.iter().enumerate() {
-            let key = format!("ticket.sinks[{i}]");
-            if sink.name().is_empty() || !names.insert(sink.name().to_string()) {
-                return Err((format!("{key}.name"), "must be non-empty and unique".into()));
-            }
-            sink.validate(&key)?;
-        }
+        self.ticket.validate()?;
         if !(0.0..=1.0).contains(&self.incident.min_confidence) {
             return bad("incident.min_confidence", "must be between 0 and 1");
         }

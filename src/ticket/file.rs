@@ -4,7 +4,17 @@ use std::collections::HashSet;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use super::{SinkError, TicketCommand};
+
+/// `type = "file"`: append each ticket command as a JSON line.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub name: String,
+    pub path: PathBuf,
+}
 
 /// Appends ticket commands to a JSON-lines file.
 pub struct FileSink {

@@ -20,6 +20,7 @@ use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::config::Fields;
 use super::http::{self, ClientError};
 use super::render::{self, Section};
 use super::{Action, Priority, SinkError, Ticket, TicketCommand};
@@ -48,8 +49,24 @@ pub struct JiraConfig {
     /// Jira priority names for P1..P4.
     #[serde(default)]
     pub priorities: JiraPriorities,
-    #[serde(with = "humantime_serde", default = "crate::config::default_http_timeout")]
+    #[serde(with = "humantime_serde", default = "super::config::default_http_timeout")]
     pub timeout: Duration,
+}
+
+impl JiraConfig {
+    /// Checks what types alone cannot; errors name the field under the sink's key.
+    pub(super) fn validate(&self, f: &Fields) -> Result<(), (String, String)> {
+        f.http_url("base_url", &self.base_url)?;
+        f.filled("email", &self.email)?;
+        f.secret("api_token", &self.api_token)?;
+        f.filled("project_key", &self.project_key)?;
+        f.filled("issue_type", &self.issue_type)?;
+        f.filled("done_transition", &self.done_transition)?;
+        let p = &self.priorities;
+        [("priorities.p1", &p.p1), ("priorities.p2", &p.p2), ("priorities.p3", &p.p3), ("priorities.p4", &p.p4)]
+            .into_iter()
+            .try_for_each(|(field, name)| f.filled(field, name))
+    }
 }
 
 /// Jira priority names for fieldwatch priorities; the defaults are Jira's own scheme.

@@ -6,7 +6,9 @@
 //!
 //! Sinks: a generic [`webhook`], a JSON-lines [`file`], and the ticketing APIs [`servicenow`]
 //! (Table API incidents), [`jira`] (Cloud REST v3 issues) and [`pagerduty`] (Events API v2).
+//! `[ticket]` is [`TicketConfig`]; each sink's settings are defined beside the sink.
 
+mod config;
 pub mod content;
 pub mod file;
 pub mod http;
@@ -19,9 +21,9 @@ pub mod webhook;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::SinkConfig;
 use crate::detect::FaultKind;
 use crate::incident::IncidentState;
+pub use config::{SinkConfig, TicketConfig};
 
 /// What the ticket system is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,13 +242,13 @@ impl Sink {
         };
         let client = |source: http::ClientError| SinkBuildError::Client { sink: sink.clone(), source };
         match cfg {
-            SinkConfig::Webhook { url, token, timeout, .. } => {
-                let token = token.as_ref().map(|t| secret("token", t)).transpose()?;
-                webhook::WebhookSink::new(url, token, *timeout)
+            SinkConfig::Webhook(c) => {
+                let token = c.token.as_ref().map(|t| secret("token", t)).transpose()?;
+                webhook::WebhookSink::new(&c.url, token, c.timeout)
                     .map(Sink::Webhook)
                     .map_err(|reason| SinkBuildError::Other { sink: sink.clone(), reason })
             }
-            SinkConfig::File { path, .. } => file::FileSink::open(path)
+            SinkConfig::File(c) => file::FileSink::open(&c.path)
                 .map(Sink::File)
                 .map_err(|e| SinkBuildError::Other { sink: sink.clone(), reason: e.to_string() }),
             SinkConfig::ServiceNow(c) => servicenow::ServiceNowSink::new(c, secret("password", &c.password)?)

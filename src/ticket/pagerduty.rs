@@ -14,6 +14,7 @@ use reqwest::Url;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::config::Fields;
 use super::http::{self, ClientError};
 use super::{Action, Priority, SinkError, Ticket, TicketCommand};
 use crate::config::SecretRef;
@@ -31,8 +32,16 @@ pub struct PagerDutyConfig {
     pub routing_key: SecretRef,
     #[serde(default = "default_url")]
     pub url: String,
-    #[serde(with = "humantime_serde", default = "crate::config::default_http_timeout")]
+    #[serde(with = "humantime_serde", default = "super::config::default_http_timeout")]
     pub timeout: Duration,
+}
+
+impl PagerDutyConfig {
+    /// Checks what types alone cannot; errors name the field under the sink's key.
+    pub(super) fn validate(&self, f: &Fields) -> Result<(), (String, String)> {
+        f.secret("routing_key", &self.routing_key)?;
+        f.http_url("url", &self.url)
+    }
 }
 
 fn default_url() -> String {

@@ -21,6 +21,7 @@ use reqwest::Url;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::config::Fields;
 use super::http::{self, ClientError};
 use super::{render, Action, Priority, SinkError, Ticket, TicketCommand};
 use crate::config::SecretRef;
@@ -53,8 +54,19 @@ pub struct ServiceNowConfig {
     /// `Solved (Permanently)`).
     #[serde(default = "default_close_code")]
     pub close_code: String,
-    #[serde(with = "humantime_serde", default = "crate::config::default_http_timeout")]
+    #[serde(with = "humantime_serde", default = "super::config::default_http_timeout")]
     pub timeout: Duration,
+}
+
+impl ServiceNowConfig {
+    /// Checks what types alone cannot; errors name the field under the sink's key.
+    pub(super) fn validate(&self, f: &Fields) -> Result<(), (String, String)> {
+        f.http_url("instance_url", &self.instance_url)?;
+        f.filled("username", &self.username)?;
+        f.secret("password", &self.password)?;
+        f.filled("category", &self.category)?;
+        f.filled("close_code", &self.close_code)
+    }
 }
 
 fn default_category() -> String {

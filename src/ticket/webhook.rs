@@ -3,8 +3,31 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
 
+use super::config::Fields;
 use super::{SinkError, TicketCommand};
+use crate::config::SecretRef;
+
+/// `type = "webhook"`: POST each ticket command as JSON to one URL.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub name: String,
+    pub url: String,
+    /// Sent as a bearer token.
+    pub token: Option<SecretRef>,
+    #[serde(with = "humantime_serde", default = "super::config::default_http_timeout")]
+    pub timeout: Duration,
+}
+
+impl WebhookConfig {
+    /// Checks what types alone cannot; errors name the field under the sink's key.
+    pub(super) fn validate(&self, f: &Fields) -> Result<(), (String, String)> {
+        f.http_url("url", &self.url)?;
+        self.token.as_ref().map_or(Ok(()), |t| f.secret("token", t))
+    }
+}
 
 /// Posts ticket commands to one URL.
 pub struct WebhookSink {

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fieldwatch::config::{Config, SinkConfig};
+use fieldwatch::config::Config;
+use fieldwatch::ticket::SinkConfig;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 
 /// A free TCP port on loopback.
