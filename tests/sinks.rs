@@ -1,6 +1,6 @@
-//! The ticketing-API sinks over real HTTP: each sink is built from its TOML config, sends Open,
-//! Update and Resolve to a wiremock server standing in for the vendor API, and the requests are
-//! checked against the shapes the vendor documents.
+//! The HTTP sinks over real HTTP: each sink is built from its TOML config, sends Open, Update and
+//! Resolve to a wiremock server standing in for the vendor API (or the webhook's receiver), and
+//! the requests are checked against the shapes the vendor documents.
 
 use std::path::Path;
 
@@ -525,6 +525,36 @@ async fn pagerduty_429_and_5xx_are_retried_and_400_is_refused_for_good() {
         let result = pagerduty(&api, "FW_TEST_PD_KEY_ERRORS").send(&command(Action::Open, Priority::P2)).await;
         match (retry, result) {
             (true, Err(SinkError::Retry(_))) | (false, Err(SinkError::Permanent(_))) => {}
+            (_, other) => panic!("HTTP {status}: {other:?}"),
+        }
+    }
+}
+
+// Webhook
+
+#[tokio::test]
+async fn webhook_takes_409_as_delivered_retries_5xx_and_refuses_400_for_good() {
+    std::env::set_var("FW_TEST_WEBHOOK_TOKEN", "T0KEN");
+    let cmd = command(Action::Open, Priority::P2);
+    for (status, expected) in
+        [(200, "ok"), (201, "ok"), (409, "ok"), (503, "retry"), (429, "retry"), (400, "permanent")]
+    {
+        let api = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/tickets"))
+            .and(header("Idempotency-Key", cmd.idempotency_key.as_str()))
+            .and(header("Authorization", "Bearer T0KEN"))
+            .and(body_json(&cmd))
+            .respond_with(ResponseTemplate::new(status))
+            .expect(1)
+            .mount(&api)
+            .await;
+        let mut sink = build(&format!(
+            "type = \"webhook\"\nname = \"w\"\nurl = \"{}/tickets\"\ntoken = {{ env = \"FW_TEST_WEBHOOK_TOKEN\" }}\n",
+            api.uri()
+        ));
+        match (expected, sink.send(&cmd).await) {
+            ("ok", Ok(())) | ("retry", Err(SinkError::Retry(_))) | ("permanent", Err(SinkError::Permanent(_))) => {}
             (_, other) => panic!("HTTP {status}: {other:?}"),
         }
     }

@@ -48,9 +48,18 @@ pub fn endpoint(base: &Url, segments: &[&str]) -> Url {
 /// Sends a request; a transport failure is retryable, a response outside 2xx is classified by
 /// [`status_error`].
 pub async fn send(req: reqwest::RequestBuilder) -> Result<Response, SinkError> {
+    send_accepting(req, |status| status.is_success()).await
+}
+
+/// [`send`], with `accepted` saying which statuses confirm the request (e.g. 2xx and 409 for a
+/// receiver that answers a repeated idempotency key with 409).
+pub async fn send_accepting(
+    req: reqwest::RequestBuilder,
+    accepted: impl Fn(StatusCode) -> bool,
+) -> Result<Response, SinkError> {
     let resp = req.send().await.map_err(transport_error)?;
     let status = resp.status();
-    if status.is_success() {
+    if accepted(status) {
         return Ok(resp);
     }
     let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();

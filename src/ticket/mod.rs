@@ -244,9 +244,7 @@ impl Sink {
         match cfg {
             SinkConfig::Webhook(c) => {
                 let token = c.token.as_ref().map(|t| secret("token", t)).transpose()?;
-                webhook::WebhookSink::new(&c.url, token, c.timeout)
-                    .map(Sink::Webhook)
-                    .map_err(|reason| SinkBuildError::Other { sink: sink.clone(), reason })
+                webhook::WebhookSink::new(c, token).map(Sink::Webhook).map_err(client)
             }
             SinkConfig::File(c) => file::FileSink::open(&c.path)
                 .map(Sink::File)

@@ -6,6 +6,7 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::config::Fields;
+use super::http::{self, ClientError};
 use super::{SinkError, TicketCommand};
 use crate::config::SecretRef;
 
@@ -38,14 +39,8 @@ pub struct WebhookSink {
 }
 
 impl WebhookSink {
-    pub fn new(url: &str, token: Option<String>, timeout: Duration) -> Result<WebhookSink, String> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .user_agent(concat!("fieldwatch/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let url = reqwest::Url::parse(url).map_err(|e| format!("url `{url}`: {e}"))?;
-        Ok(WebhookSink { client, url, token })
+    pub fn new(cfg: &WebhookConfig, token: Option<String>) -> Result<WebhookSink, ClientError> {
+        Ok(WebhookSink { client: http::client(cfg.timeout)?, url: http::base_url(&cfg.url)?, token })
     }
 
     pub async fn send(&self, cmd: &TicketCommand) -> Result<(), SinkError> {
@@ -53,13 +48,7 @@ impl WebhookSink {
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
-        let resp = req.send().await.map_err(super::http::transport_error)?;
-        let status = resp.status();
-        if status.is_success() || status == StatusCode::CONFLICT {
-            // 409: the receiver already has this idempotency key, i.e. an earlier attempt landed.
-            return Ok(());
-        }
-        let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
-        Err(super::http::status_error(status, &body))
+        // 409: the receiver already has this idempotency key, i.e. an earlier attempt landed.
+        http::send_accepting(req, |status| status.is_success() || status == StatusCode::CONFLICT).await.map(|_| ())
     }
 }
