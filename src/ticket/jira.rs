@@ -4,7 +4,7 @@
 //! retried Open finds the issue an earlier attempt created and Update and Resolve find their
 //! issue after a restart. Jira's search index is eventually consistent: an issue created a
 //! moment ago may not be found yet, which is why issues created or found since start are also
-//! remembered in memory.
+//! remembered in memory ([`super::records`]).
 //!
 //! Requests (basic auth with the account's email and an API token, JSON, ADF for rich text):
 //! - find: `GET /rest/api/3/search/jql?jql=labels = "fw-KEY"&fields=key&maxResults=1`
@@ -13,7 +13,7 @@
 //! - Resolve: the closing comment, then `GET /rest/api/3/issue/{key}/transitions` and
 //!   `POST /rest/api/3/issue/{key}/transitions` with the id of the transition named `done_transition`
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use reqwest::{Method, Url};
@@ -22,12 +22,10 @@ use serde_json::{json, Value};
 
 use super::config::Fields;
 use super::http::{self, ClientError};
+use super::records::RemoteRecords;
 use super::render::{self, Section};
 use super::{Action, Priority, SinkError, Ticket, TicketCommand};
 use crate::config::SecretRef;
-
-/// Remembered issues beyond this are forgotten (and searched for again when needed).
-const KNOWN_MAX: usize = 1024;
 
 /// `type = "jira"`: open, comment on and close Jira Cloud issues.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -106,6 +104,16 @@ fn default_done_transition() -> String {
 
 /// Delivers ticket commands to one Jira Cloud site.
 pub struct JiraSink {
+    site: JiraSite,
+    /// Incident key → issue key of issues created or found since start.
+    records: RemoteRecords,
+    /// Commands whose comment is posted but whose later step failed: a retry must not post the
+    /// comment again.
+    commented: HashSet<String>,
+}
+
+/// The site's REST API, and what the issues we create carry.
+struct JiraSite {
     client: reqwest::Client,
     /// `{base_url}/rest/api/3`.
     api: Url,
@@ -116,11 +124,6 @@ pub struct JiraSink {
     issue_type: String,
     done_transition: String,
     priorities: JiraPriorities,
-    /// Incident key → issue key of issues created or found since start.
-    known: HashMap<String, String>,
-    /// Commands whose comment is posted but whose later step failed: a retry must not post the
-    /// comment again.
-    commented: HashSet<String>,
 }
 
 #[derive(Deserialize)]
@@ -149,7 +152,7 @@ struct Transition {
 impl JiraSink {
     pub fn new(cfg: &JiraConfig, api_token: String) -> Result<JiraSink, ClientError> {
         let base = http::base_url(&cfg.base_url)?;
-        Ok(JiraSink {
+        let site = JiraSite {
             client: http::client(cfg.timeout)?,
             api: http::endpoint(&base, &["rest", "api", "3"]),
             email: cfg.email.clone(),
@@ -158,46 +161,49 @@ impl JiraSink {
             issue_type: cfg.issue_type.clone(),
             done_transition: cfg.done_transition.clone(),
             priorities: cfg.priorities.clone(),
-            known: HashMap::new(),
-            commented: HashSet::new(),
-        })
+        };
+        Ok(JiraSink { site, records: RemoteRecords::default(), commented: HashSet::new() })
     }
 
     pub async fn send(&mut self, cmd: &TicketCommand) -> Result<(), SinkError> {
         let t = &cmd.ticket;
+        let key = &t.idempotency_key;
         match cmd.action {
-            Action::Open => {
-                if self.find(&t.idempotency_key).await?.is_none() {
-                    let key = self.create(t).await?;
-                    self.remember(&t.idempotency_key, key);
-                }
-                Ok(())
-            }
+            Action::Open => self.records.open(key, self.site.find(key), self.site.create(t)).await,
             Action::Update => {
-                let key = self.existing(t).await?;
-                self.comment(&key, note_or_summary(t)).await
+                let issue = self.existing(t).await?;
+                self.site.comment(&issue, render::note_or_summary(t)).await
             }
             Action::Resolve => {
-                let key = self.existing(t).await?;
+                let issue = self.existing(t).await?;
                 if !self.commented.contains(&cmd.idempotency_key) {
-                    self.comment(&key, note_or_summary(t)).await?;
+                    self.site.comment(&issue, render::note_or_summary(t)).await?;
                     self.commented.insert(cmd.idempotency_key.clone());
                 }
-                let closed = self.close(&key).await;
+                let closed = self.site.close(&issue).await;
                 if !matches!(closed, Err(SinkError::Retry(_))) {
                     self.commented.remove(&cmd.idempotency_key);
-                    self.known.remove(&t.idempotency_key);
+                    self.records.forget(key);
                 }
                 closed
             }
         }
     }
 
+    /// The issue an Update or Resolve applies to. Commands of one sink are delivered in order,
+    /// so a missing issue means the Open was refused for good (or the issue was deleted).
+    async fn existing(&mut self, t: &Ticket) -> Result<String, SinkError> {
+        let key = &t.idempotency_key;
+        self.records
+            .find(key, self.site.find(key))
+            .await?
+            .ok_or_else(|| SinkError::Permanent(format!("no issue labelled {} for {}", label(key), t.id)))
+    }
+}
+
+impl JiraSite {
     /// The key of the issue labelled for `incident_key`, if there is one.
-    async fn find(&mut self, incident_key: &str) -> Result<Option<String>, SinkError> {
-        if let Some(key) = self.known.get(incident_key) {
-            return Ok(Some(key.clone()));
-        }
+    async fn find(&self, incident_key: &str) -> Result<Option<String>, SinkError> {
         let mut url = http::endpoint(&self.api, &["search", "jql"]);
         url.query_pairs_mut()
             .append_pair("jql", &format!("labels = {}", jql_string(&label(incident_key))))
@@ -205,21 +211,7 @@ impl JiraSink {
             .append_pair("maxResults", "1");
         let resp = http::send(self.request(Method::GET, url)).await?;
         let found: SearchResults = http::json(resp, "issue search").await?;
-        match found.issues.into_iter().next() {
-            Some(issue) => {
-                self.remember(incident_key, Some(issue.key.clone()));
-                Ok(Some(issue.key))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// The issue an Update or Resolve applies to. Commands of one sink are delivered in order,
-    /// so a missing issue means the Open was refused for good (or the issue was deleted).
-    async fn existing(&mut self, t: &Ticket) -> Result<String, SinkError> {
-        self.find(&t.idempotency_key).await?.ok_or_else(|| {
-            SinkError::Permanent(format!("no issue labelled {} for {}", label(&t.idempotency_key), t.id))
-        })
+        Ok(found.issues.into_iter().next().map(|issue| issue.key))
     }
 
     async fn create(&self, t: &Ticket) -> Result<Option<String>, SinkError> {
@@ -288,15 +280,6 @@ impl JiraSink {
             }
         })
     }
-
-    fn remember(&mut self, incident_key: &str, issue: Option<String>) {
-        if let Some(issue) = issue {
-            if self.known.len() >= KNOWN_MAX {
-                self.known.clear();
-            }
-            self.known.insert(incident_key.to_string(), issue);
-        }
-    }
 }
 
 /// The label that ties an issue to its incident. Labels cannot contain spaces; the key is hex.
@@ -330,10 +313,6 @@ pub fn adf(sections: &[Section]) -> Value {
     json!({ "type": "doc", "version": 1, "content": content })
 }
 
-fn note_or_summary(t: &Ticket) -> &str {
-    t.note.as_deref().filter(|n| !n.is_empty()).unwrap_or(&t.summary)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,10 +326,10 @@ mod tests {
         )
         .unwrap();
         let sink = JiraSink::new(&cfg, "t".into()).unwrap();
-        assert_eq!(sink.api.as_str(), "https://acme.atlassian.net/rest/api/3");
+        assert_eq!(sink.site.api.as_str(), "https://acme.atlassian.net/rest/api/3");
         let mut t = sample_ticket();
         t.priority = Priority::P1;
-        let f = &sink.issue(&t)["fields"];
+        let f = &sink.site.issue(&t)["fields"];
         assert_eq!(f["project"]["key"], "FS");
         assert_eq!(f["issuetype"]["name"], "Task");
         assert_eq!(f["priority"]["name"], "Blocker");

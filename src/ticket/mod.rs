@@ -15,6 +15,7 @@ pub mod http;
 pub mod jira;
 pub mod outbox;
 pub mod pagerduty;
+pub mod records;
 mod render;
 pub mod servicenow;
 pub mod webhook;

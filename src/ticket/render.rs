@@ -38,6 +38,11 @@ pub fn plain_text(sections: &[Section]) -> String {
     sections.iter().map(|s| format!("{}:\n{}", s.heading, s.lines.join("\n"))).collect::<Vec<_>>().join("\n\n")
 }
 
+/// The text of an Update or Resolve: the note the incident policy wrote, else the summary.
+pub fn note_or_summary(t: &Ticket) -> &str {
+    t.note.as_deref().filter(|n| !n.is_empty()).unwrap_or(&t.summary)
+}
+
 fn section(heading: &'static str, lines: Vec<String>) -> Option<Section> {
     let lines: Vec<String> = lines.into_iter().filter(|l| !l.trim().is_empty()).collect();
     (!lines.is_empty()).then_some(Section { heading, lines })

@@ -3,8 +3,7 @@
 //! The incident's stable key is written to the record's `correlation_id`, and every command
 //! first looks the record up by it. That lookup makes an Open idempotent (a retry after a lost
 //! response finds the record the first attempt created instead of opening a second one) and lets
-//! Update and Resolve find their record after a restart. A small in-memory map saves the lookup
-//! while the daemon runs; the lookup stays the source of truth.
+//! Update and Resolve find their record after a restart ([`super::records`]).
 //!
 //! Requests (Table API, basic auth, JSON):
 //! - find: `GET /api/now/table/incident?sysparm_query=correlation_id=KEY&sysparm_fields=sys_id&sysparm_limit=1`
@@ -14,7 +13,6 @@
 //! - Resolve: `PATCH /api/now/table/incident/{sys_id}` with state 6 (Resolved), close_code,
 //!   close_notes
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use reqwest::Url;
@@ -23,14 +21,12 @@ use serde_json::{json, Value};
 
 use super::config::Fields;
 use super::http::{self, ClientError};
+use super::records::RemoteRecords;
 use super::{render, Action, Priority, SinkError, Ticket, TicketCommand};
 use crate::config::SecretRef;
 
 /// Incident state "Resolved" in the default incident state model.
 const STATE_RESOLVED: &str = "6";
-
-/// Remembered records beyond this are forgotten (and looked up again when needed).
-const KNOWN_MAX: usize = 1024;
 
 /// `type = "servicenow"`: open, update and resolve ServiceNow incidents.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -91,9 +87,16 @@ pub fn urgency_impact(p: Priority) -> (&'static str, &'static str) {
 
 /// Delivers ticket commands to one ServiceNow instance.
 pub struct ServiceNowSink {
+    table: IncidentTable,
+    /// correlation_id → sys_id of records created or found since start.
+    records: RemoteRecords,
+}
+
+/// The instance's incident table, and what the records we create carry.
+struct IncidentTable {
     client: reqwest::Client,
     /// `{instance}/api/now/table/incident`.
-    table: Url,
+    url: Url,
     username: String,
     /// Never logged.
     password: String,
@@ -101,8 +104,6 @@ pub struct ServiceNowSink {
     caller_id: Option<String>,
     category: String,
     close_code: String,
-    /// correlation_id → sys_id of records created or found since start.
-    known: HashMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -124,79 +125,69 @@ struct Record {
 impl ServiceNowSink {
     pub fn new(cfg: &ServiceNowConfig, password: String) -> Result<ServiceNowSink, ClientError> {
         let base = http::base_url(&cfg.instance_url)?;
-        Ok(ServiceNowSink {
+        let table = IncidentTable {
             client: http::client(cfg.timeout)?,
-            table: http::endpoint(&base, &["api", "now", "table", "incident"]),
+            url: http::endpoint(&base, &["api", "now", "table", "incident"]),
             username: cfg.username.clone(),
             password,
             assignment_group: cfg.assignment_group.clone(),
             caller_id: cfg.caller_id.clone(),
             category: cfg.category.clone(),
             close_code: cfg.close_code.clone(),
-            known: HashMap::new(),
-        })
+        };
+        Ok(ServiceNowSink { table, records: RemoteRecords::default() })
     }
 
     pub async fn send(&mut self, cmd: &TicketCommand) -> Result<(), SinkError> {
         let t = &cmd.ticket;
+        let key = &t.idempotency_key;
         match cmd.action {
-            Action::Open => {
-                if self.find(&t.idempotency_key).await?.is_none() {
-                    let sys_id = self.create(t).await?;
-                    self.remember(&t.idempotency_key, sys_id);
-                }
-                Ok(())
-            }
+            Action::Open => self.records.open(key, self.table.find(key), self.table.create(t)).await,
             Action::Update => {
                 let sys_id = self.existing(t).await?;
-                self.patch(&sys_id, json!({ "work_notes": note_or_summary(t) })).await
+                self.table.patch(&sys_id, json!({ "work_notes": render::note_or_summary(t) })).await
             }
             Action::Resolve => {
                 let sys_id = self.existing(t).await?;
                 let body = json!({
                     "state": STATE_RESOLVED,
-                    "close_code": self.close_code,
-                    "close_notes": note_or_summary(t),
+                    "close_code": self.table.close_code,
+                    "close_notes": render::note_or_summary(t),
                 });
-                self.patch(&sys_id, body).await?;
-                self.known.remove(&t.idempotency_key);
+                self.table.patch(&sys_id, body).await?;
+                self.records.forget(key);
                 Ok(())
             }
-        }
-    }
-
-    /// The sys_id of the record for `correlation_id`, if there is one.
-    async fn find(&mut self, correlation_id: &str) -> Result<Option<String>, SinkError> {
-        if let Some(sys_id) = self.known.get(correlation_id) {
-            return Ok(Some(sys_id.clone()));
-        }
-        // The key is hex, so it needs no escaping inside an encoded query.
-        let mut url = self.table.clone();
-        url.query_pairs_mut()
-            .append_pair("sysparm_query", &format!("correlation_id={correlation_id}"))
-            .append_pair("sysparm_fields", "sys_id")
-            .append_pair("sysparm_limit", "1");
-        let resp = http::send(self.request(reqwest::Method::GET, url)).await?;
-        let found: Found = http::json(resp, "incident lookup").await?;
-        match found.result.into_iter().map(|r| r.sys_id).find(|id| !id.is_empty()) {
-            Some(sys_id) => {
-                self.remember(correlation_id, Some(sys_id.clone()));
-                Ok(Some(sys_id))
-            }
-            None => Ok(None),
         }
     }
 
     /// The record an Update or Resolve applies to. Commands of one sink are delivered in order,
     /// so a missing record means the Open was refused for good (or the record was deleted).
     async fn existing(&mut self, t: &Ticket) -> Result<String, SinkError> {
-        self.find(&t.idempotency_key).await?.ok_or_else(|| {
-            SinkError::Permanent(format!("no incident with correlation_id {} for {}", t.idempotency_key, t.id))
-        })
+        let key = &t.idempotency_key;
+        self.records
+            .find(key, self.table.find(key))
+            .await?
+            .ok_or_else(|| SinkError::Permanent(format!("no incident with correlation_id {key} for {}", t.id)))
+    }
+}
+
+impl IncidentTable {
+    /// The sys_id of the record for `correlation_id`, if there is one.
+    async fn find(&self, correlation_id: &str) -> Result<Option<String>, SinkError> {
+        // The key is hex, so it needs no escaping inside an encoded query.
+        let mut url = self.url.clone();
+        url.query_pairs_mut()
+            .append_pair("sysparm_query", &format!("correlation_id={correlation_id}"))
+            .append_pair("sysparm_fields", "sys_id")
+            .append_pair("sysparm_limit", "1");
+        let resp = http::send(self.request(reqwest::Method::GET, url)).await?;
+        let found: Found = http::json(resp, "incident lookup").await?;
+        Ok(found.result.into_iter().map(|r| r.sys_id).find(|id| !id.is_empty()))
     }
 
     async fn create(&self, t: &Ticket) -> Result<Option<String>, SinkError> {
-        let mut url = self.table.clone();
+        let mut url = self.url.clone();
         url.query_pairs_mut().append_pair("sysparm_fields", "sys_id,number");
         let resp = http::send(self.request(reqwest::Method::POST, url).json(&self.incident(t))).await?;
         // The record exists now; a body we cannot read only costs a lookup later.
@@ -204,7 +195,7 @@ impl ServiceNowSink {
     }
 
     async fn patch(&self, sys_id: &str, body: Value) -> Result<(), SinkError> {
-        let url = http::endpoint(&self.table, &[sys_id]);
+        let url = http::endpoint(&self.url, &[sys_id]);
         http::send(self.request(reqwest::Method::PATCH, url).json(&body)).await.map(|_| ())
     }
 
@@ -235,19 +226,6 @@ impl ServiceNowSink {
         }
         body
     }
-
-    fn remember(&mut self, correlation_id: &str, sys_id: Option<String>) {
-        if let Some(sys_id) = sys_id {
-            if self.known.len() >= KNOWN_MAX {
-                self.known.clear();
-            }
-            self.known.insert(correlation_id.to_string(), sys_id);
-        }
-    }
-}
-
-fn note_or_summary(t: &Ticket) -> &str {
-    t.note.as_deref().filter(|n| !n.is_empty()).unwrap_or(&t.summary)
 }
 
 #[cfg(test)]
@@ -267,10 +245,10 @@ mod tests {
     #[test]
     fn incident_carries_key_priority_and_text() {
         let s = sink();
-        assert_eq!(s.table.as_str(), "https://acme.service-now.com/api/now/table/incident");
+        assert_eq!(s.table.url.as_str(), "https://acme.service-now.com/api/now/table/incident");
         let mut t = sample_ticket();
         t.priority = Priority::P2;
-        let body = s.incident(&t);
+        let body = s.table.incident(&t);
         assert_eq!(body["correlation_id"], t.idempotency_key);
         assert_eq!((body["urgency"].as_str(), body["impact"].as_str()), (Some("1"), Some("2")));
         assert_eq!(body["category"], "hardware");
