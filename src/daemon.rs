@@ -27,7 +27,7 @@ use crate::model::trainer::{self, TrainerStatus};
 use crate::store::{run_retention, Store, StoreError};
 use crate::systemd::{self, Liveness};
 use crate::ticket::outbox::{deliver, RetryPolicy};
-use crate::ticket::{Sink, SinkBuildError};
+use crate::ticket::{SinkBuildError, SinkConfig};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -91,14 +91,9 @@ impl Daemon {
                 DaemonError::Store { dir: dir.clone(), source }
             })?;
         health.clear_store_error();
-        let sinks = config
-            .ticket
-            .sinks
-            .iter()
-            .map(|s| Ok((s.name().to_string(), Sink::build(s)?)))
-            .collect::<Result<Vec<_>, SinkBuildError>>()?;
+        let sinks = config.ticket.sinks.iter().map(SinkConfig::build).collect::<Result<Vec<_>, SinkBuildError>>()?;
         let core = Core::new(&config, store.clone(), metrics.clone())?;
-        metrics.start_sinks_at_zero(sinks.iter().map(|(name, _)| name.as_str()));
+        metrics.start_sinks_at_zero(sinks.iter().map(|sink| sink.name()));
         let batch_max = config.store.batch_max;
         let request_capacity = (4 * batch_max).max(4 * usize::from(config.mqtt.receive_window())).max(1024);
         // Everything that can fail is done before the first task is spawned.
@@ -144,8 +139,8 @@ impl Daemon {
             addr
         };
 
-        for (name, sink) in sinks {
-            tracker.spawn(deliver(name, sink, store.clone(), wake.clone(), metrics.clone(), retry, cancel.clone()));
+        for sink in sinks {
+            tracker.spawn(deliver(sink, store.clone(), wake.clone(), metrics.clone(), retry, cancel.clone()));
         }
         tracker.spawn(run_retention(store.clone(), config.store.clone(), metrics.clone(), cancel.clone()));
 

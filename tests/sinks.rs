@@ -8,7 +8,8 @@ use fieldwatch::config::Config;
 use fieldwatch::detect::FaultKind;
 use fieldwatch::incident::IncidentState;
 use fieldwatch::ticket::{
-    Action, AssetRef, Check, CustomerRef, Evidence, EvidenceReading, Priority, Sink, SinkError, Ticket, TicketCommand,
+    Action, AssetRef, Check, CustomerRef, Evidence, EvidenceReading, Priority, SinkError, Ticket, TicketCommand,
+    TicketSink,
 };
 use serde_json::{json, Value};
 use wiremock::matchers::{basic_auth, body_json, body_partial_json, header, method, path, query_param};
@@ -18,9 +19,9 @@ const KEY: &str = "9b1f0c3e5a7d4e2f8c6b0a1d3e5f7a9c";
 
 /// Builds the one sink configured in `snippet` (the body of a `[[ticket.sinks]]` table), the way
 /// the daemon does: parse and validate the whole config, then build.
-fn build(snippet: &str) -> Sink {
+fn build(snippet: &str) -> Box<dyn TicketSink> {
     let config = Config::parse(&format!("[[ticket.sinks]]\n{snippet}"), Path::new("test.toml")).unwrap();
-    Sink::build(&config.ticket.sinks[0]).unwrap()
+    config.ticket.sinks[0].build().unwrap()
 }
 
 /// A compressor running hot at a tier-1 customer.
@@ -113,7 +114,7 @@ async fn body_of(server: &MockServer, http_method: &str, url_path: &str) -> Vec<
 
 // ServiceNow
 
-fn servicenow(server: &MockServer, password_env: &str) -> Sink {
+fn servicenow(server: &MockServer, password_env: &str) -> Box<dyn TicketSink> {
     build(&format!(
         "type = \"servicenow\"\nname = \"snow\"\ninstance_url = \"{}\"\nusername = \"fieldwatch.integration\"\n\
          password = {{ env = \"{password_env}\" }}\nassignment_group = \"Field Service North\"\ntimeout = \"2s\"\n",
@@ -249,7 +250,7 @@ async fn servicenow_503_is_retried_and_400_is_refused_for_good() {
 
 // Jira
 
-fn jira(server: &MockServer, token_file: &Path) -> Sink {
+fn jira(server: &MockServer, token_file: &Path) -> Box<dyn TicketSink> {
     build(&format!(
         "type = \"jira\"\nname = \"jira\"\nbase_url = \"{}\"\nemail = \"fieldwatch@acme.example\"\n\
          api_token = {{ file = \"{}\" }}\nproject_key = \"FS\"\ntimeout = \"2s\"\n",
@@ -420,7 +421,7 @@ async fn jira_retried_resolve_does_not_repeat_its_comment() {
 
 // PagerDuty
 
-fn pagerduty(server: &MockServer, key_env: &str) -> Sink {
+fn pagerduty(server: &MockServer, key_env: &str) -> Box<dyn TicketSink> {
     build(&format!(
         "type = \"pagerduty\"\nname = \"oncall\"\nrouting_key = {{ env = \"{key_env}\" }}\nurl = \"{}/v2/enqueue\"\ntimeout = \"2s\"\n",
         server.uri()
@@ -589,7 +590,7 @@ fn a_missing_secret_fails_the_build_and_names_the_key() {
         Path::new("test.toml"),
     )
     .unwrap();
-    let err = Sink::build(&config.ticket.sinks[0]).err().expect("build fails").to_string();
+    let err = config.ticket.sinks[0].build().err().expect("build fails").to_string();
     assert!(err.contains("sink `p`: routing_key") && err.contains("FW_TEST_PD_KEY_NEVER_SET"), "{err}");
 }
 

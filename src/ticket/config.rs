@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::file::FileConfig;
-use super::jira::JiraConfig;
-use super::pagerduty::PagerDutyConfig;
-use super::servicenow::ServiceNowConfig;
-use super::webhook::WebhookConfig;
-use crate::config::SecretRef;
+use super::file::{FileConfig, FileSink};
+use super::http::ClientError;
+use super::jira::{JiraConfig, JiraSink};
+use super::pagerduty::{PagerDutyConfig, PagerDutySink};
+use super::servicenow::{ServiceNowConfig, ServiceNowSink};
+use super::webhook::{WebhookConfig, WebhookSink};
+use super::TicketSink;
+use crate::config::{SecretError, SecretRef};
 
 /// Ticket delivery.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -107,6 +109,44 @@ impl SinkConfig {
             SinkConfig::Jira(c) => c.validate(&fields),
             SinkConfig::PagerDuty(c) => c.validate(&fields),
         }
+    }
+}
+
+/// Why a sink could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkBuildError {
+    #[error("sink `{sink}`: {key}: {source}")]
+    Secret { sink: String, key: &'static str, source: SecretError },
+    #[error("sink `{sink}`: {source}")]
+    Client { sink: String, source: ClientError },
+    #[error("sink `{sink}`: {reason}")]
+    Other { sink: String, reason: String },
+}
+
+impl SinkConfig {
+    /// Builds the sink, resolving its secrets now so a missing token fails at start, not at 3 am.
+    pub fn build(&self) -> Result<Box<dyn TicketSink>, SinkBuildError> {
+        let sink = self.name().to_string();
+        let secret = |key: &'static str, s: &SecretRef| {
+            s.resolve().map_err(|source| SinkBuildError::Secret { sink: sink.clone(), key, source })
+        };
+        let client = |source: ClientError| SinkBuildError::Client { sink: sink.clone(), source };
+        Ok(match self {
+            SinkConfig::Webhook(c) => {
+                let token = c.token.as_ref().map(|t| secret("token", t)).transpose()?;
+                Box::new(WebhookSink::new(c, token).map_err(client)?)
+            }
+            SinkConfig::File(c) => Box::new(
+                FileSink::open(c).map_err(|e| SinkBuildError::Other { sink: sink.clone(), reason: e.to_string() })?,
+            ),
+            SinkConfig::ServiceNow(c) => {
+                Box::new(ServiceNowSink::new(c, secret("password", &c.password)?).map_err(client)?)
+            }
+            SinkConfig::Jira(c) => Box::new(JiraSink::new(c, secret("api_token", &c.api_token)?).map_err(client)?),
+            SinkConfig::PagerDuty(c) => {
+                Box::new(PagerDutySink::new(c, secret("routing_key", &c.routing_key)?).map_err(client)?)
+            }
+        })
     }
 }
 

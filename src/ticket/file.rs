@@ -2,11 +2,11 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{SinkError, TicketCommand};
+use super::{SendFuture, SinkError, TicketCommand, TicketSink};
 
 /// `type = "file"`: append each ticket command as a JSON line.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -18,6 +18,7 @@ pub struct FileConfig {
 
 /// Appends ticket commands to a JSON-lines file.
 pub struct FileSink {
+    name: String,
     path: PathBuf,
     /// Command keys already in the file: a crash between appending a line and removing the
     /// command from the outbox must not write the line twice.
@@ -26,7 +27,8 @@ pub struct FileSink {
 
 impl FileSink {
     /// Opens (creating if needed) the file and learns which commands it already holds.
-    pub fn open(path: &Path) -> std::io::Result<FileSink> {
+    pub fn open(cfg: &FileConfig) -> std::io::Result<FileSink> {
+        let path = &cfg.path;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -41,10 +43,10 @@ impl FileSink {
                 }
             }
         }
-        Ok(FileSink { path: path.to_path_buf(), written })
+        Ok(FileSink { name: cfg.name.clone(), path: path.clone(), written })
     }
 
-    pub async fn send(&mut self, cmd: &TicketCommand) -> Result<(), SinkError> {
+    async fn append(&mut self, cmd: &TicketCommand) -> Result<(), SinkError> {
         if self.written.contains(&cmd.idempotency_key) {
             return Ok(());
         }
@@ -61,5 +63,15 @@ impl FileSink {
         .map_err(|e| SinkError::Retry(format!("{}: {e}", self.path.display())))?;
         self.written.insert(cmd.idempotency_key.clone());
         Ok(())
+    }
+}
+
+impl TicketSink for FileSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn send<'a>(&'a mut self, cmd: &'a TicketCommand) -> SendFuture<'a> {
+        Box::pin(self.append(cmd))
     }
 }

@@ -24,7 +24,7 @@ use super::config::Fields;
 use super::http::{self, ClientError};
 use super::records::RemoteRecords;
 use super::render::{self, Section};
-use super::{Action, Priority, SinkError, Ticket, TicketCommand};
+use super::{Action, Priority, SendFuture, SinkError, Ticket, TicketCommand, TicketSink};
 use crate::config::SecretRef;
 
 /// `type = "jira"`: open, comment on and close Jira Cloud issues.
@@ -104,6 +104,7 @@ fn default_done_transition() -> String {
 
 /// Delivers ticket commands to one Jira Cloud site.
 pub struct JiraSink {
+    name: String,
     site: JiraSite,
     /// Incident key → issue key of issues created or found since start.
     records: RemoteRecords,
@@ -162,10 +163,10 @@ impl JiraSink {
             done_transition: cfg.done_transition.clone(),
             priorities: cfg.priorities.clone(),
         };
-        Ok(JiraSink { site, records: RemoteRecords::default(), commented: HashSet::new() })
+        Ok(JiraSink { name: cfg.name.clone(), site, records: RemoteRecords::default(), commented: HashSet::new() })
     }
 
-    pub async fn send(&mut self, cmd: &TicketCommand) -> Result<(), SinkError> {
+    async fn apply(&mut self, cmd: &TicketCommand) -> Result<(), SinkError> {
         let t = &cmd.ticket;
         let key = &t.idempotency_key;
         match cmd.action {
@@ -198,6 +199,16 @@ impl JiraSink {
             .find(key, self.site.find(key))
             .await?
             .ok_or_else(|| SinkError::Permanent(format!("no issue labelled {} for {}", label(key), t.id)))
+    }
+}
+
+impl TicketSink for JiraSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn send<'a>(&'a mut self, cmd: &'a TicketCommand) -> SendFuture<'a> {
+        Box::pin(self.apply(cmd))
     }
 }
 

@@ -24,7 +24,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::FaultKind;
 use crate::incident::IncidentState;
-pub use config::{SinkConfig, TicketConfig};
+use std::future::Future;
+use std::pin::Pin;
+
+pub use config::{SinkBuildError, SinkConfig, TicketConfig};
 
 /// What the ticket system is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,64 +217,25 @@ pub enum SinkError {
     Permanent(String),
 }
 
-/// A ticket destination.
-pub enum Sink {
-    Webhook(webhook::WebhookSink),
-    File(file::FileSink),
-    ServiceNow(servicenow::ServiceNowSink),
-    Jira(jira::JiraSink),
-    PagerDuty(pagerduty::PagerDutySink),
-}
+/// What [`TicketSink::send`] returns: a boxed future, so that the trait is dyn-compatible.
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
 
-/// Why a sink could not be built from its config.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkBuildError {
-    #[error("sink `{sink}`: {key}: {source}")]
-    Secret { sink: String, key: &'static str, source: crate::config::SecretError },
-    #[error("sink `{sink}`: {source}")]
-    Client { sink: String, source: http::ClientError },
-    #[error("sink `{sink}`: {reason}")]
-    Other { sink: String, reason: String },
-}
+/// A ticket destination. [`SinkConfig::build`] makes one from each configured sink, and one
+/// [`outbox::deliver`] task per sink drives it (a test drives `deliver` with a fake one).
+///
+/// `send` returns a boxed future rather than being an `async fn`: a trait with an `async fn` is
+/// not dyn-compatible, so the daemon could not hold its sinks as one type, and its future could
+/// not be required to be `Send`, which a spawned delivery task needs. One allocation per attempt
+/// is nothing next to an HTTP request. An implementation keeps its logic in an ordinary
+/// `async fn` and wraps it: `Box::pin(self.apply(cmd))`.
+pub trait TicketSink: Send {
+    /// The configured name: it keys the sink's outbox queue, its metrics and its log lines.
+    fn name(&self) -> &str;
 
-impl Sink {
-    /// Builds a sink, resolving its secrets now so a missing token fails at start, not at 3 am.
-    pub fn build(cfg: &SinkConfig) -> Result<Sink, SinkBuildError> {
-        let sink = cfg.name().to_string();
-        let secret = |key: &'static str, s: &crate::config::SecretRef| {
-            s.resolve().map_err(|source| SinkBuildError::Secret { sink: sink.clone(), key, source })
-        };
-        let client = |source: http::ClientError| SinkBuildError::Client { sink: sink.clone(), source };
-        match cfg {
-            SinkConfig::Webhook(c) => {
-                let token = c.token.as_ref().map(|t| secret("token", t)).transpose()?;
-                webhook::WebhookSink::new(c, token).map(Sink::Webhook).map_err(client)
-            }
-            SinkConfig::File(c) => file::FileSink::open(&c.path)
-                .map(Sink::File)
-                .map_err(|e| SinkBuildError::Other { sink: sink.clone(), reason: e.to_string() }),
-            SinkConfig::ServiceNow(c) => servicenow::ServiceNowSink::new(c, secret("password", &c.password)?)
-                .map(Sink::ServiceNow)
-                .map_err(client),
-            SinkConfig::Jira(c) => {
-                jira::JiraSink::new(c, secret("api_token", &c.api_token)?).map(Sink::Jira).map_err(client)
-            }
-            SinkConfig::PagerDuty(c) => pagerduty::PagerDutySink::new(c, secret("routing_key", &c.routing_key)?)
-                .map(Sink::PagerDuty)
-                .map_err(client),
-        }
-    }
-
-    /// Delivers one command.
-    pub async fn send(&mut self, cmd: &TicketCommand) -> Result<(), SinkError> {
-        match self {
-            Sink::Webhook(s) => s.send(cmd).await,
-            Sink::File(s) => s.send(cmd).await,
-            Sink::ServiceNow(s) => s.send(cmd).await,
-            Sink::Jira(s) => s.send(cmd).await,
-            Sink::PagerDuty(s) => s.send(cmd).await,
-        }
-    }
+    /// Delivers one command, and is `Ok` only once the receiver confirmed it: the command then
+    /// leaves the outbox. [`SinkError::Retry`] keeps it for another attempt after a backoff,
+    /// [`SinkError::Permanent`] moves it to the dead letters.
+    fn send<'a>(&'a mut self, cmd: &'a TicketCommand) -> SendFuture<'a>;
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Sink, SinkError, TicketCommand};
+use super::{SinkError, TicketCommand, TicketSink};
 use crate::metrics::{Metrics, SinkLabel};
 use crate::store::Store;
 
@@ -23,16 +23,16 @@ pub struct RetryPolicy {
 
 use crate::backoff::backoff;
 
-/// Runs until `cancel`: delivers every queued command for `name` through `sink`.
+/// Runs until `cancel`: delivers every command queued for `sink` (by its name) through it.
 pub async fn deliver(
-    name: String,
-    mut sink: Sink,
+    mut sink: Box<dyn TicketSink>,
     store: Arc<Store>,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     retry: RetryPolicy,
     cancel: CancellationToken,
 ) {
+    let name = sink.name().to_string();
     let label = SinkLabel::new(&name);
     let mut delays = backoff(retry.min, retry.max);
     let mut last_count: Option<std::time::Instant> = None;

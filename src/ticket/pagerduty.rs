@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::config::Fields;
 use super::http::{self, ClientError};
-use super::{Action, Priority, SinkError, Ticket, TicketCommand};
+use super::{Action, Priority, SendFuture, SinkError, Ticket, TicketCommand, TicketSink};
 use crate::config::SecretRef;
 use crate::reading::{format_ts, now_ms};
 
@@ -60,6 +60,7 @@ pub fn severity(p: Priority) -> &'static str {
 
 /// Sends ticket commands as events to one PagerDuty service.
 pub struct PagerDutySink {
+    name: String,
     client: reqwest::Client,
     url: Url,
     /// Never logged.
@@ -68,10 +69,15 @@ pub struct PagerDutySink {
 
 impl PagerDutySink {
     pub fn new(cfg: &PagerDutyConfig, routing_key: String) -> Result<PagerDutySink, ClientError> {
-        Ok(PagerDutySink { client: http::client(cfg.timeout)?, url: http::base_url(&cfg.url)?, routing_key })
+        Ok(PagerDutySink {
+            name: cfg.name.clone(),
+            client: http::client(cfg.timeout)?,
+            url: http::base_url(&cfg.url)?,
+            routing_key,
+        })
     }
 
-    pub async fn send(&self, cmd: &TicketCommand) -> Result<(), SinkError> {
+    async fn apply(&self, cmd: &TicketCommand) -> Result<(), SinkError> {
         let t = &cmd.ticket;
         match cmd.action {
             Action::Open => self.post(&self.trigger(t, &t.opened_at)).await,
@@ -136,6 +142,16 @@ impl PagerDutySink {
 
     fn follow_up(&self, action: &str, incident_key: &str) -> Value {
         json!({ "routing_key": self.routing_key, "event_action": action, "dedup_key": incident_key })
+    }
+}
+
+impl TicketSink for PagerDutySink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn send<'a>(&'a mut self, cmd: &'a TicketCommand) -> SendFuture<'a> {
+        Box::pin(self.apply(cmd))
     }
 }
 

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use super::config::Fields;
 use super::http::{self, ClientError};
 use super::records::RemoteRecords;
-use super::{render, Action, Priority, SinkError, Ticket, TicketCommand};
+use super::{render, Action, Priority, SendFuture, SinkError, Ticket, TicketCommand, TicketSink};
 use crate::config::SecretRef;
 
 /// Incident state "Resolved" in the default incident state model.
@@ -87,6 +87,7 @@ pub fn urgency_impact(p: Priority) -> (&'static str, &'static str) {
 
 /// Delivers ticket commands to one ServiceNow instance.
 pub struct ServiceNowSink {
+    name: String,
     table: IncidentTable,
     /// correlation_id → sys_id of records created or found since start.
     records: RemoteRecords,
@@ -135,10 +136,10 @@ impl ServiceNowSink {
             category: cfg.category.clone(),
             close_code: cfg.close_code.clone(),
         };
-        Ok(ServiceNowSink { table, records: RemoteRecords::default() })
+        Ok(ServiceNowSink { name: cfg.name.clone(), table, records: RemoteRecords::default() })
     }
 
-    pub async fn send(&mut self, cmd: &TicketCommand) -> Result<(), SinkError> {
+    async fn apply(&mut self, cmd: &TicketCommand) -> Result<(), SinkError> {
         let t = &cmd.ticket;
         let key = &t.idempotency_key;
         match cmd.action {
@@ -169,6 +170,16 @@ impl ServiceNowSink {
             .find(key, self.table.find(key))
             .await?
             .ok_or_else(|| SinkError::Permanent(format!("no incident with correlation_id {key} for {}", t.id)))
+    }
+}
+
+impl TicketSink for ServiceNowSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn send<'a>(&'a mut self, cmd: &'a TicketCommand) -> SendFuture<'a> {
+        Box::pin(self.apply(cmd))
     }
 }
 

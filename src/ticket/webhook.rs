@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::Fields;
 use super::http::{self, ClientError};
-use super::{SinkError, TicketCommand};
+use super::{SendFuture, SinkError, TicketCommand, TicketSink};
 use crate::config::SecretRef;
 
 /// `type = "webhook"`: POST each ticket command as JSON to one URL.
@@ -32,6 +32,7 @@ impl WebhookConfig {
 
 /// Posts ticket commands to one URL.
 pub struct WebhookSink {
+    name: String,
     client: reqwest::Client,
     url: reqwest::Url,
     /// Bearer token; never logged.
@@ -40,15 +41,30 @@ pub struct WebhookSink {
 
 impl WebhookSink {
     pub fn new(cfg: &WebhookConfig, token: Option<String>) -> Result<WebhookSink, ClientError> {
-        Ok(WebhookSink { client: http::client(cfg.timeout)?, url: http::base_url(&cfg.url)?, token })
+        Ok(WebhookSink {
+            name: cfg.name.clone(),
+            client: http::client(cfg.timeout)?,
+            url: http::base_url(&cfg.url)?,
+            token,
+        })
     }
 
-    pub async fn send(&self, cmd: &TicketCommand) -> Result<(), SinkError> {
+    async fn post(&self, cmd: &TicketCommand) -> Result<(), SinkError> {
         let mut req = self.client.post(self.url.clone()).header("Idempotency-Key", &cmd.idempotency_key).json(cmd);
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
         // 409: the receiver already has this idempotency key, i.e. an earlier attempt landed.
         http::send_accepting(req, |status| status.is_success() || status == StatusCode::CONFLICT).await.map(|_| ())
+    }
+}
+
+impl TicketSink for WebhookSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn send<'a>(&'a mut self, cmd: &'a TicketCommand) -> SendFuture<'a> {
+        Box::pin(self.post(cmd))
     }
 }
