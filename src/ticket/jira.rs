@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use super::http::{self, ClientError};
 use super::render::{self, Section};
 use super::{Action, Priority, SinkError, Ticket, TicketCommand};
-use crate::config::SecretRef;
+use crate::settings::SecretRef;
 
 /// Remembered issues beyond this are forgotten (and searched for again when needed).
 const KNOWN_MAX: usize = 1024;

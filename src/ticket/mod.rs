@@ -224,7 +224,7 @@ pub enum Sink {
 #[derive(Debug, thiserror::Error)]
 pub enum SinkBuildError {
     #[error("sink `{sink}`: {key}: {source}")]
-    Secret { sink: String, key: &'static str, source: crate::config::SecretError },
+    Secret { sink: String, key: &'static str, source: crate::settings::SecretError },
     #[error("sink `{sink}`: {source}")]
     Client { sink: String, source: http::ClientError },
     #[error("sink `{sink}`: {reason}")]
@@ -235,7 +235,7 @@ impl Sink {
     /// Builds a sink, resolving its secrets now so a missing token fails at start, not at 3 am.
     pub fn build(cfg: &SinkConfig) -> Result<Sink, SinkBuildError> {
         let sink = cfg.name().to_string();
-        let secret = |key: &'static str, s: &crate::config::SecretRef| {
+        let secret = |key: &'static str, s: &crate::settings::SecretRef| {
             s.resolve().map_err(|source| SinkBuildError::Secret { sink: sink.clone(), key, source })
         };
         let client = |source: http::ClientError| SinkBuildError::Client { sink: sink.clone(), source };

@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 
 use super::http::{self, ClientError};
 use super::{Action, Priority, SinkError, Ticket, TicketCommand};
-use crate::config::SecretRef;
 use crate::reading::{format_ts, now_ms};
+use crate::settings::SecretRef;
 
 /// PagerDuty's limit on `payload.summary`, in characters.
 const SUMMARY_MAX: usize = 1024;

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use super::http::{self, ClientError};
 use super::{render, Action, Priority, SinkError, Ticket, TicketCommand};
-use crate::config::SecretRef;
+use crate::settings::SecretRef;
 
 /// Incident state "Resolved" in the default incident state model.
 const STATE_RESOLVED: &str = "6";
