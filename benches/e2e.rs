@@ -18,7 +18,6 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,10 @@ use fieldwatch::sim::{Simulator, METRICS};
 use fieldwatch::ticket::webhook::WebhookConfig;
 use fieldwatch::ticket::SinkConfig;
 use fieldwatch::Daemon;
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{find_mosquitto, wait_until_within, Mosquitto, Publisher};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -87,62 +89,6 @@ impl Params {
     }
 }
 
-fn mosquitto_binary() -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"])
-        .map(|dir| Path::new(dir).join("mosquitto"))
-        .find(|p| p.is_file());
-    found
-}
-
-/// A mosquitto process on a free loopback port, killed on drop.
-struct Mosquitto {
-    port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    fn start(binary: &Path, inflight: usize) -> Mosquitto {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let conf = dir.path().join("mosquitto.conf");
-        // Default queue limits drop QoS 1 messages under a burst, and the default in-flight
-        // window (20) is smaller than a batch: the daemon acknowledges a whole batch at once.
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_queued_messages 10000000\nmax_inflight_messages {inflight}\n\
-                 log_dest file {dir}/mosquitto.log\n",
-                dir = dir.path().display()
-            ),
-        )
-        .unwrap();
-        let child =
-            Command::new(binary).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        // Owned from here on, so a broker that never listens is still killed and reaped.
-        let broker = Mosquitto { port, child, _dir: dir };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return broker;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        drop(broker);
-        panic!("mosquitto did not start on port {port}");
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The shipped defaults, pointed at the bench's broker, directory and ticket API.
 fn config(port: u16, dir: &Path, batch_max: usize, sinks: Vec<SinkConfig>) -> Config {
     let mut c = Config::default();
@@ -157,47 +103,6 @@ fn config(port: u16, dir: &Path, batch_max: usize, sinks: Vec<SinkConfig>) -> Co
     c.ticket.retry_min = Duration::from_millis(100);
     c.ticket.retry_max = Duration::from_secs(1);
     c
-}
-
-/// A QoS 1 publisher whose event loop runs in the background.
-struct Publisher {
-    client: AsyncClient,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Publisher {
-    async fn connect(port: u16, id: &str) -> Publisher {
-        let mut o = MqttOptions::new(id, "127.0.0.1", port);
-        o.set_inflight(1000).set_keep_alive(Duration::from_secs(30)).set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut eventloop) = AsyncClient::new(o, 10_000);
-        let task = tokio::spawn(async move {
-            loop {
-                if eventloop.poll().await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        });
-        Publisher { client, task }
-    }
-
-    async fn send(&self, topic: &str, payload: Vec<u8>) {
-        self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap();
-    }
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Polls `cond` every millisecond; panics after `limit` so a broken build cannot hang.
-async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out after {limit:?} waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 }
 
 /// Waits until the daemon has stored `target` readings; reports progress while it waits and
@@ -227,7 +132,7 @@ async fn until_subscribed(p: &Publisher, m: &Metrics) {
     while m.readings.get() == before {
         assert!(Instant::now() < end, "the daemon never received a probe");
         let payload = serde_json::json!({ "ts": now_ms(), "probe": 1.0 }).to_string();
-        p.send("plant/bench/probe/telemetry", payload.into_bytes()).await;
+        p.raw("plant/bench/probe/telemetry", payload.into_bytes()).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -254,12 +159,12 @@ struct Throughput {
     commit_seconds: f64,
 }
 
-async fn throughput(mosquitto: &Path, p: &Params, batch_max: usize) -> Throughput {
-    let broker = Mosquitto::start(mosquitto, p.broker_inflight);
+async fn throughput(p: &Params, batch_max: usize) -> Throughput {
+    let broker = Mosquitto::for_load(p.broker_inflight);
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(config(broker.port, dir.path(), batch_max, vec![])).await.unwrap();
     let m = daemon.metrics().clone();
-    let publisher = Publisher::connect(broker.port, "bench-throughput").await;
+    let publisher = Publisher::connect_with(broker.port, "bench-throughput", 1000).await;
     until_subscribed(&publisher, &m).await;
 
     // Payloads are built before the clock starts: the figure is the pipeline's, not JSON's.
@@ -279,7 +184,7 @@ async fn throughput(mosquitto: &Path, p: &Params, batch_max: usize) -> Throughpu
 
     let start = Instant::now();
     for (d, payload) in payloads {
-        publisher.send(&topics[d], payload).await;
+        publisher.raw(&topics[d], payload).await;
     }
     let publish = start.elapsed();
     wait_for_readings(&m, base + readings, Duration::from_secs(900)).await;
@@ -331,8 +236,8 @@ fn payload_with_jump(sim: &mut Simulator, d: usize, ts: i64, jump: f64) -> Vec<u
     serde_json::Value::Object(obj).to_string().into_bytes()
 }
 
-async fn latency(mosquitto: &Path, p: &Params) -> Latency {
-    let broker = Mosquitto::start(mosquitto, p.broker_inflight);
+async fn latency(p: &Params) -> Latency {
+    let broker = Mosquitto::for_load(p.broker_inflight);
     let api = MockServer::start().await;
     let arrivals = Arrivals::default();
     Mock::given(method("POST")).respond_with(arrivals.clone()).mount(&api).await;
@@ -345,7 +250,7 @@ async fn latency(mosquitto: &Path, p: &Params) -> Latency {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(config(broker.port, dir.path(), 512, vec![sink])).await.unwrap();
     let m = daemon.metrics().clone();
-    let publisher = Publisher::connect(broker.port, "bench-latency").await;
+    let publisher = Publisher::connect_with(broker.port, "bench-latency", 1000).await;
     until_subscribed(&publisher, &m).await;
 
     let n = p.latency_devices;
@@ -356,7 +261,7 @@ async fn latency(mosquitto: &Path, p: &Params) -> Latency {
     for i in 0..warmup {
         for d in 0..n {
             let payload = sim.payload(d, t0 + i as i64 * 1000);
-            publisher.send(&sim.topic(d), payload).await;
+            publisher.raw(&sim.topic(d), payload).await;
         }
     }
     let stored = base + warmup * n * METRICS.len();
@@ -370,9 +275,9 @@ async fn latency(mosquitto: &Path, p: &Params) -> Latency {
         let before = m.readings.get() as usize;
         for k in 0..2 {
             let payload = payload_with_jump(&mut sim, d, ts(k), 30.0);
-            publisher.send(&sim.topic(d), payload).await;
+            publisher.raw(&sim.topic(d), payload).await;
         }
-        wait_until("the first anomalies are stored", Duration::from_secs(10), || {
+        wait_until_within("the first anomalies are stored", Duration::from_secs(10), Duration::from_millis(1), || {
             m.readings.get() as usize >= before + 2 * METRICS.len()
         })
         .await;
@@ -380,7 +285,7 @@ async fn latency(mosquitto: &Path, p: &Params) -> Latency {
         let payload = payload_with_jump(&mut sim, d, ts(2), 30.0);
         let device = sim.devices[d].clone();
         let published = Instant::now();
-        publisher.send(&sim.topic(d), payload).await;
+        publisher.raw(&sim.topic(d), payload).await;
         let end = Instant::now() + Duration::from_secs(10);
         let arrived = loop {
             if let Some(at) = arrivals.0.lock().unwrap().get(&device) {
@@ -413,14 +318,14 @@ struct Memory {
     messages_per_device: usize,
 }
 
-async fn memory(mosquitto: &Path, p: &Params) -> Memory {
-    let broker = Mosquitto::start(mosquitto, p.broker_inflight);
+async fn memory(p: &Params) -> Memory {
+    let broker = Mosquitto::for_load(p.broker_inflight);
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(broker.port, dir.path(), 512, vec![]);
     c.store.cache_mb = p.memory_cache_mb;
     let daemon = Daemon::start(c).await.unwrap();
     let m = daemon.metrics().clone();
-    let publisher = Publisher::connect(broker.port, "bench-memory").await;
+    let publisher = Publisher::connect_with(broker.port, "bench-memory", 1000).await;
     until_subscribed(&publisher, &m).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let baseline_kib = rss_kib();
@@ -437,7 +342,7 @@ async fn memory(mosquitto: &Path, p: &Params) -> Memory {
         for i in 0..p.memory_messages {
             for d in fed..target {
                 let payload = sim.payload(d, t0 + i as i64 * 1000);
-                publisher.send(&sim.topic(d), payload).await;
+                publisher.raw(&sim.topic(d), payload).await;
             }
         }
         let readings = (target - fed) * p.memory_messages * METRICS.len();
@@ -592,10 +497,10 @@ fn report(p: &Params, t: &[Throughput], l: Option<&Latency>, mem: Option<&Memory
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let Some(mosquitto) = mosquitto_binary() else {
+    if find_mosquitto().is_none() {
         println!("e2e bench skipped: mosquitto not found in PATH or /usr/sbin (apt-get install mosquitto)");
         return;
-    };
+    }
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -607,7 +512,7 @@ async fn main() {
     // Memory first, while the heap has not yet been grown by the other phases.
     let mem = if p.runs("memory") {
         eprintln!("memory: {:?} devices", p.memory_devices);
-        Some(memory(&mosquitto, &p).await)
+        Some(memory(&p).await)
     } else {
         None
     };
@@ -615,12 +520,12 @@ async fn main() {
     if p.runs("throughput") {
         for &b in &p.batch_max {
             eprintln!("throughput: batch_max {b}");
-            t.push(throughput(&mosquitto, &p, b).await);
+            t.push(throughput(&p, b).await);
         }
     }
     let l = if p.runs("latency") {
         eprintln!("latency: {} devices", p.latency_devices);
-        Some(latency(&mosquitto, &p).await)
+        Some(latency(&p).await)
     } else {
         None
     };

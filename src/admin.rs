@@ -19,6 +19,49 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::settings::{bad, Invalid, SecretRef};
+
+/// The loopback HTTP endpoint for `/metrics` and health checks.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `host:port`; empty disables it. Anything but a loopback address needs `token`.
+    pub listen: String,
+    /// Bearer token every request that changes state must carry (`{ file = ... }` or
+    /// `{ env = ... }`). Reads (`/metrics`, health, lists) stay open.
+    pub token: Option<SecretRef>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9797".into(), token: None }
+    }
+}
+
+impl AdminConfig {
+    /// Checks what types alone cannot; names the offending key.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if !self.listen.is_empty() {
+            let Ok(addr) = self.listen.parse::<std::net::SocketAddr>() else {
+                return bad("admin.listen", "must be host:port, e.g. 127.0.0.1:9797, or empty");
+            };
+            if !addr.ip().is_loopback() && self.token.is_none() {
+                return bad(
+                    "admin.listen",
+                    "is not a loopback address: set admin.token (file or env) so only operators can change state",
+                );
+            }
+        }
+        if let Some(t) = &self.token {
+            if t.file.is_none() && t.env.is_none() {
+                return bad("admin.token", "set `file` or `env`");
+            }
+        }
+        Ok(())
+    }
+}
+
+use crate::core::Control;
 use crate::core::{Feedback, FeedbackError};
 use crate::incident::{Incident, IncidentState};
 use crate::metrics::{Format, Metrics};
@@ -27,17 +70,6 @@ use crate::model::{DeviceModel, ModelKind};
 use crate::reading::now_ms;
 use crate::silence::Silence;
 use crate::store::Store;
-
-/// A request the core must handle itself (it owns incident state).
-pub enum Control {
-    Feedback {
-        id: String,
-        feedback: Feedback,
-        reply: oneshot::Sender<Result<Incident, FeedbackError>>,
-    },
-    /// The trainer fitted (and stored) a device model: the core scores with it from now on.
-    ModelFitted(Box<DeviceModel>),
-}
 
 /// Largest request body accepted (feedback and silences are a few hundred bytes).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

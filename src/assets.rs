@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::detect::FaultKind;
+use crate::settings::Invalid;
 use crate::ticket::{AssetRef, CustomerRef, Priority};
 
 /// Customer tiers, most important first.
@@ -277,23 +278,32 @@ impl Registry {
     }
 
     /// Checks references between entries; returns the offending key and why.
-    pub fn validate(assets: &AssetsConfig, extra: Option<&AssetsFile>) -> Result<(), (String, String)> {
+    pub fn validate(assets: &AssetsConfig, extra: Option<&AssetsFile>) -> Result<(), Invalid> {
         let extra = extra.cloned().unwrap_or_default();
         let customers: Vec<&CustomerConfig> = assets.customers.iter().chain(&extra.customers).collect();
         let mut seen = std::collections::HashSet::new();
         for (i, c) in customers.iter().enumerate() {
             if c.id.is_empty() || !seen.insert(c.id.as_str()) {
-                return Err((format!("assets.customers[{i}].id"), format!("`{}` is empty or repeated", c.id)));
+                return Err(Invalid::new(
+                    format!("assets.customers[{i}].id"),
+                    format!("`{}` is empty or repeated", c.id),
+                ));
             }
         }
         let mut seen_devices = std::collections::HashSet::new();
         for (i, d) in assets.devices.iter().chain(&extra.devices).enumerate() {
             if d.id.is_empty() || !seen_devices.insert(d.id.as_str()) {
-                return Err((format!("assets.devices[{i}].id"), format!("`{}` is empty or repeated", d.id)));
+                return Err(Invalid::new(
+                    format!("assets.devices[{i}].id"),
+                    format!("`{}` is empty or repeated", d.id),
+                ));
             }
             if let Some(c) = &d.customer {
                 if !seen.contains(c.as_str()) {
-                    return Err((format!("assets.devices[{i}].customer"), format!("no customer with id `{c}`")));
+                    return Err(Invalid::new(
+                        format!("assets.devices[{i}].customer"),
+                        format!("no customer with id `{c}`"),
+                    ));
                 }
             }
         }
@@ -302,13 +312,13 @@ impl Registry {
             let known = FaultKind::ALL.iter().chain(&[FaultKind::Silent, FaultKind::Multivariate]);
             if !known.clone().any(|k| k.as_str() == kind) {
                 let kinds: Vec<_> = known.map(|k| k.as_str()).collect();
-                return Err((
+                return Err(Invalid::new(
                     format!("assets.runbooks[{i}].fault"),
                     format!("`{}` does not end in a fault kind ({})", r.fault, kinds.join(", ")),
                 ));
             }
             if r.steps.is_empty() {
-                return Err((format!("assets.runbooks[{i}].steps"), "list at least one step".into()));
+                return Err(Invalid::new(format!("assets.runbooks[{i}].steps"), "list at least one step"));
             }
         }
         Ok(())
@@ -385,7 +395,7 @@ mod tests {
     #[test]
     fn unknown_customer_reference_is_named() {
         let assets: AssetsConfig = toml::from_str("[[devices]]\nid = \"d\"\ncustomer = \"ghost\"\n").unwrap();
-        let (key, why) = Registry::validate(&assets, None).unwrap_err();
+        let Invalid { key, reason: why } = Registry::validate(&assets, None).unwrap_err();
         assert_eq!(key, "assets.devices[0].customer");
         assert!(why.contains("ghost"));
     }

@@ -17,8 +17,9 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{AdminState, Control};
+use crate::admin::AdminState;
 use crate::config::Config;
+use crate::core::Control;
 use crate::core::Core;
 use crate::health::Health;
 use crate::ingest::mqtt::{self, Ack, Client, Inbound};
@@ -43,7 +44,7 @@ pub enum DaemonError {
     #[error("admin.listen {addr}: {source}")]
     Admin { addr: String, source: std::io::Error },
     #[error("admin.token: {0}")]
-    AdminToken(crate::config::SecretError),
+    AdminToken(crate::settings::SecretError),
 }
 
 /// What outlives one run of the pipeline: counters stay monotonic and health stays known across
@@ -121,7 +122,7 @@ impl Daemon {
                 Some(t) => {
                     let token = t.resolve().map_err(DaemonError::AdminToken)?;
                     if token.trim().is_empty() {
-                        return Err(DaemonError::AdminToken(crate::config::SecretError::Empty));
+                        return Err(DaemonError::AdminToken(crate::settings::SecretError::Empty));
                     }
                     Some(Arc::from(token))
                 }
@@ -145,12 +146,22 @@ impl Daemon {
         tracker.spawn(run_retention(store.clone(), config.store.clone(), metrics.clone(), cancel.clone()));
 
         if let Some(requests) = train {
+            // The trainer knows nothing of the core: its models are handed over here.
+            let (fitted_tx, mut fitted_rx) = mpsc::channel(4);
+            let to_core = control_tx.clone();
+            tracker.spawn(async move {
+                while let Some(model) = fitted_rx.recv().await {
+                    if to_core.send(Control::ModelFitted(model)).await.is_err() {
+                        break;
+                    }
+                }
+            });
             tracker.spawn(trainer::run(
                 store.clone(),
                 models.clone(),
                 requests,
                 trainer_status.clone(),
-                control_tx.clone(),
+                fitted_tx,
                 metrics.clone(),
                 cancel.clone(),
             ));

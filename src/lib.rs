@@ -42,6 +42,7 @@ pub mod model;
 pub mod preflight;
 pub mod reading;
 pub mod replay;
+pub mod settings;
 pub mod silence;
 pub mod sim;
 pub mod store;

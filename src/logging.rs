@@ -13,7 +13,23 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::LogFormat;
+use serde::Deserialize;
+
+/// `daemon.log_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// `journald` when stderr is the systemd journal, else `text` (coloured only on a terminal).
+    #[default]
+    Auto,
+    /// Human-readable lines with a timestamp; ANSI colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+    /// For the systemd journal: a syslog priority prefix (`<3>` error ... `<7>` debug) so
+    /// `journalctl -p` works, no timestamp (the journal keeps its own), no colours.
+    Journald,
+}
 
 /// Changes the log filter of the running process.
 pub type SetLogLevel = Box<dyn Fn(&str) + Send + Sync>;

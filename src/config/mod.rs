@@ -3,21 +3,26 @@
 //! Every error names the file, the key (a dotted path such as `mqtt.keep_alive`) and the reason, so
 //! an operator on a gateway can fix a typo without reading source code. Unknown keys are errors:
 //! a misspelt option that is silently ignored is worse than one that stops the daemon.
-//!
-//! A component with settings of its own keeps their types and checks beside its code (`[ticket]`
-//! in [`crate::ticket::TicketConfig`], `[assets]` in [`crate::assets`]); this module loads and
-//! merges the files and reports every error the same way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::ticket::TicketConfig;
-
 mod locate;
 pub mod reference;
+
+pub use crate::admin::AdminConfig;
+pub use crate::decode::{DecodeConfig, MetricMapping, TimestampFormat};
+pub use crate::detect::{DetectConfig, LimitConfig, NoveltyConfig};
+pub use crate::incident::IncidentConfig;
+pub use crate::ingest::{MqttConfig, MqttProtocol, SessionExpiry, TlsConfig};
+pub use crate::logging::LogFormat;
+pub use crate::model::ModelsConfig;
+use crate::settings::bad;
+pub use crate::settings::{Invalid, SecretError, SecretRef};
+pub use crate::store::StoreConfig;
+pub use crate::ticket::{SinkConfig, TicketConfig};
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +53,13 @@ fn place(file: &Path, line: Option<usize>) -> String {
 
 impl ConfigError {
     /// A value error in `text` (read from `file`), with the line of `key`.
-    pub fn invalid(file: &Path, text: &str, key: String, reason: String) -> ConfigError {
-        ConfigError::Invalid { file: file.to_path_buf(), line: locate::line_of(text, &key), key, reason }
+    pub fn invalid(file: &Path, text: &str, e: Invalid) -> ConfigError {
+        ConfigError::Invalid {
+            file: file.to_path_buf(),
+            line: locate::line_of(text, &e.key),
+            key: e.key,
+            reason: e.reason,
+        }
     }
 }
 
@@ -206,623 +216,6 @@ impl Default for DaemonConfig {
     }
 }
 
-/// `daemon.log_format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    /// `journald` when stderr is the systemd journal, else `text` (coloured only on a terminal).
-    #[default]
-    Auto,
-    /// Human-readable lines with a timestamp; ANSI colours only when stderr is a terminal.
-    Text,
-    /// One JSON object per line (for log shippers).
-    Json,
-    /// For the systemd journal: a syslog priority prefix (`<3>` error ... `<7>` debug) so
-    /// `journalctl -p` works, no timestamp (the journal keeps its own), no colours.
-    Journald,
-}
-
-/// Where a secret comes from. Secrets never sit in the config text itself, so the config can be
-/// versioned and shared without leaking credentials.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, Default, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct SecretRef {
-    /// Read the secret from this file (trailing newline trimmed).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file: Option<PathBuf>,
-    /// Read the secret from this environment variable.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub env: Option<String>,
-}
-
-/// Why a secret could not be resolved.
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    #[error("cannot read secret file {path}: {source}")]
-    File { path: PathBuf, source: std::io::Error },
-    #[error("environment variable {0} is not set")]
-    Env(String),
-    #[error("neither `file` nor `env` is set")]
-    Missing,
-    #[error("the secret is empty")]
-    Empty,
-}
-
-impl SecretRef {
-    /// Reads the secret now. The value is never logged.
-    pub fn resolve(&self) -> Result<String, SecretError> {
-        if let Some(path) = &self.file {
-            let text =
-                std::fs::read_to_string(path).map_err(|source| SecretError::File { path: path.clone(), source })?;
-            return Ok(text.trim_end_matches(['\r', '\n']).to_string());
-        }
-        if let Some(var) = &self.env {
-            return std::env::var(var).map_err(|_| SecretError::Env(var.clone()));
-        }
-        Err(SecretError::Missing)
-    }
-}
-
-/// The MQTT connection.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MqttConfig {
-    pub host: String,
-    pub port: u16,
-    /// Fixed client id: with a persistent session the broker keeps our queue under this id.
-    pub client_id: String,
-    #[serde(with = "humantime_serde")]
-    pub keep_alive: Duration,
-    /// `false` keeps a persistent session so QoS 1 messages published while we are away are kept.
-    pub clean_session: bool,
-    pub username: Option<String>,
-    pub password: Option<SecretRef>,
-    /// Topic filters subscribed at QoS 1.
-    pub topics: Vec<String>,
-    /// The client's own window of QoS 1 publishes in flight (it sizes the client's queues; we
-    /// publish nothing today). Also the receive maximum announced with MQTT 5 unless
-    /// `receive_maximum` is set.
-    pub inflight: u16,
-    pub max_packet_bytes: usize,
-    #[serde(with = "humantime_serde")]
-    pub reconnect_min: Duration,
-    #[serde(with = "humantime_serde")]
-    pub reconnect_max: Duration,
-    pub tls: Option<TlsConfig>,
-    /// The protocol version spoken to the broker.
-    pub protocol: MqttProtocol,
-    /// MQTT 5: how many unacknowledged QoS 1 messages the broker may have in flight to us (the
-    /// Receive Maximum of CONNECT). Unset: `inflight`. With 3.1.1 the broker decides alone.
-    pub receive_maximum: Option<u16>,
-    /// MQTT 5: how long the broker keeps our session (and what it queues for us) after the
-    /// connection drops. Unset: never expires, as a 3.1.1 persistent session.
-    pub session_expiry: Option<SessionExpiry>,
-}
-
-/// The MQTT protocol version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
-pub enum MqttProtocol {
-    /// MQTT 3.1.1, the default.
-    #[default]
-    #[serde(rename = "v311", alias = "3.1.1")]
-    V311,
-    /// MQTT 5.
-    #[serde(rename = "v5", alias = "5")]
-    V5,
-}
-
-/// How long an MQTT 5 broker keeps a session after its connection drops: a duration
-/// (`"7d"`), or `"never"` for a session that does not expire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionExpiry {
-    Never,
-    After(Duration),
-}
-
-impl SessionExpiry {
-    /// The Session Expiry Interval of CONNECT in seconds; `u32::MAX` is "never" in MQTT 5.
-    /// Validation keeps a duration below that.
-    pub fn seconds(self) -> u32 {
-        match self {
-            SessionExpiry::Never => u32::MAX,
-            SessionExpiry::After(d) => u32::try_from(d.as_secs()).unwrap_or(u32::MAX),
-        }
-    }
-}
-
-impl serde::Serialize for SessionExpiry {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            SessionExpiry::Never => serializer.serialize_str("never"),
-            SessionExpiry::After(d) => serializer.serialize_str(&humantime::format_duration(*d).to_string()),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for SessionExpiry {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        if text.trim() == "never" {
-            return Ok(SessionExpiry::Never);
-        }
-        humantime::parse_duration(&text).map(SessionExpiry::After).map_err(|e| {
-            serde::de::Error::custom(format!("`{text}` is neither a duration such as \"7d\" nor \"never\": {e}"))
-        })
-    }
-}
-
-impl MqttConfig {
-    /// The in-flight window we ask an MQTT 5 broker to keep to, or, with 3.1.1, the one we
-    /// size our queues for (the broker's own setting decides there).
-    pub fn receive_window(&self) -> u16 {
-        match self.protocol {
-            MqttProtocol::V5 => self.receive_maximum.unwrap_or(self.inflight),
-            MqttProtocol::V311 => self.inflight,
-        }
-    }
-
-    /// The MQTT 5 Session Expiry Interval sent in CONNECT: 0 (the session ends with the
-    /// connection) for a clean session, else `session_expiry`, never by default.
-    pub fn session_expiry_seconds(&self) -> u32 {
-        if self.clean_session {
-            0
-        } else {
-            self.session_expiry.unwrap_or(SessionExpiry::Never).seconds()
-        }
-    }
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        Self {
-            host: "127.0.0.1".into(),
-            port: 1883,
-            client_id: "fieldwatch".into(),
-            keep_alive: Duration::from_secs(30),
-            clean_session: false,
-            username: None,
-            password: None,
-            topics: vec!["plant/+/+/telemetry".into()],
-            inflight: 256,
-            max_packet_bytes: 256 * 1024,
-            reconnect_min: Duration::from_millis(500),
-            reconnect_max: Duration::from_secs(60),
-            tls: None,
-            protocol: MqttProtocol::V311,
-            receive_maximum: None,
-            session_expiry: None,
-        }
-    }
-}
-
-/// TLS towards the broker (rustls).
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM file with the CA certificate(s) that signed the broker's certificate.
-    pub ca_file: PathBuf,
-    /// PEM client certificate chain, for brokers that require mutual TLS.
-    pub client_cert_file: Option<PathBuf>,
-    /// PEM private key matching `client_cert_file`.
-    pub client_key_file: Option<PathBuf>,
-}
-
-/// How a payload's event time is written.
-#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum TimestampFormat {
-    /// RFC 3339 strings, or numbers: seconds below 10^11, milliseconds above.
-    #[default]
-    Auto,
-    Rfc3339,
-    EpochS,
-    EpochMs,
-}
-
-/// One metric taken from a JSON pointer instead of a top-level field.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricMapping {
-    /// Metric name as it appears in tickets and the store.
-    pub name: String,
-    /// JSON pointer (RFC 6901), e.g. `/sensors/discharge/temp`.
-    pub pointer: String,
-    /// Unit shown to technicians, e.g. `°C`.
-    pub unit: Option<String>,
-}
-
-/// How a message becomes readings.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DecodeConfig {
-    /// Topic pattern with `{device}` and optional `{site}` placeholders.
-    pub topic_pattern: Option<String>,
-    /// JSON pointer to the device id, used when the topic does not name it.
-    pub device_field: Option<String>,
-    /// JSON pointer to the site, used when the topic does not name it.
-    pub site_field: Option<String>,
-    /// JSON pointer to the event time; absent means receive time.
-    pub timestamp_field: Option<String>,
-    pub timestamp_format: TimestampFormat,
-    /// Explicit metrics. When empty, every numeric top-level field (except the device, site and
-    /// timestamp fields) is a metric.
-    pub metrics: Vec<MetricMapping>,
-    /// Units for metrics found automatically (`metric name -> unit`).
-    pub units: BTreeMap<String, String>,
-    pub max_payload_bytes: usize,
-    /// Reject readings from devices not listed in `known_devices`.
-    pub require_known_devices: bool,
-    pub known_devices: Vec<String>,
-    /// Most devices tracked; messages of new devices beyond it are rejected (`too_many_devices`)
-    /// while known ones keep flowing. 0: no limit.
-    pub max_devices: usize,
-    /// Most series (device × metric) tracked; new series beyond it are rejected
-    /// (`too_many_series`). 0: no limit.
-    pub max_series: usize,
-    /// A device not heard from this long is forgotten: its detectors, models and bookkeeping
-    /// are freed (a silent-device incident stays open). It starts afresh if it returns.
-    #[serde(with = "humantime_serde")]
-    pub forget_after: Duration,
-}
-
-impl Default for DecodeConfig {
-    fn default() -> Self {
-        Self {
-            topic_pattern: Some("plant/{site}/{device}/telemetry".into()),
-            device_field: None,
-            site_field: None,
-            timestamp_field: Some("/ts".into()),
-            timestamp_format: TimestampFormat::Auto,
-            metrics: Vec::new(),
-            units: BTreeMap::new(),
-            max_payload_bytes: 64 * 1024,
-            require_known_devices: false,
-            known_devices: Vec::new(),
-            max_devices: 10_000,
-            max_series: 100_000,
-            forget_after: Duration::from_secs(7 * 86_400),
-        }
-    }
-}
-
-/// The embedded database.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// Readings older than this (by event time) are deleted in the background.
-    #[serde(with = "humantime_serde")]
-    pub retention: Duration,
-    #[serde(with = "humantime_serde")]
-    pub retention_interval: Duration,
-    /// Readings dropped by retention are kept as per-interval aggregates (min, max, mean,
-    /// count) of this width ...
-    #[serde(with = "humantime_serde")]
-    pub downsample_interval: Duration,
-    /// ... for this long (event time).
-    #[serde(with = "humantime_serde")]
-    pub aggregate_retention: Duration,
-    /// Largest group-commit batch (messages).
-    pub batch_max: usize,
-    /// Longest a message waits for its batch to fill before the batch is committed.
-    #[serde(with = "humantime_serde")]
-    pub batch_linger: Duration,
-    /// sled page cache; its own default is 1 GiB, far too much for a gateway.
-    pub cache_mb: u64,
-    /// Rejected payloads kept for inspection; the oldest are dropped beyond this.
-    pub rejected_max: usize,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        Self {
-            retention: Duration::from_secs(14 * 24 * 3600),
-            retention_interval: Duration::from_secs(600),
-            downsample_interval: Duration::from_secs(300),
-            aggregate_retention: Duration::from_secs(365 * 24 * 3600),
-            batch_max: 512,
-            batch_linger: Duration::from_millis(20),
-            cache_mb: 64,
-            rejected_max: 10_000,
-        }
-    }
-}
-
-/// A fixed limit for one metric (any device), or for one device's metric.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitConfig {
-    pub metric: String,
-    /// Only this device; absent means every device.
-    pub device: Option<String>,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-}
-
-/// Streaming detectors.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DetectConfig {
-    /// Readings a series needs before its baseline may raise anomalies.
-    pub warmup_readings: u32,
-    /// Half-life of the baseline, in readings.
-    pub baseline_half_life: f64,
-    /// Deviation, in robust standard deviations, above which a reading is anomalous.
-    pub z_threshold: f64,
-    /// Smallest spread the baseline assumes, relative to its level, so a near-constant series
-    /// does not alarm on noise in the last digit.
-    pub min_relative_spread: f64,
-    /// A series that repeats the same value this long is reported as stuck.
-    #[serde(with = "humantime_serde")]
-    pub flatline_after: Duration,
-    /// ... and at least this many identical readings in a row.
-    pub flatline_readings: u32,
-    pub limits: Vec<LimitConfig>,
-    /// Run the baseline (z-score) detector on every series.
-    pub baseline: bool,
-    /// Run the flatline (stuck sensor) detector on every series.
-    pub flatline: bool,
-    /// Drift from each series' healthy reference (slow degradation).
-    pub drift: crate::detect::DriftConfig,
-    /// The novelty detector: unusual shapes, level shifts and new extremes.
-    pub novelty: NoveltyConfig,
-    /// Learned per-device models over all of a device's metrics.
-    pub models: ModelsConfig,
-}
-
-impl Default for DetectConfig {
-    fn default() -> Self {
-        Self {
-            warmup_readings: 60,
-            baseline_half_life: 300.0,
-            z_threshold: 5.0,
-            min_relative_spread: 0.002,
-            flatline_after: Duration::from_secs(300),
-            flatline_readings: 30,
-            limits: Vec::new(),
-            baseline: true,
-            flatline: true,
-            drift: crate::detect::DriftConfig::default(),
-            novelty: NoveltyConfig::default(),
-            models: ModelsConfig::default(),
-        }
-    }
-}
-
-/// `[detect.models]`: per-device models (`crate::model`) fitted in the background on stored
-/// history. Off by default: a model needs `min_training_vectors` of healthy history first.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelsConfig {
-    pub enabled: bool,
-    /// Model kinds fitted per device; a device's score is the highest of them.
-    pub kinds: Vec<crate::model::ModelKind>,
-    /// History a model is fitted on, ending at the device's latest reading.
-    #[serde(with = "humantime_serde")]
-    pub window: Duration,
-    /// Every device is refitted this often (and sooner when its scores drift).
-    #[serde(with = "humantime_serde")]
-    pub refit_every: Duration,
-    /// Complete vectors (one message with every metric) a device needs before it gets a model.
-    pub min_training_vectors: usize,
-    /// At most this many vectors are fitted on (evenly thinned beyond).
-    pub max_training_vectors: usize,
-    /// Features per metric: `value`, `delta`, `rolling_mean`.
-    pub features: Vec<crate::model::FeatureKind>,
-    /// The alarm sits this many times beyond the largest smoothed statistic of the fitting data.
-    pub margin: f64,
-    /// EWMA weight of the newest vector in the smoothed model statistics (1 = no smoothing).
-    pub smoothing: f64,
-    /// Share of the variance the PCA's kept components explain.
-    pub explained_variance: f64,
-    /// A model whose held-out alarm rate is above this is scored but raises no incident.
-    pub max_held_out_alarm_rate: f64,
-    /// Whether the PCA's Hotelling's T² raises alarms too (it flags an unusual operating point
-    /// along the device's known relations; off, only broken relations alarm).
-    pub t2_alarms: bool,
-}
-
-impl Default for ModelsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            kinds: vec![crate::model::ModelKind::Pca],
-            window: Duration::from_secs(7 * 86_400),
-            refit_every: Duration::from_secs(6 * 3600),
-            min_training_vectors: 300,
-            max_training_vectors: 100_000,
-            features: vec![crate::model::FeatureKind::Value],
-            margin: 2.0,
-            smoothing: 0.2,
-            explained_variance: 0.8,
-            max_held_out_alarm_rate: 0.01,
-            t2_alarms: false,
-        }
-    }
-}
-
-impl ModelsConfig {
-    /// Checks the values; returns the offending key (below `detect.models`) and why.
-    fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |key: &str, reason: &str| Err((format!("detect.models.{key}"), reason.to_string()));
-        if self.kinds.is_empty() {
-            return bad("kinds", "name at least one model kind (\"pca\", \"gmm\")");
-        }
-        if self.window < Duration::from_secs(600) {
-            return bad("window", "must be at least 10m");
-        }
-        if self.refit_every < Duration::from_secs(60) {
-            return bad("refit_every", "must be at least 1m");
-        }
-        if self.min_training_vectors < 100 {
-            return bad("min_training_vectors", "must be at least 100");
-        }
-        if self.max_training_vectors < self.min_training_vectors {
-            return bad("max_training_vectors", "must be at least min_training_vectors");
-        }
-        if self.features.is_empty() {
-            return bad("features", "name at least one feature (\"value\", \"delta\", \"rolling_mean\")");
-        }
-        if !(self.margin >= 1.0 && self.margin.is_finite()) {
-            return bad("margin", "must be at least 1");
-        }
-        if !(self.smoothing > 0.0 && self.smoothing <= 1.0) {
-            return bad("smoothing", "must be in (0, 1]");
-        }
-        if !(self.explained_variance > 0.0 && self.explained_variance < 1.0) {
-            return bad("explained_variance", "must be between 0 and 1");
-        }
-        if !(0.0..=1.0).contains(&self.max_held_out_alarm_rate) {
-            return bad("max_held_out_alarm_rate", "must be between 0 and 1");
-        }
-        Ok(())
-    }
-}
-
-/// The novelty detector (`detect::Novelty`). The defaults are the values measured on the
-/// Numenta Anomaly Benchmark; the window sizes not listed here are derived from `memory` and
-/// `warmup_readings`.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct NoveltyConfig {
-    pub enabled: bool,
-    /// Evidence needed to report, as `-log10 p` of the reading's pattern (3.5: p ≤ 3.2e-4).
-    pub threshold: f64,
-    /// Readings in the shape compared with the past.
-    pub lag: usize,
-    /// Past shapes kept per series; the detector's state is about 36 bytes per unit of `memory`.
-    pub memory: usize,
-    /// Nearest past shapes averaged into the distance.
-    pub neighbours: usize,
-    /// Readings a series needs before the detector may report.
-    pub warmup_readings: u64,
-    /// Readings after a report during which the detector holds back further reports.
-    pub refractory_readings: u64,
-    /// Level shift: mean of the last 20 readings against the 500 before, in standard deviations.
-    pub level_shift_z: f64,
-    /// New extreme: a reading beyond everything seen by more than this fraction of the range.
-    pub new_extreme_margin: f64,
-}
-
-impl Default for NoveltyConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            threshold: 3.5,
-            lag: 8,
-            memory: 2000,
-            neighbours: 3,
-            warmup_readings: 100,
-            refractory_readings: 100,
-            level_shift_z: 4.0,
-            new_extreme_margin: 0.10,
-        }
-    }
-}
-
-impl NoveltyConfig {
-    /// Checks the values; returns the offending key (below `detect.novelty`) and why.
-    fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |key: &str, reason: &str| Err((format!("detect.novelty.{key}"), reason.to_string()));
-        if !(self.threshold.is_finite() && self.threshold > 0.0) {
-            return bad("threshold", "must be a positive number (-log10 of a probability, e.g. 3.5)");
-        }
-        if !(1..=64).contains(&self.lag) {
-            return bad("lag", "must be between 1 and 64 readings");
-        }
-        if !(100..=100_000).contains(&self.memory) {
-            return bad("memory", "must be between 100 and 100000 readings");
-        }
-        if self.neighbours == 0 || self.neighbours * 10 > self.memory {
-            return bad("neighbours", "must be at least 1 and at most a tenth of `memory`");
-        }
-        if self.warmup_readings < 8 {
-            return bad("warmup_readings", "must be at least 8");
-        }
-        if !(self.level_shift_z.is_finite() && self.level_shift_z > 0.0) {
-            return bad("level_shift_z", "must be a positive number");
-        }
-        if !(self.new_extreme_margin.is_finite() && self.new_extreme_margin > 0.0) {
-            return bad("new_extreme_margin", "must be a positive fraction of the range, e.g. 0.1");
-        }
-        Ok(())
-    }
-}
-
-/// When anomalies become incidents.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IncidentConfig {
-    /// Consecutive anomalous readings before an incident opens ...
-    pub debounce_readings: u32,
-    /// ... or this long of continuous anomaly, whichever comes first.
-    #[serde(with = "humantime_serde")]
-    pub debounce_for: Duration,
-    /// Slow faults (drift from the healthy reference, device behaviour) must also persist
-    /// this long: they develop over hours, and the wait lets a change of operating point be
-    /// recognised before it is ticketed.
-    #[serde(with = "humantime_serde")]
-    pub slow_debounce_for: Duration,
-    /// An open incident resolves after this long without anomaly.
-    #[serde(with = "humantime_serde")]
-    pub quiet_period: Duration,
-    /// Readings kept as evidence in a ticket.
-    pub evidence_readings: usize,
-    /// A fault that recurs this soon after its incident resolved updates the same ticket
-    /// instead of opening a new one.
-    #[serde(with = "humantime_serde")]
-    pub cool_down: Duration,
-    /// An incident that reopens this many times is marked flapping and held open ...
-    pub flap_reopens: u32,
-    /// ... until it has been quiet this many quiet periods.
-    pub flap_hold_factor: u32,
-    /// Below this confidence (0..1) a ticket goes to review instead of dispatch.
-    pub min_confidence: f64,
-    /// A device that sends nothing this long (while the broker link is up) opens a
-    /// sensor-health incident. Zero disables it.
-    #[serde(with = "humantime_serde")]
-    pub stale_after: Duration,
-    /// Only an established device opens a sensor-health incident when it goes silent: one in
-    /// the asset registry, or one that has reported for at least this long. A burst of one-shot
-    /// device ids (a misconfigured publisher) then opens no tickets.
-    #[serde(with = "humantime_serde")]
-    pub establish_after: Duration,
-}
-
-impl Default for IncidentConfig {
-    fn default() -> Self {
-        Self {
-            debounce_readings: 3,
-            debounce_for: Duration::from_secs(120),
-            slow_debounce_for: Duration::from_secs(300),
-            quiet_period: Duration::from_secs(600),
-            evidence_readings: 10,
-            cool_down: Duration::from_secs(3600),
-            flap_reopens: 3,
-            flap_hold_factor: 3,
-            min_confidence: 0.55,
-            stale_after: Duration::from_secs(900),
-            establish_after: Duration::from_secs(3600),
-        }
-    }
-}
-
-/// The loopback HTTP endpoint for `/metrics` and health checks.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    /// `host:port`; empty disables it. Anything but a loopback address needs `token`.
-    pub listen: String,
-    /// Bearer token every request that changes state must carry (`{ file = ... }` or
-    /// `{ env = ... }`). Reads (`/metrics`, health, lists) stay open.
-    pub token: Option<SecretRef>,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        Self { listen: "127.0.0.1:9797".into(), token: None }
-    }
-}
-
 /// Deserializes TOML, naming the key path and line of the first error.
 fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Result<T, ConfigError> {
     let de = toml::Deserializer::new(text);
@@ -849,7 +242,7 @@ impl Config {
                 .map_err(|source| ConfigError::Read { file: assets_path.clone(), source })?;
             let extra: crate::assets::AssetsFile = parse_toml(&assets_text, &assets_path)?;
             crate::assets::Registry::validate(&config.assets, Some(&extra))
-                .map_err(|(key, reason)| ConfigError::invalid(&assets_path, &assets_text, key, reason))?;
+                .map_err(|e| ConfigError::invalid(&assets_path, &assets_text, e))?;
             config.assets.customers.extend(extra.customers);
             config.assets.devices.extend(extra.devices);
             config.assets.runbooks.extend(extra.runbooks);
@@ -860,144 +253,39 @@ impl Config {
     /// Parses and validates config text; `file` is only used in error messages.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let config: Config = parse_toml(text, file)?;
-        config.validate().map_err(|(key, reason)| ConfigError::invalid(file, text, key, reason))?;
+        config.validate().map_err(|e| ConfigError::invalid(file, text, e))?;
         Ok(config)
     }
 
     /// Checks what types alone cannot; returns the offending key and why.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |key: &str, reason: &str| Err((key.to_string(), reason.to_string()));
-        if self.mqtt.host.trim().is_empty() {
-            return bad("mqtt.host", "must not be empty");
-        }
-        if self.mqtt.client_id.trim().is_empty() {
-            return bad("mqtt.client_id", "must not be empty (a persistent session needs a fixed id)");
-        }
-        if self.mqtt.topics.is_empty() {
-            return bad("mqtt.topics", "subscribe to at least one topic filter");
-        }
-        for (i, t) in self.mqtt.topics.iter().enumerate() {
-            if !rumqttc::valid_filter(t) {
-                return Err((format!("mqtt.topics[{i}]"), format!("`{t}` is not a valid MQTT topic filter")));
-            }
-        }
-        if self.mqtt.keep_alive < Duration::from_secs(5) {
-            return bad("mqtt.keep_alive", "must be at least 5s");
-        }
-        if self.mqtt.inflight == 0 {
-            return bad("mqtt.inflight", "must be at least 1");
-        }
-        if self.mqtt.reconnect_min.is_zero() || self.mqtt.reconnect_min > self.mqtt.reconnect_max {
-            return bad("mqtt.reconnect_min", "must be above zero and at most mqtt.reconnect_max");
-        }
-        if let Some(pw) = &self.mqtt.password {
-            if pw.file.is_none() && pw.env.is_none() {
-                return bad("mqtt.password", "set `file` or `env`");
-            }
-            if self.mqtt.username.is_none() {
-                return bad("mqtt.username", "a password is configured but no username");
-            }
-        }
-        if let Some(tls) = &self.mqtt.tls {
-            if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
-                return bad("mqtt.tls.client_key_file", "client_cert_file and client_key_file go together");
-            }
-        }
-        self.validate_mqtt5()?;
-        self.validate_decode()?;
-        if self.store.batch_max == 0 {
-            return bad("store.batch_max", "must be at least 1");
-        }
-        if self.store.retention < Duration::from_secs(3600) {
-            return bad("store.retention", "must be at least 1h");
-        }
-        if self.store.downsample_interval < Duration::from_secs(1) {
-            return bad("store.downsample_interval", "must be at least 1s");
-        }
-        if self.store.aggregate_retention < self.store.retention {
-            return bad("store.aggregate_retention", "must be at least store.retention (aggregates outlive readings)");
-        }
-        if self.store.cache_mb == 0 {
-            return bad("store.cache_mb", "must be at least 1");
-        }
-        let d = &self.detect;
-        if !(d.z_threshold.is_finite() && d.z_threshold > 0.0) {
-            return bad("detect.z_threshold", "must be a positive number");
-        }
-        if !(d.baseline_half_life.is_finite() && d.baseline_half_life >= 1.0) {
-            return bad("detect.baseline_half_life", "must be at least 1 reading");
-        }
-        if !(d.min_relative_spread.is_finite() && d.min_relative_spread >= 0.0) {
-            return bad("detect.min_relative_spread", "must be zero or positive");
-        }
-        if d.flatline_readings < 2 {
-            return bad("detect.flatline_readings", "must be at least 2");
-        }
-        for (i, l) in d.limits.iter().enumerate() {
-            if l.min.is_none() && l.max.is_none() {
-                return Err((format!("detect.limits[{i}]"), "set `min`, `max` or both".into()));
-            }
-            if let (Some(lo), Some(hi)) = (l.min, l.max) {
-                if lo >= hi {
-                    return Err((format!("detect.limits[{i}].min"), "must be below `max`".into()));
-                }
-            }
-        }
-        d.novelty.validate()?;
-        d.drift.validate()?;
-        d.models.validate()?;
-        if self.incident.debounce_readings == 0 {
-            return bad("incident.debounce_readings", "must be at least 1");
-        }
-        if self.incident.quiet_period.is_zero() {
-            return bad("incident.quiet_period", "must be above zero");
-        }
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.mqtt.validate()?;
+        self.decode.validate()?;
+        self.store.validate()?;
+        self.detect.validate()?;
+        self.incident.validate()?;
         self.ticket.validate()?;
-        if !(0.0..=1.0).contains(&self.incident.min_confidence) {
-            return bad("incident.min_confidence", "must be between 0 and 1");
-        }
-        if self.incident.flap_reopens < 2 {
-            return bad("incident.flap_reopens", "must be at least 2");
-        }
-        if self.incident.flap_hold_factor == 0 {
-            return bad("incident.flap_hold_factor", "must be at least 1");
-        }
         crate::assets::Registry::validate(&self.assets, None)?;
         for (i, w) in self.maintenance.windows.iter().enumerate() {
             let key = format!("maintenance.windows[{i}]");
             let absolute = w.start.is_some() || w.end.is_some();
             let daily = w.daily_from.is_some() || w.daily_to.is_some();
             match (absolute, daily) {
-                (true, true) => return Err((key, "use start/end or daily_from/daily_to, not both".into())),
-                (false, false) => return Err((key, "set start and end, or daily_from and daily_to".into())),
+                (true, true) => return Err(Invalid::new(key, "use start/end or daily_from/daily_to, not both")),
+                (false, false) => return Err(Invalid::new(key, "set start and end, or daily_from and daily_to")),
                 (true, false) if w.start.is_none() || w.end.is_none() || w.start >= w.end => {
-                    return Err((format!("{key}.end"), "start and end are both needed, start before end".into()))
+                    return Err(Invalid::new(format!("{key}.end"), "start and end are both needed, start before end"))
                 }
                 (false, true) if w.daily_from.is_none() || w.daily_to.is_none() => {
-                    return Err((format!("{key}.daily_to"), "daily_from and daily_to go together".into()))
+                    return Err(Invalid::new(format!("{key}.daily_to"), "daily_from and daily_to go together"))
                 }
                 _ => {}
             }
             if w.site.is_some() && w.device.is_some() {
-                return Err((key, "name a site or a device, not both".into()));
+                return Err(Invalid::new(key, "name a site or a device, not both"));
             }
         }
-        if !self.admin.listen.is_empty() {
-            let Ok(addr) = self.admin.listen.parse::<std::net::SocketAddr>() else {
-                return bad("admin.listen", "must be host:port, e.g. 127.0.0.1:9797, or empty");
-            };
-            if !addr.ip().is_loopback() && self.admin.token.is_none() {
-                return bad(
-                    "admin.listen",
-                    "is not a loopback address: set admin.token (file or env) so only operators can change state",
-                );
-            }
-        }
-        if let Some(t) = &self.admin.token {
-            if t.file.is_none() && t.env.is_none() {
-                return bad("admin.token", "set `file` or `env`");
-            }
-        }
+        self.admin.validate()?;
         if self.decode.forget_after < self.incident.stale_after {
             return bad(
                 "decode.forget_after",
@@ -1005,102 +293,13 @@ impl Config {
             );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.daemon.log_level) {
-            return Err(("daemon.log_level".into(), format!("is not a log filter: {e}")));
+            return Err(Invalid::new("daemon.log_level", format!("is not a log filter: {e}")));
         }
         if self.decode.max_payload_bytes > self.mqtt.max_packet_bytes {
             return bad(
                 "decode.max_payload_bytes",
                 "must not exceed mqtt.max_packet_bytes (a packet carries the payload)",
             );
-        }
-        Ok(())
-    }
-
-    /// The MQTT 5 options: refused with 3.1.1 rather than ignored, so nobody believes a window
-    /// or an expiry is in force that the broker never heard of.
-    fn validate_mqtt5(&self) -> Result<(), (String, String)> {
-        let m = &self.mqtt;
-        let bad = |key: &str, reason: &str| Err((key.to_string(), reason.to_string()));
-        if m.protocol == MqttProtocol::V311 {
-            if m.receive_maximum.is_some() {
-                return bad(
-                    "mqtt.receive_maximum",
-                    "only MQTT 5 announces a receive maximum: set mqtt.protocol = \"v5\" or remove it \
-                     (with 3.1.1 the broker's own limit applies, e.g. mosquitto's max_inflight_messages)",
-                );
-            }
-            if m.session_expiry.is_some() {
-                return bad(
-                    "mqtt.session_expiry",
-                    "only MQTT 5 has a session expiry: set mqtt.protocol = \"v5\" or remove it \
-                     (a 3.1.1 persistent session is kept until the broker expires it, e.g. mosquitto's \
-                     persistent_client_expiration)",
-                );
-            }
-            return Ok(());
-        }
-        if m.receive_maximum == Some(0) {
-            return bad("mqtt.receive_maximum", "must be at least 1 (0 is a protocol error in MQTT 5)");
-        }
-        match m.session_expiry {
-            Some(_) if m.clean_session => bad(
-                "mqtt.session_expiry",
-                "has no effect with mqtt.clean_session = true (every connection starts a new session): \
-                 remove it or set clean_session = false",
-            ),
-            Some(SessionExpiry::After(d)) if d < Duration::from_secs(1) => bad(
-                "mqtt.session_expiry",
-                "must be at least 1s, or \"never\": with 0 the broker ends the session when the connection \
-                 drops, and what is published meanwhile is lost",
-            ),
-            Some(SessionExpiry::After(d)) if d.as_secs() >= u64::from(u32::MAX) => bad(
-                "mqtt.session_expiry",
-                "must be below 136 years (MQTT 5 counts it in 32-bit seconds); use \"never\"",
-            ),
-            _ => Ok(()),
-        }
-    }
-
-    fn validate_decode(&self) -> Result<(), (String, String)> {
-        let d = &self.decode;
-        let bad = |key: &str, reason: String| Err((key.to_string(), reason));
-        match &d.topic_pattern {
-            Some(p) if !p.contains("{device}") && d.device_field.is_none() => {
-                return bad("decode.topic_pattern", "must contain `{device}` unless decode.device_field is set".into());
-            }
-            Some(_) => {}
-            None if d.device_field.is_none() => {
-                return bad(
-                    "decode.device_field",
-                    "set decode.topic_pattern or decode.device_field to find the device".into(),
-                );
-            }
-            None => {}
-        }
-        for (key, ptr) in [
-            ("decode.device_field", &d.device_field),
-            ("decode.site_field", &d.site_field),
-            ("decode.timestamp_field", &d.timestamp_field),
-        ] {
-            if let Some(p) = ptr {
-                if !p.starts_with('/') {
-                    return bad(key, format!("`{p}` is not a JSON pointer (it must start with `/`)"));
-                }
-            }
-        }
-        for (i, m) in d.metrics.iter().enumerate() {
-            if m.name.is_empty() {
-                return Err((format!("decode.metrics[{i}].name"), "must not be empty".into()));
-            }
-            if !m.pointer.starts_with('/') {
-                return Err((format!("decode.metrics[{i}].pointer"), format!("`{}` is not a JSON pointer", m.pointer)));
-            }
-        }
-        if d.max_payload_bytes == 0 {
-            return bad("decode.max_payload_bytes", "must be at least 1".into());
-        }
-        if d.require_known_devices && d.known_devices.is_empty() {
-            return bad("decode.known_devices", "require_known_devices is set but the list is empty".into());
         }
         Ok(())
     }

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::Core;
-use crate::config::ModelsConfig;
 use crate::detect::{Anomaly, FaultKind};
 use crate::metrics::{FaultLabel, ModelLabel, MODEL_TRUST};
 use crate::model::trainer::TrainRequests;
+use crate::model::ModelsConfig;
 use crate::model::{DeviceModel, FeatureState, ModelVerdict, Smoothed, MODEL_VERSION};
 use crate::reading::Reading;
 use crate::store::{Store, StoreError};

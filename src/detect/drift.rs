@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{calibrate, Anomaly, FaultKind, SeriesDetector};
+use crate::settings::Invalid;
 
 /// `[detect.drift]`: the healthy-reference drift detector.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
@@ -57,19 +58,19 @@ impl Default for DriftConfig {
 
 impl DriftConfig {
     /// Checks the values, naming the offending key.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         let key = |k: &str| format!("detect.drift.{k}");
         if !(self.lambda > 0.0 && self.lambda <= 1.0) {
-            return Err((key("lambda"), "must be in (0, 1]".into()));
+            return Err(Invalid::new(key("lambda"), "must be in (0, 1]"));
         }
         if !(self.margin >= 1.0 && self.margin.is_finite()) {
-            return Err((key("margin"), "must be at least 1".into()));
+            return Err(Invalid::new(key("margin"), "must be at least 1"));
         }
         if self.reference_readings < 20 {
-            return Err((key("reference_readings"), "must be at least 20".into()));
+            return Err(Invalid::new(key("reference_readings"), "must be at least 20"));
         }
         if !(self.adapt_half_life >= 0.0 && self.adapt_half_life.is_finite()) {
-            return Err((key("adapt_half_life"), "must be 0 (frozen) or a positive number of readings".into()));
+            return Err(Invalid::new(key("adapt_half_life"), "must be 0 (frozen) or a positive number of readings"));
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Configured limits: the hard minimum and maximum an operator knows for a metric.
 
+use super::config::LimitConfig;
 use super::{Anomaly, FaultKind, SeriesDetector};
-use crate::config::LimitConfig;
 
 /// The min/max of one series.
 #[derive(Debug, Clone, Copy, PartialEq)]

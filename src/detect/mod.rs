@@ -15,6 +15,7 @@
 //! scores them once per message and reports [`FaultKind::Multivariate`].
 
 mod baseline;
+pub mod config;
 mod drift;
 mod flatline;
 mod knn;
@@ -36,7 +37,7 @@ pub use limits::{Limit, LimitTable};
 pub use novelty::{Novelty, NoveltyScore};
 pub use trend::{time_to_limit, Forecast};
 
-use crate::config::DetectConfig;
+pub use config::{DetectConfig, LimitConfig, NoveltyConfig};
 
 /// What kind of fault a detector saw. Together with the metric it names an incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]

@@ -18,10 +18,10 @@
 
 use std::collections::VecDeque;
 
+use super::config::NoveltyConfig;
 use super::knn::LagKnn;
 use super::likelihood::{Likelihood, WindowStats};
 use super::{calibrate, Anomaly, FaultKind, SeriesDetector};
-use crate::config::NoveltyConfig;
 
 /// Readings averaged into one block for view B.
 const BLOCK: usize = 4;

@@ -5,15 +5,16 @@
 //! commands, in one store transaction. Open incidents are reloaded from the store at start, so a
 //! restart neither forgets nor re-opens an incident.
 
+mod config;
 mod summary;
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::IncidentConfig;
 use crate::detect::{Anomaly, FaultKind};
 use crate::reading::Reading;
+pub use config::IncidentConfig;
 
 pub(crate) use summary::num;
 pub use summary::{describe, format_duration};

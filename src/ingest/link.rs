@@ -15,13 +15,13 @@
 use rumqttc::v5;
 use rumqttc::{Event, Outgoing, Packet, QoS, TlsConfiguration, Transport};
 
-use crate::config::{MqttConfig, MqttProtocol};
+use super::config::{MqttConfig, MqttProtocol};
 
 /// Why the MQTT client could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("mqtt.password: {0}")]
-    Password(#[from] crate::config::SecretError),
+    Password(#[from] crate::settings::SecretError),
     #[error("{key}: cannot read {path}: {source}")]
     File { key: &'static str, path: std::path::PathBuf, source: std::io::Error },
 }

@@ -22,10 +22,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::config::{MqttConfig, MqttProtocol};
 use super::link::Polled;
 pub use super::link::{connect, Ack, Client, Connection, IngestError};
 use crate::backoff::backoff;
-use crate::config::{MqttConfig, MqttProtocol};
 use crate::metrics::Metrics;
 use crate::reading::{now_ms, Message};
 use crate::store::Store;

@@ -12,6 +12,7 @@
 //! per-series detectors (0.5 = alarm), so one incident policy serves all of them.
 
 pub mod commands;
+pub mod config;
 pub mod features;
 pub mod gmm;
 pub mod pca;
@@ -23,6 +24,8 @@ use serde::{Deserialize, Serialize};
 pub use features::{FeatureKind, FeatureSpec, FeatureState};
 use gmm::GmmBody;
 use pca::PcaBody;
+
+pub use config::ModelsConfig;
 
 /// Format version of a stored model; a model of another version is refitted, not loaded.
 pub const MODEL_VERSION: u32 = 2;
@@ -142,7 +145,7 @@ pub struct FitParams {
 }
 
 impl FitParams {
-    pub fn of(config: &crate::config::ModelsConfig) -> FitParams {
+    pub fn of(config: &ModelsConfig) -> FitParams {
         FitParams {
             min_vectors: config.min_training_vectors,
             margin: config.margin,

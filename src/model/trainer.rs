@@ -11,9 +11,8 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::{DeviceModel, FeatureSpec, FeatureState, ModelError};
-use crate::admin::Control;
-use crate::config::ModelsConfig;
 use crate::metrics::{Metrics, ResultLabel};
+use crate::model::ModelsConfig;
 use crate::store::{Store, StoreError};
 
 /// Every `result` of `fieldwatch_model_fits_total`: the device's models were fitted, its history
@@ -219,7 +218,7 @@ pub async fn run(
     config: ModelsConfig,
     requests: Arc<TrainRequests>,
     status: Arc<TrainerStatus>,
-    control: mpsc::Sender<Control>,
+    fitted: mpsc::Sender<Box<DeviceModel>>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
@@ -247,7 +246,7 @@ pub async fn run(
                 Ok(models) => {
                     count(FITTED);
                     for m in models {
-                        if control.send(Control::ModelFitted(Box::new(m))).await.is_err() {
+                        if fitted.send(Box::new(m)).await.is_err() {
                             return;
                         }
                     }

@@ -14,8 +14,11 @@
 //! Nothing here is durable until [`Store::flush`]: the caller group-commits a batch, flushes once,
 //! then acknowledges the batch to the broker.
 
+pub mod config;
 mod readings;
 mod retention;
+
+pub use config::StoreConfig;
 
 use std::collections::HashMap;
 use std::path::Path;

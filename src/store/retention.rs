@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::config::StoreConfig;
 use super::Store;
-use crate::config::StoreConfig;
 use crate::metrics::Metrics;
 use crate::reading::now_ms;
 

@@ -16,7 +16,7 @@ use super::pagerduty::{PagerDutyConfig, PagerDutySink};
 use super::servicenow::{ServiceNowConfig, ServiceNowSink};
 use super::webhook::{WebhookConfig, WebhookSink};
 use super::TicketSink;
-use crate::config::{SecretError, SecretRef};
+use crate::settings::{bad, Invalid, SecretError, SecretRef};
 
 /// Ticket delivery.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -36,16 +36,16 @@ impl Default for TicketConfig {
 }
 
 impl TicketConfig {
-    /// Checks the retry timing and every sink; returns the offending key and why.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Checks the retry timing and every sink; names the offending key.
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.retry_min.is_zero() || self.retry_min > self.retry_max {
-            return Err(("ticket.retry_min".into(), "must be above zero and at most ticket.retry_max".into()));
+            return bad("ticket.retry_min", "must be above zero and at most ticket.retry_max");
         }
         let mut names = std::collections::HashSet::new();
         for (i, sink) in self.sinks.iter().enumerate() {
             let key = format!("ticket.sinks[{i}]");
             if sink.name().is_empty() || !names.insert(sink.name().to_string()) {
-                return Err((format!("{key}.name"), "must be non-empty and unique".into()));
+                return bad(format!("{key}.name"), "must be non-empty and unique");
             }
             sink.validate(&key)?;
         }
@@ -100,7 +100,7 @@ impl SinkConfig {
     }
 
     /// Checks one sink; `key` is its path, e.g. `ticket.sinks[0]`.
-    fn validate(&self, key: &str) -> Result<(), (String, String)> {
+    fn validate(&self, key: &str) -> Result<(), Invalid> {
         let fields = Fields { sink: key };
         match self {
             SinkConfig::Webhook(c) => c.validate(&fields),
@@ -157,12 +157,12 @@ pub(super) struct Fields<'a> {
 }
 
 impl Fields<'_> {
-    fn bad(&self, field: &str, reason: String) -> Result<(), (String, String)> {
-        Err((format!("{}.{field}", self.sink), reason))
+    fn bad(&self, field: &str, reason: impl Into<String>) -> Result<(), Invalid> {
+        bad(format!("{}.{field}", self.sink), reason)
     }
 
     /// `url` is an http(s) URL.
-    pub fn http_url(&self, field: &str, url: &str) -> Result<(), (String, String)> {
+    pub fn http_url(&self, field: &str, url: &str) -> Result<(), Invalid> {
         match reqwest::Url::parse(url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(()),
             _ => self.bad(field, format!("`{url}` is not an http(s) URL")),
@@ -170,17 +170,17 @@ impl Fields<'_> {
     }
 
     /// The secret says where it comes from.
-    pub fn secret(&self, field: &str, s: &SecretRef) -> Result<(), (String, String)> {
+    pub fn secret(&self, field: &str, s: &SecretRef) -> Result<(), Invalid> {
         match (&s.file, &s.env) {
-            (None, None) => self.bad(field, "set `file` or `env`".into()),
+            (None, None) => self.bad(field, "set `file` or `env`"),
             _ => Ok(()),
         }
     }
 
     /// `value` is not blank.
-    pub fn filled(&self, field: &str, value: &str) -> Result<(), (String, String)> {
+    pub fn filled(&self, field: &str, value: &str) -> Result<(), Invalid> {
         match value.trim().is_empty() {
-            true => self.bad(field, "must not be empty".into()),
+            true => self.bad(field, "must not be empty"),
             false => Ok(()),
         }
     }
@@ -213,19 +213,18 @@ mod tests {
             ("type = \"pagerduty\"\nname = \"p\"\nrouting_key = {}", "ticket.sinks[0].routing_key", "`env`"),
             ("type = \"file\"\nname = \"\"\npath = \"t.jsonl\"", "ticket.sinks[0].name", "unique"),
         ] {
-            let (k, why) = sinks(&format!("[[sinks]]\n{text}\n")).validate().unwrap_err();
-            assert_eq!(k, key, "{text}");
-            assert!(why.contains(reason), "{text}: {why}");
+            let e = sinks(&format!("[[sinks]]\n{text}\n")).validate().unwrap_err();
+            assert_eq!(e.key, key, "{text}");
+            assert!(e.reason.contains(reason), "{text}: {}", e.reason);
         }
     }
 
     #[test]
     fn names_are_unique_and_retry_timing_ordered() {
         let two = "[[sinks]]\ntype = \"file\"\nname = \"f\"\npath = \"a\"\n";
-        let (key, _) = sinks(&format!("{two}{two}")).validate().unwrap_err();
-        assert_eq!(key, "ticket.sinks[1].name");
-        let (key, _) = sinks("retry_min = \"10s\"\nretry_max = \"1s\"\n").validate().unwrap_err();
-        assert_eq!(key, "ticket.retry_min");
+        assert_eq!(sinks(&format!("{two}{two}")).validate().unwrap_err().key, "ticket.sinks[1].name");
+        let e = sinks("retry_min = \"10s\"\nretry_max = \"1s\"\n").validate().unwrap_err();
+        assert_eq!(e.key, "ticket.retry_min");
         sinks(two).validate().unwrap();
     }
 }

@@ -25,7 +25,7 @@ use super::http::{self, ClientError};
 use super::records::RemoteRecords;
 use super::render::{self, Section};
 use super::{Action, Priority, SendFuture, SinkError, Ticket, TicketCommand, TicketSink};
-use crate::config::SecretRef;
+use crate::settings::{Invalid, SecretRef};
 
 /// `type = "jira"`: open, comment on and close Jira Cloud issues.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -53,7 +53,7 @@ pub struct JiraConfig {
 
 impl JiraConfig {
     /// Checks what types alone cannot; errors name the field under the sink's key.
-    pub(super) fn validate(&self, f: &Fields) -> Result<(), (String, String)> {
+    pub(super) fn validate(&self, f: &Fields) -> Result<(), Invalid> {
         f.http_url("base_url", &self.base_url)?;
         f.filled("email", &self.email)?;
         f.secret("api_token", &self.api_token)?;

@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use super::config::Fields;
 use super::http::{self, ClientError};
 use super::{Action, Priority, SendFuture, SinkError, Ticket, TicketCommand, TicketSink};
-use crate::config::SecretRef;
 use crate::reading::{format_ts, now_ms};
+use crate::settings::{Invalid, SecretRef};
 
 /// PagerDuty's limit on `payload.summary`, in characters.
 const SUMMARY_MAX: usize = 1024;
@@ -38,7 +38,7 @@ pub struct PagerDutyConfig {
 
 impl PagerDutyConfig {
     /// Checks what types alone cannot; errors name the field under the sink's key.
-    pub(super) fn validate(&self, f: &Fields) -> Result<(), (String, String)> {
+    pub(super) fn validate(&self, f: &Fields) -> Result<(), Invalid> {
         f.secret("routing_key", &self.routing_key)?;
         f.http_url("url", &self.url)
     }

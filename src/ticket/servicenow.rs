@@ -23,7 +23,7 @@ use super::config::Fields;
 use super::http::{self, ClientError};
 use super::records::RemoteRecords;
 use super::{render, Action, Priority, SendFuture, SinkError, Ticket, TicketCommand, TicketSink};
-use crate::config::SecretRef;
+use crate::settings::{Invalid, SecretRef};
 
 /// Incident state "Resolved" in the default incident state model.
 const STATE_RESOLVED: &str = "6";
@@ -56,7 +56,7 @@ pub struct ServiceNowConfig {
 
 impl ServiceNowConfig {
     /// Checks what types alone cannot; errors name the field under the sink's key.
-    pub(super) fn validate(&self, f: &Fields) -> Result<(), (String, String)> {
+    pub(super) fn validate(&self, f: &Fields) -> Result<(), Invalid> {
         f.http_url("instance_url", &self.instance_url)?;
         f.filled("username", &self.username)?;
         f.secret("password", &self.password)?;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::config::Fields;
 use super::http::{self, ClientError};
 use super::{SendFuture, SinkError, TicketCommand, TicketSink};
-use crate::config::SecretRef;
+use crate::settings::{Invalid, SecretRef};
 
 /// `type = "webhook"`: POST each ticket command as JSON to one URL.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -24,7 +24,7 @@ pub struct WebhookConfig {
 
 impl WebhookConfig {
     /// Checks what types alone cannot; errors name the field under the sink's key.
-    pub(super) fn validate(&self, f: &Fields) -> Result<(), (String, String)> {
+    pub(super) fn validate(&self, f: &Fields) -> Result<(), Invalid> {
         f.http_url("url", &self.url)?;
         self.token.as_ref().map_or(Ok(()), |t| f.secret("token", t))
     }

@@ -16,14 +16,18 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Where `mosquitto` is installed, if it is.
+pub fn find_mosquitto() -> Option<PathBuf> {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"])
+        .map(|dir| Path::new(dir).join("mosquitto"))
+        .find(|p| p.is_file())
+}
+
 fn mosquitto_binary() -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/local/sbin", "/sbin"]) {
-        let p = Path::new(dir).join("mosquitto");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("mosquitto not found: install it (the test script does: apt-get install mosquitto)");
+    find_mosquitto().expect("mosquitto not found: install it (the test script does: apt-get install mosquitto)")
 }
 
 /// A real mosquitto broker with persistence, owned by one test.
@@ -33,6 +37,11 @@ pub struct Mosquitto {
     child: Option<Child>,
     /// Extra lines for the listener (TLS, authentication); empty for plain anonymous MQTT.
     listener: String,
+    /// Sessions and queued messages kept across a restart (`persistence true`).
+    persistent: bool,
+    /// QoS 1 messages queued per client, and in flight to it.
+    max_queued: usize,
+    max_inflight: usize,
 }
 
 impl Mosquitto {
@@ -50,7 +59,33 @@ impl Mosquitto {
         std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
         std::fs::set_permissions(dir.path(), perms).unwrap();
         let listener = listener(dir.path());
-        let mut m = Mosquitto { port: free_port(), dir, child: None, listener };
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir,
+            child: None,
+            listener,
+            persistent: true,
+            max_queued: 1_000_000,
+            max_inflight: 100,
+        };
+        m.spawn();
+        m
+    }
+
+    /// A broker for load (benchmarks): no persistence, a deep queue, and `inflight` messages
+    /// in flight per client (the default window of 20 is smaller than a batch: the daemon
+    /// acknowledges a whole batch at once).
+    pub fn for_load(inflight: usize) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir,
+            child: None,
+            listener: String::new(),
+            persistent: false,
+            max_queued: 100_000_000,
+            max_inflight: inflight,
+        };
         m.spawn();
         m
     }
@@ -61,12 +96,15 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "per_listener_settings true\nlistener {port} 127.0.0.1\n{listener}\npersistence true\n\
-                 persistence_location {dir}/\nmax_queued_messages 1000000\nmax_inflight_messages 100\n\
-                 log_dest file {dir}/mosquitto.log\n",
+                "per_listener_settings true\nlistener {port} 127.0.0.1\n{listener}\npersistence {persistent}\n\
+                 persistence_location {dir}/\nmax_queued_messages {queued}\nmax_queued_bytes 0\n\
+                 max_inflight_messages {inflight}\nlog_dest file {dir}/mosquitto.log\n",
                 port = self.port,
                 dir = self.dir.path().display(),
-                listener = if self.listener.is_empty() { "allow_anonymous true" } else { &self.listener }
+                listener = if self.listener.is_empty() { "allow_anonymous true" } else { &self.listener },
+                persistent = self.persistent,
+                queued = self.max_queued,
+                inflight = self.max_inflight,
             ),
         )
         .unwrap();
@@ -312,9 +350,15 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn connect(port: u16, id: &str) -> Publisher {
+        Publisher::connect_with(port, id, 100).await
+    }
+
+    /// A publisher with `inflight` unacknowledged messages at a time (benchmarks publish
+    /// faster with a wide window).
+    pub async fn connect_with(port: u16, id: &str, inflight: u16) -> Publisher {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
-        o.set_inflight(100).set_keep_alive(Duration::from_secs(10)).set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut eventloop) = AsyncClient::new(o, 1000);
+        o.set_inflight(inflight).set_keep_alive(Duration::from_secs(10)).set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(o, 10 * usize::from(inflight));
         let task = tokio::spawn(async move {
             loop {
                 if eventloop.poll().await.is_err() {
@@ -461,12 +505,16 @@ pub async fn start_connected(config: Config) -> (fieldwatch::Daemon, std::sync::
 
 /// Waits (bounded) until `cond` holds; panics with `what` otherwise. Not a timing assertion:
 /// the bound is generous, it only keeps a broken build from hanging.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+pub async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_until_within(what, Duration::from_secs(30), Duration::from_millis(50), cond).await
+}
+
+/// [`wait_until`] with its own bound and polling interval (benchmarks poll every millisecond
+/// to see when something happened).
+pub async fn wait_until_within(what: &str, limit: Duration, every: Duration, mut cond: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(std::time::Instant::now() < end, "timed out after {limit:?} waiting until {what}");
+        tokio::time::sleep(every).await;
     }
-    panic!("timed out waiting until {what}");
 }

@@ -3,12 +3,15 @@
 //! Pure and synchronous, so it is tested without a broker. A message that cannot be decoded is
 //! rejected whole, with a [`RejectReason`] that is counted, logged and kept aside by the caller.
 
+pub mod config;
+
 use std::collections::HashSet;
 
 use serde_json::Value;
 
-use crate::config::{DecodeConfig, MetricMapping, TimestampFormat};
 use crate::reading::{Message, Reading};
+
+pub use config::{DecodeConfig, MetricMapping, TimestampFormat};
 
 /// Why a message was rejected. The label is a Prometheus label value, so keep it short and fixed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
