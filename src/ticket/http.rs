@@ -1,5 +1,6 @@
-//! What the HTTP sinks of ticket-system APIs share: one client setup, endpoint URLs built from a
-//! configured base, and one reading of HTTP status codes as retryable or not.
+//! What the HTTP sinks of ticket-system APIs share: one client setup (with basic auth for the
+//! APIs that take it), endpoint URLs built from a configured base, and one reading of HTTP status
+//! codes as retryable or not.
 
 use std::time::Duration;
 
@@ -23,6 +24,29 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, ClientError> {
         .timeout(timeout)
         .user_agent(concat!("fieldwatch/", env!("CARGO_PKG_VERSION")))
         .build()?)
+}
+
+/// A client for an API that takes basic auth and answers JSON, as ServiceNow and Jira do: every
+/// request carries the credentials and asks for JSON.
+pub struct BasicAuthClient {
+    client: reqwest::Client,
+    user: String,
+    /// Never logged.
+    password: String,
+}
+
+impl BasicAuthClient {
+    pub fn new(timeout: Duration, user: &str, password: String) -> Result<BasicAuthClient, ClientError> {
+        Ok(BasicAuthClient { client: client(timeout)?, user: user.to_string(), password })
+    }
+
+    /// A request to `url`, authenticated and asking for JSON.
+    pub fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, url)
+            .basic_auth(&self.user, Some(&self.password))
+            .header(reqwest::header::ACCEPT, "application/json")
+    }
 }
 
 /// Parses an http(s) base URL to which path segments can be appended.
@@ -117,6 +141,17 @@ mod tests {
         );
         let base = base_url("https://acme.example.com").unwrap();
         assert_eq!(endpoint(&base, &["incident", "a/b?c"]).as_str(), "https://acme.example.com/incident/a%2Fb%3Fc");
+    }
+
+    #[test]
+    fn basic_auth_requests_carry_credentials_and_ask_for_json() {
+        let api = BasicAuthClient::new(Duration::from_secs(1), "fw", "s3cret".into()).unwrap();
+        let url = base_url("https://acme.example.com").unwrap();
+        let req = api.request(reqwest::Method::GET, url).build().unwrap();
+        let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+        // "fw:s3cret" in base64.
+        assert_eq!(header(reqwest::header::AUTHORIZATION), Some("Basic Znc6czNjcmV0"));
+        assert_eq!(header(reqwest::header::ACCEPT), Some("application/json"));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::config::Fields;
-use super::http::{self, ClientError};
+use super::http::{self, BasicAuthClient, ClientError};
 use super::records::RemoteRecords;
 use super::render::{self, Section};
 use super::{Action, Priority, SendFuture, SinkError, Ticket, TicketCommand, TicketSink};
@@ -115,12 +115,10 @@ pub struct JiraSink {
 
 /// The site's REST API, and what the issues we create carry.
 struct JiraSite {
-    client: reqwest::Client,
+    /// Authenticated with the account's email and API token.
+    client: BasicAuthClient,
     /// `{base_url}/rest/api/3`.
     api: Url,
-    email: String,
-    /// Never logged.
-    api_token: String,
     project_key: String,
     issue_type: String,
     done_transition: String,
@@ -154,10 +152,8 @@ impl JiraSink {
     pub fn new(cfg: &JiraConfig, api_token: String) -> Result<JiraSink, ClientError> {
         let base = http::base_url(&cfg.base_url)?;
         let site = JiraSite {
-            client: http::client(cfg.timeout)?,
+            client: BasicAuthClient::new(cfg.timeout, &cfg.email, api_token)?,
             api: http::endpoint(&base, &["rest", "api", "3"]),
-            email: cfg.email.clone(),
-            api_token,
             project_key: cfg.project_key.clone(),
             issue_type: cfg.issue_type.clone(),
             done_transition: cfg.done_transition.clone(),
@@ -220,14 +216,14 @@ impl JiraSite {
             .append_pair("jql", &format!("labels = {}", jql_string(&label(incident_key))))
             .append_pair("fields", "key")
             .append_pair("maxResults", "1");
-        let resp = http::send(self.request(Method::GET, url)).await?;
+        let resp = http::send(self.client.request(Method::GET, url)).await?;
         let found: SearchResults = http::json(resp, "issue search").await?;
         Ok(found.issues.into_iter().next().map(|issue| issue.key))
     }
 
     async fn create(&self, t: &Ticket) -> Result<Option<String>, SinkError> {
         let url = http::endpoint(&self.api, &["issue"]);
-        let resp = http::send(self.request(Method::POST, url).json(&self.issue(t))).await?;
+        let resp = http::send(self.client.request(Method::POST, url).json(&self.issue(t))).await?;
         // The issue exists now; a body we cannot read only costs a search later.
         Ok(http::json::<IssueRef>(resp, "issue create").await.ok().map(|i| i.key))
     }
@@ -235,20 +231,20 @@ impl JiraSite {
     async fn comment(&self, issue: &str, text: &str) -> Result<(), SinkError> {
         let url = http::endpoint(&self.api, &["issue", issue, "comment"]);
         let body = json!({ "body": adf(&[Section { heading: "", lines: vec![text.to_string()] }]) });
-        http::send(self.request(Method::POST, url).json(&body)).await.map(|_| ())
+        http::send(self.client.request(Method::POST, url).json(&body)).await.map(|_| ())
     }
 
     /// Moves the issue through the transition named `done_transition`. Transition ids differ
     /// between workflows, so the id is looked up by name each time.
     async fn close(&self, issue: &str) -> Result<(), SinkError> {
         let url = http::endpoint(&self.api, &["issue", issue, "transitions"]);
-        let resp = http::send(self.request(Method::GET, url.clone())).await?;
+        let resp = http::send(self.client.request(Method::GET, url.clone())).await?;
         let available: Transitions = http::json(resp, "transitions").await?;
         let wanted = &self.done_transition;
         match available.transitions.iter().find(|tr| tr.name.eq_ignore_ascii_case(wanted)) {
             Some(tr) => {
                 let body = json!({ "transition": { "id": tr.id } });
-                http::send(self.request(Method::POST, url).json(&body)).await.map(|_| ())
+                http::send(self.client.request(Method::POST, url).json(&body)).await.map(|_| ())
             }
             None if self.is_done(issue).await? => Ok(()),
             None => {
@@ -266,16 +262,9 @@ impl JiraSite {
     async fn is_done(&self, issue: &str) -> Result<bool, SinkError> {
         let mut url = http::endpoint(&self.api, &["issue", issue]);
         url.query_pairs_mut().append_pair("fields", "status");
-        let resp = http::send(self.request(Method::GET, url)).await?;
+        let resp = http::send(self.client.request(Method::GET, url)).await?;
         let v: Value = http::json(resp, "issue status").await?;
         Ok(v["fields"]["status"]["statusCategory"]["key"] == "done")
-    }
-
-    fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, url)
-            .basic_auth(&self.email, Some(&self.api_token))
-            .header(reqwest::header::ACCEPT, "application/json")
     }
 
     /// The new issue.

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::config::Fields;
-use super::http::{self, ClientError};
+use super::http::{self, BasicAuthClient, ClientError};
 use super::records::RemoteRecords;
 use super::{render, Action, Priority, SendFuture, SinkError, Ticket, TicketCommand, TicketSink};
 use crate::settings::{Invalid, SecretRef};
@@ -95,12 +95,9 @@ pub struct ServiceNowSink {
 
 /// The instance's incident table, and what the records we create carry.
 struct IncidentTable {
-    client: reqwest::Client,
+    client: BasicAuthClient,
     /// `{instance}/api/now/table/incident`.
     url: Url,
-    username: String,
-    /// Never logged.
-    password: String,
     assignment_group: Option<String>,
     caller_id: Option<String>,
     category: String,
@@ -127,10 +124,8 @@ impl ServiceNowSink {
     pub fn new(cfg: &ServiceNowConfig, password: String) -> Result<ServiceNowSink, ClientError> {
         let base = http::base_url(&cfg.instance_url)?;
         let table = IncidentTable {
-            client: http::client(cfg.timeout)?,
+            client: BasicAuthClient::new(cfg.timeout, &cfg.username, password)?,
             url: http::endpoint(&base, &["api", "now", "table", "incident"]),
-            username: cfg.username.clone(),
-            password,
             assignment_group: cfg.assignment_group.clone(),
             caller_id: cfg.caller_id.clone(),
             category: cfg.category.clone(),
@@ -192,7 +187,7 @@ impl IncidentTable {
             .append_pair("sysparm_query", &format!("correlation_id={correlation_id}"))
             .append_pair("sysparm_fields", "sys_id")
             .append_pair("sysparm_limit", "1");
-        let resp = http::send(self.request(reqwest::Method::GET, url)).await?;
+        let resp = http::send(self.client.request(reqwest::Method::GET, url)).await?;
         let found: Found = http::json(resp, "incident lookup").await?;
         Ok(found.result.into_iter().map(|r| r.sys_id).find(|id| !id.is_empty()))
     }
@@ -200,21 +195,14 @@ impl IncidentTable {
     async fn create(&self, t: &Ticket) -> Result<Option<String>, SinkError> {
         let mut url = self.url.clone();
         url.query_pairs_mut().append_pair("sysparm_fields", "sys_id,number");
-        let resp = http::send(self.request(reqwest::Method::POST, url).json(&self.incident(t))).await?;
+        let resp = http::send(self.client.request(reqwest::Method::POST, url).json(&self.incident(t))).await?;
         // The record exists now; a body we cannot read only costs a lookup later.
         Ok(http::json::<Created>(resp, "incident create").await.ok().map(|c| c.result.sys_id).filter(|s| !s.is_empty()))
     }
 
     async fn patch(&self, sys_id: &str, body: Value) -> Result<(), SinkError> {
         let url = http::endpoint(&self.url, &[sys_id]);
-        http::send(self.request(reqwest::Method::PATCH, url).json(&body)).await.map(|_| ())
-    }
-
-    fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, url)
-            .basic_auth(&self.username, Some(&self.password))
-            .header(reqwest::header::ACCEPT, "application/json")
+        http::send(self.client.request(reqwest::Method::PATCH, url).json(&body)).await.map(|_| ())
     }
 
     /// The new incident record.
