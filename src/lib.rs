@@ -39,6 +39,7 @@ pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod model_commands;
 pub mod preflight;
 pub mod reading;
 pub mod replay;

@@ -331,9 +331,9 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match fieldwatch::model::commands::train(&config, device.as_deref()) {
+            match fieldwatch::model_commands::train(&config, device.as_deref()) {
                 Ok(list) => {
-                    print!("{}", fieldwatch::model::commands::render(&list));
+                    print!("{}", fieldwatch::model_commands::render(&list));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -348,11 +348,11 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             run_async(async move {
-                let list = fieldwatch::model::commands::list(&config).await?;
+                let list = fieldwatch::model_commands::list(&config).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&list)?);
                 } else {
-                    print!("{}", fieldwatch::model::commands::render(&list));
+                    print!("{}", fieldwatch::model_commands::render(&list));
                 }
                 Ok(())
             })

@@ -11,7 +11,6 @@
 //! Every model's raw output is calibrated on its training data to the common 0..1 score of the
 //! per-series detectors (0.5 = alarm), so one incident policy serves all of them.
 
-pub mod commands;
 pub mod config;
 pub mod features;
 pub mod gmm;

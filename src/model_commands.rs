@@ -10,8 +10,8 @@ use crate::config::Config;
 use crate::reading::format_ts;
 use crate::store::{Store, StoreError};
 
-use super::trainer::{self, TrainError};
-use super::DeviceModel;
+use crate::model::trainer::{self, TrainError};
+use crate::model::DeviceModel;
 
 /// Why a model command failed.
 #[derive(Debug, thiserror::Error)]
