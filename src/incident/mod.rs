@@ -382,19 +382,7 @@ impl IncidentPolicy {
         if self.resolved.get(&key).is_some_and(|i| i.verdict.as_deref() == Some("wont_fix")) {
             return None;
         }
-        let peak = Anomaly {
-            contributors: Vec::new(),
-            kind: FaultKind::Silent,
-            detector: "staleness".into(),
-            ts: now,
-            value: (now - last_heard) as f64 / 1000.0,
-            score: 1.0,
-            expected: None,
-            spread: None,
-            z: None,
-            bound: None,
-            history: None,
-        };
+        let peak = Anomaly::new(FaultKind::Silent, "staleness", now, (now - last_heard) as f64 / 1000.0, 1.0);
         let subject = Subject { device: device.to_string(), site, metric: SILENT_METRIC.into() };
         let inc = Incident::new(subject, last_heard, now, peak, 0);
         self.open.insert(key, inc.clone());
@@ -464,19 +452,7 @@ mod tests {
     }
 
     fn anomaly(ts: i64, score: f64) -> Anomaly {
-        Anomaly {
-            contributors: Vec::new(),
-            kind: FaultKind::Deviation,
-            detector: "baseline".into(),
-            ts,
-            value: 1.0,
-            score,
-            expected: Some(0.0),
-            spread: Some(0.1),
-            z: Some(10.0),
-            bound: None,
-            history: None,
-        }
+        Anomaly::new(FaultKind::Deviation, "baseline", ts, 1.0, score).with_level(0.0, 0.1, 10.0)
     }
 
     fn policy() -> IncidentPolicy {
