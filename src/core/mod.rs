@@ -17,7 +17,7 @@ use crate::assets::Registry;
 use crate::config::{Config, MaintenanceWindow, Mode, ModesConfig};
 use crate::decode::{Decoder, RejectReason};
 use crate::detect::{time_to_limit, Anomaly, DetectorBank, FaultKind, Forecast, Observation};
-use crate::incident::{Incident, IncidentPolicy, Transition, FLAPPING as FLAPPING_NOTE, RECURRED};
+use crate::incident::{Incident, IncidentPolicy, Transition, UpdateReason};
 use crate::metrics::{FaultLabel, KindLabel, Metrics, ReasonLabel, TierLabel};
 use crate::reading::{Message, Reading};
 use crate::store::{Rejected, Route, Store, StoreError, REJECTED_PAYLOAD_MAX};
@@ -43,7 +43,8 @@ pub struct BatchOutcome {
 const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The daemon's processing core.
-pub use feedback::{Feedback, FeedbackError, Verdict};
+pub use crate::incident::Verdict;
+pub use feedback::{Feedback, FeedbackError};
 
 pub struct Core {
     decoder: Decoder,
@@ -631,16 +632,16 @@ impl Core {
             Action::Update => {
                 inc.updates += 1;
                 self.metrics.incidents_updated.inc();
-                for reason in [(DEDUP, RECURRED), (FLAPPING, FLAPPING_NOTE)] {
-                    if note.as_deref().is_some_and(|n| n.starts_with(reason.1)) {
-                        self.metrics.tickets_suppressed.get_or_create(&ReasonLabel { reason: reason.0.into() }).inc();
+                match &note {
+                    Some(UpdateReason::Recurred { .. }) => self.count_suppressed(DEDUP),
+                    Some(UpdateReason::Flapping { .. }) => self.count_suppressed(FLAPPING),
+                    Some(UpdateReason::Escalated { .. }) => {
+                        self.metrics
+                            .incidents_escalated
+                            .get_or_create(&TierLabel { tier: asset.tier.as_str().into() })
+                            .inc();
                     }
-                }
-                if inc.escalated && note.as_deref().is_some_and(|n| n.starts_with("Escalated")) {
-                    self.metrics
-                        .incidents_escalated
-                        .get_or_create(&TierLabel { tier: asset.tier.as_str().into() })
-                        .inc();
+                    Some(UpdateReason::Verdict { .. }) | None => {}
                 }
             }
             Action::Resolve => {
@@ -663,7 +664,7 @@ impl Core {
             unit: self.units.get(&inc.metric).map(String::as_str),
             runbook: self.registry.runbook(&inc.metric, inc.fault),
             checks: self.checks(&inc, series, site.as_deref())?,
-            note,
+            note: note.as_ref().map(UpdateReason::to_string),
             predicted_failure_at: forecast.map(|f| f.at),
             forecast,
             needs_review: inc.suppressed.as_deref() == Some(NEEDS_REVIEW),
@@ -690,8 +691,7 @@ impl Core {
         };
         if action == Action::Open {
             if let Some(reason) = &inc.suppressed {
-                let label = reason.split(':').next().unwrap_or(reason).to_string();
-                self.metrics.tickets_suppressed.get_or_create(&ReasonLabel { reason: label }).inc();
+                self.count_suppressed(reason.split(':').next().unwrap_or(reason));
             }
         }
         tracing::info!(
@@ -701,14 +701,17 @@ impl Core {
         );
         self.incidents.store_open(&inc);
         self.store.save_incident(&inc.key, &inc, route.map(|r| (&cmd, r)))?;
-        Ok(match action {
-            Action::Open => Transition::Opened(inc),
-            Action::Update => Transition::Updated(inc, cmd.ticket.note.unwrap_or_default()),
-            Action::Resolve => match cmd.ticket.note {
-                Some(note) if inc.verdict.is_some() => Transition::Closed(inc, note),
-                _ => Transition::Resolved(inc),
-            },
+        Ok(match (action, note) {
+            (Action::Open, _) => Transition::Opened(inc),
+            (Action::Update, Some(note)) => Transition::Updated(inc, note),
+            (Action::Resolve, Some(note)) => Transition::Closed(inc, note),
+            (Action::Update | Action::Resolve, None) => Transition::Resolved(inc),
         })
+    }
+
+    /// Counts a ticket that was not sent, or an update that stood in for a new one.
+    fn count_suppressed(&self, reason: &str) {
+        self.metrics.tickets_suppressed.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
     }
 
     /// When the series will cross its configured limit at its recent rate, if it is heading

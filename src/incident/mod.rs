@@ -6,6 +6,8 @@
 //! restart neither forgets nor re-opens an incident.
 
 mod summary;
+mod update;
+mod verdict;
 
 use std::collections::HashMap;
 
@@ -17,6 +19,8 @@ use crate::reading::Reading;
 
 pub(crate) use summary::num;
 pub use summary::{describe, format_duration};
+pub use update::UpdateReason;
+pub use verdict::Verdict;
 
 /// Where an incident is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,9 +78,9 @@ pub struct Incident {
     /// Update commands sent so far; numbers each update's idempotency key.
     #[serde(default)]
     pub updates: u32,
-    /// A technician's verdict (`confirmed`, `false_alarm`, `fixed`, `wont_fix`).
+    /// A technician's verdict.
     #[serde(default)]
-    pub verdict: Option<String>,
+    pub verdict: Option<Verdict>,
     /// What happened to the incident, in order: `(time ms, event)`.
     #[serde(default)]
     pub timeline: Vec<(i64, String)>,
@@ -134,11 +138,11 @@ impl Incident {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transition {
     Opened(Incident),
-    /// The same incident changed: recurrence, flapping, escalation. The note says how.
-    Updated(Incident, String),
+    /// The same incident changed: recurrence, flapping, escalation, a confirmation.
+    Updated(Incident, UpdateReason),
     Resolved(Incident),
-    /// Resolved by a person (technician feedback), with their note.
-    Closed(Incident, String),
+    /// Resolved by a person (technician feedback): an [`UpdateReason::Verdict`].
+    Closed(Incident, UpdateReason),
 }
 
 impl Transition {
@@ -302,7 +306,7 @@ impl IncidentPolicy {
             }
             let p = self.pending.remove(key)?;
             if let Some(prev) = self.resolved.get(key) {
-                if prev.verdict.as_deref() == Some("wont_fix") {
+                if prev.verdict == Some(Verdict::WontFix) {
                     return None; // a technician decided: never reopened automatically
                 }
                 let within = prev.resolved_at.is_some_and(|r| ts - r < self.config.cool_down.as_millis() as i64);
@@ -327,8 +331,8 @@ impl IncidentPolicy {
         self.config.quiet_period.as_millis() as i64 * i64::from(factor)
     }
 
-    /// Reopens a recently resolved incident; returns the update note.
-    fn reopen(&self, inc: &mut Incident, p: Pending, ts: i64) -> String {
+    /// Reopens a recently resolved incident; returns why its ticket is updated.
+    fn reopen(&self, inc: &mut Incident, p: Pending, ts: i64) -> UpdateReason {
         let quiet_for = ts - inc.resolved_at.unwrap_or(ts);
         inc.state = IncidentState::Open;
         inc.resolved_at = None;
@@ -341,17 +345,12 @@ impl IncidentPolicy {
             inc.peak = p.peak;
         }
         let opened_times = inc.reopen_count + 1;
-        let note = if !inc.flapping && opened_times >= self.config.flap_reopens {
+        if !inc.flapping && opened_times >= self.config.flap_reopens {
             inc.flapping = true;
-            format!(
-                "{FLAPPING}: opened {opened_times} times since {}; held open until quiet for {}",
-                crate::reading::format_ts(inc.opened_at),
-                format_duration(self.quiet_ms(true))
-            )
+            UpdateReason::Flapping { opened_times, since: inc.opened_at, quiet_for_ms: self.quiet_ms(true) }
         } else {
-            format!("{RECURRED} {} after it resolved (reopen #{})", format_duration(quiet_for), inc.reopen_count)
-        };
-        note
+            UpdateReason::Recurred { quiet_for_ms: quiet_for, reopen_count: inc.reopen_count }
+        }
     }
 
     /// Time-driven changes: escalates open incidents nobody acknowledged by their respond-by
@@ -362,11 +361,7 @@ impl IncidentPolicy {
             let due = inc.respond_by.is_some_and(|r| now >= r);
             if due && !inc.acknowledged && !inc.escalated && inc.suppressed.is_none() {
                 inc.escalated = true;
-                let note = format!(
-                    "Escalated: not acknowledged by its respond-by time {}",
-                    inc.respond_by.map(crate::reading::format_ts).unwrap_or_default()
-                );
-                out.push(Transition::Updated(inc.clone(), note));
+                out.push(Transition::Updated(inc.clone(), UpdateReason::Escalated { respond_by: inc.respond_by }));
             }
         }
         out
@@ -379,7 +374,7 @@ impl IncidentPolicy {
         if self.open.contains_key(&key) {
             return None;
         }
-        if self.resolved.get(&key).is_some_and(|i| i.verdict.as_deref() == Some("wont_fix")) {
+        if self.resolved.get(&key).is_some_and(|i| i.verdict == Some(Verdict::WontFix)) {
             return None;
         }
         let peak = Anomaly::new(FaultKind::Silent, "staleness", now, (now - last_heard) as f64 / 1000.0, 1.0);
@@ -424,11 +419,6 @@ impl IncidentPolicy {
         }
     }
 }
-
-/// How an update note starts when a fault recurred within the cool-down (a ticket deduplicated).
-pub const RECURRED: &str = "Recurred";
-/// How an update note starts when an incident is marked flapping.
-pub const FLAPPING: &str = "Flapping";
 
 /// The metric name of device-level sensor-health incidents.
 pub const SILENT_METRIC: &str = "telemetry";
@@ -531,11 +521,13 @@ mod tests {
         let [Transition::Updated(inc, note)] = &again[..] else { panic!("{again:?}") };
         assert_eq!(inc.id, first.id, "same incident, same ticket");
         assert_eq!(inc.reopen_count, 1);
-        assert!(note.starts_with("Recurred"), "{note}");
+        assert!(matches!(note, UpdateReason::Recurred { reopen_count: 1, .. }), "{note}");
+        assert!(note.to_string().starts_with("Recurred"), "{note}");
         assert!(matches!(&p.observe(&reading(50_000, 0.0), &[])[..], [Transition::Resolved(_)]));
         let third = burst(&mut p, 60_000, 3);
         let [Transition::Updated(inc, note)] = &third[..] else { panic!("{third:?}") };
-        assert!(inc.flapping && note.starts_with("Flapping"), "{note}");
+        assert!(inc.flapping && matches!(note, UpdateReason::Flapping { opened_times: 3, .. }), "{note}");
+        assert!(note.to_string().starts_with("Flapping"), "{note}");
         // Held open: the normal 10 s quiet period no longer resolves it, three times that does.
         assert!(p.observe(&reading(75_000, 0.0), &[]).is_empty());
         assert!(matches!(&p.observe(&reading(93_000, 0.0), &[])[..], [Transition::Resolved(_)]));
@@ -549,7 +541,7 @@ mod tests {
         burst(&mut p, 0, 3);
         let resolved = p.observe(&reading(20_000, 0.0), &[]);
         let Transition::Resolved(mut inc) = resolved[0].clone() else { panic!() };
-        inc.verdict = Some("wont_fix".into());
+        inc.verdict = Some(Verdict::WontFix);
         p.store_open(&inc);
         assert!(burst(&mut p, 30_000, 10).is_empty());
         assert!(burst(&mut p, 900_000, 10).is_empty());
@@ -563,7 +555,7 @@ mod tests {
         p.store_open(&inc);
         assert!(p.tick(99_999).is_empty());
         let t = p.tick(100_000);
-        assert!(matches!(&t[..], [Transition::Updated(i, n)] if i.escalated && n.starts_with("Escalated")));
+        assert!(matches!(&t[..], [Transition::Updated(i, UpdateReason::Escalated { .. })] if i.escalated));
         assert!(p.tick(200_000).is_empty(), "escalates once");
     }
 }
