@@ -14,13 +14,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::assets::Registry;
-use crate::config::{Config, MaintenanceWindow, Mode, ModesConfig};
+use crate::config::Config;
 use crate::decode::{Decoder, RejectReason};
 use crate::detect::{time_to_limit, Anomaly, DetectorBank, FaultKind, Forecast, Observation};
 use crate::incident::{Incident, IncidentPolicy, Transition, UpdateReason};
 use crate::metrics::{FaultLabel, KindLabel, Metrics, ReasonLabel, TierLabel};
 use crate::reading::{Message, Reading};
+use crate::silence::Silences;
 use crate::store::{Rejected, Route, Store, StoreError, REJECTED_PAYLOAD_MAX};
+use crate::suppress::{Suppression, Suppressor, MAINTENANCE, NEEDS_REVIEW, OBSERVE, SHADOW, SILENCE};
 use crate::ticket::content::{self, TicketContext};
 use crate::ticket::Action;
 
@@ -57,9 +59,8 @@ pub struct Core {
     metrics: Arc<Metrics>,
     reject_log: HashMap<&'static str, (Instant, u64)>,
     registry: Registry,
-    modes: ModesConfig,
-    maintenance: Vec<MaintenanceWindow>,
-    min_confidence: f64,
+    /// Maintenance windows, silences and modes: whether a ticket goes out.
+    suppressor: Suppressor,
     /// Per device: its site and the metrics it reports (for the checks in a ticket).
     device_site: HashMap<String, Option<String>>,
     device_metrics: HashMap<String, BTreeSet<String>>,
@@ -70,9 +71,6 @@ pub struct Core {
     stale_after_ms: i64,
     /// Fitted per-device models and their streaming state (see `models.rs`).
     models: models::DeviceModels,
-    /// Held-back incidents whose planned work is over: their last anomaly (event time) then.
-    planned_ended: HashMap<String, i64>,
-    persist_after_work_ms: i64,
     /// When the detector state was last written (see [`Core::save_detector_state`]).
     state_saved_at: i64,
     /// Per device: event time of its last message and its usual interval (ms).
@@ -97,13 +95,6 @@ struct Limits {
     establish_after_ms: i64,
 }
 
-/// Suppression reasons that hold a ticket back (kept in the store, sent nowhere).
-const SHADOW: &str = "shadow";
-const NEEDS_REVIEW: &str = "needs_review";
-const OBSERVE: &str = "observe";
-/// Suppression reasons of planned work (followed by `: <reason>`).
-const MAINTENANCE: &str = "maintenance";
-const SILENCE: &str = "silence";
 /// Updates of an open ticket that stood in for a new one (a recurrence, a flapping incident).
 const DEDUP: &str = "dedup";
 const FLAPPING: &str = "flapping";
@@ -169,6 +160,7 @@ impl Core {
         }
         let settle_ms = config.detect.drift.reference_for.as_millis() as i64;
         let models = models::DeviceModels::load(&config.detect.models, settle_ms, &store)?;
+        let silences = Arc::new(Silences::load(store.clone())?);
         let core = Core {
             decoder: Decoder::new(&config.decode).with_max_age(config.store.retention),
             detectors,
@@ -180,20 +172,15 @@ impl Core {
             metrics,
             reject_log: HashMap::new(),
             registry: Registry::new(&config.assets, None, &config.priority),
-            modes: config.modes.clone(),
-            maintenance: config.maintenance.windows.clone(),
-            min_confidence: config.incident.min_confidence,
+            suppressor: Suppressor::new(config, silences),
             device_site: HashMap::new(),
             device_metrics,
             last_anomaly: HashMap::new(),
             last_heard,
             stale_after_ms: config.incident.stale_after.as_millis() as i64,
             models,
-            planned_ended: HashMap::new(),
             state_saved_at: 0,
             cadence: HashMap::new(),
-            persist_after_work_ms: config.incident.debounce_for.max(config.incident.slow_debounce_for).as_millis()
-                as i64,
             first_heard,
             limits: Limits {
                 max_devices: config.decode.max_devices,
@@ -215,6 +202,11 @@ impl Core {
         for priority in self.opened_uncommitted.drain(..) {
             self.metrics.count_opened(priority, 1);
         }
+    }
+
+    /// The silences the core obeys, for the admin API that sets them.
+    pub fn silences(&self) -> Arc<Silences> {
+        self.suppressor.silences()
     }
 
     /// Open incidents known to the core.
@@ -620,7 +612,7 @@ impl Core {
                 // back-filled or replayed readings whose event time lies in the past.
                 let raised = crate::reading::now_ms().max(inc.opened_at);
                 inc.respond_by = Some(raised + asset.respond_within.as_millis() as i64);
-                inc.suppressed = self.suppression(&inc, site.as_deref())?;
+                inc.suppressed = self.suppressor.on_open(&inc, site.as_deref());
                 // An incident opened before (held back by planned work) is not counted twice.
                 if inc.timeline.is_empty() {
                     self.observe_actual_lead_time(&inc);
@@ -667,7 +659,7 @@ impl Core {
             note: note.as_ref().map(UpdateReason::to_string),
             predicted_failure_at: forecast.map(|f| f.at),
             forecast,
-            needs_review: inc.suppressed.as_deref() == Some(NEEDS_REVIEW),
+            needs_review: inc.suppressed == Some(Suppression::NeedsReview),
             asset,
         };
         let cmd = content::command(&inc, action, &ctx);
@@ -678,7 +670,7 @@ impl Core {
         };
         let at = if action == Action::Open { inc.opened_at } else { crate::reading::now_ms().max(inc.last_anomaly_at) };
         inc.timeline.push((at, event));
-        let route = match inc.suppressed.as_deref() {
+        let route = match &inc.suppressed {
             None => match content::validate(&cmd.ticket) {
                 Ok(()) => Some(Route::Sinks(&self.sinks)),
                 Err(why) => {
@@ -686,12 +678,11 @@ impl Core {
                     Some(Route::Held("invalid"))
                 }
             },
-            Some(reason @ (SHADOW | NEEDS_REVIEW)) => Some(Route::Held(reason)),
-            Some(_) => None,
+            Some(s) => s.held_as().map(Route::Held),
         };
         if action == Action::Open {
             if let Some(reason) = &inc.suppressed {
-                self.count_suppressed(reason.split(':').next().unwrap_or(reason));
+                self.count_suppressed(reason.label());
             }
         }
         tracing::info!(
@@ -745,58 +736,15 @@ impl Core {
         }
     }
 
-    /// Why an incident that just opened sends no ticket, if it does not.
-    fn suppression(&self, inc: &Incident, site: Option<&str>) -> Result<Option<String>, StoreError> {
-        if let Some(reason) = self.planned_work(&inc.device, site, inc.opened_at)? {
-            tracing::info!(device = %inc.device, %reason, "planned work: no ticket");
-            return Ok(Some(reason));
-        }
-        Ok(match self.modes.for_site(site) {
-            Mode::Observe => Some(OBSERVE.into()),
-            Mode::Shadow => Some(SHADOW.into()),
-            Mode::Ticket => (inc.peak.score < self.min_confidence).then(|| NEEDS_REVIEW.into()),
-        })
-    }
-
-    /// The maintenance window (at event time `ts`) or silence (now) covering a device, if any,
-    /// as a suppression reason.
-    fn planned_work(&self, device: &str, site: Option<&str>, ts: i64) -> Result<Option<String>, StoreError> {
-        if let Some(w) = self.maintenance.iter().find(|w| w.covers(device, site, ts)) {
-            return Ok(Some(format!("{MAINTENANCE}: {}", w.reason)));
-        }
-        let now = crate::reading::now_ms();
-        let silences: Vec<crate::silence::Silence> = self.store.silences()?;
-        Ok(silences.iter().find(|s| s.covers(device, site, now)).map(|s| format!("{SILENCE}: {}", s.reason)))
-    }
-
-    /// Incidents held back by planned work that ended while the fault is still there: their
-    /// ticket opens now (the technician needs it after all). "Still there" means anomalies
-    /// for the (slow) debounce after the work ended, so the smoothed detectors' decay after
-    /// the work is not taken for a fault; one that stops with the work resolves after its
-    /// quiet period.
+    /// Opens the tickets of incidents held back by planned work that ended while the fault
+    /// goes on (see [`Suppressor::outlasted_work`]).
     fn planned_work_ended(&mut self, now: i64) -> Result<Vec<Transition>, StoreError> {
-        let held: Vec<Incident> = self
-            .incidents
-            .open_incidents()
-            .filter(|i| i.suppressed.as_deref().is_some_and(|s| s.starts_with(MAINTENANCE) || s.starts_with(SILENCE)))
-            .cloned()
-            .collect();
-        self.planned_ended.retain(|key, _| held.iter().any(|i| &i.key == key));
+        let registry = &self.registry;
+        let open = self.incidents.open_incidents().map(|i| (i, i.site.as_deref().or_else(|| registry.site(&i.device))));
+        let outlasted = self.suppressor.outlasted_work(open, now);
         let mut out = Vec::new();
-        for mut inc in held {
-            let site = inc.site.clone().or_else(|| self.registry.site(&inc.device).map(str::to_string));
-            if self.planned_work(&inc.device, site.as_deref(), now)?.is_some() {
-                self.planned_ended.remove(&inc.key);
-                continue;
-            }
-            // Event time of the fault's last anomaly when the work ended: the fault persists
-            // once anomalies go on for the debounce beyond it.
-            let ended = *self.planned_ended.entry(inc.key.clone()).or_insert(inc.last_anomaly_at);
-            if inc.last_anomaly_at < ended + self.persist_after_work_ms {
-                continue;
-            }
-            self.planned_ended.remove(&inc.key);
-            tracing::info!(incident = %inc.id, device = %inc.device, "planned work ended and the fault persists: opening its ticket");
+        for key in outlasted {
+            let Some(mut inc) = self.incidents.open_incidents().find(|i| i.key == key).cloned() else { continue };
             inc.suppressed = None;
             inc.opened_at = inc.opened_at.max(now);
             out.push(self.persist(Transition::Opened(inc))?);

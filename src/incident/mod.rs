@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::IncidentConfig;
 use crate::detect::{Anomaly, FaultKind};
 use crate::reading::Reading;
+use crate::suppress::Suppression;
 
 pub(crate) use summary::num;
 pub use summary::{describe, format_duration};
@@ -72,9 +73,9 @@ pub struct Incident {
     /// Escalated because nobody acknowledged it by `respond_by`.
     #[serde(default)]
     pub escalated: bool,
-    /// Why no ticket is sent for it (`maintenance: ...`, `observe`, `shadow`, `needs_review`).
+    /// Why no ticket is sent for it.
     #[serde(default)]
-    pub suppressed: Option<String>,
+    pub suppressed: Option<Suppression>,
     /// Update commands sent so far; numbers each update's idempotency key.
     #[serde(default)]
     pub updates: u32,
@@ -545,6 +546,18 @@ mod tests {
         p.store_open(&inc);
         assert!(burst(&mut p, 30_000, 10).is_empty());
         assert!(burst(&mut p, 900_000, 10).is_empty());
+    }
+
+    #[test]
+    fn an_incident_stored_with_text_for_its_suppression_and_verdict_still_loads() {
+        let Transition::Opened(inc) = burst(&mut policy(), 0, 3)[0].clone() else { panic!() };
+        let mut stored = serde_json::to_value(&inc).unwrap();
+        stored["suppressed"] = "maintenance: compressor overhaul".into();
+        stored["verdict"] = "wont_fix".into();
+        let loaded: Incident = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(loaded.suppressed, Some(Suppression::Maintenance { reason: "compressor overhaul".into() }));
+        assert_eq!(loaded.verdict, Some(Verdict::WontFix));
+        assert_eq!(serde_json::to_value(&loaded).unwrap(), stored, "stored again as it was");
     }
 
     #[test]
