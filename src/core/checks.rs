@@ -5,15 +5,17 @@ use super::{join, Core, CORRELATION_MS};
 use crate::detect::FaultKind;
 use crate::incident::Incident;
 use crate::reading::format_ts;
-use crate::store::StoreError;
 use crate::ticket::Check;
 
+/// The latest readings of the incident's series that the sensor check looks at.
+pub(super) const SENSOR_READINGS: usize = 10;
+
 impl Core {
-    /// What the daemon checked, so the technician need not: the sensor, the device's other
-    /// metrics, and the other devices at the site.
-    pub(super) fn checks(&self, inc: &Incident, series: u32, site: Option<&str>) -> Result<Vec<Check>, StoreError> {
+    /// What the daemon checked, so the technician need not: the sensor (from `recent`, its
+    /// series' last [`SENSOR_READINGS`] readings), the device's other metrics, and the other
+    /// devices at the site.
+    pub(super) fn checks(&self, inc: &Incident, recent: &[(i64, f64)], site: Option<&str>) -> Vec<Check> {
         let mut checks = Vec::new();
-        let recent = self.store.recent(series, i64::MAX, 10)?;
         let sensor = match (recent.first(), recent.last()) {
             _ if inc.fault == FaultKind::Silent => Check {
                 check: "sensor alive".into(),
@@ -105,6 +107,6 @@ impl Core {
                 ),
             },
         });
-        Ok(checks)
+        checks
     }
 }

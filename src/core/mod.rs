@@ -8,6 +8,7 @@
 mod checks;
 mod feedback;
 mod models;
+mod transition;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -16,15 +17,13 @@ use std::time::{Duration, Instant};
 use crate::assets::Registry;
 use crate::config::Config;
 use crate::decode::{Decoder, RejectReason};
-use crate::detect::{time_to_limit, Anomaly, DetectorBank, FaultKind, Forecast, Observation};
-use crate::incident::{Incident, IncidentPolicy, Transition, UpdateReason};
-use crate::metrics::{FaultLabel, KindLabel, Metrics, ReasonLabel, TierLabel};
+use crate::detect::{Anomaly, DetectorBank, FaultKind, Observation};
+use crate::incident::{Incident, IncidentPolicy, Transition};
+use crate::metrics::{FaultLabel, Metrics, ReasonLabel};
 use crate::reading::{Message, Reading};
 use crate::silence::Silences;
-use crate::store::{Rejected, Route, Store, StoreError, REJECTED_PAYLOAD_MAX};
-use crate::suppress::{Suppression, Suppressor, MAINTENANCE, NEEDS_REVIEW, OBSERVE, SHADOW, SILENCE};
-use crate::ticket::content::{self, TicketContext};
-use crate::ticket::Action;
+use crate::store::{Rejected, Store, StoreError, REJECTED_PAYLOAD_MAX};
+use crate::suppress::{Suppressor, MAINTENANCE, NEEDS_REVIEW, OBSERVE, SHADOW, SILENCE};
 
 /// What one batch did.
 #[derive(Debug, Default)]
@@ -121,11 +120,6 @@ const SILENT_CADENCES: f64 = 5.0;
 /// The detectors' state is written to the store this often (tick time), and at the next tick
 /// after a healthy reference was fixed.
 const STATE_SAVE_EVERY_MS: i64 = 60_000;
-/// Readings a trend is fitted on.
-const TREND_READINGS: usize = 120;
-/// Without a configured limit, a forecast aims at the healthy range widened this many times
-/// about its middle: a level the series never came near while healthy.
-const ENVELOPE_WIDENING: f64 = 3.0;
 
 fn join(items: &[&String]) -> String {
     items.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
@@ -576,164 +570,6 @@ impl Core {
             out.transitions.push(self.persist(t)?);
         }
         Ok(())
-    }
-
-    /// Enriches an incident transition, decides where its ticket goes, and writes both in one
-    /// transaction.
-    fn persist(&mut self, t: Transition) -> Result<Transition, StoreError> {
-        let (mut inc, action, note) = match t {
-            Transition::Opened(i) => (i, Action::Open, None),
-            Transition::Updated(i, note) => (i, Action::Update, Some(note)),
-            Transition::Resolved(i) => (i, Action::Resolve, None),
-            Transition::Closed(i, note) => (i, Action::Resolve, Some(note)),
-        };
-        let asset = self.registry.lookup(&inc.device);
-        let site = inc.site.clone().or_else(|| self.registry.site(&inc.device).map(str::to_string));
-        // A sensor-health incident shows the device's last readings of any metric.
-        let metric = match inc.fault {
-            FaultKind::Silent => self.device_metrics.get(&inc.device).and_then(|m| m.iter().next()).cloned(),
-            // A model incident shows the readings of the metric that contributed most.
-            FaultKind::Multivariate => inc
-                .peak
-                .contributors
-                .first()
-                .or_else(|| self.device_metrics.get(&inc.device).and_then(|m| m.iter().next()))
-                .cloned(),
-            _ => Some(inc.metric.clone()),
-        };
-        let series = match metric {
-            Some(m) => self.store.series_id(&inc.device, &m)?,
-            None => u32::MAX,
-        };
-        match action {
-            Action::Open => {
-                inc.recent = self.store.recent(series, inc.opened_at, self.evidence_readings)?;
-                // People respond from when the ticket is raised (wall clock), also for
-                // back-filled or replayed readings whose event time lies in the past.
-                let raised = crate::reading::now_ms().max(inc.opened_at);
-                inc.respond_by = Some(raised + asset.respond_within.as_millis() as i64);
-                inc.suppressed = self.suppressor.on_open(&inc, site.as_deref());
-                // An incident opened before (held back by planned work) is not counted twice.
-                if inc.timeline.is_empty() {
-                    self.observe_actual_lead_time(&inc);
-                    self.opened_uncommitted.push(asset.priority);
-                    let detect_s = ((inc.opened_at - inc.first_seen).max(0) as f64) / 1000.0;
-                    self.metrics.time_to_detect_seconds.observe(detect_s);
-                }
-            }
-            Action::Update => {
-                inc.updates += 1;
-                self.metrics.incidents_updated.inc();
-                match &note {
-                    Some(UpdateReason::Recurred { .. }) => self.count_suppressed(DEDUP),
-                    Some(UpdateReason::Flapping { .. }) => self.count_suppressed(FLAPPING),
-                    Some(UpdateReason::Escalated { .. }) => {
-                        self.metrics
-                            .incidents_escalated
-                            .get_or_create(&TierLabel { tier: asset.tier.as_str().into() })
-                            .inc();
-                    }
-                    Some(UpdateReason::Verdict { .. }) | None => {}
-                }
-            }
-            Action::Resolve => {
-                self.metrics.incidents_resolved.inc();
-            }
-        }
-        let forecast = match (action, inc.fault) {
-            (Action::Open | Action::Update, FaultKind::Deviation | FaultKind::Drift | FaultKind::Stuck) => {
-                self.forecast(&inc, series)?
-            }
-            _ => None,
-        };
-        if let (Action::Open, Some(f)) = (action, forecast) {
-            self.metrics
-                .lead_time_seconds
-                .get_or_create(&KindLabel { kind: PREDICTED.into() })
-                .observe(((f.at - inc.opened_at).max(0) as f64) / 1000.0);
-        }
-        let ctx = TicketContext {
-            unit: self.units.get(&inc.metric).map(String::as_str),
-            runbook: self.registry.runbook(&inc.metric, inc.fault),
-            checks: self.checks(&inc, series, site.as_deref())?,
-            note: note.as_ref().map(UpdateReason::to_string),
-            predicted_failure_at: forecast.map(|f| f.at),
-            forecast,
-            needs_review: inc.suppressed == Some(Suppression::NeedsReview),
-            asset,
-        };
-        let cmd = content::command(&inc, action, &ctx);
-        let event = match (action, &cmd.ticket.note) {
-            (Action::Open, _) => format!("opened ({}): {}", cmd.ticket.priority.as_str(), cmd.ticket.summary),
-            (_, Some(note)) => note.clone(),
-            (_, None) => action.as_str().to_string(),
-        };
-        let at = if action == Action::Open { inc.opened_at } else { crate::reading::now_ms().max(inc.last_anomaly_at) };
-        inc.timeline.push((at, event));
-        let route = match &inc.suppressed {
-            None => match content::validate(&cmd.ticket) {
-                Ok(()) => Some(Route::Sinks(&self.sinks)),
-                Err(why) => {
-                    tracing::error!(error = %why, "ticket failed validation; held back (this is a bug)");
-                    Some(Route::Held("invalid"))
-                }
-            },
-            Some(s) => s.held_as().map(Route::Held),
-        };
-        if action == Action::Open {
-            if let Some(reason) = &inc.suppressed {
-                self.count_suppressed(reason.label());
-            }
-        }
-        tracing::info!(
-            incident = %inc.id, device = %inc.device, fault = %cmd.ticket.fault, action = ?cmd.action,
-            priority = cmd.ticket.priority.as_str(), suppressed = ?inc.suppressed,
-            summary = %cmd.ticket.summary, note = ?cmd.ticket.note, "incident {}", action.as_str()
-        );
-        self.incidents.store_open(&inc);
-        self.store.save_incident(&inc.key, &inc, route.map(|r| (&cmd, r)))?;
-        Ok(match (action, note) {
-            (Action::Open, _) => Transition::Opened(inc),
-            (Action::Update, Some(note)) => Transition::Updated(inc, note),
-            (Action::Resolve, Some(note)) => Transition::Closed(inc, note),
-            (Action::Update | Action::Resolve, None) => Transition::Resolved(inc),
-        })
-    }
-
-    /// Counts a ticket that was not sent, or an update that stood in for a new one.
-    fn count_suppressed(&self, reason: &str) {
-        self.metrics.tickets_suppressed.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
-    }
-
-    /// When the series will cross its configured limit at its recent rate, if it is heading
-    /// for one. Without a configured limit, the learned healthy envelope stands in for it: the
-    /// healthy range widened [`ENVELOPE_WIDENING`] times on each side.
-    fn forecast(&self, inc: &Incident, series: u32) -> Result<Option<Forecast>, StoreError> {
-        let limit = self.detectors.limit(&inc.device, &inc.metric).or_else(|| {
-            self.detectors.reference(&inc.device, &inc.metric).map(|r| {
-                let half = (r.max - r.min).max(r.spread) / 2.0 * ENVELOPE_WIDENING;
-                let mid = (r.max + r.min) / 2.0;
-                crate::detect::Limit { min: Some(mid - half), max: Some(mid + half) }
-            })
-        });
-        let Some(limit) = limit else { return Ok(None) };
-        let points = self.store.recent(series, inc.last_anomaly_at.max(inc.opened_at), TREND_READINGS)?;
-        Ok(time_to_limit(&points, limit))
-    }
-
-    /// A limit crossing on a series whose deviation incident opened earlier: the actual lead
-    /// time the early ticket gave.
-    fn observe_actual_lead_time(&self, inc: &Incident) {
-        if !matches!(inc.fault, FaultKind::AboveLimit | FaultKind::BelowLimit) {
-            return;
-        }
-        let early = Incident::key_for(&inc.device, &inc.metric, FaultKind::Deviation);
-        if let Some(dev) = self.incidents.open_incidents().find(|i| i.key == early) {
-            self.metrics
-                .lead_time_seconds
-                .get_or_create(&KindLabel { kind: ACTUAL.into() })
-                .observe(((inc.opened_at - dev.opened_at).max(0) as f64) / 1000.0);
-        }
     }
 
     /// Opens the tickets of incidents held back by planned work that ended while the fault

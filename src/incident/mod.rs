@@ -152,6 +152,14 @@ impl Transition {
             Transition::Opened(i) | Transition::Updated(i, _) | Transition::Resolved(i) | Transition::Closed(i, _) => i,
         }
     }
+
+    /// The incident, to enrich before it is stored, and why it changed, if the change says.
+    pub fn parts_mut(&mut self) -> (&mut Incident, Option<&UpdateReason>) {
+        match self {
+            Transition::Opened(i) | Transition::Resolved(i) => (i, None),
+            Transition::Updated(i, why) | Transition::Closed(i, why) => (i, Some(why)),
+        }
+    }
 }
 
 /// An anomaly run that has not yet met the debounce.
