@@ -42,14 +42,12 @@ impl Core {
         checks.push(sensor);
 
         let others: Vec<&String> = self
-            .device_metrics
-            .get(&inc.device)
+            .devices
+            .metrics(&inc.device)
             .map(|m| m.iter().filter(|m| **m != inc.metric).collect())
             .unwrap_or_default();
         let near = |m: &String| {
-            self.last_anomaly
-                .get(&(inc.device.clone(), m.clone()))
-                .is_some_and(|&t| (t - inc.last_anomaly_at).abs() <= CORRELATION_MS)
+            self.devices.last_anomaly(&inc.device, m).is_some_and(|t| (t - inc.last_anomaly_at).abs() <= CORRELATION_MS)
         };
         let (abnormal, normal): (Vec<&String>, Vec<&String>) = others.iter().partition(|m| near(m));
         checks.push(match (abnormal.is_empty(), normal.is_empty()) {
@@ -71,12 +69,7 @@ impl Core {
         });
 
         let peers: Vec<&String> = match site {
-            Some(site) => self
-                .device_site
-                .iter()
-                .filter(|(d, s)| s.as_deref() == Some(site) && **d != inc.device)
-                .map(|(d, _)| d)
-                .collect(),
+            Some(site) => self.devices.at_site(site, &inc.device).collect(),
             None => Vec::new(),
         };
         let mut affected: Vec<&String> = peers

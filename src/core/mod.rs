@@ -6,11 +6,12 @@
 //! then acknowledges the batch to its source.
 
 mod checks;
+mod devices;
 mod feedback;
 mod models;
 mod transition;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,54 +44,51 @@ pub struct BatchOutcome {
 /// Rate limit for "message rejected" log lines: the count is exact, the log is a sample.
 const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// The daemon's processing core.
 pub use crate::incident::Verdict;
 pub use feedback::{Feedback, FeedbackError};
 
+/// The daemon's processing core.
 pub struct Core {
     decoder: Decoder,
     store: Arc<Store>,
+    /// Every series' detectors and their false-alarm tuning.
     detectors: DetectorBank,
+    /// Debounce, dedup and auto-resolve; it holds the open incidents.
     incidents: IncidentPolicy,
+    /// The sinks every ticket goes to (their outbox queues).
     sinks: Vec<String>,
+    /// Per metric: its unit, as tickets show it.
     units: HashMap<String, String>,
+    /// `incident.evidence_readings`: the readings an opening ticket shows.
     evidence_readings: usize,
     metrics: Arc<Metrics>,
+    /// Per rejection reason: when it was last logged and how many went unlogged since.
     reject_log: HashMap<&'static str, (Instant, u64)>,
+    /// Assets, customers and runbooks: priority, respond-by time, next steps.
     registry: Registry,
     /// Maintenance windows, silences and modes: whether a ticket goes out.
     suppressor: Suppressor,
-    /// Per device: its site and the metrics it reports (for the checks in a ticket).
-    device_site: HashMap<String, Option<String>>,
-    device_metrics: HashMap<String, BTreeSet<String>>,
-    /// Event time of each series' last anomalous reading.
-    last_anomaly: HashMap<(String, String), i64>,
-    /// Wall-clock receive time of each device's last message (for sensor health).
-    last_heard: HashMap<String, i64>,
-    stale_after_ms: i64,
+    /// Per device: its site and series, when it was heard from, how often it reports.
+    devices: devices::Devices,
     /// Fitted per-device models and their streaming state (see `models.rs`).
     models: models::DeviceModels,
     /// When the detector state was last written (see [`Core::save_detector_state`]).
     state_saved_at: i64,
-    /// Per device: event time of its last message and its usual interval (ms).
-    cadence: HashMap<String, (i64, f64)>,
-    /// Wall-clock receive time of each device's first message since it was last forgotten.
-    first_heard: HashMap<String, i64>,
     limits: Limits,
-    /// Series (device × metric) tracked now.
-    series_count: usize,
     /// The priorities of the incidents opened since the last commit: counted once they are
     /// durable (see [`Core::committed`]), so the metric never counts one a crash could still
     /// take back.
     opened_uncommitted: Vec<crate::ticket::Priority>,
 }
 
-/// How much the core tracks, and for how long (see `decode.max_devices` and friends).
+/// How much the core tracks, and for how long (see `decode.max_devices` and friends), and when
+/// a silent device is worth a sensor-health incident (`incident.stale_after`, `establish_after`).
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     max_devices: usize,
     max_series: usize,
     forget_after_ms: i64,
+    stale_after_ms: i64,
     establish_after_ms: i64,
 }
 
@@ -134,18 +132,14 @@ impl Core {
             detectors.set_tuning(&device, &metric, factor);
         }
         // What the core tracks survives a restart: the series with stored detector state and the
-        // devices with their first-heard time (for `establish_after`). Each is given `now` as its
-        // last-heard time, so one that never comes back is reported silent, then forgotten.
-        let now = crate::reading::now_ms();
-        let mut device_metrics: HashMap<String, BTreeSet<String>> = HashMap::new();
+        // devices with their first-heard time (for `establish_after`).
+        let mut series = Vec::new();
         for (device, metric, state) in store.detector_states::<crate::detect::SeriesState>()? {
             detectors.restore(&device, &metric, state);
-            device_metrics.entry(device).or_default().insert(metric);
+            series.push((device, metric));
         }
-        let first_heard: HashMap<String, i64> = store.devices()?.into_iter().collect();
-        let last_heard: HashMap<String, i64> =
-            device_metrics.keys().chain(first_heard.keys()).map(|d| (d.clone(), now)).collect();
-        let series_count = device_metrics.values().map(BTreeSet::len).sum();
+        let devices =
+            devices::Devices::restore(series, store.devices()?.into_iter().collect(), crate::reading::now_ms());
         let mut units: HashMap<String, String> = config.decode.units.clone().into_iter().collect();
         for m in &config.decode.metrics {
             if let Some(u) = &m.unit {
@@ -167,22 +161,16 @@ impl Core {
             reject_log: HashMap::new(),
             registry: Registry::new(&config.assets, None, &config.priority),
             suppressor: Suppressor::new(config, silences),
-            device_site: HashMap::new(),
-            device_metrics,
-            last_anomaly: HashMap::new(),
-            last_heard,
-            stale_after_ms: config.incident.stale_after.as_millis() as i64,
+            devices,
             models,
             state_saved_at: 0,
-            cadence: HashMap::new(),
-            first_heard,
             limits: Limits {
                 max_devices: config.decode.max_devices,
                 max_series: config.decode.max_series,
                 forget_after_ms: config.decode.forget_after.as_millis() as i64,
+                stale_after_ms: config.incident.stale_after.as_millis() as i64,
                 establish_after_ms: config.incident.establish_after.as_millis() as i64,
             },
-            series_count,
             opened_uncommitted: Vec::new(),
         };
         core.metrics.start_false_alarms_at_zero(core.registry.asset_models());
@@ -251,18 +239,18 @@ impl Core {
     /// reported) while the device's known series keep flowing.
     fn within_limits(&self, mut readings: Vec<Reading>) -> Result<(Vec<Reading>, Option<RejectReason>), RejectReason> {
         let Some(first) = readings.first() else { return Ok((readings, None)) };
-        let known = self.device_metrics.get(&first.device);
+        let known = self.devices.metrics(&first.device);
         let l = self.limits;
         // A forgotten device with an open incident (it went silent) is let back in to resolve it.
         let has_incident = || self.incidents.open_incidents().any(|i| i.device == first.device);
-        if known.is_none() && l.max_devices > 0 && self.device_metrics.len() >= l.max_devices && !has_incident() {
+        if known.is_none() && l.max_devices > 0 && self.devices.len() >= l.max_devices && !has_incident() {
             return Err(RejectReason::TooManyDevices(first.device.clone()));
         }
         if l.max_series == 0 {
             return Ok((readings, None));
         }
         let is_new = |r: &Reading| !known.is_some_and(|m| m.contains(&r.metric));
-        let room = l.max_series.saturating_sub(self.series_count);
+        let room = l.max_series.saturating_sub(self.devices.series());
         let new = readings.iter().filter(|r| is_new(r)).count();
         if new <= room {
             return Ok((readings, None));
@@ -292,7 +280,7 @@ impl Core {
     fn count_ignored(&mut self, readings: &[Reading], ignored: &[crate::decode::IgnoredField]) {
         let Some(first) = readings.first() else { return };
         for f in ignored {
-            let known = self.device_metrics.get(&first.device).is_some_and(|m| m.contains(&f.field));
+            let known = self.devices.reports(&first.device, &f.field);
             if !(f.numeric_text || known) {
                 continue;
             }
@@ -330,7 +318,7 @@ impl Core {
     ) -> Result<Option<f64>, StoreError> {
         let Some(first) = readings.first() else { return Ok(None) };
         self.heard_from(&first.device, received_ms, out)?;
-        self.note_cadence(&first.device, first.ts);
+        self.devices.note_cadence(&first.device, first.ts);
         let mut observed = Vec::with_capacity(readings.len());
         for r in readings {
             if let Some(o) = self.score_reading(r, out)? {
@@ -379,7 +367,7 @@ impl Core {
     fn operating_point_changed(&mut self, device: &str, ts: i64) {
         tracing::info!(device, "operating point changed: re-learning the healthy references");
         self.metrics.operating_point_changes.inc();
-        if let Some(metrics) = self.device_metrics.get(device) {
+        if let Some(metrics) = self.devices.metrics(device) {
             for m in metrics {
                 self.detectors.recommission(device, m);
             }
@@ -427,25 +415,9 @@ impl Core {
         for a in &observation.anomalies {
             self.metrics.anomalies.get_or_create(&FaultLabel { fault: a.kind.as_str().into() }).inc();
         }
-        if !observation.anomalies.is_empty() {
-            self.last_anomaly.insert((r.device.clone(), r.metric.clone()), r.ts);
-        }
-        if !self.device_site.contains_key(&r.device) {
-            let site = r.site.clone().or_else(|| self.registry.site(&r.device).map(str::to_string));
-            self.device_site.insert(r.device.clone(), site);
-        }
-        // Known device and metric (every reading but the first of a series): no allocation.
-        match self.device_metrics.get_mut(&r.device) {
-            Some(metrics) if metrics.contains(&r.metric) => {}
-            Some(metrics) => {
-                metrics.insert(r.metric.clone());
-                self.series_count += 1;
-            }
-            None => {
-                self.device_metrics.insert(r.device.clone(), BTreeSet::from([r.metric.clone()]));
-                self.series_count += 1;
-            }
-        }
+        let registry = &self.registry;
+        let site = || r.site.clone().or_else(|| registry.site(&r.device).map(str::to_string));
+        self.devices.note_reading(r, !observation.anomalies.is_empty(), site);
         Ok(Some(observation))
     }
 
@@ -472,18 +444,18 @@ impl Core {
             out.push(self.persist(t)?);
         }
         out.extend(self.planned_work_ended(now)?);
-        let link_settled = link_up_since.is_some_and(|since| now - since >= self.stale_after_ms);
-        self.metrics.devices_tracked.set(self.device_metrics.len() as i64);
-        self.metrics.series_tracked.set(self.series_count as i64);
-        if self.stale_after_ms > 0 && link_settled {
+        let link_settled = link_up_since.is_some_and(|since| now - since >= self.limits.stale_after_ms);
+        self.metrics.devices_tracked.set(self.devices.len() as i64);
+        self.metrics.series_tracked.set(self.devices.series() as i64);
+        if self.limits.stale_after_ms > 0 && link_settled {
             let silent: Vec<(String, i64)> = self
-                .last_heard
-                .iter()
-                .filter(|(d, &heard)| now - heard >= self.silent_after(d) && self.established(d, heard))
-                .map(|(d, &h)| (d.clone(), h))
+                .devices
+                .last_heard()
+                .filter(|&(d, heard)| now - heard >= self.silent_after(d) && self.established(d, heard))
+                .map(|(d, h)| (d.clone(), h))
                 .collect();
             for (device, heard) in silent {
-                let site = self.device_site.get(&device).cloned().flatten();
+                let site = self.devices.site(&device).map(str::to_string);
                 if let Some(t) = self.incidents.silent(&device, site, heard, now) {
                     out.push(self.persist(t)?);
                 }
@@ -492,9 +464,9 @@ impl Core {
         // After the silent pass: a device is reported silent before it is forgotten.
         if link_settled {
             let forgotten: Vec<String> = self
-                .last_heard
-                .iter()
-                .filter(|(d, &heard)| now - heard >= self.limits.forget_after_ms.max(self.silent_after(d)))
+                .devices
+                .last_heard()
+                .filter(|&(d, heard)| now - heard >= self.limits.forget_after_ms.max(self.silent_after(d)))
                 .map(|(d, _)| d.clone())
                 .collect();
             for device in forgotten {
@@ -504,53 +476,31 @@ impl Core {
         Ok(out)
     }
 
-    /// Learns a device's reporting cadence from the event times of its messages (an EWMA of
-    /// the interval between them).
-    fn note_cadence(&mut self, device: &str, ts: i64) {
-        match self.cadence.get_mut(device) {
-            Some((last, interval)) => {
-                let gap = (ts - *last) as f64;
-                if gap > 0.0 {
-                    *interval = if *interval > 0.0 { *interval + 0.1 * (gap - *interval) } else { gap };
-                    *last = ts;
-                }
-            }
-            None => {
-                self.cadence.insert(device.to_string(), (ts, 0.0));
-            }
-        }
-    }
-
     /// How long a device may stay silent before it is a sensor-health incident: `stale_after`,
     /// or [`SILENT_CADENCES`] of its own reporting interval if that is longer (a device that
     /// reports every 10 min is not silent after 15).
     fn silent_after(&self, device: &str) -> i64 {
-        let own = self.cadence.get(device).map(|(_, i)| (i * SILENT_CADENCES) as i64).unwrap_or(0);
-        self.stale_after_ms.max(own)
+        let own = (self.devices.interval(device) * SILENT_CADENCES) as i64;
+        self.limits.stale_after_ms.max(own)
     }
 
     /// A device whose silence is worth a ticket: registered as an asset, or reporting for at
     /// least `incident.establish_after` before it went quiet.
     fn established(&self, device: &str, last_heard: i64) -> bool {
         self.registry.is_registered(device)
-            || self.first_heard.get(device).is_some_and(|&first| last_heard - first >= self.limits.establish_after_ms)
+            || self
+                .devices
+                .first_heard(device)
+                .is_some_and(|first| last_heard - first >= self.limits.establish_after_ms)
     }
 
     /// Frees everything the core keeps about a device not heard from for `decode.forget_after`
     /// (its stored readings age out by retention). An open incident of it stays open.
     fn forget_device(&mut self, device: &str) -> Result<(), StoreError> {
         tracing::info!(device, "device not heard from for decode.forget_after; forgetting its state");
-        self.last_heard.remove(device);
-        self.first_heard.remove(device);
-        self.cadence.remove(device);
-        self.device_site.remove(device);
-        if let Some(metrics) = self.device_metrics.remove(device) {
-            self.series_count = self.series_count.saturating_sub(metrics.len());
-            for m in &metrics {
-                self.last_anomaly.remove(&(device.to_string(), m.clone()));
-                self.detectors.forget(device, m);
-                self.store.remove_detector_state(device, m)?;
-            }
+        for m in &self.devices.forget(device) {
+            self.detectors.forget(device, m);
+            self.store.remove_detector_state(device, m)?;
         }
         self.models.forget(device);
         self.count_models();
@@ -561,9 +511,7 @@ impl Core {
 
     /// Notes that a device was heard from; resolves its sensor-health incident if one is open.
     fn heard_from(&mut self, device: &str, received: i64, out: &mut BatchOutcome) -> Result<(), StoreError> {
-        self.last_heard.insert(device.to_string(), received);
-        if !self.first_heard.contains_key(device) {
-            self.first_heard.insert(device.to_string(), received);
+        if self.devices.heard(device, received) {
             self.store.note_device(device, received)?;
         }
         if let Some(t) = self.incidents.heard(device, received) {

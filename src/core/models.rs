@@ -208,7 +208,7 @@ impl Core {
     /// incident policy.
     pub(super) fn score_device_vector(&mut self, readings: &[Reading]) -> Result<Option<DeviceScore>, StoreError> {
         let Some(first) = readings.first() else { return Ok(None) };
-        let complete = self.device_metrics.get(&first.device).is_some_and(|m| m.len() == readings.len());
+        let complete = self.devices.metrics(&first.device).is_some_and(|m| m.len() == readings.len());
         if complete {
             self.models.count_vector(&first.device, first.ts);
         }

@@ -71,7 +71,7 @@ impl Core {
     /// The latest readings of the series the ticket shows, read once for its evidence, its
     /// forecast and its checks.
     fn recent_readings(&self, inc: &Incident) -> Result<RecentReadings, StoreError> {
-        let metrics = self.device_metrics.get(&inc.device);
+        let metrics = self.devices.metrics(&inc.device);
         let metric = match inc.fault {
             // A sensor-health incident shows the device's last readings of any metric.
             FaultKind::Silent => metrics.and_then(|m| m.iter().next()),
