@@ -146,10 +146,7 @@ impl Core {
         let points = recent.until(inc.last_anomaly_at.max(inc.opened_at), TREND_READINGS)?;
         let forecast = time_to_limit(&points, limit);
         if let (Action::Open, Some(f)) = (action, forecast) {
-            self.metrics
-                .lead_time_seconds
-                .get_or_create(&KindLabel { kind: PREDICTED.into() })
-                .observe(((f.at - inc.opened_at).max(0) as f64) / 1000.0);
+            self.observe_lead_time(PREDICTED, inc.opened_at, f.at);
         }
         Ok(forecast)
     }
@@ -174,11 +171,14 @@ impl Core {
         }
         let early = Incident::key_for(&inc.device, &inc.metric, FaultKind::Deviation);
         if let Some(dev) = self.incidents.open_incidents().find(|i| i.key == early) {
-            self.metrics
-                .lead_time_seconds
-                .get_or_create(&KindLabel { kind: ACTUAL.into() })
-                .observe(((inc.opened_at - dev.opened_at).max(0) as f64) / 1000.0);
+            self.observe_lead_time(ACTUAL, dev.opened_at, inc.opened_at);
         }
+    }
+
+    /// Counts the lead time from a ticket (`from`, ms) to the limit crossing it warned of.
+    fn observe_lead_time(&self, kind: &str, from: i64, crossing: i64) {
+        let seconds = ((crossing - from).max(0) as f64) / 1000.0;
+        self.metrics.lead_time_seconds.get_or_create(&KindLabel { kind: kind.into() }).observe(seconds);
     }
 }
 
