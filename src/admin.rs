@@ -68,7 +68,7 @@ use crate::metrics::{Format, Metrics};
 use crate::model::trainer::TrainRequests;
 use crate::model::{DeviceModel, ModelKind};
 use crate::reading::now_ms;
-use crate::silence::Silence;
+use crate::silence::{Silence, Silences};
 use crate::store::Store;
 
 /// Largest request body accepted (feedback and silences are a few hundred bytes).
@@ -85,6 +85,8 @@ pub struct AdminState {
     /// Needed by every request that changes state; `None`: no token configured (loopback only).
     pub token: Option<Arc<str>>,
     pub store: Arc<Store>,
+    /// The silences the core obeys: set and lifted here, in memory and in the store at once.
+    pub silences: Arc<Silences>,
     pub control: mpsc::Sender<Control>,
     /// Where `POST /api/models/train` asks for fits (`None`: models are disabled).
     pub train: Option<Arc<TrainRequests>>,
@@ -253,7 +255,7 @@ async fn add_silence(State(s): State<AdminState>, Json(req): Json<SilenceRequest
         until: now + req.duration.as_millis() as i64,
         reason: req.reason,
     };
-    match s.store.put_silence(&silence.id, &silence) {
+    match s.silences.add(silence.clone()) {
         Ok(()) => {
             tracing::info!(silence = %silence.id, device = ?silence.device, site = ?silence.site, until = %crate::reading::format_ts(silence.until), "silence added");
             (StatusCode::CREATED, Json(silence)).into_response()
@@ -263,18 +265,11 @@ async fn add_silence(State(s): State<AdminState>, Json(req): Json<SilenceRequest
 }
 
 async fn list_silences(State(s): State<AdminState>) -> Response {
-    let now = now_ms();
-    match s.store.silences::<Silence>() {
-        Ok(mut list) => {
-            list.retain(|x| x.until > now);
-            Json(list).into_response()
-        }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
+    Json(s.silences.active(now_ms())).into_response()
 }
 
 async fn remove_silence(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
-    match s.store.remove_silence(&id) {
+    match s.silences.remove(&id) {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, format!("no silence with id {id}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),

@@ -133,6 +133,7 @@ impl Daemon {
                 metrics: metrics.clone(),
                 health: health.clone(),
                 store: store.clone(),
+                silences: core.silences(),
                 control: control_tx.clone(),
                 train: train.clone(),
             };

@@ -13,6 +13,7 @@
 //! - [`detect`]: streaming detectors per series (baseline, flatline, limits, novelty).
 //! - [`model`]: learned per-device models (PCA, Gaussian mixture) fitted in the background.
 //! - [`incident`]: debounce, dedup and auto-resolve; plain-words summaries.
+//! - [`suppress`]: whether a ticket goes out: maintenance windows, [`silence`]s, modes.
 //! - [`ticket`]: ticket content, the durable outbox and its sinks (webhook, file, ServiceNow,
 //!   Jira, PagerDuty).
 //! - [`core`]: decode → store → detect → incidents → outbox for one batch.
@@ -48,6 +49,7 @@ pub mod silence;
 pub mod sim;
 pub mod store;
 pub mod supervisor;
+pub mod suppress;
 pub mod systemd;
 pub mod ticket;
 

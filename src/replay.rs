@@ -349,7 +349,7 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
             let episode = format!("{}.{}", inc.id, inc.reopen_count);
             let (event, resolved_at) = match t {
                 Transition::Opened(_) => ("open", None),
-                Transition::Updated(_, note) if note.starts_with(crate::incident::RECURRED) => ("reopen", None),
+                Transition::Updated(_, crate::incident::UpdateReason::Recurred { .. }) => ("reopen", None),
                 Transition::Updated(..) => ("update", None),
                 Transition::Resolved(i) | Transition::Closed(i, _) => ("resolve", i.resolved_at),
             };

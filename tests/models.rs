@@ -192,6 +192,7 @@ async fn models_api_lists_fitted_models_and_accepts_train_requests() {
         health: Default::default(),
         token: None,
         store: store.clone(),
+        silences: core.silences(),
         control,
         train: Some(core.train_requests()),
     };

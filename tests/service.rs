@@ -112,7 +112,8 @@ async fn maintenance_window_suppresses_a_ticket_that_would_otherwise_open() {
     assert_eq!(m.suppressed("maintenance"), 1);
     let incidents: Vec<fieldwatch::incident::Incident> = daemon.store().incidents().unwrap();
     let planned = incidents.iter().find(|i| i.device == "comp-1").unwrap();
-    assert_eq!(planned.suppressed.as_deref(), Some("maintenance: compressor overhaul"));
+    let overhaul = fieldwatch::suppress::Suppression::Maintenance { reason: "compressor overhaul".into() };
+    assert_eq!(planned.suppressed, Some(overhaul));
     daemon.shutdown().await;
 }
 

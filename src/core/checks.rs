@@ -5,15 +5,17 @@ use super::{join, Core, CORRELATION_MS};
 use crate::detect::FaultKind;
 use crate::incident::Incident;
 use crate::reading::format_ts;
-use crate::store::StoreError;
 use crate::ticket::Check;
 
+/// The latest readings of the incident's series that the sensor check looks at.
+pub(super) const SENSOR_READINGS: usize = 10;
+
 impl Core {
-    /// What the daemon checked, so the technician need not: the sensor, the device's other
-    /// metrics, and the other devices at the site.
-    pub(super) fn checks(&self, inc: &Incident, series: u32, site: Option<&str>) -> Result<Vec<Check>, StoreError> {
+    /// What the daemon checked, so the technician need not: the sensor (from `recent`, its
+    /// series' last [`SENSOR_READINGS`] readings), the device's other metrics, and the other
+    /// devices at the site.
+    pub(super) fn checks(&self, inc: &Incident, recent: &[(i64, f64)], site: Option<&str>) -> Vec<Check> {
         let mut checks = Vec::new();
-        let recent = self.store.recent(series, i64::MAX, 10)?;
         let sensor = match (recent.first(), recent.last()) {
             _ if inc.fault == FaultKind::Silent => Check {
                 check: "sensor alive".into(),
@@ -40,14 +42,12 @@ impl Core {
         checks.push(sensor);
 
         let others: Vec<&String> = self
-            .device_metrics
-            .get(&inc.device)
+            .devices
+            .metrics(&inc.device)
             .map(|m| m.iter().filter(|m| **m != inc.metric).collect())
             .unwrap_or_default();
         let near = |m: &String| {
-            self.last_anomaly
-                .get(&(inc.device.clone(), m.clone()))
-                .is_some_and(|&t| (t - inc.last_anomaly_at).abs() <= CORRELATION_MS)
+            self.devices.last_anomaly(&inc.device, m).is_some_and(|t| (t - inc.last_anomaly_at).abs() <= CORRELATION_MS)
         };
         let (abnormal, normal): (Vec<&String>, Vec<&String>) = others.iter().partition(|m| near(m));
         checks.push(match (abnormal.is_empty(), normal.is_empty()) {
@@ -69,12 +69,7 @@ impl Core {
         });
 
         let peers: Vec<&String> = match site {
-            Some(site) => self
-                .device_site
-                .iter()
-                .filter(|(d, s)| s.as_deref() == Some(site) && **d != inc.device)
-                .map(|(d, _)| d)
-                .collect(),
+            Some(site) => self.devices.at_site(site, &inc.device).collect(),
             None => Vec::new(),
         };
         let mut affected: Vec<&String> = peers
@@ -105,6 +100,6 @@ impl Core {
                 ),
             },
         });
-        Ok(checks)
+        checks
     }
 }

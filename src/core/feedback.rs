@@ -6,38 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use super::Core;
 use crate::detect::FALSE_ALARM_WIDENING;
-use crate::incident::{IncidentState, Transition};
+use crate::incident::{IncidentState, Transition, UpdateReason, Verdict};
 use crate::metrics::{Escaped, FalseAlarmLabel, VerdictLabel, UNKNOWN_ASSET_MODEL};
 use crate::store::StoreError;
-
-/// What the technician found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
-pub enum Verdict {
-    /// A real fault: acknowledged, work is under way.
-    Confirmed,
-    /// Nothing was wrong: resolve, and make the detector less sensitive to this.
-    FalseAlarm,
-    /// The fault was real and is fixed: resolve.
-    Fixed,
-    /// Known and accepted: resolve, and never reopen automatically.
-    WontFix,
-}
-
-impl Verdict {
-    /// Every verdict.
-    pub const ALL: [Verdict; 4] = [Verdict::Confirmed, Verdict::FalseAlarm, Verdict::Fixed, Verdict::WontFix];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Confirmed => "confirmed",
-            Verdict::FalseAlarm => "false_alarm",
-            Verdict::Fixed => "fixed",
-            Verdict::WontFix => "wont_fix",
-        }
-    }
-}
 
 /// A technician's feedback on one incident.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,7 +46,7 @@ pub enum FeedbackError {
     #[error("no incident with id {0}")]
     NotFound(String),
     #[error("incident {id} is resolved and already has the verdict {verdict}")]
-    AlreadyDecided { id: String, verdict: String },
+    AlreadyDecided { id: String, verdict: Verdict },
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -92,10 +63,10 @@ impl Core {
             // A resolved incident takes one closing verdict: the same one again changes nothing (a
             // retried request must not widen a band twice), another one is refused.
             // A confirmation may still be followed by how it ended.
-            match inc.verdict.as_deref() {
-                Some(v) if v == fb.verdict.as_str() => return Ok(inc),
-                Some(v) if v != Verdict::Confirmed.as_str() => {
-                    return Err(FeedbackError::AlreadyDecided { id: id.to_string(), verdict: v.to_string() })
+            match inc.verdict {
+                Some(v) if v == fb.verdict => return Ok(inc),
+                Some(v) if v != Verdict::Confirmed => {
+                    return Err(FeedbackError::AlreadyDecided { id: id.to_string(), verdict: v })
                 }
                 _ => {}
             }
@@ -128,15 +99,18 @@ impl Core {
                 FALSE_ALARM_WIDENING
             ));
         }
-        inc.verdict = Some(fb.verdict.as_str().to_string());
+        inc.verdict = Some(fb.verdict);
         inc.acknowledged = true;
         self.incidents.store_open(&inc);
         let open = inc.state == IncidentState::Open;
         let transition = match fb.verdict {
-            Verdict::Confirmed if open => Some(Transition::Updated(inc.clone(), words)),
-            Verdict::FalseAlarm | Verdict::Fixed | Verdict::WontFix if open => {
-                self.incidents.close(&inc.key, now).map(|closed| Transition::Closed(closed, words))
+            Verdict::Confirmed if open => {
+                Some(Transition::Updated(inc.clone(), UpdateReason::Verdict { verdict: fb.verdict, words }))
             }
+            Verdict::FalseAlarm | Verdict::Fixed | Verdict::WontFix if open => self
+                .incidents
+                .close(&inc.key, now)
+                .map(|closed| Transition::Closed(closed, UpdateReason::Verdict { verdict: fb.verdict, words })),
             _ => {
                 // Already resolved: record the verdict, send nothing.
                 inc.timeline.push((now, words));

@@ -6,23 +6,25 @@
 //! then acknowledges the batch to its source.
 
 mod checks;
+mod devices;
 mod feedback;
 mod models;
+mod transition;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::assets::Registry;
-use crate::config::{Config, MaintenanceWindow, Mode, ModesConfig};
+use crate::config::Config;
 use crate::decode::{Decoder, RejectReason};
-use crate::detect::{time_to_limit, Anomaly, DetectorBank, FaultKind, Forecast, Observation};
-use crate::incident::{Incident, IncidentPolicy, Transition, FLAPPING as FLAPPING_NOTE, RECURRED};
-use crate::metrics::{FaultLabel, KindLabel, Metrics, ReasonLabel, TierLabel};
+use crate::detect::{Anomaly, DetectorBank, FaultKind, Observation};
+use crate::incident::{Incident, IncidentPolicy, Transition};
+use crate::metrics::{FaultLabel, Metrics, ReasonLabel};
 use crate::reading::{Message, Reading};
-use crate::store::{Rejected, Route, Store, StoreError, REJECTED_PAYLOAD_MAX};
-use crate::ticket::content::{self, TicketContext};
-use crate::ticket::Action;
+use crate::silence::Silences;
+use crate::store::{Rejected, Store, StoreError, REJECTED_PAYLOAD_MAX};
+use crate::suppress::{Suppressor, MAINTENANCE, NEEDS_REVIEW, OBSERVE, SHADOW, SILENCE};
 
 /// What one batch did.
 #[derive(Debug, Default)]
@@ -42,8 +44,8 @@ pub struct BatchOutcome {
 /// Rate limit for "message rejected" log lines: the count is exact, the log is a sample.
 const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// The daemon's processing core.
-pub use feedback::{Feedback, FeedbackError, Verdict};
+pub use crate::incident::Verdict;
+pub use feedback::{Feedback, FeedbackError};
 
 /// A request from outside the batch path that the core must handle itself (it owns incident
 /// state and the models it scores with): sent by the admin API and the trainer's hand-over in
@@ -58,64 +60,51 @@ pub enum Control {
     ModelFitted(Box<crate::model::DeviceModel>),
 }
 
+/// The daemon's processing core.
 pub struct Core {
     decoder: Decoder,
     store: Arc<Store>,
+    /// Every series' detectors and their false-alarm tuning.
     detectors: DetectorBank,
+    /// Debounce, dedup and auto-resolve; it holds the open incidents.
     incidents: IncidentPolicy,
+    /// The sinks every ticket goes to (their outbox queues).
     sinks: Vec<String>,
+    /// Per metric: its unit, as tickets show it.
     units: HashMap<String, String>,
+    /// `incident.evidence_readings`: the readings an opening ticket shows.
     evidence_readings: usize,
     metrics: Arc<Metrics>,
+    /// Per rejection reason: when it was last logged and how many went unlogged since.
     reject_log: HashMap<&'static str, (Instant, u64)>,
+    /// Assets, customers and runbooks: priority, respond-by time, next steps.
     registry: Registry,
-    modes: ModesConfig,
-    maintenance: Vec<MaintenanceWindow>,
-    min_confidence: f64,
-    /// Per device: its site and the metrics it reports (for the checks in a ticket).
-    device_site: HashMap<String, Option<String>>,
-    device_metrics: HashMap<String, BTreeSet<String>>,
-    /// Event time of each series' last anomalous reading.
-    last_anomaly: HashMap<(String, String), i64>,
-    /// Wall-clock receive time of each device's last message (for sensor health).
-    last_heard: HashMap<String, i64>,
-    stale_after_ms: i64,
+    /// Maintenance windows, silences and modes: whether a ticket goes out.
+    suppressor: Suppressor,
+    /// Per device: its site and series, when it was heard from, how often it reports.
+    devices: devices::Devices,
     /// Fitted per-device models and their streaming state (see `models.rs`).
     models: models::DeviceModels,
-    /// Held-back incidents whose planned work is over: their last anomaly (event time) then.
-    planned_ended: HashMap<String, i64>,
-    persist_after_work_ms: i64,
     /// When the detector state was last written (see [`Core::save_detector_state`]).
     state_saved_at: i64,
-    /// Per device: event time of its last message and its usual interval (ms).
-    cadence: HashMap<String, (i64, f64)>,
-    /// Wall-clock receive time of each device's first message since it was last forgotten.
-    first_heard: HashMap<String, i64>,
     limits: Limits,
-    /// Series (device × metric) tracked now.
-    series_count: usize,
     /// The priorities of the incidents opened since the last commit: counted once they are
     /// durable (see [`Core::committed`]), so the metric never counts one a crash could still
     /// take back.
     opened_uncommitted: Vec<crate::ticket::Priority>,
 }
 
-/// How much the core tracks, and for how long (see `decode.max_devices` and friends).
+/// How much the core tracks, and for how long (see `decode.max_devices` and friends), and when
+/// a silent device is worth a sensor-health incident (`incident.stale_after`, `establish_after`).
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     max_devices: usize,
     max_series: usize,
     forget_after_ms: i64,
+    stale_after_ms: i64,
     establish_after_ms: i64,
 }
 
-/// Suppression reasons that hold a ticket back (kept in the store, sent nowhere).
-const SHADOW: &str = "shadow";
-const NEEDS_REVIEW: &str = "needs_review";
-const OBSERVE: &str = "observe";
-/// Suppression reasons of planned work (followed by `: <reason>`).
-const MAINTENANCE: &str = "maintenance";
-const SILENCE: &str = "silence";
 /// Updates of an open ticket that stood in for a new one (a recurrence, a flapping incident).
 const DEDUP: &str = "dedup";
 const FLAPPING: &str = "flapping";
@@ -142,11 +131,6 @@ const SILENT_CADENCES: f64 = 5.0;
 /// The detectors' state is written to the store this often (tick time), and at the next tick
 /// after a healthy reference was fixed.
 const STATE_SAVE_EVERY_MS: i64 = 60_000;
-/// Readings a trend is fitted on.
-const TREND_READINGS: usize = 120;
-/// Without a configured limit, a forecast aims at the healthy range widened this many times
-/// about its middle: a level the series never came near while healthy.
-const ENVELOPE_WIDENING: f64 = 3.0;
 
 fn join(items: &[&String]) -> String {
     items.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
@@ -161,18 +145,14 @@ impl Core {
             detectors.set_tuning(&device, &metric, factor);
         }
         // What the core tracks survives a restart: the series with stored detector state and the
-        // devices with their first-heard time (for `establish_after`). Each is given `now` as its
-        // last-heard time, so one that never comes back is reported silent, then forgotten.
-        let now = crate::reading::now_ms();
-        let mut device_metrics: HashMap<String, BTreeSet<String>> = HashMap::new();
+        // devices with their first-heard time (for `establish_after`).
+        let mut series = Vec::new();
         for (device, metric, state) in store.detector_states::<crate::detect::SeriesState>()? {
             detectors.restore(&device, &metric, state);
-            device_metrics.entry(device).or_default().insert(metric);
+            series.push((device, metric));
         }
-        let first_heard: HashMap<String, i64> = store.devices()?.into_iter().collect();
-        let last_heard: HashMap<String, i64> =
-            device_metrics.keys().chain(first_heard.keys()).map(|d| (d.clone(), now)).collect();
-        let series_count = device_metrics.values().map(BTreeSet::len).sum();
+        let devices =
+            devices::Devices::restore(series, store.devices()?.into_iter().collect(), crate::reading::now_ms());
         let mut units: HashMap<String, String> = config.decode.units.clone().into_iter().collect();
         for m in &config.decode.metrics {
             if let Some(u) = &m.unit {
@@ -181,6 +161,7 @@ impl Core {
         }
         let settle_ms = config.detect.drift.reference_for.as_millis() as i64;
         let models = models::DeviceModels::load(&config.detect.models, settle_ms, &store)?;
+        let silences = Arc::new(Silences::load(store.clone())?);
         let core = Core {
             decoder: Decoder::new(&config.decode).with_max_age(config.store.retention),
             detectors,
@@ -192,28 +173,17 @@ impl Core {
             metrics,
             reject_log: HashMap::new(),
             registry: Registry::new(&config.assets, None, &config.priority),
-            modes: config.modes.clone(),
-            maintenance: config.maintenance.windows.clone(),
-            min_confidence: config.incident.min_confidence,
-            device_site: HashMap::new(),
-            device_metrics,
-            last_anomaly: HashMap::new(),
-            last_heard,
-            stale_after_ms: config.incident.stale_after.as_millis() as i64,
+            suppressor: Suppressor::new(config, silences),
+            devices,
             models,
-            planned_ended: HashMap::new(),
             state_saved_at: 0,
-            cadence: HashMap::new(),
-            persist_after_work_ms: config.incident.debounce_for.max(config.incident.slow_debounce_for).as_millis()
-                as i64,
-            first_heard,
             limits: Limits {
                 max_devices: config.decode.max_devices,
                 max_series: config.decode.max_series,
                 forget_after_ms: config.decode.forget_after.as_millis() as i64,
+                stale_after_ms: config.incident.stale_after.as_millis() as i64,
                 establish_after_ms: config.incident.establish_after.as_millis() as i64,
             },
-            series_count,
             opened_uncommitted: Vec::new(),
         };
         core.metrics.start_false_alarms_at_zero(core.registry.asset_models());
@@ -227,6 +197,11 @@ impl Core {
         for priority in self.opened_uncommitted.drain(..) {
             self.metrics.count_opened(priority, 1);
         }
+    }
+
+    /// The silences the core obeys, for the admin API that sets them.
+    pub fn silences(&self) -> Arc<Silences> {
+        self.suppressor.silences()
     }
 
     /// Open incidents known to the core.
@@ -277,18 +252,18 @@ impl Core {
     /// reported) while the device's known series keep flowing.
     fn within_limits(&self, mut readings: Vec<Reading>) -> Result<(Vec<Reading>, Option<RejectReason>), RejectReason> {
         let Some(first) = readings.first() else { return Ok((readings, None)) };
-        let known = self.device_metrics.get(&first.device);
+        let known = self.devices.metrics(&first.device);
         let l = self.limits;
         // A forgotten device with an open incident (it went silent) is let back in to resolve it.
         let has_incident = || self.incidents.open_incidents().any(|i| i.device == first.device);
-        if known.is_none() && l.max_devices > 0 && self.device_metrics.len() >= l.max_devices && !has_incident() {
+        if known.is_none() && l.max_devices > 0 && self.devices.len() >= l.max_devices && !has_incident() {
             return Err(RejectReason::TooManyDevices(first.device.clone()));
         }
         if l.max_series == 0 {
             return Ok((readings, None));
         }
         let is_new = |r: &Reading| !known.is_some_and(|m| m.contains(&r.metric));
-        let room = l.max_series.saturating_sub(self.series_count);
+        let room = l.max_series.saturating_sub(self.devices.series());
         let new = readings.iter().filter(|r| is_new(r)).count();
         if new <= room {
             return Ok((readings, None));
@@ -318,7 +293,7 @@ impl Core {
     fn count_ignored(&mut self, readings: &[Reading], ignored: &[crate::decode::IgnoredField]) {
         let Some(first) = readings.first() else { return };
         for f in ignored {
-            let known = self.device_metrics.get(&first.device).is_some_and(|m| m.contains(&f.field));
+            let known = self.devices.reports(&first.device, &f.field);
             if !(f.numeric_text || known) {
                 continue;
             }
@@ -356,7 +331,7 @@ impl Core {
     ) -> Result<Option<f64>, StoreError> {
         let Some(first) = readings.first() else { return Ok(None) };
         self.heard_from(&first.device, received_ms, out)?;
-        self.note_cadence(&first.device, first.ts);
+        self.devices.note_cadence(&first.device, first.ts);
         let mut observed = Vec::with_capacity(readings.len());
         for r in readings {
             if let Some(o) = self.score_reading(r, out)? {
@@ -405,7 +380,7 @@ impl Core {
     fn operating_point_changed(&mut self, device: &str, ts: i64) {
         tracing::info!(device, "operating point changed: re-learning the healthy references");
         self.metrics.operating_point_changes.inc();
-        if let Some(metrics) = self.device_metrics.get(device) {
+        if let Some(metrics) = self.devices.metrics(device) {
             for m in metrics {
                 self.detectors.recommission(device, m);
             }
@@ -453,25 +428,9 @@ impl Core {
         for a in &observation.anomalies {
             self.metrics.anomalies.get_or_create(&FaultLabel { fault: a.kind.as_str().into() }).inc();
         }
-        if !observation.anomalies.is_empty() {
-            self.last_anomaly.insert((r.device.clone(), r.metric.clone()), r.ts);
-        }
-        if !self.device_site.contains_key(&r.device) {
-            let site = r.site.clone().or_else(|| self.registry.site(&r.device).map(str::to_string));
-            self.device_site.insert(r.device.clone(), site);
-        }
-        // Known device and metric (every reading but the first of a series): no allocation.
-        match self.device_metrics.get_mut(&r.device) {
-            Some(metrics) if metrics.contains(&r.metric) => {}
-            Some(metrics) => {
-                metrics.insert(r.metric.clone());
-                self.series_count += 1;
-            }
-            None => {
-                self.device_metrics.insert(r.device.clone(), BTreeSet::from([r.metric.clone()]));
-                self.series_count += 1;
-            }
-        }
+        let registry = &self.registry;
+        let site = || r.site.clone().or_else(|| registry.site(&r.device).map(str::to_string));
+        self.devices.note_reading(r, !observation.anomalies.is_empty(), site);
         Ok(Some(observation))
     }
 
@@ -498,18 +457,18 @@ impl Core {
             out.push(self.persist(t)?);
         }
         out.extend(self.planned_work_ended(now)?);
-        let link_settled = link_up_since.is_some_and(|since| now - since >= self.stale_after_ms);
-        self.metrics.devices_tracked.set(self.device_metrics.len() as i64);
-        self.metrics.series_tracked.set(self.series_count as i64);
-        if self.stale_after_ms > 0 && link_settled {
+        let link_settled = link_up_since.is_some_and(|since| now - since >= self.limits.stale_after_ms);
+        self.metrics.devices_tracked.set(self.devices.len() as i64);
+        self.metrics.series_tracked.set(self.devices.series() as i64);
+        if self.limits.stale_after_ms > 0 && link_settled {
             let silent: Vec<(String, i64)> = self
-                .last_heard
-                .iter()
-                .filter(|(d, &heard)| now - heard >= self.silent_after(d) && self.established(d, heard))
-                .map(|(d, &h)| (d.clone(), h))
+                .devices
+                .last_heard()
+                .filter(|&(d, heard)| now - heard >= self.silent_after(d) && self.established(d, heard))
+                .map(|(d, h)| (d.clone(), h))
                 .collect();
             for (device, heard) in silent {
-                let site = self.device_site.get(&device).cloned().flatten();
+                let site = self.devices.site(&device).map(str::to_string);
                 if let Some(t) = self.incidents.silent(&device, site, heard, now) {
                     out.push(self.persist(t)?);
                 }
@@ -518,9 +477,9 @@ impl Core {
         // After the silent pass: a device is reported silent before it is forgotten.
         if link_settled {
             let forgotten: Vec<String> = self
-                .last_heard
-                .iter()
-                .filter(|(d, &heard)| now - heard >= self.limits.forget_after_ms.max(self.silent_after(d)))
+                .devices
+                .last_heard()
+                .filter(|&(d, heard)| now - heard >= self.limits.forget_after_ms.max(self.silent_after(d)))
                 .map(|(d, _)| d.clone())
                 .collect();
             for device in forgotten {
@@ -530,53 +489,31 @@ impl Core {
         Ok(out)
     }
 
-    /// Learns a device's reporting cadence from the event times of its messages (an EWMA of
-    /// the interval between them).
-    fn note_cadence(&mut self, device: &str, ts: i64) {
-        match self.cadence.get_mut(device) {
-            Some((last, interval)) => {
-                let gap = (ts - *last) as f64;
-                if gap > 0.0 {
-                    *interval = if *interval > 0.0 { *interval + 0.1 * (gap - *interval) } else { gap };
-                    *last = ts;
-                }
-            }
-            None => {
-                self.cadence.insert(device.to_string(), (ts, 0.0));
-            }
-        }
-    }
-
     /// How long a device may stay silent before it is a sensor-health incident: `stale_after`,
     /// or [`SILENT_CADENCES`] of its own reporting interval if that is longer (a device that
     /// reports every 10 min is not silent after 15).
     fn silent_after(&self, device: &str) -> i64 {
-        let own = self.cadence.get(device).map(|(_, i)| (i * SILENT_CADENCES) as i64).unwrap_or(0);
-        self.stale_after_ms.max(own)
+        let own = (self.devices.interval(device) * SILENT_CADENCES) as i64;
+        self.limits.stale_after_ms.max(own)
     }
 
     /// A device whose silence is worth a ticket: registered as an asset, or reporting for at
     /// least `incident.establish_after` before it went quiet.
     fn established(&self, device: &str, last_heard: i64) -> bool {
         self.registry.is_registered(device)
-            || self.first_heard.get(device).is_some_and(|&first| last_heard - first >= self.limits.establish_after_ms)
+            || self
+                .devices
+                .first_heard(device)
+                .is_some_and(|first| last_heard - first >= self.limits.establish_after_ms)
     }
 
     /// Frees everything the core keeps about a device not heard from for `decode.forget_after`
     /// (its stored readings age out by retention). An open incident of it stays open.
     fn forget_device(&mut self, device: &str) -> Result<(), StoreError> {
         tracing::info!(device, "device not heard from for decode.forget_after; forgetting its state");
-        self.last_heard.remove(device);
-        self.first_heard.remove(device);
-        self.cadence.remove(device);
-        self.device_site.remove(device);
-        if let Some(metrics) = self.device_metrics.remove(device) {
-            self.series_count = self.series_count.saturating_sub(metrics.len());
-            for m in &metrics {
-                self.last_anomaly.remove(&(device.to_string(), m.clone()));
-                self.detectors.forget(device, m);
-                self.store.remove_detector_state(device, m)?;
-            }
+        for m in &self.devices.forget(device) {
+            self.detectors.forget(device, m);
+            self.store.remove_detector_state(device, m)?;
         }
         self.models.forget(device);
         self.count_models();
@@ -587,9 +524,7 @@ impl Core {
 
     /// Notes that a device was heard from; resolves its sensor-health incident if one is open.
     fn heard_from(&mut self, device: &str, received: i64, out: &mut BatchOutcome) -> Result<(), StoreError> {
-        self.last_heard.insert(device.to_string(), received);
-        if !self.first_heard.contains_key(device) {
-            self.first_heard.insert(device.to_string(), received);
+        if self.devices.heard(device, received) {
             self.store.note_device(device, received)?;
         }
         if let Some(t) = self.incidents.heard(device, received) {
@@ -598,215 +533,15 @@ impl Core {
         Ok(())
     }
 
-    /// Enriches an incident transition, decides where its ticket goes, and writes both in one
-    /// transaction.
-    fn persist(&mut self, t: Transition) -> Result<Transition, StoreError> {
-        let (mut inc, action, note) = match t {
-            Transition::Opened(i) => (i, Action::Open, None),
-            Transition::Updated(i, note) => (i, Action::Update, Some(note)),
-            Transition::Resolved(i) => (i, Action::Resolve, None),
-            Transition::Closed(i, note) => (i, Action::Resolve, Some(note)),
-        };
-        let asset = self.registry.lookup(&inc.device);
-        let site = inc.site.clone().or_else(|| self.registry.site(&inc.device).map(str::to_string));
-        // A sensor-health incident shows the device's last readings of any metric.
-        let metric = match inc.fault {
-            FaultKind::Silent => self.device_metrics.get(&inc.device).and_then(|m| m.iter().next()).cloned(),
-            // A model incident shows the readings of the metric that contributed most.
-            FaultKind::Multivariate => inc
-                .peak
-                .contributors
-                .first()
-                .or_else(|| self.device_metrics.get(&inc.device).and_then(|m| m.iter().next()))
-                .cloned(),
-            _ => Some(inc.metric.clone()),
-        };
-        let series = match metric {
-            Some(m) => self.store.series_id(&inc.device, &m)?,
-            None => u32::MAX,
-        };
-        match action {
-            Action::Open => {
-                inc.recent = self.store.recent(series, inc.opened_at, self.evidence_readings)?;
-                // People respond from when the ticket is raised (wall clock), also for
-                // back-filled or replayed readings whose event time lies in the past.
-                let raised = crate::reading::now_ms().max(inc.opened_at);
-                inc.respond_by = Some(raised + asset.respond_within.as_millis() as i64);
-                inc.suppressed = self.suppression(&inc, site.as_deref())?;
-                // An incident opened before (held back by planned work) is not counted twice.
-                if inc.timeline.is_empty() {
-                    self.observe_actual_lead_time(&inc);
-                    self.opened_uncommitted.push(asset.priority);
-                    let detect_s = ((inc.opened_at - inc.first_seen).max(0) as f64) / 1000.0;
-                    self.metrics.time_to_detect_seconds.observe(detect_s);
-                }
-            }
-            Action::Update => {
-                inc.updates += 1;
-                self.metrics.incidents_updated.inc();
-                for reason in [(DEDUP, RECURRED), (FLAPPING, FLAPPING_NOTE)] {
-                    if note.as_deref().is_some_and(|n| n.starts_with(reason.1)) {
-                        self.metrics.tickets_suppressed.get_or_create(&ReasonLabel { reason: reason.0.into() }).inc();
-                    }
-                }
-                if inc.escalated && note.as_deref().is_some_and(|n| n.starts_with("Escalated")) {
-                    self.metrics
-                        .incidents_escalated
-                        .get_or_create(&TierLabel { tier: asset.tier.as_str().into() })
-                        .inc();
-                }
-            }
-            Action::Resolve => {
-                self.metrics.incidents_resolved.inc();
-            }
-        }
-        let forecast = match (action, inc.fault) {
-            (Action::Open | Action::Update, FaultKind::Deviation | FaultKind::Drift | FaultKind::Stuck) => {
-                self.forecast(&inc, series)?
-            }
-            _ => None,
-        };
-        if let (Action::Open, Some(f)) = (action, forecast) {
-            self.metrics
-                .lead_time_seconds
-                .get_or_create(&KindLabel { kind: PREDICTED.into() })
-                .observe(((f.at - inc.opened_at).max(0) as f64) / 1000.0);
-        }
-        let ctx = TicketContext {
-            unit: self.units.get(&inc.metric).map(String::as_str),
-            runbook: self.registry.runbook(&inc.metric, inc.fault),
-            checks: self.checks(&inc, series, site.as_deref())?,
-            note,
-            predicted_failure_at: forecast.map(|f| f.at),
-            forecast,
-            needs_review: inc.suppressed.as_deref() == Some(NEEDS_REVIEW),
-            asset,
-        };
-        let cmd = content::command(&inc, action, &ctx);
-        let event = match (action, &cmd.ticket.note) {
-            (Action::Open, _) => format!("opened ({}): {}", cmd.ticket.priority.as_str(), cmd.ticket.summary),
-            (_, Some(note)) => note.clone(),
-            (_, None) => action.as_str().to_string(),
-        };
-        let at = if action == Action::Open { inc.opened_at } else { crate::reading::now_ms().max(inc.last_anomaly_at) };
-        inc.timeline.push((at, event));
-        let route = match inc.suppressed.as_deref() {
-            None => match content::validate(&cmd.ticket) {
-                Ok(()) => Some(Route::Sinks(&self.sinks)),
-                Err(why) => {
-                    tracing::error!(error = %why, "ticket failed validation; held back (this is a bug)");
-                    Some(Route::Held("invalid"))
-                }
-            },
-            Some(reason @ (SHADOW | NEEDS_REVIEW)) => Some(Route::Held(reason)),
-            Some(_) => None,
-        };
-        if action == Action::Open {
-            if let Some(reason) = &inc.suppressed {
-                let label = reason.split(':').next().unwrap_or(reason).to_string();
-                self.metrics.tickets_suppressed.get_or_create(&ReasonLabel { reason: label }).inc();
-            }
-        }
-        tracing::info!(
-            incident = %inc.id, device = %inc.device, fault = %cmd.ticket.fault, action = ?cmd.action,
-            priority = cmd.ticket.priority.as_str(), suppressed = ?inc.suppressed,
-            summary = %cmd.ticket.summary, note = ?cmd.ticket.note, "incident {}", action.as_str()
-        );
-        self.incidents.store_open(&inc);
-        self.store.save_incident(&inc.key, &inc, route.map(|r| (&cmd, r)))?;
-        Ok(match action {
-            Action::Open => Transition::Opened(inc),
-            Action::Update => Transition::Updated(inc, cmd.ticket.note.unwrap_or_default()),
-            Action::Resolve => match cmd.ticket.note {
-                Some(note) if inc.verdict.is_some() => Transition::Closed(inc, note),
-                _ => Transition::Resolved(inc),
-            },
-        })
-    }
-
-    /// When the series will cross its configured limit at its recent rate, if it is heading
-    /// for one. Without a configured limit, the learned healthy envelope stands in for it: the
-    /// healthy range widened [`ENVELOPE_WIDENING`] times on each side.
-    fn forecast(&self, inc: &Incident, series: u32) -> Result<Option<Forecast>, StoreError> {
-        let limit = self.detectors.limit(&inc.device, &inc.metric).or_else(|| {
-            self.detectors.reference(&inc.device, &inc.metric).map(|r| {
-                let half = (r.max - r.min).max(r.spread) / 2.0 * ENVELOPE_WIDENING;
-                let mid = (r.max + r.min) / 2.0;
-                crate::detect::Limit { min: Some(mid - half), max: Some(mid + half) }
-            })
-        });
-        let Some(limit) = limit else { return Ok(None) };
-        let points = self.store.recent(series, inc.last_anomaly_at.max(inc.opened_at), TREND_READINGS)?;
-        Ok(time_to_limit(&points, limit))
-    }
-
-    /// A limit crossing on a series whose deviation incident opened earlier: the actual lead
-    /// time the early ticket gave.
-    fn observe_actual_lead_time(&self, inc: &Incident) {
-        if !matches!(inc.fault, FaultKind::AboveLimit | FaultKind::BelowLimit) {
-            return;
-        }
-        let early = Incident::key_for(&inc.device, &inc.metric, FaultKind::Deviation);
-        if let Some(dev) = self.incidents.open_incidents().find(|i| i.key == early) {
-            self.metrics
-                .lead_time_seconds
-                .get_or_create(&KindLabel { kind: ACTUAL.into() })
-                .observe(((inc.opened_at - dev.opened_at).max(0) as f64) / 1000.0);
-        }
-    }
-
-    /// Why an incident that just opened sends no ticket, if it does not.
-    fn suppression(&self, inc: &Incident, site: Option<&str>) -> Result<Option<String>, StoreError> {
-        if let Some(reason) = self.planned_work(&inc.device, site, inc.opened_at)? {
-            tracing::info!(device = %inc.device, %reason, "planned work: no ticket");
-            return Ok(Some(reason));
-        }
-        Ok(match self.modes.for_site(site) {
-            Mode::Observe => Some(OBSERVE.into()),
-            Mode::Shadow => Some(SHADOW.into()),
-            Mode::Ticket => (inc.peak.score < self.min_confidence).then(|| NEEDS_REVIEW.into()),
-        })
-    }
-
-    /// The maintenance window (at event time `ts`) or silence (now) covering a device, if any,
-    /// as a suppression reason.
-    fn planned_work(&self, device: &str, site: Option<&str>, ts: i64) -> Result<Option<String>, StoreError> {
-        if let Some(w) = self.maintenance.iter().find(|w| w.covers(device, site, ts)) {
-            return Ok(Some(format!("{MAINTENANCE}: {}", w.reason)));
-        }
-        let now = crate::reading::now_ms();
-        let silences: Vec<crate::silence::Silence> = self.store.silences()?;
-        Ok(silences.iter().find(|s| s.covers(device, site, now)).map(|s| format!("{SILENCE}: {}", s.reason)))
-    }
-
-    /// Incidents held back by planned work that ended while the fault is still there: their
-    /// ticket opens now (the technician needs it after all). "Still there" means anomalies
-    /// for the (slow) debounce after the work ended, so the smoothed detectors' decay after
-    /// the work is not taken for a fault; one that stops with the work resolves after its
-    /// quiet period.
+    /// Opens the tickets of incidents held back by planned work that ended while the fault
+    /// goes on (see [`Suppressor::outlasted_work`]).
     fn planned_work_ended(&mut self, now: i64) -> Result<Vec<Transition>, StoreError> {
-        let held: Vec<Incident> = self
-            .incidents
-            .open_incidents()
-            .filter(|i| i.suppressed.as_deref().is_some_and(|s| s.starts_with(MAINTENANCE) || s.starts_with(SILENCE)))
-            .cloned()
-            .collect();
-        self.planned_ended.retain(|key, _| held.iter().any(|i| &i.key == key));
+        let registry = &self.registry;
+        let open = self.incidents.open_incidents().map(|i| (i, i.site.as_deref().or_else(|| registry.site(&i.device))));
+        let outlasted = self.suppressor.outlasted_work(open, now);
         let mut out = Vec::new();
-        for mut inc in held {
-            let site = inc.site.clone().or_else(|| self.registry.site(&inc.device).map(str::to_string));
-            if self.planned_work(&inc.device, site.as_deref(), now)?.is_some() {
-                self.planned_ended.remove(&inc.key);
-                continue;
-            }
-            // Event time of the fault's last anomaly when the work ended: the fault persists
-            // once anomalies go on for the debounce beyond it.
-            let ended = *self.planned_ended.entry(inc.key.clone()).or_insert(inc.last_anomaly_at);
-            if inc.last_anomaly_at < ended + self.persist_after_work_ms {
-                continue;
-            }
-            self.planned_ended.remove(&inc.key);
-            tracing::info!(incident = %inc.id, device = %inc.device, "planned work ended and the fault persists: opening its ticket");
+        for key in outlasted {
+            let Some(mut inc) = self.incidents.open_incidents().find(|i| i.key == key).cloned() else { continue };
             inc.suppressed = None;
             inc.opened_at = inc.opened_at.max(now);
             out.push(self.persist(Transition::Opened(inc))?);

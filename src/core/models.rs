@@ -208,7 +208,7 @@ impl Core {
     /// incident policy.
     pub(super) fn score_device_vector(&mut self, readings: &[Reading]) -> Result<Option<DeviceScore>, StoreError> {
         let Some(first) = readings.first() else { return Ok(None) };
-        let complete = self.device_metrics.get(&first.device).is_some_and(|m| m.len() == readings.len());
+        let complete = self.devices.metrics(&first.device).is_some_and(|m| m.len() == readings.len());
         if complete {
             self.models.count_vector(&first.device, first.ts);
         }
@@ -252,17 +252,11 @@ impl Core {
         let model = &lm.model;
         let calibration = model.calibration.get(verdict.statistic).or(model.calibration.first());
         let anomaly = (verdict.score >= 0.5 && lm.distrust.is_none()).then(|| Anomaly {
-            kind: FaultKind::Multivariate,
-            detector: model.kind.as_str().to_string(),
-            ts: first.ts,
-            value: verdict.raw,
-            score: verdict.score,
             expected: model.calibration.first().map(|c| c.median),
-            spread: None,
-            z: None,
             bound: calibration.map(|c| c.threshold),
-            history: Some(model.n_samples as u64),
             contributors: verdict.contributors.clone(),
+            ..Anomaly::new(FaultKind::Multivariate, model.kind.as_str(), first.ts, verdict.raw, verdict.score)
+                .with_history(model.n_samples as u64)
         });
         if let Some(a) = &anomaly {
             self.metrics.anomalies.get_or_create(&FaultLabel { fault: a.kind.as_str().into() }).inc();

@@ -65,18 +65,8 @@ impl SeriesDetector for Baseline {
         let z = (value - self.mean) / spread;
         let band = self.threshold * spread;
         self.last_score = calibrate(z.abs() / self.threshold);
-        let anomaly = (z.abs() > self.threshold).then(|| Anomaly {
-            contributors: Vec::new(),
-            kind: FaultKind::Deviation,
-            detector: "baseline".into(),
-            ts,
-            value,
-            score: self.last_score,
-            expected: Some(self.mean),
-            spread: Some(spread),
-            z: Some(z),
-            bound: None,
-            history: None,
+        let anomaly = (z.abs() > self.threshold).then(|| {
+            Anomaly::new(FaultKind::Deviation, "baseline", ts, value, self.last_score).with_level(self.mean, spread, z)
         });
         let clipped = self.mean + (value - self.mean).clamp(-band, band);
         let d = clipped - self.mean;

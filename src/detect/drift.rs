@@ -227,18 +227,11 @@ impl SeriesDetector for Drift {
                 r.mean += self.adapt_alpha * (value - r.mean);
             }
         }
-        (ratio > 1.0).then(|| Anomaly {
-            kind: FaultKind::Drift,
-            detector: "drift".into(),
-            ts,
-            value,
-            score: self.last_score,
-            expected: Some(r.mean),
-            spread: Some(r.spread),
-            z: Some(z),
-            bound: Some(r.mean + e.signum() * threshold * r.spread),
-            history: Some(self.n),
-            contributors: Vec::new(),
+        (ratio > 1.0).then(|| {
+            Anomaly::new(FaultKind::Drift, "drift", ts, value, self.last_score)
+                .with_level(r.mean, r.spread, z)
+                .with_bound(r.mean + e.signum() * threshold * r.spread)
+                .with_history(self.n)
         })
     }
 

@@ -40,19 +40,8 @@ impl SeriesDetector for Flatline {
         }
         self.last = Some(value);
         let stuck_ms = ts - self.run_start;
-        (self.has_varied && self.run_len >= self.min_readings && stuck_ms >= self.min_ms).then(|| Anomaly {
-            contributors: Vec::new(),
-            kind: FaultKind::Stuck,
-            detector: "flatline".into(),
-            ts,
-            value,
-            score: 1.0,
-            expected: None,
-            spread: None,
-            z: None,
-            bound: Some(stuck_ms as f64 / 1000.0),
-            history: None,
-        })
+        (self.has_varied && self.run_len >= self.min_readings && stuck_ms >= self.min_ms)
+            .then(|| Anomaly::new(FaultKind::Stuck, "flatline", ts, value, 1.0).with_bound(stuck_ms as f64 / 1000.0))
     }
 }
 

@@ -17,19 +17,7 @@ impl SeriesDetector for Limit {
             (Some(min), _) if value < min => (FaultKind::BelowLimit, min),
             _ => return None,
         };
-        Some(Anomaly {
-            contributors: Vec::new(),
-            kind,
-            detector: "limit".into(),
-            ts,
-            value,
-            score: 1.0,
-            expected: None,
-            spread: None,
-            z: None,
-            bound: Some(bound),
-            history: None,
-        })
+        Some(Anomaly::new(kind, "limit", ts, value, 1.0).with_bound(bound))
     }
 }
 

@@ -145,6 +145,41 @@ pub struct Anomaly {
     pub contributors: Vec<String>,
 }
 
+impl Anomaly {
+    /// What `detector` saw at `ts`: a reading of `value` that scored `score`; what else the
+    /// detector knows is added with the `with_*` methods.
+    pub fn new(kind: FaultKind, detector: &str, ts: i64, value: f64, score: f64) -> Anomaly {
+        Anomaly {
+            kind,
+            detector: detector.to_string(),
+            ts,
+            value,
+            score,
+            expected: None,
+            spread: None,
+            z: None,
+            bound: None,
+            history: None,
+            contributors: Vec::new(),
+        }
+    }
+
+    /// The level the detector expected, the spread around it, and the deviation in spreads.
+    pub fn with_level(self, expected: f64, spread: f64, z: f64) -> Anomaly {
+        Anomaly { expected: Some(expected), spread: Some(spread), z: Some(z), ..self }
+    }
+
+    /// The limit crossed, the stuck duration or the tail probability (see [`Anomaly::bound`]).
+    pub fn with_bound(self, bound: f64) -> Anomaly {
+        Anomaly { bound: Some(bound), ..self }
+    }
+
+    /// How many past readings the detector compared the reading with.
+    pub fn with_history(self, history: u64) -> Anomaly {
+        Anomaly { history: Some(history), ..self }
+    }
+}
+
 /// A streaming detector over one series.
 pub trait SeriesDetector: Send {
     /// Sees the next reading (event-time order) and reports an anomaly if there is one.

@@ -178,19 +178,12 @@ impl SeriesDetector for Novelty {
         }
         let (lo, hi) = self.recent_range();
         let (mid, half) = if lo <= hi { ((lo + hi) / 2.0, (hi - lo) / 2.0) } else { (value, 0.0) };
-        Some(Anomaly {
-            contributors: Vec::new(),
-            kind: FaultKind::Pattern,
-            detector: "novelty".into(),
-            ts,
-            value,
-            score: self.last_score,
-            expected: Some(mid),
-            spread: Some(half),
-            z: Some(s.level_z),
-            bound: Some(10f64.powf(-s.evidence)),
-            history: Some(self.row_knn.stored() as u64),
-        })
+        Some(
+            Anomaly::new(FaultKind::Pattern, "novelty", ts, value, self.last_score)
+                .with_level(mid, half, s.level_z)
+                .with_bound(10f64.powf(-s.evidence))
+                .with_history(self.row_knn.stored() as u64),
+        )
     }
 
     fn last_score(&self) -> f64 {

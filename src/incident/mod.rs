@@ -7,6 +7,8 @@
 
 mod config;
 mod summary;
+mod update;
+mod verdict;
 
 use std::collections::HashMap;
 
@@ -14,10 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::{Anomaly, FaultKind};
 use crate::reading::Reading;
+use crate::suppress::Suppression;
 pub use config::IncidentConfig;
 
 pub(crate) use summary::num;
 pub use summary::{describe, format_duration};
+pub use update::UpdateReason;
+pub use verdict::Verdict;
 
 /// Where an incident is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,15 +74,15 @@ pub struct Incident {
     /// Escalated because nobody acknowledged it by `respond_by`.
     #[serde(default)]
     pub escalated: bool,
-    /// Why no ticket is sent for it (`maintenance: ...`, `observe`, `shadow`, `needs_review`).
+    /// Why no ticket is sent for it.
     #[serde(default)]
-    pub suppressed: Option<String>,
+    pub suppressed: Option<Suppression>,
     /// Update commands sent so far; numbers each update's idempotency key.
     #[serde(default)]
     pub updates: u32,
-    /// A technician's verdict (`confirmed`, `false_alarm`, `fixed`, `wont_fix`).
+    /// A technician's verdict.
     #[serde(default)]
-    pub verdict: Option<String>,
+    pub verdict: Option<Verdict>,
     /// What happened to the incident, in order: `(time ms, event)`.
     #[serde(default)]
     pub timeline: Vec<(i64, String)>,
@@ -135,17 +140,25 @@ impl Incident {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transition {
     Opened(Incident),
-    /// The same incident changed: recurrence, flapping, escalation. The note says how.
-    Updated(Incident, String),
+    /// The same incident changed: recurrence, flapping, escalation, a confirmation.
+    Updated(Incident, UpdateReason),
     Resolved(Incident),
-    /// Resolved by a person (technician feedback), with their note.
-    Closed(Incident, String),
+    /// Resolved by a person (technician feedback): an [`UpdateReason::Verdict`].
+    Closed(Incident, UpdateReason),
 }
 
 impl Transition {
     pub fn incident(&self) -> &Incident {
         match self {
             Transition::Opened(i) | Transition::Updated(i, _) | Transition::Resolved(i) | Transition::Closed(i, _) => i,
+        }
+    }
+
+    /// The incident, to enrich before it is stored, and why it changed, if the change says.
+    pub fn parts_mut(&mut self) -> (&mut Incident, Option<&UpdateReason>) {
+        match self {
+            Transition::Opened(i) | Transition::Resolved(i) => (i, None),
+            Transition::Updated(i, why) | Transition::Closed(i, why) => (i, Some(why)),
         }
     }
 }
@@ -303,7 +316,7 @@ impl IncidentPolicy {
             }
             let p = self.pending.remove(key)?;
             if let Some(prev) = self.resolved.get(key) {
-                if prev.verdict.as_deref() == Some("wont_fix") {
+                if prev.verdict == Some(Verdict::WontFix) {
                     return None; // a technician decided: never reopened automatically
                 }
                 let within = prev.resolved_at.is_some_and(|r| ts - r < self.config.cool_down.as_millis() as i64);
@@ -328,8 +341,8 @@ impl IncidentPolicy {
         self.config.quiet_period.as_millis() as i64 * i64::from(factor)
     }
 
-    /// Reopens a recently resolved incident; returns the update note.
-    fn reopen(&self, inc: &mut Incident, p: Pending, ts: i64) -> String {
+    /// Reopens a recently resolved incident; returns why its ticket is updated.
+    fn reopen(&self, inc: &mut Incident, p: Pending, ts: i64) -> UpdateReason {
         let quiet_for = ts - inc.resolved_at.unwrap_or(ts);
         inc.state = IncidentState::Open;
         inc.resolved_at = None;
@@ -342,17 +355,12 @@ impl IncidentPolicy {
             inc.peak = p.peak;
         }
         let opened_times = inc.reopen_count + 1;
-        let note = if !inc.flapping && opened_times >= self.config.flap_reopens {
+        if !inc.flapping && opened_times >= self.config.flap_reopens {
             inc.flapping = true;
-            format!(
-                "{FLAPPING}: opened {opened_times} times since {}; held open until quiet for {}",
-                crate::reading::format_ts(inc.opened_at),
-                format_duration(self.quiet_ms(true))
-            )
+            UpdateReason::Flapping { opened_times, since: inc.opened_at, quiet_for_ms: self.quiet_ms(true) }
         } else {
-            format!("{RECURRED} {} after it resolved (reopen #{})", format_duration(quiet_for), inc.reopen_count)
-        };
-        note
+            UpdateReason::Recurred { quiet_for_ms: quiet_for, reopen_count: inc.reopen_count }
+        }
     }
 
     /// Time-driven changes: escalates open incidents nobody acknowledged by their respond-by
@@ -363,11 +371,7 @@ impl IncidentPolicy {
             let due = inc.respond_by.is_some_and(|r| now >= r);
             if due && !inc.acknowledged && !inc.escalated && inc.suppressed.is_none() {
                 inc.escalated = true;
-                let note = format!(
-                    "Escalated: not acknowledged by its respond-by time {}",
-                    inc.respond_by.map(crate::reading::format_ts).unwrap_or_default()
-                );
-                out.push(Transition::Updated(inc.clone(), note));
+                out.push(Transition::Updated(inc.clone(), UpdateReason::Escalated { respond_by: inc.respond_by }));
             }
         }
         out
@@ -380,22 +384,10 @@ impl IncidentPolicy {
         if self.open.contains_key(&key) {
             return None;
         }
-        if self.resolved.get(&key).is_some_and(|i| i.verdict.as_deref() == Some("wont_fix")) {
+        if self.resolved.get(&key).is_some_and(|i| i.verdict == Some(Verdict::WontFix)) {
             return None;
         }
-        let peak = Anomaly {
-            contributors: Vec::new(),
-            kind: FaultKind::Silent,
-            detector: "staleness".into(),
-            ts: now,
-            value: (now - last_heard) as f64 / 1000.0,
-            score: 1.0,
-            expected: None,
-            spread: None,
-            z: None,
-            bound: None,
-            history: None,
-        };
+        let peak = Anomaly::new(FaultKind::Silent, "staleness", now, (now - last_heard) as f64 / 1000.0, 1.0);
         let subject = Subject { device: device.to_string(), site, metric: SILENT_METRIC.into() };
         let inc = Incident::new(subject, last_heard, now, peak, 0);
         self.open.insert(key, inc.clone());
@@ -438,11 +430,6 @@ impl IncidentPolicy {
     }
 }
 
-/// How an update note starts when a fault recurred within the cool-down (a ticket deduplicated).
-pub const RECURRED: &str = "Recurred";
-/// How an update note starts when an incident is marked flapping.
-pub const FLAPPING: &str = "Flapping";
-
 /// The metric name of device-level sensor-health incidents.
 pub const SILENT_METRIC: &str = "telemetry";
 /// The metric name of device-level model incidents (`device/<device>/multivariate`).
@@ -465,19 +452,7 @@ mod tests {
     }
 
     fn anomaly(ts: i64, score: f64) -> Anomaly {
-        Anomaly {
-            contributors: Vec::new(),
-            kind: FaultKind::Deviation,
-            detector: "baseline".into(),
-            ts,
-            value: 1.0,
-            score,
-            expected: Some(0.0),
-            spread: Some(0.1),
-            z: Some(10.0),
-            bound: None,
-            history: None,
-        }
+        Anomaly::new(FaultKind::Deviation, "baseline", ts, 1.0, score).with_level(0.0, 0.1, 10.0)
     }
 
     fn policy() -> IncidentPolicy {
@@ -556,11 +531,13 @@ mod tests {
         let [Transition::Updated(inc, note)] = &again[..] else { panic!("{again:?}") };
         assert_eq!(inc.id, first.id, "same incident, same ticket");
         assert_eq!(inc.reopen_count, 1);
-        assert!(note.starts_with("Recurred"), "{note}");
+        assert!(matches!(note, UpdateReason::Recurred { reopen_count: 1, .. }), "{note}");
+        assert!(note.to_string().starts_with("Recurred"), "{note}");
         assert!(matches!(&p.observe(&reading(50_000, 0.0), &[])[..], [Transition::Resolved(_)]));
         let third = burst(&mut p, 60_000, 3);
         let [Transition::Updated(inc, note)] = &third[..] else { panic!("{third:?}") };
-        assert!(inc.flapping && note.starts_with("Flapping"), "{note}");
+        assert!(inc.flapping && matches!(note, UpdateReason::Flapping { opened_times: 3, .. }), "{note}");
+        assert!(note.to_string().starts_with("Flapping"), "{note}");
         // Held open: the normal 10 s quiet period no longer resolves it, three times that does.
         assert!(p.observe(&reading(75_000, 0.0), &[]).is_empty());
         assert!(matches!(&p.observe(&reading(93_000, 0.0), &[])[..], [Transition::Resolved(_)]));
@@ -574,10 +551,22 @@ mod tests {
         burst(&mut p, 0, 3);
         let resolved = p.observe(&reading(20_000, 0.0), &[]);
         let Transition::Resolved(mut inc) = resolved[0].clone() else { panic!() };
-        inc.verdict = Some("wont_fix".into());
+        inc.verdict = Some(Verdict::WontFix);
         p.store_open(&inc);
         assert!(burst(&mut p, 30_000, 10).is_empty());
         assert!(burst(&mut p, 900_000, 10).is_empty());
+    }
+
+    #[test]
+    fn an_incident_stored_with_text_for_its_suppression_and_verdict_still_loads() {
+        let Transition::Opened(inc) = burst(&mut policy(), 0, 3)[0].clone() else { panic!() };
+        let mut stored = serde_json::to_value(&inc).unwrap();
+        stored["suppressed"] = "maintenance: compressor overhaul".into();
+        stored["verdict"] = "wont_fix".into();
+        let loaded: Incident = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(loaded.suppressed, Some(Suppression::Maintenance { reason: "compressor overhaul".into() }));
+        assert_eq!(loaded.verdict, Some(Verdict::WontFix));
+        assert_eq!(serde_json::to_value(&loaded).unwrap(), stored, "stored again as it was");
     }
 
     #[test]
@@ -588,7 +577,7 @@ mod tests {
         p.store_open(&inc);
         assert!(p.tick(99_999).is_empty());
         let t = p.tick(100_000);
-        assert!(matches!(&t[..], [Transition::Updated(i, n)] if i.escalated && n.starts_with("Escalated")));
+        assert!(matches!(&t[..], [Transition::Updated(i, UpdateReason::Escalated { .. })] if i.escalated));
         assert!(p.tick(200_000).is_empty(), "escalates once");
     }
 }

@@ -153,19 +153,7 @@ mod tests {
 
     #[test]
     fn deviation_summary_names_value_baseline_and_duration() {
-        let peak = Anomaly {
-            contributors: Vec::new(),
-            kind: FaultKind::Deviation,
-            detector: "baseline".into(),
-            ts: 360_000,
-            value: 97.14,
-            score: 0.9,
-            expected: Some(71.4),
-            spread: Some(4.9),
-            z: Some(5.2),
-            bound: None,
-            history: None,
-        };
+        let peak = Anomaly::new(FaultKind::Deviation, "baseline", 360_000, 97.14, 0.9).with_level(71.4, 4.9, 5.2);
         let subject = Subject { device: "comp-3".into(), site: None, metric: "discharge_temp".into() };
         let inc = Incident::new(subject, 0, 360_000, peak, 6);
         let (title, summary) = describe(&inc, Some("°C"));
@@ -175,19 +163,10 @@ mod tests {
 
     #[test]
     fn pattern_summary_names_probability_history_and_range() {
-        let peak = Anomaly {
-            contributors: Vec::new(),
-            kind: FaultKind::Pattern,
-            detector: "novelty".into(),
-            ts: 0,
-            value: 4.1,
-            score: 0.8,
-            expected: Some(2.1),
-            spread: Some(0.2),
-            z: Some(1.0),
-            bound: Some(3e-5),
-            history: Some(2000),
-        };
+        let peak = Anomaly::new(FaultKind::Pattern, "novelty", 0, 4.1, 0.8)
+            .with_level(2.1, 0.2, 1.0)
+            .with_bound(3e-5)
+            .with_history(2000);
         let subject = Subject { device: "pump-1".into(), site: None, metric: "vibration".into() };
         let inc = Incident::new(subject, 0, 0, peak, 1);
         let (title, summary) = describe(&inc, Some("mm/s"));
