@@ -255,6 +255,7 @@ fn main() -> ExitCode {
             check_config(&file)
         }
         Command::Run { config: ConfigFile { config: path } } => {
+            fieldwatch::daemon::limit_malloc_arenas();
             let config = match load_config(&path) {
                 Ok(c) => c,
                 Err(code) => return code,
