@@ -14,7 +14,8 @@
 //! `FW_SCALE_READINGS` [2000000: total readings per row, so messages per device = that / 4 /
 //! devices, at least 50; 500 per device at 1,000 devices]. `FW_SCALE_EXTRA_TOML` is appended
 //! to the daemon's config (`\n` for new lines), `FW_SCALE_WRAP` runs the daemon under
-//! a profiler (e.g. `perf record -e cpu-clock -g -o FILE --`). Needs `mosquitto` and `mosquitto_sub` in `PATH` (or /usr/sbin,
+//! a profiler (e.g. `perf record -e cpu-clock -g -o FILE --`), `FW_SCALE_KEEP_DB=DIR` keeps a
+//! copy of the row's database for inspection. Needs `mosquitto` and `mosquitto_sub` in `PATH` (or /usr/sbin,
 //! /usr/bin); exits 0 with a message otherwise. The table is also written to
 //! `target/bench-scale.md`.
 
@@ -251,6 +252,10 @@ async fn row(mosquitto: &Path, sub: &Path, devices: usize, per_device: usize) ->
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     let _ = daemon.0.wait();
     let disk_bytes = dir_bytes(&dir.path().join("db"));
+    if let Some(keep) = std::env::var_os("FW_SCALE_KEEP_DB") {
+        // For inspection: `cp -a` keeps sled's files as they are.
+        let _ = Command::new("cp").arg("-a").arg(dir.path().join("db")).arg(&keep).status();
+    }
     Row { devices, messages, bare_s, daemon_s, peak_rss_kib, rss_kib, cpu_s, disk_bytes }
 }
 

@@ -128,9 +128,10 @@ const CO_MOVING_SCORE: f64 = 0.2;
 /// A device is silent after this many of its own reporting intervals (when that is longer
 /// than `stale_after`).
 const SILENT_CADENCES: f64 = 5.0;
-/// The detectors' state is written to the store this often (tick time), and at the next tick
-/// after a healthy reference was fixed.
-const STATE_SAVE_EVERY_MS: i64 = 60_000;
+/// Every series' detector state is written to the store this often (tick time), and a
+/// series' own at the next tick after its healthy reference was fixed or dropped. What a crash
+/// can lose in between is a few minutes of baseline adaptation, never a reference.
+const STATE_SAVE_EVERY_MS: i64 = 5 * 60_000;
 
 fn join(items: &[&String]) -> String {
     items.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
@@ -448,9 +449,16 @@ impl Core {
     /// broker connection started (`None` while it is down): a silent broker link is not an
     /// equipment fault, and after a reconnect devices get `stale_after` to be heard again.
     pub fn tick(&mut self, now: i64, link_up_since: Option<i64>) -> Result<Vec<Transition>, StoreError> {
-        if self.detectors.take_references_changed() || now - self.state_saved_at >= STATE_SAVE_EVERY_MS {
+        let changed = self.detectors.take_references_changed();
+        if now - self.state_saved_at >= STATE_SAVE_EVERY_MS {
             self.save_detector_state()?;
             self.state_saved_at = now;
+        } else {
+            for (device, metric) in changed {
+                if let Some(state) = self.detectors.state(&device, &metric) {
+                    self.store.put_detector_state(&device, &metric, &state)?;
+                }
+            }
         }
         let mut out = Vec::new();
         for t in self.incidents.tick(now) {

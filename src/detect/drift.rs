@@ -76,11 +76,93 @@ impl DriftConfig {
     }
 }
 
-/// Commissioning readings kept to calibrate the alarm level once the reference is known.
+/// Commissioning readings kept as they are, at most: a short commissioning is replayed exactly;
+/// a longer one is calibrated from its [`Excursions`], in constant memory.
 const COMMISSIONING_KEPT: usize = 20_000;
 /// The alarm level is never below this many standard deviations of the smoothed statistic of
 /// independent noise: a perfectly smooth commissioning does not make the detector hair-trigger.
 const MIN_SIGMAS: f64 = 4.0;
+
+/// Commissioning's smoothed excursions, in constant memory, for any reference mean.
+///
+/// The smoothed deviation after reading `t` is `e_t = (L_t - m·W_t) / s`, where `L_t` is the
+/// EWMA of the readings started at 0, `W_t = 1 - (1-λ)^t` its total weight, and `m`, `s` the
+/// reference mean and spread, which are known only at the end. The largest `|e_t|` over
+/// commissioning is then the largest of `L - m·W` over the points `(W_t, L_t)`, and of its
+/// negative: both are reached at a vertex of the points' convex hull, which is all that is
+/// kept. `W_t` only grows and stops changing once `(1-λ)^t` vanishes (after about `37/λ`
+/// readings), so each hull holds at most that many vertices, usually a handful.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Excursions {
+    /// Readings summarised.
+    count: u64,
+    /// The first reading: levels are kept relative to it, for precision.
+    origin: f64,
+    level: f64,
+    weight: f64,
+    min: f64,
+    max: f64,
+    /// Upper and lower convex hull of `(W_t, L_t)` from the end of the burn-in on, by `W`.
+    upper: Vec<[f64; 2]>,
+    lower: Vec<[f64; 2]>,
+}
+
+impl Excursions {
+    fn push(&mut self, value: f64, lambda: f64, burn_in: usize) {
+        if self.count == 0 {
+            self.origin = value;
+            (self.min, self.max) = (value, value);
+        }
+        (self.min, self.max) = (self.min.min(value), self.max.max(value));
+        self.level += lambda * ((value - self.origin) - self.level);
+        self.weight += lambda * (1.0 - self.weight);
+        if self.count >= burn_in as u64 {
+            let p = [self.weight, self.level];
+            hull_push(&mut self.upper, p, 1.0);
+            hull_push(&mut self.lower, p, -1.0);
+        }
+        self.count += 1;
+    }
+
+    /// Whether every one of `n` readings was summarised (not a state from before they were).
+    fn complete(&self, n: u64) -> bool {
+        self.count == n
+    }
+
+    /// The last smoothed deviation and the largest one after the burn-in, against `mean`
+    /// and `spread`.
+    fn against(&self, mean: f64, spread: f64) -> (f64, f64) {
+        let m = mean - self.origin;
+        let dev = |p: &[f64; 2]| p[1] - m * p[0];
+        let high = self.upper.iter().map(dev).fold(f64::NEG_INFINITY, f64::max);
+        let low = self.lower.iter().map(dev).fold(f64::INFINITY, f64::min);
+        let widest = high.max(-low).max(0.0) / spread;
+        ((self.level - m * self.weight) / spread, widest)
+    }
+}
+
+/// Adds `p` (its `x` not below any vertex's) to a monotone-chain hull: `side` 1 keeps the
+/// upper hull, -1 the lower one.
+fn hull_push(hull: &mut Vec<[f64; 2]>, p: [f64; 2], side: f64) {
+    if let Some(last) = hull.last() {
+        if p[0] <= last[0] {
+            // Same weight (it stopped changing): only the more extreme level counts.
+            if side * (p[1] - last[1]) <= 0.0 {
+                return;
+            }
+            hull.pop();
+        }
+    }
+    while let [.., a, b] = hull[..] {
+        let cross = (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0]);
+        if side * cross >= 0.0 {
+            hull.pop();
+        } else {
+            break;
+        }
+    }
+    hull.push(p);
+}
 
 /// The frozen healthy reference of a series.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -107,9 +189,13 @@ pub struct Drift {
     first_ts: Option<i64>,
     adapt_alpha: f64,
     min_relative_spread: f64,
-    /// Commissioning values (cleared once the reference is frozen).
+    /// The first commissioning readings, while the EWMA's burn-in still depends on how many
+    /// there will be (summarised into `excursions` after that, and cleared).
     #[serde(default)]
     commissioning: Vec<f64>,
+    /// Every commissioning reading's smoothed excursion, summarised.
+    #[serde(default)]
+    excursions: Excursions,
     n: u64,
     sum: f64,
     sum_sq: f64,
@@ -138,6 +224,7 @@ impl Drift {
             adapt_alpha,
             min_relative_spread,
             commissioning: Vec::new(),
+            excursions: Excursions::default(),
             n: 0,
             sum: 0.0,
             sum_sq: 0.0,
@@ -161,9 +248,26 @@ impl Drift {
         self.n += 1;
         self.sum += value;
         self.sum_sq += value * value;
-        if self.commissioning.len() < COMMISSIONING_KEPT {
+        let (lambda, burn_in) = (self.lambda, self.burn_in());
+        if self.excursions.count > 0 && self.excursions.complete(self.n - 1) {
+            self.excursions.push(value, lambda, burn_in);
+        } else if self.commissioning.len() < COMMISSIONING_KEPT {
+            if self.commissioning.is_empty() {
+                self.commissioning.reserve_exact(4 * burn_in);
+            }
             self.commissioning.push(value);
+            if self.commissioning.len() as u64 == self.n && self.n >= 4 * burn_in as u64 {
+                // From here on the burn-in is fixed: the excursions alone calibrate exactly.
+                for v in std::mem::take(&mut self.commissioning) {
+                    self.excursions.push(v, lambda, burn_in);
+                }
+            }
         }
+    }
+
+    /// Readings the EWMA needs to forget its start, at most (a quarter of a short commissioning).
+    fn burn_in(&self) -> usize {
+        (2.0 / self.lambda) as usize
     }
 
     /// Ends commissioning: fixes the reference and calibrates the alarm level on the readings
@@ -176,23 +280,32 @@ impl Drift {
         let mean = self.sum / n;
         let var = (self.sum_sq / n - mean * mean).max(0.0) * n / (n - 1.0);
         let spread = var.sqrt().max(mean.abs() * self.min_relative_spread).max(1e-9);
-        // Replay commissioning against the final reference; skip the EWMA's burn-in.
-        let burn_in = ((2.0 / self.lambda) as usize).min(self.commissioning.len() / 4);
-        let mut e = 0.0;
-        let mut widest = 0.0f64;
-        for (i, v) in self.commissioning.iter().enumerate() {
-            e += self.lambda * ((v - mean) / spread - e);
-            if i >= burn_in {
-                widest = widest.max(e.abs());
+        let (e, widest, (min, max)) = if self.excursions.count == 0 || !self.excursions.complete(self.n) {
+            // Replay commissioning against the final reference; skip the EWMA's burn-in.
+            let burn_in = self.burn_in().min(self.commissioning.len() / 4);
+            let mut e = 0.0;
+            let mut widest = 0.0f64;
+            for (i, v) in self.commissioning.iter().enumerate() {
+                e += self.lambda * ((v - mean) / spread - e);
+                if i >= burn_in {
+                    widest = widest.max(e.abs());
+                }
             }
-        }
+            let range = self
+                .commissioning
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            (e, widest, range)
+        } else {
+            let (e, widest) = self.excursions.against(mean, spread);
+            (e, widest, (self.excursions.min, self.excursions.max))
+        };
         let noise_sigma = (self.lambda / (2.0 - self.lambda)).sqrt();
         let threshold = (self.margin * widest).max(MIN_SIGMAS * noise_sigma);
-        let (min, max) =
-            self.commissioning.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         self.reference = Some(Reference { mean, spread, threshold, min, max });
         self.ewma = e;
         self.commissioning = Vec::new();
+        self.excursions = Excursions::default();
     }
 
     /// The reading's z-score against the reference and the smoothed deviation after it.
@@ -335,5 +448,51 @@ mod tests {
         let (x, y) = (d.observe(1001, 14.0), back.observe(1001, 14.0));
         assert_eq!(x.is_some(), y.is_some());
         assert!((d.last_score() - back.last_score()).abs() < 1e-9);
+    }
+
+    /// The alarm level as a full replay of every commissioning reading computes it.
+    fn replayed_threshold(values: &[f64], config: &DriftConfig) -> f64 {
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let var = (values.iter().map(|v| v * v).sum::<f64>() / n - mean * mean).max(0.0) * n / (n - 1.0);
+        let spread = var.sqrt().max(1e-9);
+        let burn_in = ((2.0 / config.lambda) as usize).min(values.len() / 4);
+        let (mut e, mut widest) = (0.0f64, 0.0f64);
+        for (i, v) in values.iter().enumerate() {
+            e += config.lambda * ((v - mean) / spread - e);
+            if i >= burn_in {
+                widest = widest.max(e.abs());
+            }
+        }
+        (config.margin * widest).max(MIN_SIGMAS * (config.lambda / (2.0 - config.lambda)).sqrt())
+    }
+
+    #[test]
+    fn calibration_in_constant_memory_matches_a_full_replay() {
+        let mut n = noise(5);
+        let shapes: Vec<(&str, Vec<f64>)> = vec![
+            ("noise", (0..5000).map(|_| 3.0 + 0.1 * n()).collect()),
+            ("load cycle", (0..5000).map(|i| 20.0 + (i as f64 / 90.0).sin() + 0.2 * n()).collect()),
+            ("settling ramp", (0..3000).map(|i| 50.0 + 5.0 * (-(i as f64) / 400.0).exp() + n()).collect()),
+            ("large level, tiny noise", (0..3000).map(|_| 1.0e6 + 0.01 * n()).collect()),
+            ("short", (0..60).map(|_| 7.0 + n()).collect()),
+        ];
+        for lambda in [0.1, 0.02, 1.0] {
+            let config = DriftConfig { lambda, ..per_reading() };
+            for (name, values) in &shapes {
+                let mut d = Drift::new(&config, 0.0);
+                for (i, v) in values.iter().enumerate() {
+                    SeriesDetector::learn(&mut d, i as i64, *v);
+                }
+                let kept = serde_json::to_vec(&d).map(|j| j.len()).unwrap_or(usize::MAX);
+                d.end_learning();
+                let got = d.reference().map(|r| r.threshold).expect("frozen");
+                let want = replayed_threshold(values, &config);
+                assert!((got - want).abs() <= 1e-6 * want, "{name}, lambda {lambda}: {got} vs {want}");
+                if values.len() > 1000 {
+                    assert!(kept < 16 * 1024, "{name}, lambda {lambda}: {kept} bytes kept while commissioning");
+                }
+            }
+        }
     }
 }

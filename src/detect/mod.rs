@@ -245,6 +245,11 @@ impl SeriesDetectors {
             .chain(self.drift.as_mut().map(|d| d as &mut dyn SeriesDetector))
     }
 
+    /// What survives a restart.
+    fn state(&self) -> SeriesState {
+        SeriesState { baseline: self.baseline.clone(), flatline: self.flatline.clone(), drift: self.drift.clone() }
+    }
+
     /// Feeds one reading to every detector of the series.
     pub fn observe(&mut self, ts: i64, value: f64) -> Observation {
         let mut out = Observation::default();
@@ -268,8 +273,9 @@ pub struct DetectorBank {
     series: HashMap<String, HashMap<String, SeriesDetectors>>,
     /// Sensitivity factors learned from false alarms, applied to new and existing detectors.
     tuning: HashMap<(String, String), f64>,
-    /// A healthy reference was fixed or dropped since the state was last taken for storing.
-    references_changed: bool,
+    /// Series whose healthy reference was fixed or dropped since their state was last taken
+    /// for storing.
+    references_changed: Vec<(String, String)>,
 }
 
 /// A false alarm widens a series' alarm band by this factor ...
@@ -284,7 +290,7 @@ impl DetectorBank {
             config: config.clone(),
             series: HashMap::new(),
             tuning: HashMap::new(),
-            references_changed: false,
+            references_changed: Vec::new(),
         }
     }
 
@@ -333,7 +339,7 @@ impl DetectorBank {
     pub fn recommission(&mut self, device: &str, metric: &str) {
         let s = self.build(device, metric);
         self.series.entry(device.to_string()).or_default().insert(metric.to_string(), s);
-        self.references_changed = true;
+        self.references_changed.push((device.to_string(), metric.to_string()));
     }
 
     /// Learns from a reading known to be healthy (see [`SeriesDetector::learn`]).
@@ -345,10 +351,12 @@ impl DetectorBank {
 
     /// Ends learning from a healthy recording: every series' reference is fixed.
     pub fn end_learning(&mut self) {
-        self.references_changed = true;
-        for s in self.series.values_mut().flat_map(|m| m.values_mut()) {
-            for d in s.all() {
-                d.end_learning();
+        for (device, by_metric) in &mut self.series {
+            for (metric, s) in by_metric {
+                for d in s.all() {
+                    d.end_learning();
+                }
+                self.references_changed.push((device.clone(), metric.clone()));
             }
         }
     }
@@ -361,11 +369,15 @@ impl DetectorBank {
 
     /// The state of every series that survives a restart, to store.
     pub fn states(&self) -> impl Iterator<Item = (&str, &str, SeriesState)> {
-        self.series.iter().flat_map(|(d, by)| by.iter().map(move |(m, s)| (d, m, s))).map(|(d, m, s)| {
-            let state =
-                SeriesState { baseline: s.baseline.clone(), flatline: s.flatline.clone(), drift: s.drift.clone() };
-            (d.as_str(), m.as_str(), state)
-        })
+        self.series
+            .iter()
+            .flat_map(|(d, by)| by.iter().map(move |(m, s)| (d, m, s)))
+            .map(|(d, m, s)| (d.as_str(), m.as_str(), s.state()))
+    }
+
+    /// The state of one series, if it is tracked.
+    pub fn state(&self, device: &str, metric: &str) -> Option<SeriesState> {
+        Some(self.series.get(device)?.get(metric)?.state())
     }
 
     /// Restores a series' state (from the store, at start); detectors switched off since are
@@ -390,13 +402,15 @@ impl DetectorBank {
         let had = s.drift.as_ref().is_some_and(|d| d.reference().is_some());
         let o = s.observe(ts, value);
         let has = s.drift.as_ref().is_some_and(|d| d.reference().is_some());
-        self.references_changed |= had != has;
+        if had != has {
+            self.references_changed.push((device.to_string(), metric.to_string()));
+        }
         o
     }
 
     /// Whether a healthy reference was fixed or dropped since the last call: time to store the
     /// state, so a restart does not lose it.
-    pub fn take_references_changed(&mut self) -> bool {
+    pub fn take_references_changed(&mut self) -> Vec<(String, String)> {
         std::mem::take(&mut self.references_changed)
     }
 
