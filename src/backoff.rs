@@ -6,20 +6,21 @@ use rand::Rng;
 
 /// Exponential backoff with jitter and no attempt limit, never above `max`.
 ///
-/// Each delay is drawn from the upper half of the exponential step (`d/2 ..= d`), so many
-/// gateways that lost the same broker do not reconnect in lockstep, and a configured maximum
-/// is a real maximum (backon's own jitter adds up to a whole step on top of it).
+/// Each delay is drawn from the upper half of the exponential step (`d/2 ..= d`, never below
+/// `min`), so many gateways that lost the same broker do not reconnect in lockstep, and the
+/// configured bounds are real bounds (backon's own jitter adds up to a whole step on top of
+/// the maximum).
 pub fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
     let max = max.max(min);
     let steps = backon::BackoffBuilder::build(
         backon::ExponentialBuilder::default().with_min_delay(min).with_max_delay(max).without_max_times(),
     );
     steps.map(move |d| {
-        let d = d.min(max);
-        let half = d / 2;
-        let spread = (d - half).as_nanos() as u64;
+        let d = d.clamp(min, max);
+        let low = (d / 2).max(min);
+        let spread = (d - low).as_nanos() as u64;
         let extra = if spread == 0 { 0 } else { rand::thread_rng().gen_range(0..=spread) };
-        half + Duration::from_nanos(extra)
+        low + Duration::from_nanos(extra)
     })
 }
 
@@ -32,7 +33,7 @@ mod tests {
         let min = Duration::from_millis(100);
         let max = Duration::from_secs(2);
         let delays: Vec<_> = backoff(min, max).take(200).collect();
-        assert!(delays.iter().all(|d| *d <= max && *d >= min / 2), "{delays:?}");
+        assert!(delays.iter().all(|d| *d <= max && *d >= min), "{delays:?}");
         // Late delays sit in the upper half of the maximum step, and are not all equal.
         let late = &delays[20..];
         assert!(late.iter().all(|d| *d >= max / 2));

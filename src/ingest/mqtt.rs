@@ -40,6 +40,9 @@ pub struct Inbound {
 /// The largest refused message taken once to reject it; beyond this the memory is not worth
 /// risking on a gateway (the broker's `message_size_limit` should stop such messages).
 const OVERSIZE_MAX: usize = 64 * 1024 * 1024;
+/// A connection that stayed up this long (or `reconnect_max`, if shorter) was a real one: the
+/// reconnect delays start again from `reconnect_min` when it drops.
+const STABLE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The store key saying a persistent session was established under this client id: when the
 /// broker later answers `session_present = false`, what it queued for us meanwhile is gone.
@@ -61,6 +64,10 @@ pub async fn run(
 ) {
     let mut delays = backoff(cfg.reconnect_min, cfg.reconnect_max);
     let mut connected = false;
+    // When the current connection came up: the delays start over only after one that lasted
+    // (`STABLE_AFTER`), so a broker that accepts and then drops us at once is not hammered at
+    // `reconnect_min`.
+    let mut up_since: Option<std::time::Instant> = None;
     // Raised above `max_packet_bytes` for one connection to take a refused message.
     let mut raised = false;
     let persistent = !cfg.clean_session;
@@ -78,9 +85,9 @@ pub async fn run(
                     connection.set_max_packet_size(cfg.max_packet_bytes);
                 }
                 connected = true;
+                up_since = Some(std::time::Instant::now());
                 metrics.mqtt_connected.set(1);
                 metrics.connected_since_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
-                delays = backoff(cfg.reconnect_min, cfg.reconnect_max);
                 tracing::info!(host = %cfg.host, port = cfg.port, protocol = ?cfg.protocol, session_present, "connected to broker");
                 if persistent && !session_present {
                     if had_session {
@@ -129,6 +136,9 @@ pub async fn run(
                 metrics.mqtt_connection_errors.inc();
                 metrics.mqtt_connected.set(0);
                 metrics.connected_since_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+                if up_since.take().is_some_and(|t| t.elapsed() >= cfg.reconnect_max.min(STABLE_AFTER)) {
+                    delays = backoff(cfg.reconnect_min, cfg.reconnect_max);
+                }
                 let delay = delays.next().unwrap_or(cfg.reconnect_max);
                 if connected {
                     tracing::warn!(error = %e, retry_in = ?delay, "lost broker connection");
