@@ -220,7 +220,7 @@ impl Daemon {
     }
 
     /// A token cancelled when the store stopped committing; the daemon then has to be shut down
-    /// and started again (see [`crate::supervisor`]).
+    /// and started again (the supervisor of `fieldwatch run` does).
     pub fn failed_token(&self) -> CancellationToken {
         self.failed.clone()
     }
