@@ -173,7 +173,7 @@ impl Core {
             metrics,
             reject_log: HashMap::new(),
             registry: Registry::new(&config.assets, None, &config.priority),
-            suppressor: Suppressor::new(config, silences),
+            suppressor: Suppressor::new(&config.maintenance, &config.modes, &config.incident, silences),
             devices,
             models,
             state_saved_at: 0,

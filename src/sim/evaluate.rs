@@ -9,12 +9,13 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::fleet::{Fleet, PERIOD_MS};
-use crate::config::{Config, MaintenanceWindow};
+use crate::config::Config;
 use crate::core::{BatchOutcome, Core};
 use crate::incident::Transition;
 use crate::metrics::Metrics;
 use crate::reading::Message;
 use crate::store::{Store, StoreError};
+use crate::suppress::MaintenanceWindow;
 
 /// One failing device's outcome.
 #[derive(Debug, Clone, Serialize)]
