@@ -91,7 +91,7 @@ pub struct Core {
     /// The priorities of the incidents opened since the last commit: counted once they are
     /// durable (see [`Core::committed`]), so the metric never counts one a crash could still
     /// take back.
-    opened_uncommitted: Vec<crate::ticket::Priority>,
+    opened_uncommitted: Vec<crate::assets::Priority>,
 }
 
 /// How much the core tracks, and for how long (see `decode.max_devices` and friends), and when
