@@ -44,6 +44,7 @@ pub mod model_commands;
 pub mod preflight;
 pub mod reading;
 pub mod replay;
+pub mod score;
 pub mod settings;
 pub mod silence;
 pub mod sim;
