@@ -49,10 +49,16 @@ pub enum DaemonError {
 
 /// What outlives one run of the pipeline: counters stay monotonic and health stays known across
 /// the in-process restarts of a config reload or a store recovery.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared { metrics: Arc::new(Metrics::new(&crate::core::metric_labels())), health: Arc::default() }
+    }
 }
 
 /// A running daemon. Dropping it does not stop it: call [`Daemon::shutdown`].

@@ -15,12 +15,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::assets::Registry;
+use crate::assets::{Priority, Registry, Tier};
 use crate::config::Config;
 use crate::decode::{Decoder, RejectReason};
-use crate::detect::{Anomaly, DetectorBank, FaultKind, Observation};
+use crate::detect::{Anomaly, DetectorBank, FaultKind, Observation, DETECTORS};
 use crate::incident::{Incident, IncidentPolicy, Transition};
-use crate::metrics::{FaultLabel, Metrics, ReasonLabel};
+use crate::metrics::{FaultLabel, Labels, Metrics, ReasonLabel};
+use crate::model::trainer::FIT_RESULTS;
+use crate::model::ModelKind;
 use crate::reading::{Message, Reading};
 use crate::silence::Silences;
 use crate::store::{Rejected, Store, StoreError, REJECTED_PAYLOAD_MAX};
@@ -119,6 +121,25 @@ const NOT_A_NUMBER: &str = "not_a_number";
 pub const LEAD_TIME_KINDS: [&str; 2] = [PREDICTED, ACTUAL];
 const PREDICTED: &str = "predicted";
 const ACTUAL: &str = "actual";
+/// The values of every label of the metrics whose set is fixed, from the components that own
+/// them: what [`Metrics::new`] creates at zero.
+pub fn metric_labels() -> Labels {
+    Labels {
+        reject_reasons: crate::decode::ALL_REJECT_LABELS.to_vec(),
+        ignored_field_reasons: IGNORED_FIELD_REASONS.to_vec(),
+        // Silent devices are incidents without an anomalous reading: never counted as anomalies.
+        faults: FaultKind::ALL.iter().chain(&[FaultKind::Multivariate]).map(|f| f.as_str()).collect(),
+        priorities: Priority::ALL.map(Priority::as_str).to_vec(),
+        tiers: Tier::ALL.map(Tier::as_str).to_vec(),
+        suppression_reasons: SUPPRESSION_REASONS.to_vec(),
+        verdicts: Verdict::ALL.map(Verdict::as_str).to_vec(),
+        lead_time_kinds: LEAD_TIME_KINDS.to_vec(),
+        model_kinds: ModelKind::ALL.map(ModelKind::as_str).to_vec(),
+        fit_results: FIT_RESULTS.to_vec(),
+        detectors: DETECTORS.to_vec(),
+    }
+}
+
 /// Anomalies of two metrics this close in time count as "at the same time".
 const CORRELATION_MS: i64 = 5 * 60 * 1000;
 /// A metric whose detectors score at least this (0..1; 0.5 is the alarm) is moving away from
@@ -195,7 +216,7 @@ impl Core {
     /// what may only be counted once it survives a crash.
     pub fn committed(&mut self) {
         for priority in self.opened_uncommitted.drain(..) {
-            self.metrics.count_opened(priority, 1);
+            self.metrics.count_opened(priority.as_str(), 1);
         }
     }
 
@@ -565,5 +586,18 @@ impl Core {
     /// Number of series with detector state.
     pub fn series_tracked(&self) -> usize {
         self.detectors.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_kinds_are_detector_names() {
+        let labels = metric_labels();
+        for kind in &labels.model_kinds {
+            assert!(labels.detectors.contains(kind), "{kind}");
+        }
     }
 }
