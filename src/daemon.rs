@@ -3,7 +3,7 @@
 //! ```text
 //! mqtt ingest ──(bounded mpsc)──► batcher: core + flush + ack ──► outbox ──► one task per sink
 //!                                   side tasks: retention · admin HTTP · model trainer
-//!                                   (trainer ──Control::ModelFitted──► batcher)
+//!                                   (admin feedback, trainer ──Control──► batcher)
 //! ```
 //! On shutdown the source stops first; the batcher stores and acknowledges what it holds; the
 //! sinks stop between deliveries (the outbox keeps the rest). Nothing in flight is lost.
@@ -17,14 +17,14 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::AdminState;
+use crate::admin::{AdminState, FeedbackRequest};
 use crate::config::Config;
-use crate::core::Control;
 use crate::core::Core;
 use crate::health::Health;
 use crate::ingest::mqtt::{self, Ack, Client, Inbound};
 use crate::metrics::Metrics;
 use crate::model::trainer::{self, TrainerStatus};
+use crate::model::DeviceModel;
 use crate::store::{run_retention, Store, StoreError};
 use crate::systemd::{self, Liveness};
 use crate::ticket::outbox::{deliver, RetryPolicy};
@@ -45,6 +45,16 @@ pub enum DaemonError {
     Admin { addr: String, source: std::io::Error },
     #[error("admin.token: {0}")]
     AdminToken(crate::settings::SecretError),
+}
+
+/// A request from outside the batch path that the core must handle itself (it owns incident
+/// state and the models it scores with): handed over here from the admin API and the trainer,
+/// received by the batcher between batches.
+pub enum Control {
+    /// A technician's feedback from the admin API.
+    Feedback(FeedbackRequest),
+    /// The trainer fitted (and stored) a device model: the core scores with it from now on.
+    ModelFitted(Box<DeviceModel>),
 }
 
 /// What outlives one run of the pipeline: counters stay monotonic and health stays known across
@@ -134,13 +144,23 @@ impl Daemon {
                 }
                 None => None,
             };
+            // The admin API knows nothing of the batcher: its feedback is handed over here.
+            let (feedback_tx, mut feedback_rx) = mpsc::channel(16);
+            let to_core = control_tx.clone();
+            tracker.spawn(async move {
+                while let Some(request) = feedback_rx.recv().await {
+                    if to_core.send(Control::Feedback(request)).await.is_err() {
+                        break;
+                    }
+                }
+            });
             let state = AdminState {
                 token,
                 metrics: metrics.clone(),
                 health: health.clone(),
                 store: store.clone(),
                 silences: core.silences(),
-                control: control_tx.clone(),
+                feedback: feedback_tx,
                 train: train.clone(),
             };
             tracker.spawn(crate::admin::serve(listener, state, cancel.clone()));
@@ -362,7 +382,7 @@ impl Batcher {
     /// A request from the admin API, applied and made durable before the reply.
     async fn control(&self, core: &mut Core, c: Control) {
         match c {
-            Control::Feedback { id, feedback, reply } => {
+            Control::Feedback(FeedbackRequest { id, feedback, reply }) => {
                 let mut result = core.feedback(&id, &feedback, crate::reading::now_ms());
                 if result.is_ok() {
                     match self.store.flush().await {

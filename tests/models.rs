@@ -186,14 +186,14 @@ async fn models_api_lists_fitted_models_and_accepts_train_requests() {
     let mut core = Core::new(&config, store.clone(), Arc::new(Metrics::new(&metric_labels()))).unwrap();
     feed(&mut core, &mut sim, 0, 1200);
     fit_all(&store, &sim, &config);
-    let (control, _rx) = tokio::sync::mpsc::channel(1);
+    let (feedback, _rx) = tokio::sync::mpsc::channel(1);
     let state = fieldwatch::admin::AdminState {
         metrics: Arc::new(Metrics::new(&metric_labels())),
         health: Default::default(),
         token: None,
         store: store.clone(),
         silences: core.silences(),
-        control,
+        feedback,
         train: Some(core.train_requests()),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

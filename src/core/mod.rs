@@ -49,19 +49,6 @@ const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
 pub use crate::incident::Verdict;
 pub use feedback::{Feedback, FeedbackError};
 
-/// A request from outside the batch path that the core must handle itself (it owns incident
-/// state and the models it scores with): sent by the admin API and the trainer's hand-over in
-/// the daemon, received by the batcher between batches.
-pub enum Control {
-    Feedback {
-        id: String,
-        feedback: Feedback,
-        reply: tokio::sync::oneshot::Sender<Result<Incident, FeedbackError>>,
-    },
-    /// The trainer fitted (and stored) a device model: the core scores with it from now on.
-    ModelFitted(Box<crate::model::DeviceModel>),
-}
-
 /// The daemon's processing core.
 pub struct Core {
     decoder: Decoder,
