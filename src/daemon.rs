@@ -109,7 +109,7 @@ impl Daemon {
             })?;
         health.clear_store_error();
         let sinks = config.ticket.sinks.iter().map(SinkConfig::build).collect::<Result<Vec<_>, SinkBuildError>>()?;
-        let core = Core::new(&config, store.clone(), metrics.clone())?;
+        let core = Core::new(config.core(), store.clone(), metrics.clone())?;
         metrics.start_sinks_at_zero(sinks.iter().map(|sink| sink.name()));
         let batch_max = config.store.batch_max;
         let request_capacity = (4 * batch_max).max(4 * usize::from(config.mqtt.receive_window())).max(1024);

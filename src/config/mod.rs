@@ -12,6 +12,7 @@ mod locate;
 pub mod reference;
 
 pub use crate::admin::AdminConfig;
+use crate::core::CoreConfig;
 pub use crate::decode::{DecodeConfig, MetricMapping, TimestampFormat};
 pub use crate::detect::{DetectConfig, LimitConfig, NoveltyConfig};
 pub use crate::incident::IncidentConfig;
@@ -139,6 +140,21 @@ impl Config {
             config.assets.runbooks.extend(extra.runbooks);
         }
         Ok(config)
+    }
+
+    /// The parts of the configuration the processing core is built from.
+    pub fn core(&self) -> CoreConfig<'_> {
+        CoreConfig {
+            decode: &self.decode,
+            store: &self.store,
+            detect: &self.detect,
+            incident: &self.incident,
+            ticket: &self.ticket,
+            assets: &self.assets,
+            priority: &self.priority,
+            modes: &self.modes,
+            maintenance: &self.maintenance,
+        }
     }
 
     /// Parses and validates config text; `file` is only used in error messages.

@@ -15,18 +15,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::assets::{Priority, Registry, Tier};
-use crate::config::Config;
-use crate::decode::{Decoder, RejectReason};
-use crate::detect::{Anomaly, DetectorBank, FaultKind, Observation, DETECTORS};
-use crate::incident::{Incident, IncidentPolicy, Transition};
+use crate::assets::{AssetsConfig, Priority, PriorityConfig, Registry, Tier};
+use crate::decode::{DecodeConfig, Decoder, RejectReason};
+use crate::detect::{Anomaly, DetectConfig, DetectorBank, FaultKind, Observation, DETECTORS};
+use crate::incident::{Incident, IncidentConfig, IncidentPolicy, Transition};
 use crate::metrics::{FaultLabel, Labels, Metrics, ReasonLabel};
 use crate::model::trainer::FIT_RESULTS;
 use crate::model::ModelKind;
 use crate::reading::{Message, Reading};
 use crate::silence::Silences;
-use crate::store::{Rejected, Store, StoreError, REJECTED_PAYLOAD_MAX};
-use crate::suppress::{Suppressor, MAINTENANCE, NEEDS_REVIEW, OBSERVE, SHADOW, SILENCE};
+use crate::store::{Rejected, Store, StoreConfig, StoreError, REJECTED_PAYLOAD_MAX};
+use crate::suppress::{
+    MaintenanceConfig, ModesConfig, Suppressor, MAINTENANCE, NEEDS_REVIEW, OBSERVE, SHADOW, SILENCE,
+};
+use crate::ticket::TicketConfig;
 
 /// What one batch did.
 #[derive(Debug, Default)]
@@ -48,6 +50,23 @@ const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub use crate::incident::Verdict;
 pub use feedback::{Feedback, FeedbackError};
+
+/// What the core is built from: the parts of the configuration it uses (the whole
+/// configuration's `Config::core` gathers them).
+#[derive(Clone, Copy)]
+pub struct CoreConfig<'a> {
+    pub decode: &'a DecodeConfig,
+    /// `store.retention`: readings older than that are refused.
+    pub store: &'a StoreConfig,
+    pub detect: &'a DetectConfig,
+    pub incident: &'a IncidentConfig,
+    /// The sinks every ticket goes to.
+    pub ticket: &'a TicketConfig,
+    pub assets: &'a AssetsConfig,
+    pub priority: &'a PriorityConfig,
+    pub modes: &'a ModesConfig,
+    pub maintenance: &'a MaintenanceConfig,
+}
 
 /// The daemon's processing core.
 pub struct Core {
@@ -146,9 +165,9 @@ fn join(items: &[&String]) -> String {
 
 impl Core {
     /// Builds the core and reloads open incidents from the store.
-    pub fn new(config: &Config, store: Arc<Store>, metrics: Arc<Metrics>) -> Result<Core, StoreError> {
+    pub fn new(config: CoreConfig<'_>, store: Arc<Store>, metrics: Arc<Metrics>) -> Result<Core, StoreError> {
         let stored: Vec<Incident> = store.incidents()?;
-        let mut detectors = DetectorBank::new(&config.detect);
+        let mut detectors = DetectorBank::new(config.detect);
         for (device, metric, factor) in store.tuning()? {
             detectors.set_tuning(&device, &metric, factor);
         }
@@ -171,17 +190,17 @@ impl Core {
         let models = models::DeviceModels::load(&config.detect.models, settle_ms, &store)?;
         let silences = Arc::new(Silences::load(store.clone())?);
         let core = Core {
-            decoder: Decoder::new(&config.decode).with_max_age(config.store.retention),
+            decoder: Decoder::new(config.decode).with_max_age(config.store.retention),
             detectors,
-            incidents: IncidentPolicy::new(&config.incident, stored),
+            incidents: IncidentPolicy::new(config.incident, stored),
             sinks: config.ticket.sinks.iter().map(|s| s.name().to_string()).collect(),
             units,
             evidence_readings: config.incident.evidence_readings,
             store,
             metrics,
             reject_log: HashMap::new(),
-            registry: Registry::new(&config.assets, None, &config.priority),
-            suppressor: Suppressor::new(&config.maintenance, &config.modes, &config.incident, silences),
+            registry: Registry::new(config.assets, None, config.priority),
+            suppressor: Suppressor::new(config.maintenance, config.modes, config.incident, silences),
             devices,
             models,
             state_saved_at: 0,

@@ -115,7 +115,7 @@ pub fn run(fleet: &mut Fleet, config: &Config) -> Result<FleetReport, StoreError
         });
     }
     let store = Arc::new(Store::temporary()?);
-    let mut core = Core::new(&config, store, Arc::new(Metrics::new(&crate::core::metric_labels())))?;
+    let mut core = Core::new(config.core(), store, Arc::new(Metrics::new(&crate::core::metric_labels())))?;
     let mut tickets: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
     let mut suppressed = 0;
     let mut note = |t: &Transition, tickets: &mut BTreeMap<String, Vec<(i64, String)>>| {
