@@ -99,7 +99,7 @@ pub struct Core {
     /// The priorities of the incidents opened since the last commit: counted once they are
     /// durable (see [`Core::committed`]), so the metric never counts one a crash could still
     /// take back.
-    opened_uncommitted: Vec<crate::assets::Priority>,
+    opened_uncommitted: Vec<Priority>,
 }
 
 /// How much the core tracks, and for how long (see `decode.max_devices` and friends), and when
@@ -127,6 +127,19 @@ const NOT_A_NUMBER: &str = "not_a_number";
 pub const LEAD_TIME_KINDS: [&str; 2] = [PREDICTED, ACTUAL];
 const PREDICTED: &str = "predicted";
 const ACTUAL: &str = "actual";
+/// Anomalies of two metrics this close in time count as "at the same time".
+const CORRELATION_MS: i64 = 5 * 60 * 1000;
+/// A metric whose detectors score at least this (0..1; 0.5 is the alarm) is moving away from
+/// its reference; when most of a device's metrics do so together, it is a candidate change of
+/// operating point.
+const CO_MOVING_SCORE: f64 = 0.2;
+/// A device is silent after this many of its own reporting intervals (when that is longer
+/// than `stale_after`).
+const SILENT_CADENCES: f64 = 5.0;
+/// The detectors' state is written to the store this often (tick time), and at the next tick
+/// after a healthy reference was fixed.
+const STATE_SAVE_EVERY_MS: i64 = 60_000;
+
 /// The values of every label of the metrics whose set is fixed, from the components that own
 /// them: what [`Metrics::new`] creates at zero.
 pub fn metric_labels() -> Labels {
@@ -145,19 +158,6 @@ pub fn metric_labels() -> Labels {
         detectors: DETECTORS.to_vec(),
     }
 }
-
-/// Anomalies of two metrics this close in time count as "at the same time".
-const CORRELATION_MS: i64 = 5 * 60 * 1000;
-/// A metric whose detectors score at least this (0..1; 0.5 is the alarm) is moving away from
-/// its reference; when most of a device's metrics do so together, it is a candidate change of
-/// operating point.
-const CO_MOVING_SCORE: f64 = 0.2;
-/// A device is silent after this many of its own reporting intervals (when that is longer
-/// than `stale_after`).
-const SILENT_CADENCES: f64 = 5.0;
-/// The detectors' state is written to the store this often (tick time), and at the next tick
-/// after a healthy reference was fixed.
-const STATE_SAVE_EVERY_MS: i64 = 60_000;
 
 fn join(items: &[&String]) -> String {
     items.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
