@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use fieldwatch::config::{Config, DecodeConfig, DetectConfig};
-use fieldwatch::core::Core;
+use fieldwatch::core::{metric_labels, Core};
 use fieldwatch::decode::Decoder;
 use fieldwatch::detect::DetectorBank;
 use fieldwatch::metrics::Metrics;
@@ -103,7 +103,8 @@ impl Feed {
 fn warmed_core(store: Store) -> (Core, Arc<Store>, Feed) {
     let t0 = t0();
     let store = Arc::new(store);
-    let mut core = Core::new(&Config::default(), store.clone(), Arc::new(Metrics::new())).unwrap();
+    let mut core =
+        Core::new(Config::default().core(), store.clone(), Arc::new(Metrics::new(&metric_labels()))).unwrap();
     // Faults start after warm-up so the incident and outbox path runs too.
     let mut sim = Simulator::new(DEVICES, Simulator::demo_faults(t0 + 120_000), 7);
     core.process_messages(&messages(&mut sim, t0, 100)).unwrap();

@@ -61,7 +61,6 @@ impl AdminConfig {
     }
 }
 
-use crate::core::Control;
 use crate::core::{Feedback, FeedbackError};
 use crate::incident::{Incident, IncidentState};
 use crate::metrics::{Format, Metrics};
@@ -87,9 +86,18 @@ pub struct AdminState {
     pub store: Arc<Store>,
     /// The silences the core obeys: set and lifted here, in memory and in the store at once.
     pub silences: Arc<Silences>,
-    pub control: mpsc::Sender<Control>,
+    /// Where technicians' feedback goes: to the core, which owns the incidents.
+    pub feedback: mpsc::Sender<FeedbackRequest>,
     /// Where `POST /api/models/train` asks for fits (`None`: models are disabled).
     pub train: Option<Arc<TrainRequests>>,
+}
+
+/// A technician's feedback on an incident, for the core to apply between batches (the daemon
+/// hands it to the batcher); the reply is the incident as it is now, or why it was refused.
+pub struct FeedbackRequest {
+    pub id: String,
+    pub feedback: Feedback,
+    pub reply: oneshot::Sender<Result<Incident, FeedbackError>>,
 }
 
 /// The router, separate from `serve` so tests can drive it directly.
@@ -202,7 +210,7 @@ async fn list_incidents(State(s): State<AdminState>, Query(q): Query<IncidentQue
 
 async fn feedback(State(s): State<AdminState>, Path(id): Path<String>, Json(fb): Json<Feedback>) -> Response {
     let (reply, answer) = oneshot::channel();
-    if s.control.send(Control::Feedback { id, feedback: fb, reply }).await.is_err() {
+    if s.feedback.send(FeedbackRequest { id, feedback: fb, reply }).await.is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is shutting down");
     }
     match answer.await {

@@ -6,11 +6,55 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::detect::FaultKind;
 use crate::settings::Invalid;
-use crate::ticket::{AssetRef, CustomerRef, Priority};
+
+/// Ticket priority, P1 (most urgent) to P4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub enum Priority {
+    P1,
+    P2,
+    P3,
+    #[default]
+    P4,
+}
+
+impl Priority {
+    /// Every priority, most urgent first.
+    pub const ALL: [Priority; 4] = [Priority::P1, Priority::P2, Priority::P3, Priority::P4];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::P1 => "P1",
+            Priority::P2 => "P2",
+            Priority::P3 => "P3",
+            Priority::P4 => "P4",
+        }
+    }
+}
+
+/// The customer behind the asset, as the technician needs to know it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomerRef {
+    pub id: String,
+    pub name: String,
+    /// `tier1` (strategic), `tier2` (growth), `tier3` (all others).
+    pub tier: String,
+}
+
+/// The asset (device) as registered by the operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssetRef {
+    pub id: String,
+    pub model: Option<String>,
+    /// `high`, `medium` or `low`.
+    pub criticality: String,
+    pub location: Option<String>,
+    pub safety_critical: bool,
+    pub contacts: Vec<String>,
+}
 
 /// Customer tiers, most important first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize, Default)]

@@ -3,7 +3,7 @@
 //! ```text
 //! mqtt ingest ──(bounded mpsc)──► batcher: core + flush + ack ──► outbox ──► one task per sink
 //!                                   side tasks: retention · admin HTTP · model trainer
-//!                                   (trainer ──Control::ModelFitted──► batcher)
+//!                                   (admin feedback, trainer ──Control──► batcher)
 //! ```
 //! On shutdown the source stops first; the batcher stores and acknowledges what it holds; the
 //! sinks stop between deliveries (the outbox keeps the rest). Nothing in flight is lost.
@@ -17,14 +17,14 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::AdminState;
+use crate::admin::{AdminState, FeedbackRequest};
 use crate::config::Config;
-use crate::core::Control;
 use crate::core::Core;
 use crate::health::Health;
 use crate::ingest::mqtt::{self, Ack, Client, Inbound};
 use crate::metrics::Metrics;
 use crate::model::trainer::{self, TrainerStatus};
+use crate::model::DeviceModel;
 use crate::store::{run_retention, Store, StoreError};
 use crate::systemd::{self, Liveness};
 use crate::ticket::outbox::{deliver, RetryPolicy};
@@ -47,12 +47,28 @@ pub enum DaemonError {
     AdminToken(crate::settings::SecretError),
 }
 
+/// A request from outside the batch path that the core must handle itself (it owns incident
+/// state and the models it scores with): handed over here from the admin API and the trainer,
+/// received by the batcher between batches.
+pub enum Control {
+    /// A technician's feedback from the admin API.
+    Feedback(FeedbackRequest),
+    /// The trainer fitted (and stored) a device model: the core scores with it from now on.
+    ModelFitted(Box<DeviceModel>),
+}
+
 /// What outlives one run of the pipeline: counters stay monotonic and health stays known across
 /// the in-process restarts of a config reload or a store recovery.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared { metrics: Arc::new(Metrics::new(&crate::core::metric_labels())), health: Arc::default() }
+    }
 }
 
 /// A running daemon. Dropping it does not stop it: call [`Daemon::shutdown`].
@@ -93,7 +109,7 @@ impl Daemon {
             })?;
         health.clear_store_error();
         let sinks = config.ticket.sinks.iter().map(SinkConfig::build).collect::<Result<Vec<_>, SinkBuildError>>()?;
-        let core = Core::new(&config, store.clone(), metrics.clone())?;
+        let core = Core::new(config.core(), store.clone(), metrics.clone())?;
         metrics.start_sinks_at_zero(sinks.iter().map(|sink| sink.name()));
         let batch_max = config.store.batch_max;
         let request_capacity = (4 * batch_max).max(4 * usize::from(config.mqtt.receive_window())).max(1024);
@@ -128,13 +144,23 @@ impl Daemon {
                 }
                 None => None,
             };
+            // The admin API knows nothing of the batcher: its feedback is handed over here.
+            let (feedback_tx, mut feedback_rx) = mpsc::channel(16);
+            let to_core = control_tx.clone();
+            tracker.spawn(async move {
+                while let Some(request) = feedback_rx.recv().await {
+                    if to_core.send(Control::Feedback(request)).await.is_err() {
+                        break;
+                    }
+                }
+            });
             let state = AdminState {
                 token,
                 metrics: metrics.clone(),
                 health: health.clone(),
                 store: store.clone(),
                 silences: core.silences(),
-                control: control_tx.clone(),
+                feedback: feedback_tx,
                 train: train.clone(),
             };
             tracker.spawn(crate::admin::serve(listener, state, cancel.clone()));
@@ -220,7 +246,7 @@ impl Daemon {
     }
 
     /// A token cancelled when the store stopped committing; the daemon then has to be shut down
-    /// and started again (see [`crate::supervisor`]).
+    /// and started again (the supervisor of `fieldwatch run` does).
     pub fn failed_token(&self) -> CancellationToken {
         self.failed.clone()
     }
@@ -356,7 +382,7 @@ impl Batcher {
     /// A request from the admin API, applied and made durable before the reply.
     async fn control(&self, core: &mut Core, c: Control) {
         match c {
-            Control::Feedback { id, feedback, reply } => {
+            Control::Feedback(FeedbackRequest { id, feedback, reply }) => {
                 let mut result = core.feedback(&id, &feedback, crate::reading::now_ms());
                 if result.is_ok() {
                     match self.store.flush().await {

@@ -4,7 +4,8 @@
 //! on a gateway and opens a service ticket before the customer notices an outage.
 //!
 //! ## Layout
-//! One stage, one module; the core does not know where readings come from.
+//! One stage, one module; the core does not know where readings come from. The modules are
+//! layered without import circles (ARCHITECTURE.md, `tests/architecture.rs`).
 //!
 //! - [`config`]: the typed, validated configuration (`config/fieldwatch.toml`).
 //! - [`ingest`]: the MQTT source (rumqttc, MQTT 3.1.1 or 5, QoS 1, manual acks after storage).
@@ -21,6 +22,7 @@
 //! - [`daemon`]: wires the stages with bounded channels and shuts them down in order.
 //! - [`sim`] and [`demo`]: simulated equipment and the self-contained demo.
 //! - [`metrics`] and [`admin`]: Prometheus counters and the loopback HTTP endpoint.
+//! - [`score`]: the 0..1 anomaly score every detector and model reports.
 //! - [`logging`]: log output for a terminal, a file, the systemd journal or a log shipper.
 
 pub mod admin;
@@ -44,6 +46,7 @@ pub mod model_commands;
 pub mod preflight;
 pub mod reading;
 pub mod replay;
+pub mod score;
 pub mod settings;
 pub mod silence;
 pub mod sim;

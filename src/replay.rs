@@ -272,7 +272,7 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
     config.ticket.sinks.clear();
     let units = config.decode.units.clone();
     let store = Arc::new(Store::temporary()?);
-    let mut core = Core::new(&config, store.clone(), Arc::new(Metrics::new()))?;
+    let mut core = Core::new(config.core(), store.clone(), Arc::new(Metrics::new(&crate::core::metric_labels())))?;
     let mut report = ReplayReport::default();
 
     if let Some(train) = &opts.train {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// A value that does not make sense: the key path (`mqtt.keep_alive`, `ticket.sinks[1].url`)
-/// and why. [`crate::config`] adds the file and line.
+/// and why. The configuration loader (`config`) adds the file and line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
     pub key: String,

@@ -5,98 +5,152 @@
 //! confident about (`incident.min_confidence`), keep the ticket in the `held` tree instead. The
 //! incident is tracked either way, so dedup holds. When planned work ends while its fault goes
 //! on, the ticket opens after all: the fault outlasted the work.
+//!
+//! `[modes]` ([`ModesConfig`]) and `[maintenance]` ([`MaintenanceConfig`]) are defined here; the
+//! [`Suppression`] an incident records is defined with the incident.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::Deserialize;
 
-use crate::config::{Config, MaintenanceWindow, Mode, ModesConfig};
-use crate::incident::Incident;
+use crate::incident::{Incident, IncidentConfig};
+pub use crate::incident::{Suppression, MAINTENANCE, NEEDS_REVIEW, OBSERVE, SHADOW, SILENCE};
+use crate::settings::Invalid;
 use crate::silence::Silences;
 
-/// Why no ticket is sent for an incident. Stored with the incident as the text it shows
-/// (`maintenance: <reason>`, `silence: <reason>`, `observe`, `shadow`, `needs_review`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Suppression {
-    /// A `[maintenance]` window covers the device at the incident's opening.
-    Maintenance { reason: String },
-    /// An operator silenced the device or its site.
-    Silence { reason: String },
-    /// The site is in `observe` mode: logged and counted only.
+/// What the daemon does with a ticket it would open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Log and count only.
     Observe,
-    /// The site is in `shadow` mode: the ticket is recorded, not sent.
+    /// Record the ticket it would open (in the store), send nothing.
     Shadow,
-    /// The peak score is below `incident.min_confidence`: the ticket waits for a person.
-    NeedsReview,
+    /// Send tickets.
+    #[default]
+    Ticket,
 }
 
-/// The labels of [`Suppression`], as counted in `fieldwatch_tickets_suppressed_total`.
-pub const MAINTENANCE: &str = "maintenance";
-pub const SILENCE: &str = "silence";
-pub const OBSERVE: &str = "observe";
-pub const SHADOW: &str = "shadow";
-pub const NEEDS_REVIEW: &str = "needs_review";
+/// `[modes]`: roll fieldwatch out safely, site by site.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModesConfig {
+    pub default: Mode,
+    /// Per-site overrides: `site = "shadow"`.
+    pub sites: BTreeMap<String, Mode>,
+}
 
-impl Suppression {
-    /// What it is counted as: the kind without its reason.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Suppression::Maintenance { .. } => MAINTENANCE,
-            Suppression::Silence { .. } => SILENCE,
-            Suppression::Observe => OBSERVE,
-            Suppression::Shadow => SHADOW,
-            Suppression::NeedsReview => NEEDS_REVIEW,
+impl ModesConfig {
+    /// The mode for a site.
+    pub fn for_site(&self, site: Option<&str>) -> Mode {
+        site.and_then(|s| self.sites.get(s)).copied().unwrap_or(self.default)
+    }
+}
+
+/// `[maintenance]`: scheduled windows during which no ticket opens.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    pub windows: Vec<MaintenanceWindow>,
+}
+
+/// One planned-work window for a site or a device: absolute (`start`/`end`, RFC 3339) or daily
+/// (`daily_from`/`daily_to`, `HH:MM` UTC, optionally on some `days` only).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    pub site: Option<String>,
+    pub device: Option<String>,
+    /// RFC 3339 with an offset: `2026-05-01T06:00:00Z` or `2026-05-01T08:00:00+02:00`.
+    #[serde(default, deserialize_with = "instant")]
+    pub start: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default, deserialize_with = "instant")]
+    pub end: Option<chrono::DateTime<chrono::Utc>>,
+    /// Time of day, UTC: `HH:MM` or `HH:MM:SS`.
+    #[serde(default, deserialize_with = "time_of_day")]
+    pub daily_from: Option<chrono::NaiveTime>,
+    #[serde(default, deserialize_with = "time_of_day")]
+    pub daily_to: Option<chrono::NaiveTime>,
+    /// Weekdays for a daily window (`mon`..`sun`); empty = every day.
+    #[serde(default)]
+    pub days: Vec<chrono::Weekday>,
+    /// Shown in logs and the suppression record.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// An RFC 3339 time with its offset; the error says what is expected.
+fn instant<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<chrono::DateTime<chrono::Utc>>, D::Error> {
+    let text = String::deserialize(de)?;
+    chrono::DateTime::parse_from_rfc3339(text.trim()).map(|t| Some(t.to_utc())).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not an RFC 3339 time ({e}): write it with its offset, e.g. \
+             2026-05-01T06:00:00Z or 2026-05-01T08:00:00+02:00"
+        ))
+    })
+}
+
+/// A time of day, `HH:MM` or `HH:MM:SS` (UTC); the error says what is expected.
+fn time_of_day<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<chrono::NaiveTime>, D::Error> {
+    let text = String::deserialize(de)?;
+    let t = text.trim();
+    chrono::NaiveTime::parse_from_str(t, "%H:%M:%S")
+        .or_else(|_| chrono::NaiveTime::parse_from_str(t, "%H:%M"))
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("`{text}` is not a time of day: write HH:MM or HH:MM:SS (UTC)")))
+}
+
+impl MaintenanceWindow {
+    /// Whether the window covers `device` at `site` at time `ts` (ms).
+    pub fn covers(&self, device: &str, site: Option<&str>, ts: i64) -> bool {
+        let target = match (&self.device, &self.site) {
+            (Some(d), _) => d == device,
+            (None, Some(s)) => site == Some(s.as_str()),
+            (None, None) => true,
+        };
+        if !target {
+            return false;
         }
-    }
-
-    /// Planned work: its ticket opens if the fault outlasts the work.
-    pub fn is_planned_work(&self) -> bool {
-        matches!(self, Suppression::Maintenance { .. } | Suppression::Silence { .. })
-    }
-
-    /// The reason its ticket is kept under in the `held` tree; `None`: it is kept nowhere.
-    pub fn held_as(&self) -> Option<&'static str> {
-        matches!(self, Suppression::Shadow | Suppression::NeedsReview).then(|| self.label())
-    }
-}
-
-impl std::fmt::Display for Suppression {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Suppression::Maintenance { reason } | Suppression::Silence { reason } => {
-                write!(f, "{}: {reason}", self.label())
+        let Some(t) = chrono::DateTime::from_timestamp_millis(ts) else { return false };
+        if let (Some(a), Some(b)) = (self.start, self.end) {
+            return a <= t && t < b;
+        }
+        if let (Some(from), Some(to)) = (self.daily_from, self.daily_to) {
+            use chrono::Datelike;
+            if !self.days.is_empty() && !self.days.contains(&t.weekday()) {
+                return false;
             }
-            _ => f.write_str(self.label()),
+            let now = t.time();
+            return if from <= to { from <= now && now < to } else { now >= from || now < to };
         }
+        false
     }
 }
 
-impl std::str::FromStr for Suppression {
-    type Err = String;
-
-    /// Reads the stored text back; every form ever stored is accepted.
-    fn from_str(s: &str) -> Result<Suppression, String> {
-        Ok(match s.split_once(": ") {
-            Some((MAINTENANCE, reason)) => Suppression::Maintenance { reason: reason.to_string() },
-            Some((SILENCE, reason)) => Suppression::Silence { reason: reason.to_string() },
-            _ if s == OBSERVE => Suppression::Observe,
-            _ if s == SHADOW => Suppression::Shadow,
-            _ if s == NEEDS_REVIEW => Suppression::NeedsReview,
-            _ => return Err(format!("unknown suppression {s:?}")),
-        })
-    }
-}
-
-impl Serialize for Suppression {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Suppression {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Suppression, D::Error> {
-        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+impl MaintenanceConfig {
+    /// Checks what types alone cannot; names the offending key.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        for (i, w) in self.windows.iter().enumerate() {
+            let key = format!("maintenance.windows[{i}]");
+            let absolute = w.start.is_some() || w.end.is_some();
+            let daily = w.daily_from.is_some() || w.daily_to.is_some();
+            match (absolute, daily) {
+                (true, true) => return Err(Invalid::new(key, "use start/end or daily_from/daily_to, not both")),
+                (false, false) => return Err(Invalid::new(key, "set start and end, or daily_from and daily_to")),
+                (true, false) if w.start.is_none() || w.end.is_none() || w.start >= w.end => {
+                    return Err(Invalid::new(format!("{key}.end"), "start and end are both needed, start before end"))
+                }
+                (false, true) if w.daily_from.is_none() || w.daily_to.is_none() => {
+                    return Err(Invalid::new(format!("{key}.daily_to"), "daily_from and daily_to go together"))
+                }
+                _ => {}
+            }
+            if w.site.is_some() && w.device.is_some() {
+                return Err(Invalid::new(key, "name a site or a device, not both"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -119,15 +173,21 @@ pub struct Suppressor {
 }
 
 impl Suppressor {
-    /// The suppression rules of `config`, with the silences in force.
-    pub fn new(config: &Config, silences: Arc<Silences>) -> Suppressor {
+    /// The suppression rules of `[maintenance]`, `[modes]` and the confidence and debounce of
+    /// `[incident]`, with the silences in force.
+    pub fn new(
+        maintenance: &MaintenanceConfig,
+        modes: &ModesConfig,
+        incident: &IncidentConfig,
+        silences: Arc<Silences>,
+    ) -> Suppressor {
         Suppressor {
-            maintenance: config.maintenance.windows.clone(),
+            maintenance: maintenance.windows.clone(),
             silences,
-            modes: config.modes.clone(),
-            min_confidence: config.incident.min_confidence,
+            modes: modes.clone(),
+            min_confidence: incident.min_confidence,
             work_ended: HashMap::new(),
-            outlast_ms: config.incident.debounce_for.max(config.incident.slow_debounce_for).as_millis() as i64,
+            outlast_ms: incident.debounce_for.max(incident.slow_debounce_for).as_millis() as i64,
         }
     }
 
@@ -189,39 +249,5 @@ impl Suppressor {
             outlasted.push(inc.key.clone());
         }
         outlasted
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_suppression_is_stored_as_the_text_it_always_had() {
-        let cases = [
-            (Suppression::Maintenance { reason: "compressor overhaul".into() }, "maintenance: compressor overhaul"),
-            (Suppression::Silence { reason: "crane lift: north yard".into() }, "silence: crane lift: north yard"),
-            (Suppression::Silence { reason: String::new() }, "silence: "),
-            (Suppression::Observe, "observe"),
-            (Suppression::Shadow, "shadow"),
-            (Suppression::NeedsReview, "needs_review"),
-        ];
-        for (s, text) in cases {
-            let json = serde_json::to_string(&s).unwrap();
-            assert_eq!(json, serde_json::to_string(text).unwrap());
-            assert_eq!(serde_json::from_str::<Suppression>(&json).unwrap(), s, "{text}");
-        }
-        assert!(serde_json::from_str::<Suppression>("\"paused\"").is_err());
-    }
-
-    #[test]
-    fn only_shadow_and_review_keep_their_ticket_and_only_planned_work_ends() {
-        let maintenance = Suppression::Maintenance { reason: "r".into() };
-        assert_eq!(maintenance.held_as(), None);
-        assert!(maintenance.is_planned_work());
-        assert_eq!(Suppression::Shadow.held_as(), Some("shadow"));
-        assert_eq!(Suppression::NeedsReview.held_as(), Some("needs_review"));
-        assert_eq!(Suppression::Observe.held_as(), None);
-        assert!(!Suppression::Observe.is_planned_work());
     }
 }

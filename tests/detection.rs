@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use fieldwatch::core::{BatchOutcome, Core};
+use fieldwatch::core::{metric_labels, BatchOutcome, Core};
 use fieldwatch::detect::FaultKind;
 use fieldwatch::incident::{Incident, Transition};
 use fieldwatch::metrics::Metrics;
@@ -120,7 +120,7 @@ fn wear(start: i64) -> impl Fn(i64) -> (f64, [f64; 4]) {
 fn a_slow_climb_is_ticketed_early_with_a_forecast_of_when_it_fails() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let mut core = Core::new(&shipped(), store.clone(), Arc::new(Metrics::new())).unwrap();
+    let mut core = Core::new(shipped().core(), store.clone(), Arc::new(Metrics::new(&metric_labels()))).unwrap();
     let mut sim = Compressor::new(1);
     let start = T0 + 3 * HOUR;
     let healthy = feed(&mut core, &mut sim, T0, start, wear(start));
@@ -141,8 +141,8 @@ fn a_slow_climb_is_ticketed_early_with_a_forecast_of_when_it_fails() {
 #[test]
 fn a_change_of_operating_point_opens_no_incident_and_is_relearnt() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let mut core = Core::new(&shipped(), open(dir.path()), metrics.clone()).unwrap();
+    let metrics = Arc::new(Metrics::new(&metric_labels()));
+    let mut core = Core::new(shipped().core(), open(dir.path()), metrics.clone()).unwrap();
     let mut sim = Compressor::new(2);
     // 0.5 load for 3 h, then 0.85 (every metric moves with it), then back to 0.6.
     let load = |ts: i64| {
@@ -168,7 +168,7 @@ fn a_restart_mid_fault_keeps_the_incident_open() {
     let restart_at = start + 2 * HOUR;
     let first = {
         let store = open(dir.path());
-        let mut core = Core::new(&shipped(), store.clone(), Arc::new(Metrics::new())).unwrap();
+        let mut core = Core::new(shipped().core(), store.clone(), Arc::new(Metrics::new(&metric_labels()))).unwrap();
         let t = feed(&mut core, &mut sim, T0, restart_at, wear(start));
         // What the daemon's periodic tick writes; then the process dies without a goodbye.
         core.tick(restart_at, None).unwrap();
@@ -177,7 +177,7 @@ fn a_restart_mid_fault_keeps_the_incident_open() {
     };
     assert!(!first.is_empty(), "the fault opened an incident before the restart");
     let store = open(dir.path());
-    let mut core = Core::new(&shipped(), store, Arc::new(Metrics::new())).unwrap();
+    let mut core = Core::new(shipped().core(), store, Arc::new(Metrics::new(&metric_labels()))).unwrap();
     let open_keys: Vec<String> = core.open_incidents().iter().map(|i| i.key.clone()).collect();
     let after = feed(&mut core, &mut sim, restart_at, restart_at + HOUR, wear(start));
     let resolved: Vec<&str> = after
@@ -210,7 +210,7 @@ fn a_model_that_cries_wolf_on_held_out_data_raises_no_incident() {
         let dir = dir.path().join(format!("{trusted}"));
         let store = open(&dir);
         {
-            let mut core = Core::new(&config, store.clone(), Arc::new(Metrics::new())).unwrap();
+            let mut core = Core::new(config.core(), store.clone(), Arc::new(Metrics::new(&metric_labels()))).unwrap();
             feed(&mut core, &mut sim, T0, start, relation);
         }
         let mut model: fieldwatch::model::DeviceModel = store.models().unwrap().remove(0);
@@ -223,7 +223,7 @@ fn a_model_that_cries_wolf_on_held_out_data_raises_no_incident() {
             store.put_model(&model.device, model.kind.as_str(), &model).unwrap();
         }
         // A fresh core scores with the stored model (no refit during the fault).
-        let mut core = Core::new(&config, store.clone(), Arc::new(Metrics::new())).unwrap();
+        let mut core = Core::new(config.core(), store.clone(), Arc::new(Metrics::new(&metric_labels()))).unwrap();
         assert_eq!(core.models_installed(), 1);
         let t = feed_fitting(&mut core, &mut sim, start, start + HOUR, relation, false);
         let multivariate = opened(&t).iter().filter(|i| i.fault == FaultKind::Multivariate).count();
@@ -238,7 +238,7 @@ fn a_model_that_cries_wolf_on_held_out_data_raises_no_incident() {
 #[test]
 fn a_device_is_silent_against_its_own_reporting_cadence() {
     let dir = tempfile::tempdir().unwrap();
-    let mut core = Core::new(&shipped(), open(dir.path()), Arc::new(Metrics::new())).unwrap();
+    let mut core = Core::new(shipped().core(), open(dir.path()), Arc::new(Metrics::new(&metric_labels()))).unwrap();
     let mut sim = Compressor::new(5);
     // One message every 10 min for 5 h (stale_after is 15 min).
     let every = 10 * 60_000;

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use fieldwatch::config::Config;
-use fieldwatch::core::Core;
+use fieldwatch::core::{metric_labels, Core};
 use fieldwatch::detect::FaultKind;
 use fieldwatch::incident::Transition;
 use fieldwatch::metrics::Metrics;
@@ -53,7 +53,7 @@ fn fitted_models_survive_a_restart_and_score_the_same() {
     let mut sim = Simulator::new(1, Vec::new(), 3);
     let fitted = {
         let store = open(dir.path());
-        let mut core = Core::new(&config, store.clone(), Arc::new(Metrics::new())).unwrap();
+        let mut core = Core::new(config.core(), store.clone(), Arc::new(Metrics::new(&metric_labels()))).unwrap();
         feed(&mut core, &mut sim, 0, 1500);
         let fitted = fit_all(&store, &sim, &config);
         store.flush_blocking().unwrap();
@@ -65,7 +65,7 @@ fn fitted_models_survive_a_restart_and_score_the_same() {
     loaded.sort_by_key(|m| m.kind);
     let summary = |m: &DeviceModel| (m.device.clone(), m.kind, m.spec.clone(), m.n_samples, m.window_from, m.window_to);
     assert_eq!(loaded.iter().map(summary).collect::<Vec<_>>(), fitted.iter().map(summary).collect::<Vec<_>>());
-    let core = Core::new(&config, store.clone(), Arc::new(Metrics::new())).unwrap();
+    let core = Core::new(config.core(), store.clone(), Arc::new(Metrics::new(&metric_labels()))).unwrap();
     assert_eq!(core.models_installed(), 2, "the core reloads fitted models at start");
     let mut state = FeatureState::default();
     let spec = &fitted[0].spec;
@@ -98,7 +98,7 @@ fn broken_relation_between_metrics_opens_a_multivariate_incident_and_healthy_dev
         end_ms: None,
     }];
     let mut sim = Simulator::new(4, faults, 11);
-    let mut core = Core::new(&config, store.clone(), Arc::new(Metrics::new())).unwrap();
+    let mut core = Core::new(config.core(), store.clone(), Arc::new(Metrics::new(&metric_labels()))).unwrap();
     let before = feed(&mut core, &mut sim, 0, 3600);
     assert!(before.is_empty(), "healthy history opens nothing: {before:?}");
     for m in fit_all(&store, &sim, &config) {
@@ -143,7 +143,7 @@ async fn readings_keep_being_stored_while_a_model_is_fitted() {
             store.insert_reading(*series, ts, v).unwrap();
         }
     }
-    let mut core = Core::new(&config, store.clone(), Arc::new(Metrics::new())).unwrap();
+    let mut core = Core::new(config.core(), store.clone(), Arc::new(Metrics::new(&metric_labels()))).unwrap();
     let status = Arc::new(TrainerStatus::default());
     let fit = tokio::spawn(trainer::fit_in_background(
         store.clone(),
@@ -183,17 +183,17 @@ async fn models_api_lists_fitted_models_and_accepts_train_requests() {
     let config = config();
     let store = open(dir.path());
     let mut sim = Simulator::new(1, Vec::new(), 9);
-    let mut core = Core::new(&config, store.clone(), Arc::new(Metrics::new())).unwrap();
+    let mut core = Core::new(config.core(), store.clone(), Arc::new(Metrics::new(&metric_labels()))).unwrap();
     feed(&mut core, &mut sim, 0, 1200);
     fit_all(&store, &sim, &config);
-    let (control, _rx) = tokio::sync::mpsc::channel(1);
+    let (feedback, _rx) = tokio::sync::mpsc::channel(1);
     let state = fieldwatch::admin::AdminState {
-        metrics: Arc::new(Metrics::new()),
+        metrics: Arc::new(Metrics::new(&metric_labels())),
         health: Default::default(),
         token: None,
         store: store.clone(),
         silences: core.silences(),
-        control,
+        feedback,
         train: Some(core.train_requests()),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

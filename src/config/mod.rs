@@ -4,7 +4,6 @@
 //! an operator on a gateway can fix a typo without reading source code. Unknown keys are errors:
 //! a misspelt option that is silently ignored is worse than one that stops the daemon.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -13,6 +12,7 @@ mod locate;
 pub mod reference;
 
 pub use crate::admin::AdminConfig;
+use crate::core::CoreConfig;
 pub use crate::decode::{DecodeConfig, MetricMapping, TimestampFormat};
 pub use crate::detect::{DetectConfig, LimitConfig, NoveltyConfig};
 pub use crate::incident::IncidentConfig;
@@ -22,6 +22,7 @@ pub use crate::model::ModelsConfig;
 use crate::settings::bad;
 pub use crate::settings::{Invalid, SecretError, SecretRef};
 pub use crate::store::StoreConfig;
+pub use crate::suppress::{MaintenanceConfig, MaintenanceWindow, Mode, ModesConfig};
 pub use crate::ticket::{SinkConfig, TicketConfig};
 
 /// Why a configuration could not be used.
@@ -85,115 +86,6 @@ pub struct Config {
     pub maintenance: MaintenanceConfig,
 }
 
-/// What the daemon does with a ticket it would open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Log and count only.
-    Observe,
-    /// Record the ticket it would open (in the store), send nothing.
-    Shadow,
-    /// Send tickets.
-    #[default]
-    Ticket,
-}
-
-/// `[modes]`: roll fieldwatch out safely, site by site.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModesConfig {
-    pub default: Mode,
-    /// Per-site overrides: `site = "shadow"`.
-    pub sites: BTreeMap<String, Mode>,
-}
-
-impl ModesConfig {
-    /// The mode for a site.
-    pub fn for_site(&self, site: Option<&str>) -> Mode {
-        site.and_then(|s| self.sites.get(s)).copied().unwrap_or(self.default)
-    }
-}
-
-/// `[maintenance]`: scheduled windows during which no ticket opens.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct MaintenanceConfig {
-    pub windows: Vec<MaintenanceWindow>,
-}
-
-/// One planned-work window for a site or a device: absolute (`start`/`end`, RFC 3339) or daily
-/// (`daily_from`/`daily_to`, `HH:MM` UTC, optionally on some `days` only).
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct MaintenanceWindow {
-    pub site: Option<String>,
-    pub device: Option<String>,
-    /// RFC 3339 with an offset: `2026-05-01T06:00:00Z` or `2026-05-01T08:00:00+02:00`.
-    #[serde(default, deserialize_with = "instant")]
-    pub start: Option<chrono::DateTime<chrono::Utc>>,
-    #[serde(default, deserialize_with = "instant")]
-    pub end: Option<chrono::DateTime<chrono::Utc>>,
-    /// Time of day, UTC: `HH:MM` or `HH:MM:SS`.
-    #[serde(default, deserialize_with = "time_of_day")]
-    pub daily_from: Option<chrono::NaiveTime>,
-    #[serde(default, deserialize_with = "time_of_day")]
-    pub daily_to: Option<chrono::NaiveTime>,
-    /// Weekdays for a daily window (`mon`..`sun`); empty = every day.
-    #[serde(default)]
-    pub days: Vec<chrono::Weekday>,
-    /// Shown in logs and the suppression record.
-    #[serde(default)]
-    pub reason: String,
-}
-
-/// An RFC 3339 time with its offset; the error says what is expected.
-fn instant<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<chrono::DateTime<chrono::Utc>>, D::Error> {
-    let text = String::deserialize(de)?;
-    chrono::DateTime::parse_from_rfc3339(text.trim()).map(|t| Some(t.to_utc())).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "`{text}` is not an RFC 3339 time ({e}): write it with its offset, e.g. \
-             2026-05-01T06:00:00Z or 2026-05-01T08:00:00+02:00"
-        ))
-    })
-}
-
-/// A time of day, `HH:MM` or `HH:MM:SS` (UTC); the error says what is expected.
-fn time_of_day<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<chrono::NaiveTime>, D::Error> {
-    let text = String::deserialize(de)?;
-    let t = text.trim();
-    chrono::NaiveTime::parse_from_str(t, "%H:%M:%S")
-        .or_else(|_| chrono::NaiveTime::parse_from_str(t, "%H:%M"))
-        .map(Some)
-        .map_err(|_| serde::de::Error::custom(format!("`{text}` is not a time of day: write HH:MM or HH:MM:SS (UTC)")))
-}
-
-impl MaintenanceWindow {
-    /// Whether the window covers `device` at `site` at time `ts` (ms).
-    pub fn covers(&self, device: &str, site: Option<&str>, ts: i64) -> bool {
-        let target = match (&self.device, &self.site) {
-            (Some(d), _) => d == device,
-            (None, Some(s)) => site == Some(s.as_str()),
-            (None, None) => true,
-        };
-        if !target {
-            return false;
-        }
-        let Some(t) = chrono::DateTime::from_timestamp_millis(ts) else { return false };
-        if let (Some(a), Some(b)) = (self.start, self.end) {
-            return a <= t && t < b;
-        }
-        if let (Some(from), Some(to)) = (self.daily_from, self.daily_to) {
-            use chrono::Datelike;
-            if !self.days.is_empty() && !self.days.contains(&t.weekday()) {
-                return false;
-            }
-            let now = t.time();
-            return if from <= to { from <= now && now < to } else { now >= from || now < to };
-        }
-        false
-    }
-}
-
 /// Process-wide settings.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -250,6 +142,21 @@ impl Config {
         Ok(config)
     }
 
+    /// The parts of the configuration the processing core is built from.
+    pub fn core(&self) -> CoreConfig<'_> {
+        CoreConfig {
+            decode: &self.decode,
+            store: &self.store,
+            detect: &self.detect,
+            incident: &self.incident,
+            ticket: &self.ticket,
+            assets: &self.assets,
+            priority: &self.priority,
+            modes: &self.modes,
+            maintenance: &self.maintenance,
+        }
+    }
+
     /// Parses and validates config text; `file` is only used in error messages.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let config: Config = parse_toml(text, file)?;
@@ -266,25 +173,7 @@ impl Config {
         self.incident.validate()?;
         self.ticket.validate()?;
         crate::assets::Registry::validate(&self.assets, None)?;
-        for (i, w) in self.maintenance.windows.iter().enumerate() {
-            let key = format!("maintenance.windows[{i}]");
-            let absolute = w.start.is_some() || w.end.is_some();
-            let daily = w.daily_from.is_some() || w.daily_to.is_some();
-            match (absolute, daily) {
-                (true, true) => return Err(Invalid::new(key, "use start/end or daily_from/daily_to, not both")),
-                (false, false) => return Err(Invalid::new(key, "set start and end, or daily_from and daily_to")),
-                (true, false) if w.start.is_none() || w.end.is_none() || w.start >= w.end => {
-                    return Err(Invalid::new(format!("{key}.end"), "start and end are both needed, start before end"))
-                }
-                (false, true) if w.daily_from.is_none() || w.daily_to.is_none() => {
-                    return Err(Invalid::new(format!("{key}.daily_to"), "daily_from and daily_to go together"))
-                }
-                _ => {}
-            }
-            if w.site.is_some() && w.device.is_some() {
-                return Err(Invalid::new(key, "name a site or a device, not both"));
-            }
-        }
+        self.maintenance.validate()?;
         self.admin.validate()?;
         if self.decode.forget_after < self.incident.stale_after {
             return bad(

@@ -15,16 +15,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::assets::Registry;
-use crate::config::Config;
-use crate::decode::{Decoder, RejectReason};
-use crate::detect::{Anomaly, DetectorBank, FaultKind, Observation};
-use crate::incident::{Incident, IncidentPolicy, Transition};
-use crate::metrics::{FaultLabel, Metrics, ReasonLabel};
+use crate::assets::{AssetsConfig, Priority, PriorityConfig, Registry, Tier};
+use crate::decode::{DecodeConfig, Decoder, RejectReason};
+use crate::detect::{Anomaly, DetectConfig, DetectorBank, FaultKind, Observation, DETECTORS};
+use crate::incident::{Incident, IncidentConfig, IncidentPolicy, Transition};
+use crate::metrics::{FaultLabel, Labels, Metrics, ReasonLabel};
+use crate::model::trainer::FIT_RESULTS;
+use crate::model::ModelKind;
 use crate::reading::{Message, Reading};
 use crate::silence::Silences;
-use crate::store::{Rejected, Store, StoreError, REJECTED_PAYLOAD_MAX};
-use crate::suppress::{Suppressor, MAINTENANCE, NEEDS_REVIEW, OBSERVE, SHADOW, SILENCE};
+use crate::store::{Rejected, Store, StoreConfig, StoreError, REJECTED_PAYLOAD_MAX};
+use crate::suppress::{
+    MaintenanceConfig, ModesConfig, Suppressor, MAINTENANCE, NEEDS_REVIEW, OBSERVE, SHADOW, SILENCE,
+};
+use crate::ticket::TicketConfig;
 
 /// What one batch did.
 #[derive(Debug, Default)]
@@ -47,17 +51,21 @@ const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
 pub use crate::incident::Verdict;
 pub use feedback::{Feedback, FeedbackError};
 
-/// A request from outside the batch path that the core must handle itself (it owns incident
-/// state and the models it scores with): sent by the admin API and the trainer's hand-over in
-/// the daemon, received by the batcher between batches.
-pub enum Control {
-    Feedback {
-        id: String,
-        feedback: Feedback,
-        reply: tokio::sync::oneshot::Sender<Result<Incident, FeedbackError>>,
-    },
-    /// The trainer fitted (and stored) a device model: the core scores with it from now on.
-    ModelFitted(Box<crate::model::DeviceModel>),
+/// What the core is built from: the parts of the configuration it uses (the whole
+/// configuration's `Config::core` gathers them).
+#[derive(Clone, Copy)]
+pub struct CoreConfig<'a> {
+    pub decode: &'a DecodeConfig,
+    /// `store.retention`: readings older than that are refused.
+    pub store: &'a StoreConfig,
+    pub detect: &'a DetectConfig,
+    pub incident: &'a IncidentConfig,
+    /// The sinks every ticket goes to.
+    pub ticket: &'a TicketConfig,
+    pub assets: &'a AssetsConfig,
+    pub priority: &'a PriorityConfig,
+    pub modes: &'a ModesConfig,
+    pub maintenance: &'a MaintenanceConfig,
 }
 
 /// The daemon's processing core.
@@ -91,7 +99,7 @@ pub struct Core {
     /// The priorities of the incidents opened since the last commit: counted once they are
     /// durable (see [`Core::committed`]), so the metric never counts one a crash could still
     /// take back.
-    opened_uncommitted: Vec<crate::ticket::Priority>,
+    opened_uncommitted: Vec<Priority>,
 }
 
 /// How much the core tracks, and for how long (see `decode.max_devices` and friends), and when
@@ -133,15 +141,34 @@ const SILENT_CADENCES: f64 = 5.0;
 /// can lose in between is a few minutes of baseline adaptation, never a reference.
 const STATE_SAVE_EVERY_MS: i64 = 5 * 60_000;
 
+/// The values of every label of the metrics whose set is fixed, from the components that own
+/// them: what [`Metrics::new`] creates at zero.
+pub fn metric_labels() -> Labels {
+    Labels {
+        reject_reasons: crate::decode::ALL_REJECT_LABELS.to_vec(),
+        ignored_field_reasons: IGNORED_FIELD_REASONS.to_vec(),
+        // Silent devices are incidents without an anomalous reading: never counted as anomalies.
+        faults: FaultKind::ALL.iter().chain(&[FaultKind::Multivariate]).map(|f| f.as_str()).collect(),
+        priorities: Priority::ALL.map(Priority::as_str).to_vec(),
+        tiers: Tier::ALL.map(Tier::as_str).to_vec(),
+        suppression_reasons: SUPPRESSION_REASONS.to_vec(),
+        verdicts: Verdict::ALL.map(Verdict::as_str).to_vec(),
+        lead_time_kinds: LEAD_TIME_KINDS.to_vec(),
+        model_kinds: ModelKind::ALL.map(ModelKind::as_str).to_vec(),
+        fit_results: FIT_RESULTS.to_vec(),
+        detectors: DETECTORS.to_vec(),
+    }
+}
+
 fn join(items: &[&String]) -> String {
     items.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 impl Core {
     /// Builds the core and reloads open incidents from the store.
-    pub fn new(config: &Config, store: Arc<Store>, metrics: Arc<Metrics>) -> Result<Core, StoreError> {
+    pub fn new(config: CoreConfig<'_>, store: Arc<Store>, metrics: Arc<Metrics>) -> Result<Core, StoreError> {
         let stored: Vec<Incident> = store.incidents()?;
-        let mut detectors = DetectorBank::new(&config.detect);
+        let mut detectors = DetectorBank::new(config.detect);
         for (device, metric, factor) in store.tuning()? {
             detectors.set_tuning(&device, &metric, factor);
         }
@@ -164,17 +191,17 @@ impl Core {
         let models = models::DeviceModels::load(&config.detect.models, settle_ms, &store)?;
         let silences = Arc::new(Silences::load(store.clone())?);
         let core = Core {
-            decoder: Decoder::new(&config.decode).with_max_age(config.store.retention),
+            decoder: Decoder::new(config.decode).with_max_age(config.store.retention),
             detectors,
-            incidents: IncidentPolicy::new(&config.incident, stored),
+            incidents: IncidentPolicy::new(config.incident, stored),
             sinks: config.ticket.sinks.iter().map(|s| s.name().to_string()).collect(),
             units,
             evidence_readings: config.incident.evidence_readings,
             store,
             metrics,
             reject_log: HashMap::new(),
-            registry: Registry::new(&config.assets, None, &config.priority),
-            suppressor: Suppressor::new(config, silences),
+            registry: Registry::new(config.assets, None, config.priority),
+            suppressor: Suppressor::new(config.maintenance, config.modes, config.incident, silences),
             devices,
             models,
             state_saved_at: 0,
@@ -196,7 +223,7 @@ impl Core {
     /// what may only be counted once it survives a crash.
     pub fn committed(&mut self) {
         for priority in self.opened_uncommitted.drain(..) {
-            self.metrics.count_opened(priority, 1);
+            self.metrics.count_opened(priority.as_str(), 1);
         }
     }
 
@@ -573,5 +600,18 @@ impl Core {
     /// Number of series with detector state.
     pub fn series_tracked(&self) -> usize {
         self.detectors.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_kinds_are_detector_names() {
+        let labels = metric_labels();
+        for kind in &labels.model_kinds {
+            assert!(labels.detectors.contains(kind), "{kind}");
+        }
     }
 }

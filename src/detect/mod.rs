@@ -37,6 +37,8 @@ pub use limits::{Limit, LimitTable};
 pub use novelty::{Novelty, NoveltyScore};
 pub use trend::{time_to_limit, Forecast};
 
+/// The common score scale (see [`crate::score`]): the detectors calibrate to it.
+pub use crate::score::calibrate;
 pub use config::{DetectConfig, LimitConfig, NoveltyConfig};
 
 /// What kind of fault a detector saw. Together with the metric it names an incident.
@@ -451,11 +453,6 @@ impl DetectorBank {
     pub fn is_empty(&self) -> bool {
         self.series.values().all(HashMap::is_empty)
     }
-}
-
-/// Maps a deviation measured in thresholds to a 0..1 score: 0.5 at the threshold, ~0.94 at twice it.
-pub fn calibrate(excess_ratio: f64) -> f64 {
-    1.0 - 0.5f64.powf(excess_ratio * excess_ratio)
 }
 
 #[cfg(test)]

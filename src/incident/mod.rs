@@ -7,6 +7,7 @@
 
 mod config;
 mod summary;
+mod suppression;
 mod update;
 mod verdict;
 
@@ -16,11 +17,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::{Anomaly, FaultKind};
 use crate::reading::Reading;
-use crate::suppress::Suppression;
 pub use config::IncidentConfig;
 
 pub(crate) use summary::num;
 pub use summary::{describe, format_duration};
+pub use suppression::{Suppression, MAINTENANCE, NEEDS_REVIEW, OBSERVE, SHADOW, SILENCE};
 pub use update::UpdateReason;
 pub use verdict::Verdict;
 

@@ -14,13 +14,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::assets::Tier;
-use crate::core::{Verdict, IGNORED_FIELD_REASONS, LEAD_TIME_KINDS, SUPPRESSION_REASONS};
-use crate::detect::{FaultKind, DETECTORS};
-use crate::model::trainer::FIT_RESULTS;
-use crate::model::ModelKind;
-use crate::ticket::Priority;
-
 mod exposition;
 mod process;
 
@@ -127,9 +120,39 @@ pub const MODEL_TRUST: [&str; 2] = ["trusted", "untrusted"];
 /// The asset model of a device the registry has no model for.
 pub const UNKNOWN_ASSET_MODEL: &str = "unknown";
 
+/// The values of every label whose set is fixed, given by the components that own them (the
+/// core gathers them: `core::metric_labels`). Each of their series is created at zero.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels {
+    /// `reason` of `fieldwatch_rejected_messages_total`.
+    pub reject_reasons: Vec<&'static str>,
+    /// `reason` of `fieldwatch_fields_ignored_total`.
+    pub ignored_field_reasons: Vec<&'static str>,
+    /// `fault` of `fieldwatch_anomalies_total`.
+    pub faults: Vec<&'static str>,
+    /// `priority` of `fieldwatch_incidents_opened_total`.
+    pub priorities: Vec<&'static str>,
+    /// `tier` of `fieldwatch_sla_breaches_total`.
+    pub tiers: Vec<&'static str>,
+    /// `reason` of `fieldwatch_tickets_suppressed_total`.
+    pub suppression_reasons: Vec<&'static str>,
+    /// `verdict` of `fieldwatch_verdicts_total`.
+    pub verdicts: Vec<&'static str>,
+    /// `kind` of `fieldwatch_lead_time_seconds`.
+    pub lead_time_kinds: Vec<&'static str>,
+    /// `kind` of `fieldwatch_models`.
+    pub model_kinds: Vec<&'static str>,
+    /// `result` of `fieldwatch_model_fits_total`.
+    pub fit_results: Vec<&'static str>,
+    /// `detector` of `fieldwatch_false_alarms_total`.
+    pub detectors: Vec<&'static str>,
+}
+
 /// All of the daemon's counters and gauges.
 pub struct Metrics {
     registry: Registry,
+    /// The fixed label values it was created with.
+    labels: Labels,
     /// Wall-clock ms of the current broker connection's start; 0 while disconnected. The
     /// staleness check waits a grace period after a (re)connect before it blames a device.
     pub connected_since_ms: std::sync::atomic::AtomicI64,
@@ -179,15 +202,11 @@ pub struct Metrics {
     pub build_info: Family<BuildLabel, Gauge>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// Every family registered, and every series of the fixed `labels` created at zero.
+    pub fn new(labels: &Labels) -> Metrics {
         let m = Metrics {
+            labels: labels.clone(),
             messages: Counter::default(),
             readings: Counter::default(),
             readings_duplicate: Counter::default(),
@@ -339,37 +358,37 @@ impl Metrics {
     fn start_at_zero(&self) {
         let label = |s: &str| s.to_string();
         self.build_info.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION").into() }).set(1);
-        for reason in crate::decode::ALL_REJECT_LABELS {
+        let labels = &self.labels;
+        for reason in &labels.reject_reasons {
             self.rejected.get_or_create_owned(&ReasonLabel { reason: label(reason) });
         }
-        for reason in IGNORED_FIELD_REASONS {
+        for reason in &labels.ignored_field_reasons {
             self.fields_ignored.get_or_create_owned(&ReasonLabel { reason: label(reason) });
         }
-        // Silent devices are incidents without an anomalous reading: never counted here.
-        for fault in FaultKind::ALL.iter().chain(&[FaultKind::Multivariate]) {
-            self.anomalies.get_or_create_owned(&FaultLabel { fault: label(fault.as_str()) });
+        for fault in &labels.faults {
+            self.anomalies.get_or_create_owned(&FaultLabel { fault: label(fault) });
         }
-        for p in Priority::ALL {
-            self.incidents_opened.get_or_create_owned(&PriorityLabel { priority: label(p.as_str()) });
+        for p in &labels.priorities {
+            self.incidents_opened.get_or_create_owned(&PriorityLabel { priority: label(p) });
         }
-        for tier in Tier::ALL {
-            self.incidents_escalated.get_or_create_owned(&TierLabel { tier: label(tier.as_str()) });
+        for tier in &labels.tiers {
+            self.incidents_escalated.get_or_create_owned(&TierLabel { tier: label(tier) });
         }
-        for reason in SUPPRESSION_REASONS {
+        for reason in &labels.suppression_reasons {
             self.tickets_suppressed.get_or_create_owned(&ReasonLabel { reason: label(reason) });
         }
-        for v in Verdict::ALL {
-            self.verdicts.get_or_create_owned(&VerdictLabel { verdict: label(v.as_str()) });
+        for v in &labels.verdicts {
+            self.verdicts.get_or_create_owned(&VerdictLabel { verdict: label(v) });
         }
-        for kind in LEAD_TIME_KINDS {
+        for kind in &labels.lead_time_kinds {
             self.lead_time_seconds.get_or_create_owned(&KindLabel { kind: label(kind) });
         }
-        for kind in ModelKind::ALL {
+        for kind in &labels.model_kinds {
             for trust in MODEL_TRUST {
-                self.models.get_or_create_owned(&ModelLabel { kind: label(kind.as_str()), trust: label(trust) });
+                self.models.get_or_create_owned(&ModelLabel { kind: label(kind), trust: label(trust) });
             }
         }
-        for result in FIT_RESULTS {
+        for result in &labels.fit_results {
             self.model_fits.get_or_create_owned(&ResultLabel { result: label(result) });
         }
         self.start_false_alarms_at_zero(std::iter::empty());
@@ -390,7 +409,7 @@ impl Metrics {
     /// devices without one) at zero.
     pub fn start_false_alarms_at_zero<'a>(&self, asset_models: impl IntoIterator<Item = &'a str>) {
         let models: Vec<&str> = asset_models.into_iter().chain([UNKNOWN_ASSET_MODEL]).collect();
-        for detector in DETECTORS {
+        for detector in &self.labels.detectors {
             for model in &models {
                 self.false_alarms.get_or_create_owned(&FalseAlarmLabel {
                     detector: detector.to_string(),
@@ -408,22 +427,24 @@ impl Metrics {
     /// Rejected messages so far, all reasons.
     pub fn rejected_total(&self) -> u64 {
         // Family has no sum; encode-free way: the labels we use are a fixed small set.
-        crate::decode::ALL_REJECT_LABELS
+        self.labels
+            .reject_reasons
             .iter()
             .filter_map(|r| self.rejected.get(&ReasonLabel { reason: r.to_string() }).map(|c| c.get()))
             .sum()
     }
 
     /// Counts an incident opened with a ticket of `priority` (once it is durable).
-    pub fn count_opened(&self, priority: Priority, n: u64) {
-        self.incidents_opened.get_or_create(&PriorityLabel { priority: priority.as_str().into() }).inc_by(n);
+    pub fn count_opened(&self, priority: &str, n: u64) {
+        self.incidents_opened.get_or_create(&PriorityLabel { priority: priority.into() }).inc_by(n);
     }
 
     /// Incidents opened so far, all priorities.
     pub fn incidents_opened_total(&self) -> u64 {
-        Priority::ALL
+        self.labels
+            .priorities
             .iter()
-            .filter_map(|p| self.incidents_opened.get(&PriorityLabel { priority: p.as_str().into() }).map(|c| c.get()))
+            .filter_map(|p| self.incidents_opened.get(&PriorityLabel { priority: p.to_string() }).map(|c| c.get()))
             .sum()
     }
 
@@ -453,9 +474,14 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    /// The daemon's metrics, with the label values its components give.
+    fn metrics() -> Metrics {
+        Metrics::new(&crate::core::metric_labels())
+    }
+
     #[test]
     fn labelled_series_exist_at_zero_before_any_event() {
-        let m = Metrics::new();
+        let m = metrics();
         m.start_sinks_at_zero(["api"]);
         m.start_false_alarms_at_zero(["Bitzer 4FES-5Y"]);
         let text = m.render(Format::Text);
@@ -485,7 +511,7 @@ mod tests {
 
     #[test]
     fn every_counter_is_named_with_total_in_text_format() {
-        let text = Metrics::new().render(Format::Text);
+        let text = metrics().render(Format::Text);
         let counters: Vec<&str> =
             text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
         assert!(counters.len() > 15, "{counters:?}");
@@ -494,13 +520,13 @@ mod tests {
             assert!(text.contains(&format!("# HELP {name} ")), "{name} has no help");
         }
         assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
-        assert!(Metrics::new().render(Format::OpenMetrics).ends_with("# EOF\n"));
+        assert!(metrics().render(Format::OpenMetrics).ends_with("# EOF\n"));
     }
 
     #[cfg(target_os = "linux")]
     #[test]
     fn process_metrics_are_exported_without_the_prefix() {
-        let text = Metrics::new().render(Format::Text);
+        let text = metrics().render(Format::Text);
         for name in [
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",
@@ -515,16 +541,9 @@ mod tests {
 
     #[test]
     fn a_configured_label_value_is_escaped() {
-        let m = Metrics::new();
+        let m = metrics();
         m.start_sinks_at_zero(["a \"quoted\" \\ name"]);
         let text = m.render(Format::Text);
         assert!(text.contains(r#"fieldwatch_outbox_depth{sink="a \"quoted\" \\ name"} 0"#), "{text}");
-    }
-
-    #[test]
-    fn the_model_kinds_are_detector_names() {
-        for kind in ModelKind::ALL {
-            assert!(DETECTORS.contains(&kind.as_str()), "{kind:?}");
-        }
     }
 }

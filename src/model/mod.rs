@@ -101,7 +101,7 @@ impl Calibration {
         let span = (self.threshold - self.median).max(1e-12);
         let excess = ((raw - self.median) / span).max(0.0);
         if excess.is_finite() {
-            crate::detect::calibrate(excess)
+            crate::score::calibrate(excess)
         } else {
             1.0
         }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use serde::Deserialize;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -96,11 +97,22 @@ pub struct TrainingSet {
 /// a slow fault is under way for a while before it is flagged.
 pub const UNHEALTHY_LEAD_MS: i64 = 3600 * 1000;
 
+/// What the trainer reads of a stored incident (the `incidents` tree holds each incident as
+/// JSON, with these fields among others): whose it is and when it was unhealthy.
+#[derive(Debug, Deserialize)]
+struct IncidentSpan {
+    device: String,
+    /// The first anomalous reading (event time, ms).
+    first_seen: i64,
+    /// `None` while it is open.
+    resolved_at: Option<i64>,
+}
+
 /// The event-time spans of a device's history that are not healthy: every stored incident of
 /// the device from [`UNHEALTHY_LEAD_MS`] before its first anomaly until it resolved (open ones
 /// until the end of time).
 pub fn unhealthy_spans(store: &Store, device: &str) -> Result<Vec<(i64, i64)>, StoreError> {
-    let incidents: Vec<crate::incident::Incident> = store.incidents()?;
+    let incidents: Vec<IncidentSpan> = store.incidents()?;
     Ok(incidents
         .iter()
         .filter(|i| i.device == device)
@@ -260,6 +272,25 @@ pub async fn run(
                     tracing::warn!(device, error = %e, "model fit failed");
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{Anomaly, FaultKind};
+    use crate::incident::{Incident, Subject};
+
+    #[test]
+    fn a_stored_incident_reads_as_its_span() {
+        let subject = Subject { device: "comp-1".into(), site: None, metric: "temp".into() };
+        let mut inc =
+            Incident::new(subject, 1_000, 5_000, Anomaly::new(FaultKind::Deviation, "baseline", 1_000, 9.0, 0.9), 3);
+        for resolved in [None, Some(9_000)] {
+            inc.resolved_at = resolved;
+            let span: IncidentSpan = serde_json::from_slice(&serde_json::to_vec(&inc).unwrap()).unwrap();
+            assert_eq!((span.device.as_str(), span.first_seen, span.resolved_at), ("comp-1", 1_000, resolved));
         }
     }
 }

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::fleet::{Fleet, PERIOD_MS};
-use crate::config::{Config, MaintenanceWindow};
+use crate::config::Config;
 use crate::core::{BatchOutcome, Core};
 use crate::incident::Transition;
 use crate::metrics::Metrics;
 use crate::reading::Message;
 use crate::store::{Store, StoreError};
+use crate::suppress::MaintenanceWindow;
 
 /// One failing device's outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -114,7 +115,7 @@ pub fn run(fleet: &mut Fleet, config: &Config) -> Result<FleetReport, StoreError
         });
     }
     let store = Arc::new(Store::temporary()?);
-    let mut core = Core::new(&config, store, Arc::new(Metrics::new()))?;
+    let mut core = Core::new(config.core(), store, Arc::new(Metrics::new(&crate::core::metric_labels())))?;
     let mut tickets: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
     let mut suppressed = 0;
     let mut note = |t: &Transition, tickets: &mut BTreeMap<String, Vec<(i64, String)>>| {

@@ -3,7 +3,7 @@
 //! Each sink's own settings live beside the sink ([`WebhookConfig`], [`FileConfig`],
 //! [`ServiceNowConfig`], [`JiraConfig`], [`PagerDutyConfig`]) with their checks; this file holds
 //! the `type`-tagged list of them and the checks they share. An error names the key path (e.g.
-//! `ticket.sinks[0].url`) and the reason; [`crate::config`] adds the file and line.
+//! `ticket.sinks[0].url`) and the reason; the configuration loader (`config`) adds the file and line.
 
 use std::time::Duration;
 

@@ -27,6 +27,7 @@ use crate::incident::IncidentState;
 use std::future::Future;
 use std::pin::Pin;
 
+pub use crate::assets::{AssetRef, CustomerRef, Priority};
 pub use config::{SinkBuildError, SinkConfig, TicketConfig};
 
 /// What the ticket system is asked to do.
@@ -47,51 +48,6 @@ impl Action {
             Action::Resolve => "resolve",
         }
     }
-}
-
-/// Ticket priority, P1 (most urgent) to P4.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
-pub enum Priority {
-    P1,
-    P2,
-    P3,
-    #[default]
-    P4,
-}
-
-impl Priority {
-    /// Every priority, most urgent first.
-    pub const ALL: [Priority; 4] = [Priority::P1, Priority::P2, Priority::P3, Priority::P4];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::P1 => "P1",
-            Priority::P2 => "P2",
-            Priority::P3 => "P3",
-            Priority::P4 => "P4",
-        }
-    }
-}
-
-/// The customer behind the asset, as the technician needs to know it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CustomerRef {
-    pub id: String,
-    pub name: String,
-    /// `tier1` (strategic), `tier2` (growth), `tier3` (all others).
-    pub tier: String,
-}
-
-/// The asset (device) as registered by the operator.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AssetRef {
-    pub id: String,
-    pub model: Option<String>,
-    /// `high`, `medium` or `low`.
-    pub criticality: String,
-    pub location: Option<String>,
-    pub safety_critical: bool,
-    pub contacts: Vec<String>,
 }
 
 /// Something the daemon checked before opening the ticket, so the technician need not.

@@ -169,7 +169,7 @@ mod tests {
             }
             let (tx, attempts) = mpsc::unbounded_channel();
             let sink = Box::new(ScriptedSink { answers: answers.into(), attempts: tx });
-            let metrics = Arc::new(Metrics::new());
+            let metrics = Arc::new(Metrics::new(&crate::metrics::Labels::default()));
             let cancel = CancellationToken::new();
             let task = tokio::spawn(deliver(
                 sink,
