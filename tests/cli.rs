@@ -1,5 +1,7 @@
 //! The command line as an operator uses it.
 
+mod common;
+
 use std::process::Command;
 
 fn fieldwatch() -> Command {
@@ -150,34 +152,26 @@ fn every_command_that_reads_a_config_takes_dash_dash_config() {
 /// has logged a few lines; returns them.
 fn daemon_log_lines(format: &str, journal: bool) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = dir.path().join("fieldwatch.toml");
-    let text = format!(
-        "[daemon]\ndata_dir = \"{}\"\nlog_format = \"{format}\"\n\n[mqtt]\nport = {port}\n\n[admin]\nlisten = \"\"\n",
-        dir.path().join("db").display()
-    );
-    std::fs::write(&config, text).unwrap();
-    let log = dir.path().join("stderr.log");
-    let file = std::fs::File::create(&log).unwrap();
-    let mut cmd = fieldwatch();
-    cmd.args(["run", "--config"]).arg(&config).env_remove("RUST_LOG").env_remove("JOURNAL_STREAM");
+    let config = common::DaemonConfig::shipped(common::free_port(), dir.path())
+        .extra(&format!("[daemon]\nlog_format = \"{format}\"\n[admin]\nlisten = \"\"\n"));
+    let mut cmd = config.command(&[]);
+    cmd.env_remove("RUST_LOG").env_remove("JOURNAL_STREAM");
     if journal {
         use std::os::unix::fs::MetadataExt;
-        let m = file.metadata().unwrap();
+        let m = std::fs::metadata(config.log_path()).unwrap();
         cmd.env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()));
     }
-    let mut child = cmd.stderr(file).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let daemon = common::DaemonProcess::spawn(cmd, &config);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut lines = Vec::new();
     while std::time::Instant::now() < deadline {
-        lines = std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_string).collect();
+        lines = daemon.log().lines().map(str::to_string).collect();
         if lines.len() >= 2 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(daemon);
     assert!(lines.len() >= 2, "the daemon logged: {lines:?}");
     lines
 }

@@ -8,110 +8,31 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-/// Extra TOML for the sections of the fault-test config.
-#[derive(Default)]
-struct Extra<'a> {
-    mqtt: &'a str,
-    decode: &'a str,
-    incident: &'a str,
-    admin: &'a str,
-    ticket: &'a str,
-    tail: &'a str,
-}
-
-/// Writes a config for the binary: fast timers, a webhook at `api` (when given), the admin
-/// endpoint on `admin`.
-fn write_config(dir: &Path, broker: u16, api: Option<&str>, admin: &str, extra: Extra<'_>) -> PathBuf {
-    let sink = match api {
-        Some(api) => {
-            format!("[[ticket.sinks]]\ntype = \"webhook\"\nname = \"api\"\nurl = \"{api}/tickets\"\ntimeout = \"1s\"\n")
-        }
-        None => String::new(),
-    };
-    let text = format!(
-        r#"[daemon]
-data_dir = "{data}"
-[mqtt]
-port = {broker}
-client_id = "fw-fault-{client}"
-topics = ["plant/+/+/telemetry"]
-reconnect_min = "100ms"
-reconnect_max = "1s"
-{mqtt}
-[decode]
-topic_pattern = "plant/{{site}}/{{device}}/telemetry"
-{decode}
-[store]
-batch_linger = "5ms"
-cache_mb = 16
-[detect]
-warmup_readings = 30
-baseline_half_life = 100
-z_threshold = 5.0
-[detect.models]
-enabled = false
-[incident]
-debounce_readings = 3
-evidence_readings = 5
-{incident}
-[ticket]
-retry_min = "100ms"
-retry_max = "300ms"
-{ticket}
-{sink}
-[admin]
-listen = "{admin}"
-{admin_extra}
-{tail}
-"#,
-        data = dir.join("db").display(),
-        client = dir.file_name().unwrap().to_string_lossy(),
-        mqtt = extra.mqtt,
-        decode = extra.decode,
-        incident = extra.incident,
-        ticket = extra.ticket,
-        admin_extra = extra.admin,
-        tail = extra.tail,
-    );
-    let path = dir.join("fieldwatch.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// A test's broker, directory, admin address and daemon log.
+/// A test's broker and directory.
 struct Rig {
     broker: Mosquitto,
     dir: tempfile::TempDir,
-    admin: String,
-    log: PathBuf,
 }
 
 impl Rig {
     fn new() -> Rig {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("daemon.log");
-        Rig { broker: Mosquitto::start(), dir, admin: format!("127.0.0.1:{}", free_port()), log }
+        Rig { broker: Mosquitto::start(), dir: tempfile::tempdir().unwrap() }
     }
 
-    fn config(&self, api: Option<&str>, extra: Extra<'_>) -> PathBuf {
-        write_config(self.dir.path(), self.broker.port, api, &self.admin, extra)
-    }
-
-    async fn daemon(&self, config: &Path) -> DaemonProcess {
-        let d = DaemonProcess::start(config, &self.admin, &self.log);
-        d.wait_metric("fieldwatch_mqtt_connected", 1).await;
-        d
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+    /// The test settings without device models, and a webhook at `api` when one is given.
+    fn config(&self, api: Option<&MockServer>) -> DaemonConfig {
+        let config = DaemonConfig::new(self.broker.port, self.dir.path()).extra("[detect.models]\nenabled = false\n");
+        match api {
+            Some(api) => config.webhook(&format!("{}/tickets", api.uri())),
+            None => config,
+        }
     }
 
     /// Readings in the daemon's store (after the daemon stopped), by series and time.
@@ -127,17 +48,10 @@ async fn keys_of(api: &MockServer, action: &str) -> (HashSet<String>, usize) {
     (keys, cmds.len())
 }
 
-async fn ok_api() -> MockServer {
-    let api = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(201)).mount(&api).await;
-    api
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_is_rejected_and_ingestion_goes_on() {
     let rig = Rig::new();
-    let config = rig.config(None, Extra::default());
-    let daemon = rig.daemon(&config).await;
+    let daemon = rig.config(None).start().await;
     let p = Publisher::connect(rig.broker.port, "pub-big").await;
     let t0 = base_ts();
     p.send("comp-1", t0, normal(0)).await;
@@ -166,12 +80,11 @@ async fn the_admin_api_needs_its_token_and_bounds_requests() {
     let rig = Rig::new();
     let token_file = rig.dir.path().join("admin.token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
-    let admin_extra = format!("token = {{ file = \"{}\" }}", token_file.display());
-    let api = ok_api().await;
-    let config = rig.config(Some(&api.uri()), Extra { admin: &admin_extra, ..Extra::default() });
-    let daemon = rig.daemon(&config).await;
+    let token = format!("[admin]\ntoken = {{ file = {:?} }}\n", token_file.display().to_string());
+    let api = ticket_api().await;
+    let daemon = rig.config(Some(&api)).extra(&token).start().await;
     let http = reqwest::Client::new();
-    let url = |p: &str| format!("http://{}{p}", rig.admin);
+    let url = |p: &str| format!("http://{}{p}", daemon.admin());
     let silence = serde_json::json!({ "device": "comp-1", "for": "1h", "reason": "test" });
 
     let none = http.post(url("/api/silences")).json(&silence).send().await.unwrap();
@@ -250,17 +163,10 @@ async fn the_admin_api_needs_its_token_and_bounds_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_flood_is_bounded_and_opens_no_silent_tickets() {
     let rig = Rig::new();
-    let api = ok_api().await;
-    let config = rig.config(
-        Some(&api.uri()),
-        Extra {
-            decode: "max_devices = 100\nforget_after = \"6s\"",
-            incident: "stale_after = \"2s\"",
-            tail: "[[assets.devices]]\nid = \"comp-reg\"\n",
-            ..Extra::default()
-        },
-    );
-    let daemon = rig.daemon(&config).await;
+    let api = ticket_api().await;
+    let flood = "[decode]\nmax_devices = 100\nforget_after = \"6s\"\n[incident]\nstale_after = \"2s\"\n\
+                 [[assets.devices]]\nid = \"comp-reg\"\n";
+    let daemon = rig.config(Some(&api)).extra(flood).start().await;
     let p = Publisher::connect(rig.broker.port, "pub-flood").await;
     let t0 = base_ts();
     for i in 0..5 {
@@ -317,14 +223,7 @@ async fn a_full_disk_stops_acks_reports_it_and_resumes_without_loss() {
         return;
     }
     let _unmount = Unmount(mnt.clone());
-    let mut text = std::fs::read_to_string(rig.config(None, Extra::default())).unwrap();
-    text = text.replace(
-        &format!("data_dir = \"{}\"", rig.dir.path().join("db").display()),
-        &format!("data_dir = \"{}\"", mnt.join("db").display()),
-    );
-    let config = rig.dir.path().join("full.toml");
-    std::fs::write(&config, text).unwrap();
-    let mut daemon = rig.daemon(&config).await;
+    let mut daemon = rig.config(None).data_dir(&mnt.join("db")).start().await;
     let p = Publisher::connect(rig.broker.port, "pub-full").await;
     let t0 = base_ts();
     let mut sent = 0i64;
@@ -372,7 +271,7 @@ async fn a_full_disk_stops_acks_reports_it_and_resumes_without_loss() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(ready, "ready again once space returned; log:\n{}", rig.log());
+    assert!(ready, "ready again once space returned; log:\n{}", daemon.log());
     daemon.wait_metric("fieldwatch_readings_total", sent as u64).await;
     let errors = daemon.metric("fieldwatch_store_errors_total").await.unwrap();
     daemon.signal("TERM");
@@ -403,25 +302,15 @@ impl Drop for Unmount {
 async fn sighup_reloads_the_config_and_a_bad_file_keeps_the_old_one() {
     let rig = Rig::new();
     let tickets = rig.dir.path().join("tickets.jsonl");
-    let config = rig.config(None, Extra::default());
-    let mut daemon = rig.daemon(&config).await;
+    let config = rig.config(None);
+    let mut daemon = config.start().await;
     // Add a file sink and reload.
-    let text = std::fs::read_to_string(&config).unwrap();
-    let with_sink = text.replace(
-        "[admin]",
-        &format!("[[ticket.sinks]]\ntype = \"file\"\nname = \"file\"\npath = \"{}\"\n[admin]", tickets.display()),
-    );
-    std::fs::write(&config, &with_sink).unwrap();
+    let sink =
+        format!("[[ticket.sinks]]\ntype = \"file\"\nname = \"file\"\npath = {:?}\n", tickets.display().to_string());
+    let with_sink = config.extra(&sink);
+    with_sink.write();
     daemon.signal("HUP");
-    let mut reloaded = false;
-    for _ in 0..200 {
-        if rig.log().contains("SIGHUP: configuration re-read") {
-            reloaded = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(reloaded, "{}", rig.log());
+    daemon.wait_log("SIGHUP: configuration re-read").await;
     daemon.wait_metric("fieldwatch_mqtt_connected", 1).await;
     assert!(daemon.running(), "SIGHUP does not end the daemon");
     let p = Publisher::connect(rig.broker.port, "pub-hup").await;
@@ -437,15 +326,10 @@ async fn sighup_reloads_the_config_and_a_bad_file_keeps_the_old_one() {
     daemon.wait_metric("fieldwatch_readings_total", 45).await;
 
     // An invalid file: logged, the running config stays.
-    std::fs::write(&config, with_sink.replace("debounce_readings = 3", "debounce_readings = 0")).unwrap();
+    with_sink.extra("[incident]\ndebounce_readings = 0\n").write();
     daemon.signal("HUP");
-    for _ in 0..200 {
-        if rig.log().contains("keeping the running one") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let log = rig.log();
+    daemon.wait_log("keeping the running one").await;
+    let log = daemon.log();
     assert!(log.contains("keeping the running one") && log.contains("incident.debounce_readings"), "{log}");
     assert!(daemon.running());
     p.send("comp-1", t0 + 45_000, 99.0).await;
@@ -460,22 +344,20 @@ async fn sighup_reloads_the_config_and_a_bad_file_keeps_the_old_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_broker_session_is_counted_and_warned_about() {
     let mut rig = Rig::new();
-    let config = rig.config(None, Extra::default());
-    let daemon = rig.daemon(&config).await;
+    let daemon = rig.config(None).start().await;
     assert_eq!(daemon.metric("fieldwatch_mqtt_sessions_lost_total").await, Some(0));
     // SIGKILL: mosquitto has not saved the session yet (its autosave_interval is 30 min).
     rig.broker.kill9();
     rig.broker.start_again();
     daemon.wait_metric("fieldwatch_mqtt_sessions_lost_total", 1).await;
-    assert!(rig.log().contains("lost our persistent session"));
+    assert!(daemon.log().contains("lost our persistent session"));
     println!("FAULT session-lost: broker killed -9 and restarted, sessions_lost_total=1, warning logged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_timestamps_and_numbers_as_text_are_counted_not_dropped() {
     let rig = Rig::new();
-    let config = rig.config(None, Extra::default());
-    let daemon = rig.daemon(&config).await;
+    let daemon = rig.config(None).start().await;
     let p = Publisher::connect(rig.broker.port, "pub-bad").await;
     let t0 = base_ts();
     p.raw("plant/site-1/comp-1/telemetry", br#"{"ts": 86400000, "discharge_temp": 70.0}"#.to_vec()).await;
@@ -622,8 +504,7 @@ impl Drop for Observer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restarts_under_load_lose_nothing() {
     let mut rig = Rig::new();
-    let config = rig.config(None, Extra::default());
-    let mut daemon = rig.daemon(&config).await;
+    let mut daemon = rig.config(None).start().await;
     let observer = Observer::start(rig.broker.port).await;
     let devices: Vec<String> = (0..5).map(|k| format!("comp-{k}")).collect();
     let load = publish_in_background(rig.broker.port, "pub-load", devices, 400, Duration::from_millis(5), 0, i64::MAX);
@@ -651,7 +532,7 @@ async fn broker_restarts_under_load_lose_nothing() {
         0,
         "every reading the broker accepted is stored; missing {:?}\n{}\nbroker:\n{}",
         &missing[..missing.len().min(20)],
-        rig.log(),
+        daemon.log(),
         rig.broker.log()
     );
     assert!(stored.len() as i64 <= published, "and nothing else");
@@ -665,9 +546,9 @@ async fn broker_restarts_under_load_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_sigkills_under_load_with_incidents_open() {
     let rig = Rig::new();
-    let api = ok_api().await;
-    let config = rig.config(Some(&api.uri()), Extra::default());
-    let daemon = rig.daemon(&config).await;
+    let api = ticket_api().await;
+    let config = rig.config(Some(&api));
+    let daemon = config.start().await;
     let observer = Observer::start(rig.broker.port).await;
     let devices: Vec<String> = (0..4).map(|k| format!("comp-{k}")).collect();
     // comp-0 is faulty from reading 60 on: one incident, open throughout the kills.
@@ -676,12 +557,12 @@ async fn three_sigkills_under_load_with_incidents_open() {
     daemon.kill9();
     let mut peak = 0;
     for _ in 0..2 {
-        let d = rig.daemon(&config).await;
+        let d = config.start().await;
         tokio::time::sleep(Duration::from_millis(800)).await;
         peak = peak.max(d.peak_rss_kib());
         d.kill9();
     }
-    let mut last = rig.daemon(&config).await;
+    let mut last = config.start().await;
     let published = load.await.unwrap();
     let accepted = observer.settled().await;
     last.wait_metric("fieldwatch_readings_total", 1).await;
@@ -703,7 +584,7 @@ async fn three_sigkills_under_load_with_incidents_open() {
     let stored = rig.stored();
     let lost = accepted.difference(&stored).count();
     let (opens, open_requests) = keys_of(&api, "open").await;
-    assert_eq!(lost, 0, "every accepted reading stored across three SIGKILLs; log:\n{}", rig.log());
+    assert_eq!(lost, 0, "every accepted reading stored across three SIGKILLs; log:\n{}", last.log());
     assert_eq!(accepted.len() as i64, published, "the broker took everything (it stayed up)");
     assert_eq!(opens.len(), 1, "one incident, one ticket: {opens:?}");
     let per_device: HashMap<String, usize> =
@@ -724,8 +605,7 @@ async fn a_ticket_api_that_refuses_then_stalls_then_recovers_gets_each_ticket_on
     let rig = Rig::new();
     let api = MockServer::start().await;
     Mock::given(method("POST")).respond_with(ResponseTemplate::new(503)).mount(&api).await;
-    let config = rig.config(Some(&api.uri()), Extra::default());
-    let daemon = rig.daemon(&config).await;
+    let daemon = rig.config(Some(&api)).start().await;
     let p = Publisher::connect(rig.broker.port, "pub-api").await;
     let t0 = base_ts();
     for k in 0..3 {
@@ -770,8 +650,7 @@ async fn a_flood_with_a_slow_sink_keeps_memory_bounded() {
         .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_millis(300)))
         .mount(&api)
         .await;
-    let config = rig.config(Some(&api.uri()), Extra::default());
-    let daemon = rig.daemon(&config).await;
+    let daemon = rig.config(Some(&api)).start().await;
     let devices: Vec<String> = (0..50).map(|k| format!("comp-{k}")).collect();
     let load = publish_in_background(rig.broker.port, "pub-flood-slow", devices, 200, Duration::ZERO, 50, 100);
     let sent = load.await.unwrap();
@@ -785,9 +664,8 @@ async fn a_flood_with_a_slow_sink_keeps_memory_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_resolve_of_a_recurring_incident_has_its_own_key() {
     let rig = Rig::new();
-    let api = ok_api().await;
-    let config = rig.config(Some(&api.uri()), Extra { incident: "quiet_period = \"20s\"", ..Extra::default() });
-    let daemon = rig.daemon(&config).await;
+    let api = ticket_api().await;
+    let daemon = rig.config(Some(&api)).extra("[incident]\nquiet_period = \"20s\"\n").start().await;
     let p = Publisher::connect(rig.broker.port, "pub-recur").await;
     let t0 = base_ts();
     // Healthy, faulty, healthy for longer than the quiet period (event time), and again.

@@ -18,37 +18,15 @@ const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,appl
 
 const ASSET_MODEL: &str = "Bitzer 4FES-5Y";
 
-/// A daemon with a file sink and one registered asset, scraped before any message arrives.
+/// A daemon with the shipped settings, a file sink and one registered asset, scraped before any
+/// message arrives.
 async fn start_daemon(dir: &Path, broker: &Mosquitto) -> DaemonProcess {
-    let admin = format!("127.0.0.1:{}", free_port());
-    let config = dir.join("fieldwatch.toml");
-    let text = format!(
-        r#"[daemon]
-data_dir = "{data}"
-[mqtt]
-port = {port}
-client_id = "fw-metrics-{port}"
-topics = ["plant/+/+/telemetry"]
-[decode]
-topic_pattern = "plant/{{site}}/{{device}}/telemetry"
-[[assets.devices]]
-id = "comp-1"
-model = "{ASSET_MODEL}"
-[[ticket.sinks]]
-type = "file"
-name = "archive"
-path = "{tickets}"
-[admin]
-listen = "{admin}"
-"#,
-        data = dir.join("db").display(),
-        port = broker.port,
-        tickets = dir.join("tickets.jsonl").display(),
+    let tickets = dir.join("tickets.jsonl").display().to_string();
+    let extra = format!(
+        "[[assets.devices]]\nid = \"comp-1\"\nmodel = \"{ASSET_MODEL}\"\n\
+         [[ticket.sinks]]\ntype = \"file\"\nname = \"archive\"\npath = {tickets:?}\n"
     );
-    std::fs::write(&config, text).unwrap();
-    let daemon = DaemonProcess::start(&config, &admin, &dir.join("daemon.log"));
-    daemon.wait_metric("fieldwatch_mqtt_connected", 1).await;
-    daemon
+    DaemonConfig::shipped(broker.port, dir).extra(&extra).start().await
 }
 
 /// `GET /metrics` with an `Accept` header: content type and body.

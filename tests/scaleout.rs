@@ -8,27 +8,17 @@ use std::path::Path;
 
 use common::*;
 
-fn config(dir: &Path, broker: u16, admin: &str, site: &str) -> std::path::PathBuf {
-    let text = format!(
-        "[daemon]\ndata_dir = \"{data}\"\n[mqtt]\nport = {broker}\nclient_id = \"fw-{site}\"\n\
-         topics = [\"plant/{site}/+/telemetry\"]\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n\
-         [store]\nbatch_linger = \"5ms\"\ncache_mb = 16\n[detect.models]\nenabled = false\n[admin]\nlisten = \"{admin}\"\n",
-        data = dir.join("db").display()
-    );
-    let path = dir.join("fieldwatch.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+/// A daemon that owns one site's topics.
+fn config(dir: &Path, broker: &Mosquitto, site: &str) -> DaemonConfig {
+    let topics = format!("[mqtt]\ntopics = [\"plant/{site}/+/telemetry\"]\n[detect.models]\nenabled = false\n");
+    DaemonConfig::new(broker.port, dir).extra(&topics)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_with_disjoint_filters_handle_each_reading_once() {
     let broker = Mosquitto::start();
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (admin_a, admin_b) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let mut da =
-        DaemonProcess::start(&config(a.path(), broker.port, &admin_a, "north"), &admin_a, &a.path().join("log"));
-    let mut db =
-        DaemonProcess::start(&config(b.path(), broker.port, &admin_b, "south"), &admin_b, &b.path().join("log"));
+    let (mut da, mut db) = (config(a.path(), &broker, "north").spawn(), config(b.path(), &broker, "south").spawn());
     da.wait_metric("fieldwatch_mqtt_connected", 1).await;
     db.wait_metric("fieldwatch_mqtt_connected", 1).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await; // both subscriptions acknowledged

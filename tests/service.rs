@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use common::*;
 use fieldwatch::config::SecretRef;
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const REGISTRY: &str = r#"
 [[assets.customers]]
@@ -38,16 +36,10 @@ steps = ["Check condenser fan and coil for blockage", "Check refrigerant charge"
 link = "https://runbooks.example.com/compressor/discharge-temp"
 "#;
 
-async fn api() -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(201)).mount(&server).await;
-    server
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tier1_critical_asset_gets_p1_with_its_respond_by_and_a_complete_ticket() {
     let broker = Mosquitto::start();
-    let api = api().await;
+    let api = ticket_api().await;
     let dir = tempfile::tempdir().unwrap();
     let config = test_config_with(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)], REGISTRY);
     let (daemon, m) = start_connected(config).await;
@@ -94,7 +86,7 @@ async fn tier1_critical_asset_gets_p1_with_its_respond_by_and_a_complete_ticket(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_window_suppresses_a_ticket_that_would_otherwise_open() {
     let broker = Mosquitto::start();
-    let api = api().await;
+    let api = ticket_api().await;
     let dir = tempfile::tempdir().unwrap();
     let window = "[[maintenance.windows]]\ndevice = \"comp-1\"\ndaily_from = \"00:00:00\"\ndaily_to = \"23:59:59\"\nreason = \"compressor overhaul\"\n";
     let config = test_config_with(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)], window);
@@ -120,7 +112,7 @@ async fn maintenance_window_suppresses_a_ticket_that_would_otherwise_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flapping_sensor_yields_one_ticket_marked_flapping() {
     let broker = Mosquitto::start();
-    let api = api().await;
+    let api = ticket_api().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
     config.incident.quiet_period = Duration::from_secs(5);
@@ -164,7 +156,7 @@ async fn flapping_sensor_yields_one_ticket_marked_flapping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_mode_records_the_ticket_and_sends_nothing() {
     let broker = Mosquitto::start();
-    let api = api().await;
+    let api = ticket_api().await;
     let dir = tempfile::tempdir().unwrap();
     let modes = "[modes]\ndefault = \"ticket\"\n[modes.sites]\nsite-1 = \"shadow\"\n";
     let config = test_config_with(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)], modes);
@@ -185,7 +177,7 @@ async fn shadow_mode_records_the_ticket_and_sends_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn technician_feedback_closes_the_loop_through_the_admin_api_and_cli() {
     let broker = Mosquitto::start();
-    let api = api().await;
+    let api = ticket_api().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
     config.admin.listen = "127.0.0.1:0".into();
@@ -250,7 +242,7 @@ async fn technician_feedback_closes_the_loop_through_the_admin_api_and_cli() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silence_set_through_the_api_suppresses_tickets() {
     let broker = Mosquitto::start();
-    let api = api().await;
+    let api = ticket_api().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
     config.admin.listen = "127.0.0.1:0".into();
@@ -294,7 +286,7 @@ async fn silence_set_through_the_api_suppresses_tickets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_incident_is_escalated_at_its_respond_by_time() {
     let broker = Mosquitto::start();
-    let api = api().await;
+    let api = ticket_api().await;
     let dir = tempfile::tempdir().unwrap();
     let sla = "[priority.respond_within]\nP1 = \"1h\"\nP2 = \"2h\"\nP3 = \"3h\"\nP4 = \"1s\"\n";
     let config = test_config_with(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)], sla);
@@ -312,7 +304,7 @@ async fn unacknowledged_incident_is_escalated_at_its_respond_by_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_device_opens_one_sensor_health_incident_and_resolves_when_heard_again() {
     let broker = Mosquitto::start();
-    let api = api().await;
+    let api = ticket_api().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
     config.incident.stale_after = Duration::from_secs(2);
@@ -348,7 +340,7 @@ async fn a_silent_device_opens_one_sensor_health_incident_and_resolves_when_hear
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_is_not_blamed_on_the_devices() {
     let mut broker = Mosquitto::start();
-    let api = api().await;
+    let api = ticket_api().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
     config.incident.stale_after = Duration::from_secs(2);
@@ -378,7 +370,7 @@ async fn a_broker_outage_is_not_blamed_on_the_devices() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observe_mode_only_logs_and_low_confidence_goes_to_review() {
     let broker = Mosquitto::start();
-    let api = api().await;
+    let api = ticket_api().await;
     let dir = tempfile::tempdir().unwrap();
     let modes = "[modes]\ndefault = \"ticket\"\n[modes.sites]\nsite-observed = \"observe\"\n";
     let mut config = test_config_with(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)], modes);
@@ -419,7 +411,7 @@ async fn observe_mode_only_logs_and_low_confidence_goes_to_review() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fault_that_outlasts_its_silence_gets_its_ticket_when_the_silence_ends() {
     let broker = Mosquitto::start();
-    let api = api().await;
+    let api = ticket_api().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.port, dir.path(), vec![webhook(format!("{}/t", api.uri()), None)]);
     config.admin.listen = "127.0.0.1:0".into();

@@ -16,14 +16,30 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Where `mosquitto` is installed, if it is.
-pub fn find_mosquitto() -> Option<PathBuf> {
+/// Where the program `name` is installed (in `PATH`, or an sbin or bin directory), if it is.
+pub fn find_program(name: &str) -> Option<PathBuf> {
     std::env::var("PATH")
         .unwrap_or_default()
         .split(':')
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"])
-        .map(|dir| Path::new(dir).join("mosquitto"))
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/bin"])
+        .map(|dir| Path::new(dir).join(name))
         .find(|p| p.is_file())
+}
+
+/// Where `mosquitto` is installed, if it is.
+pub fn find_mosquitto() -> Option<PathBuf> {
+    find_program("mosquitto")
+}
+
+/// A field of `/proc/<pid>/status` given in kB (`VmHWM:`, `VmRSS:`), in KiB; 0 if unreadable.
+/// `pid` may be `self`.
+pub fn proc_status_kib(pid: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn mosquitto_binary() -> PathBuf {
@@ -167,24 +183,24 @@ impl Drop for Mosquitto {
     }
 }
 
-/// The real binary, `fieldwatch run`, with its logs in the test's directory.
+/// The real binary, `fieldwatch run`, with its logs in the test's directory (see
+/// [`DaemonConfig::start`]); killed when dropped.
 pub struct DaemonProcess {
     child: Child,
     admin: String,
+    log: PathBuf,
 }
 
 impl DaemonProcess {
-    pub fn start(config: &Path, admin: &str, log: &Path) -> DaemonProcess {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_fieldwatch"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        DaemonProcess { child, admin: admin.to_string() }
+    /// Runs `cmd` (one of [`DaemonConfig::command`]) for the daemon `config` describes.
+    pub fn spawn(mut cmd: Command, config: &DaemonConfig) -> DaemonProcess {
+        let child = cmd.spawn().unwrap();
+        DaemonProcess { child, admin: config.admin().to_string(), log: config.log_path() }
+    }
+
+    /// What it has logged so far (every run of the same config logs to the same file).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// A counter from `/metrics`, or None while the daemon is not up (see [`sample`]).
@@ -193,14 +209,24 @@ impl DaemonProcess {
         sample(&text, name)
     }
 
+    /// Waits (bounded, 30 s) until the counter `name` is at least `at_least`.
     pub async fn wait_metric(&self, name: &str, at_least: u64) {
-        for _ in 0..600 {
-            if self.metric(name).await.is_some_and(|v| v >= at_least) {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        self.wait_metric_within(name, at_least, Duration::from_secs(30), Duration::from_millis(50)).await
+    }
+
+    /// [`DaemonProcess::wait_metric`] with its own bound and polling interval (benchmarks poll
+    /// often to see when something happened).
+    pub async fn wait_metric_within(&self, name: &str, at_least: u64, limit: Duration, every: Duration) {
+        let end = std::time::Instant::now() + limit;
+        while self.metric(name).await.is_none_or(|v| v < at_least) {
+            assert!(std::time::Instant::now() < end, "{name} never reached {at_least} in {limit:?}");
+            tokio::time::sleep(every).await;
         }
-        panic!("{name} never reached {at_least}");
+    }
+
+    /// Waits (bounded, 30 s) until its log contains `text`.
+    pub async fn wait_log(&self, text: &str) {
+        wait_until(&format!("the daemon logged {text:?}"), || self.log().contains(text)).await
     }
 
     pub fn pid(&self) -> u32 {
@@ -225,12 +251,22 @@ impl DaemonProcess {
 
     /// Peak resident memory so far (VmHWM), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        proc_status_kib(&self.child.id().to_string(), "VmHWM:")
+    }
+
+    /// Resident memory now (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(&self.child.id().to_string(), "VmRSS:")
+    }
+
+    /// User and system CPU seconds it has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // Fields after the command: state is index 0, utime 11, stime 12 (clock ticks of 10 ms).
+        (ticks(11) + ticks(12)) / 100.0
     }
 
     /// `GET http://<admin><path>`: status and body, or None while the daemon is not up.
@@ -276,23 +312,15 @@ pub fn sample(exposition: &str, name: &str) -> Option<u64> {
     found
 }
 
-/// A daemon config for tests: fast timers, small warm-up, the given broker and data dir.
-pub fn test_config(port: u16, data_dir: &Path, sinks: Vec<SinkConfig>) -> Config {
-    test_config_with(port, data_dir, sinks, "")
-}
-
-/// Like [`test_config`], with more TOML appended (assets, modes, maintenance, ...).
-pub fn test_config_with(port: u16, data_dir: &Path, sinks: Vec<SinkConfig>, extra: &str) -> Config {
-    let base = r#"
+/// The settings every test daemon shares, in process or as the real binary: fast timers (reconnect,
+/// batching, retries), a short warm-up, a small cache, the test topics.
+const TEST_SETTINGS: &str = r#"
 [mqtt]
-client_id = "CLIENT"
 topics = ["plant/+/+/telemetry"]
 reconnect_min = "100ms"
 reconnect_max = "1s"
 [decode]
 topic_pattern = "plant/{site}/{device}/telemetry"
-[decode.units]
-discharge_temp = "°C"
 [store]
 batch_linger = "5ms"
 cache_mb = 16
@@ -302,33 +330,190 @@ baseline_half_life = 100
 z_threshold = 5.0
 [incident]
 debounce_readings = 3
-quiet_period = "10m"
 evidence_readings = 5
-stale_after = "0s"
 [ticket]
 retry_min = "100ms"
+retry_max = "300ms"
+"#;
+
+/// What the daemons started in the test process add (see [`test_config`]): no admin listener, no
+/// sensor-health incidents, the unit tickets show.
+const IN_PROCESS_SETTINGS: &str = r#"
+[decode.units]
+discharge_temp = "°C"
+[incident]
+quiet_period = "10m"
+stale_after = "0s"
+[ticket]
 retry_max = "500ms"
 [admin]
 listen = ""
 "#;
-    let text = format!("{base}\n{extra}");
-    let mut config = Config::parse(&text, Path::new("test.toml")).unwrap();
-    config.mqtt.port = port;
-    config.mqtt.client_id = format!("fieldwatch-test-{}", data_dir.file_name().unwrap().to_string_lossy());
-    config.daemon.data_dir = data_dir.to_path_buf();
+
+/// A daemon's configuration file, built from TOML tables: [`DaemonConfig::new`] has the test
+/// settings, [`DaemonConfig::shipped`] the shipped defaults; [`DaemonConfig::extra`] merges more
+/// TOML over either. It owns the test's directory layout: the config file, the data directory
+/// (`db`) and the daemon's log, and an admin address on a free port.
+#[derive(Clone)]
+pub struct DaemonConfig {
+    dir: PathBuf,
+    admin: String,
+    table: toml::Table,
+}
+
+impl DaemonConfig {
+    /// The test settings against the broker on `port`, in `dir`.
+    pub fn new(port: u16, dir: &Path) -> DaemonConfig {
+        DaemonConfig::shipped(port, dir).extra(TEST_SETTINGS)
+    }
+
+    /// The shipped defaults, but for what each test needs of its own: data directory, broker
+    /// port, client id, topics and admin address.
+    pub fn shipped(port: u16, dir: &Path) -> DaemonConfig {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let base = format!(
+            "[daemon]\ndata_dir = {data:?}\n[mqtt]\nport = {port}\nclient_id = \"fieldwatch-test-{name}\"\n\
+             topics = [\"plant/+/+/telemetry\"]\n[admin]\nlisten = \"{admin}\"\n",
+            data = dir.join("db").display().to_string(),
+            name = dir.file_name().unwrap().to_string_lossy(),
+        );
+        DaemonConfig { dir: dir.to_path_buf(), admin, table: toml::Table::new() }.extra(&base)
+    }
+
+    /// Merges `toml` over the config: tables key by key, arrays of tables (`[[ticket.sinks]]`,
+    /// `[[assets.devices]]`) appended, any other value replaced.
+    pub fn extra(mut self, toml: &str) -> DaemonConfig {
+        let more: toml::Table = toml.parse().unwrap_or_else(|e| panic!("test TOML: {e}\n{toml}"));
+        merge(&mut self.table, more);
+        self
+    }
+
+    /// A webhook sink named `api` posting to `url`, with a 1 s timeout.
+    pub fn webhook(self, url: &str) -> DaemonConfig {
+        let sink = webhook_toml(url, None, "1s");
+        self.extra(&format!("[[ticket.sinks]]\n{sink}"))
+    }
+
+    /// Stores its data in `data_dir` instead of `<dir>/db`.
+    pub fn data_dir(self, data_dir: &Path) -> DaemonConfig {
+        self.extra(&format!("[daemon]\ndata_dir = {:?}\n", data_dir.display().to_string()))
+    }
+
+    pub fn data_path(&self) -> PathBuf {
+        PathBuf::from(self.table["daemon"]["data_dir"].as_str().unwrap())
+    }
+
+    /// The admin API's address (`host:port`).
+    pub fn admin(&self) -> &str {
+        &self.admin
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("fieldwatch.toml")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
+    pub fn text(&self) -> String {
+        toml::to_string(&self.table).unwrap()
+    }
+
+    /// Writes the file (again: a daemon re-reads it on SIGHUP) and returns its path.
+    pub fn write(&self) -> PathBuf {
+        let path = self.path();
+        std::fs::write(&path, self.text()).unwrap();
+        path
+    }
+
+    /// The config as the daemon reads it, for a daemon in the test process.
+    pub fn config(&self) -> Config {
+        Config::parse(&self.text(), &self.path()).unwrap()
+    }
+
+    /// `fieldwatch run` on the written file, logging at `info` to the daemon's log, run under
+    /// `wrapper` (a profiler and its arguments) when one is given.
+    pub fn command(&self, wrapper: &[&str]) -> Command {
+        let config = self.write();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let binary = env!("CARGO_BIN_EXE_fieldwatch");
+        let mut cmd = match wrapper.split_first() {
+            Some((tool, args)) => {
+                let mut c = Command::new(tool);
+                c.args(args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        cmd.args(["run", "--config"]).arg(config).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log);
+        cmd
+    }
+
+    /// Starts the daemon without waiting for it.
+    pub fn spawn(&self) -> DaemonProcess {
+        DaemonProcess::spawn(self.command(&[]), self)
+    }
+
+    /// Starts the daemon and waits until it is connected to its broker.
+    pub async fn start(&self) -> DaemonProcess {
+        let daemon = self.spawn();
+        daemon.wait_metric("fieldwatch_mqtt_connected", 1).await;
+        daemon
+    }
+}
+
+/// Merges `more` into `into`: see [`DaemonConfig::extra`].
+fn merge(into: &mut toml::Table, more: toml::Table) {
+    use toml::Value;
+    for (key, value) in more {
+        match (into.get_mut(&key), value) {
+            (Some(Value::Table(old)), Value::Table(new)) => merge(old, new),
+            (Some(Value::Array(old)), Value::Array(new)) if new.iter().all(Value::is_table) => old.extend(new),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+/// A daemon config for tests: fast timers, small warm-up, the given broker and data dir.
+pub fn test_config(port: u16, data_dir: &Path, sinks: Vec<SinkConfig>) -> Config {
+    test_config_with(port, data_dir, sinks, "")
+}
+
+/// Like [`test_config`], with more TOML merged in (assets, modes, maintenance, ...).
+pub fn test_config_with(port: u16, data_dir: &Path, sinks: Vec<SinkConfig>, extra: &str) -> Config {
+    let mut config =
+        DaemonConfig::new(port, data_dir).data_dir(data_dir).extra(IN_PROCESS_SETTINGS).extra(extra).config();
     config.ticket.sinks = sinks;
     config
 }
 
+/// The TOML of a webhook sink named `api` (without its table header).
+fn webhook_toml(url: &str, token_env: Option<&str>, timeout: &str) -> String {
+    let token = token_env.map(|var| format!("token = {{ env = \"{var}\" }}\n")).unwrap_or_default();
+    format!("type = \"webhook\"\nname = \"api\"\nurl = \"{url}\"\ntimeout = \"{timeout}\"\n{token}")
+}
+
 /// A webhook sink pointing at a wiremock server.
 pub fn webhook(url: String, token_env: Option<&str>) -> SinkConfig {
-    let text = match token_env {
-        Some(var) => format!(
-            "type = \"webhook\"\nname = \"api\"\nurl = \"{url}\"\ntimeout = \"2s\"\ntoken = {{ env = \"{var}\" }}\n"
-        ),
-        None => format!("type = \"webhook\"\nname = \"api\"\nurl = \"{url}\"\ntimeout = \"2s\"\n"),
-    };
-    toml::from_str(&text).unwrap()
+    toml::from_str(&webhook_toml(&url, token_env, "2s")).unwrap()
+}
+
+/// A ticket API that answers every POST with `status`.
+pub async fn ticket_api_answering(status: u16) -> wiremock::MockServer {
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(status))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// A ticket API that takes every ticket (201).
+pub async fn ticket_api() -> wiremock::MockServer {
+    ticket_api_answering(201).await
 }
 
 /// The JSON bodies a mock ticket API received, in order.
