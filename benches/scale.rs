@@ -12,128 +12,40 @@
 //!
 //! Run with `cargo bench --bench scale`. `FW_SCALE_DEVICES` [10,100,1000,10000] and
 //! `FW_SCALE_READINGS` [2000000: total readings per row, so messages per device = that / 4 /
-//! devices, at least 50; 500 per device at 1,000 devices]. `FW_SCALE_EXTRA_TOML` is appended
-//! to the daemon's config (`\n` for new lines), `FW_SCALE_WRAP` runs the daemon under
+//! devices, at least 50; 500 per device at 1,000 devices]. `FW_SCALE_EXTRA_TOML` is merged
+//! into the daemon's config (`\n` for new lines), `FW_SCALE_WRAP` runs the daemon under
 //! a profiler (e.g. `perf record -e cpu-clock -g -o FILE --`), `FW_SCALE_KEEP_DB=DIR` keeps a
 //! copy of the row's database for inspection. Needs `mosquitto` and `mosquitto_sub` in `PATH` (or /usr/sbin,
 //! /usr/bin); exits 0 with a message otherwise. The table is also written to
 //! `target/bench-scale.md`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fieldwatch::sim::{Simulator, METRICS};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-fn binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/sbin"])
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.is_file());
-    found
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{find_mosquitto, find_program, DaemonConfig, DaemonProcess, Mosquitto};
+
+/// The shipped defaults with `FW_SCALE_EXTRA_TOML` merged in.
+fn config(port: u16, dir: &Path) -> DaemonConfig {
+    let extra = std::env::var("FW_SCALE_EXTRA_TOML").unwrap_or_default().replace("\\n", "\n");
+    DaemonConfig::shipped(port, dir).extra(&extra)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_broker(mosquitto: &Path, dir: &Path) -> (u16, Killed) {
-    let port = free_port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_queued_messages 100000000\nmax_queued_bytes 0\nmax_inflight_messages 1000\n"
-        ),
-    )
-    .unwrap();
-    let broker = Killed(
-        Command::new(mosquitto).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
-    );
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (port, broker);
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("mosquitto did not start");
-}
-
-fn write_config(dir: &Path, port: u16, admin: &str) -> PathBuf {
-    let text = format!(
-        "[daemon]\ndata_dir = \"{}\"\n[mqtt]\nport = {port}\nclient_id = \"fw-scale\"\ntopics = [\"plant/+/+/telemetry\"]\n\
-         [admin]\nlisten = \"{admin}\"\n{extra}",
-        dir.join("db").display(),
-        extra = std::env::var("FW_SCALE_EXTRA_TOML").unwrap_or_default().replace("\\n", "\n"),
-    );
-    let path = dir.join("fieldwatch.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn spawn_daemon(config: &Path, log: &Path) -> Killed {
-    let log = std::fs::File::create(log).unwrap();
-    // FW_SCALE_WRAP="perf record -e cpu-clock -g -o FILE --" (or valgrind ...): run the daemon
-    // under a profiler; the RSS and CPU figures of that run are the wrapper's.
+/// FW_SCALE_WRAP="perf record -e cpu-clock -g -o FILE --" (or valgrind ...): runs the daemon
+/// under a profiler; the RSS and CPU figures of that run are the wrapper's.
+fn spawn_daemon(config: &DaemonConfig) -> DaemonProcess {
     let wrap = std::env::var("FW_SCALE_WRAP").unwrap_or_default();
-    let mut words = wrap.split_whitespace();
-    let mut cmd = match words.next() {
-        Some(tool) => {
-            let mut c = Command::new(tool);
-            c.args(words).arg(env!("CARGO_BIN_EXE_fieldwatch"));
-            c
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_fieldwatch")),
-    };
-    Killed(cmd.args(["run", "--config"]).arg(config).stdout(Stdio::null()).stderr(log).spawn().unwrap())
-}
-
-fn metric(admin: &str, name: &str) -> Option<u64> {
-    let mut s = std::net::TcpStream::connect(admin).ok()?;
-    use std::io::{Read, Write};
-    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {admin}\r\n\r\n").as_bytes()).ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-fn wait_metric(admin: &str, name: &str, at_least: u64, limit: Duration) {
-    let end = Instant::now() + limit;
-    while metric(admin, name).is_none_or(|v| v < at_least) {
-        assert!(Instant::now() < end, "{name} never reached {at_least}");
-        std::thread::sleep(Duration::from_millis(10));
+    let wrapper: Vec<&str> = wrap.split_whitespace().collect();
+    let mut cmd = config.command(&wrapper);
+    if let Ok(level) = std::env::var("RUST_LOG") {
+        cmd.env("RUST_LOG", level);
     }
-}
-
-fn proc_status(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// User + system CPU seconds of a process.
-fn cpu_seconds(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // Fields after the command: state is index 0, utime 11, stime 12.
-    (ticks(11) + ticks(12)) / 100.0
+    DaemonProcess::spawn(cmd, config)
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -184,12 +96,11 @@ struct Row {
     disk_bytes: u64,
 }
 
-async fn row(mosquitto: &Path, sub: &Path, devices: usize, per_device: usize) -> Row {
+async fn row(sub: &Path, devices: usize, per_device: usize) -> Row {
     let dir = tempfile::tempdir().unwrap();
-    let (port, _broker) = start_broker(mosquitto, dir.path());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let config = write_config(dir.path(), port, &admin);
-    let log = dir.path().join("daemon.log");
+    let broker = Mosquitto::for_load(1000);
+    let port = broker.port;
+    let config = config(port, dir.path());
     let messages = devices * per_device;
 
     // Both persistent sessions exist before the backlog is published.
@@ -212,12 +123,11 @@ async fn row(mosquitto: &Path, sub: &Path, devices: usize, per_device: usize) ->
         .unwrap();
     assert!(ok.success(), "mosquitto_sub could not subscribe");
     {
-        let d = spawn_daemon(&config, &log);
-        wait_metric(&admin, "fieldwatch_mqtt_connected", 1, Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(300)); // its SUBSCRIBE is acknowledged
-        let _ = Command::new("kill").arg("-TERM").arg(d.0.id().to_string()).status();
-        let mut d = d;
-        let _ = d.0.wait();
+        let mut d = spawn_daemon(&config);
+        d.wait_metric_within("fieldwatch_mqtt_connected", 1, Duration::from_secs(60), Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await; // its SUBSCRIBE is acknowledged
+        d.signal("TERM");
+        d.wait();
     }
 
     let mut sim = Simulator::new(devices, Vec::new(), 11);
@@ -241,20 +151,20 @@ async fn row(mosquitto: &Path, sub: &Path, devices: usize, per_device: usize) ->
     let bare_s = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
-    let mut daemon = spawn_daemon(&config, &log);
-    let pid = daemon.0.id();
+    let mut daemon = spawn_daemon(&config);
     let readings = (messages * METRICS.len()) as u64;
-    wait_metric(&admin, "fieldwatch_readings_total", readings, Duration::from_secs(1800));
+    let (limit, every) = (Duration::from_secs(1800), Duration::from_millis(10));
+    daemon.wait_metric_within("fieldwatch_readings_total", readings, limit, every).await;
     let daemon_s = start.elapsed().as_secs_f64();
-    let cpu_s = cpu_seconds(pid);
-    let peak_rss_kib = proc_status(pid, "VmHWM:");
-    let rss_kib = proc_status(pid, "VmRSS:");
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-    let _ = daemon.0.wait();
-    let disk_bytes = dir_bytes(&dir.path().join("db"));
+    let cpu_s = daemon.cpu_seconds();
+    let peak_rss_kib = daemon.peak_rss_kib();
+    let rss_kib = daemon.rss_kib();
+    daemon.signal("TERM");
+    daemon.wait();
+    let disk_bytes = dir_bytes(&config.data_path());
     if let Some(keep) = std::env::var_os("FW_SCALE_KEEP_DB") {
         // For inspection: `cp -a` keeps sled's files as they are.
-        let _ = Command::new("cp").arg("-a").arg(dir.path().join("db")).arg(&keep).status();
+        let _ = Command::new("cp").arg("-a").arg(config.data_path()).arg(&keep).status();
     }
     Row { devices, messages, bare_s, daemon_s, peak_rss_kib, rss_kib, cpu_s, disk_bytes }
 }
@@ -264,7 +174,7 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list`
     }
-    let (Some(mosquitto), Some(sub)) = (binary("mosquitto"), binary("mosquitto_sub")) else {
+    let (Some(_), Some(sub)) = (find_mosquitto(), find_program("mosquitto_sub")) else {
         eprintln!("scale bench skipped: mosquitto and mosquitto_sub are needed");
         return;
     };
@@ -280,7 +190,7 @@ async fn main() {
     for d in devices {
         let per_device = (total / METRICS.len() / d).max(50);
         eprintln!("scale: {d} devices x {per_device} messages ...");
-        let r = row(&mosquitto, &sub, d, per_device).await;
+        let r = row(&sub, d, per_device).await;
         let readings = (r.messages * METRICS.len()) as f64;
         let line = format!(
             "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {:.1} | {:.2} | {:.1} |\n",
