@@ -31,7 +31,7 @@ use fieldwatch::Daemon;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::{find_mosquitto, wait_until_within, Mosquitto, Publisher};
+use common::{find_mosquitto, proc_status_kib, wait_until_within, DaemonConfig, Mosquitto, Publisher};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -91,17 +91,12 @@ impl Params {
 
 /// The shipped defaults, pointed at the bench's broker, directory and ticket API.
 fn config(port: u16, dir: &Path, batch_max: usize, sinks: Vec<SinkConfig>) -> Config {
-    let mut c = Config::default();
-    c.mqtt.port = port;
-    c.mqtt.client_id = format!("fieldwatch-bench-{}", dir.file_name().unwrap().to_string_lossy());
-    c.mqtt.reconnect_min = Duration::from_millis(100);
-    c.mqtt.reconnect_max = Duration::from_secs(1);
-    c.daemon.data_dir = dir.to_path_buf();
-    c.store.batch_max = batch_max;
-    c.admin.listen = String::new();
+    let fast = format!(
+        "[mqtt]\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n[store]\nbatch_max = {batch_max}\n\
+         [ticket]\nretry_min = \"100ms\"\nretry_max = \"1s\"\n[admin]\nlisten = \"\"\n"
+    );
+    let mut c = DaemonConfig::shipped(port, dir).data_dir(dir).extra(&fast).config();
     c.ticket.sinks = sinks;
-    c.ticket.retry_min = Duration::from_millis(100);
-    c.ticket.retry_max = Duration::from_secs(1);
     c
 }
 
@@ -303,12 +298,7 @@ async fn latency(p: &Params) -> Latency {
 
 /// Resident set of this process, in KiB.
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    proc_status_kib("self", "VmRSS:")
 }
 
 struct Memory {
