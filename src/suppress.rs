@@ -196,10 +196,10 @@ impl Suppressor {
         self.silences.clone()
     }
 
-    /// Why an incident that is opening sends no ticket, if it does not: planned work first, then
-    /// the site's mode, then the confidence.
-    pub fn on_open(&self, inc: &Incident, site: Option<&str>) -> Option<Suppression> {
-        if let Some(work) = self.planned_work(&inc.device, site, inc.opened_at) {
+    /// Why an incident that is opening at wall-clock time `now` sends no ticket, if it does not:
+    /// planned work first, then the site's mode, then the confidence.
+    pub fn on_open(&self, inc: &Incident, site: Option<&str>, now: i64) -> Option<Suppression> {
+        if let Some(work) = self.planned_work(&inc.device, site, inc.opened_at, now) {
             tracing::info!(device = %inc.device, reason = %work, "planned work: no ticket");
             return Some(work);
         }
@@ -210,13 +210,13 @@ impl Suppressor {
         }
     }
 
-    /// The maintenance window (at event time `ts`) or silence (now, wall clock) that covers a
-    /// device, if any.
-    fn planned_work(&self, device: &str, site: Option<&str>, ts: i64) -> Option<Suppression> {
+    /// The maintenance window (at event time `ts`) or silence (at wall-clock time `now`) that
+    /// covers a device, if any.
+    fn planned_work(&self, device: &str, site: Option<&str>, ts: i64, now: i64) -> Option<Suppression> {
         if let Some(w) = self.maintenance.iter().find(|w| w.covers(device, site, ts)) {
             return Some(Suppression::Maintenance { reason: w.reason.clone() });
         }
-        let reason = self.silences.covering(device, site, crate::reading::now_ms())?;
+        let reason = self.silences.covering(device, site, now)?;
         Some(Suppression::Silence { reason })
     }
 
@@ -235,7 +235,7 @@ impl Suppressor {
         self.work_ended.retain(|key, _| held.iter().any(|(i, _)| &i.key == key));
         let mut outlasted = Vec::new();
         for (inc, site) in held {
-            if self.planned_work(&inc.device, site, now).is_some() {
+            if self.planned_work(&inc.device, site, now, now).is_some() {
                 self.work_ended.remove(&inc.key);
                 continue;
             }

@@ -100,6 +100,9 @@ pub struct Core {
     /// durable (see [`Core::committed`]), so the metric never counts one a crash could still
     /// take back.
     opened_uncommitted: Vec<Priority>,
+    /// The wall clock (ms): when a ticket is raised, whether a silence is in force. The tests
+    /// put a clock of their own here.
+    clock: fn() -> i64,
 }
 
 /// How much the core tracks, and for how long (see `decode.max_devices` and friends), and when
@@ -213,6 +216,7 @@ impl Core {
                 establish_after_ms: config.incident.establish_after.as_millis() as i64,
             },
             opened_uncommitted: Vec::new(),
+            clock: crate::reading::now_ms,
         };
         core.metrics.start_false_alarms_at_zero(core.registry.asset_models());
         core.count_models();
@@ -613,5 +617,199 @@ mod tests {
         for kind in &labels.model_kinds {
             assert!(labels.detectors.contains(kind), "{kind}");
         }
+    }
+}
+
+/// What the core does as time passes, on a clock of the test's own: escalation at the
+/// respond-by time, sensor health around a broker outage, the end of a silence. No test here
+/// waits; `tests/service.rs` runs the same stories through the daemon, for the wiring.
+#[cfg(test)]
+mod timing {
+    use std::cell::Cell;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{BatchOutcome, Core};
+    use crate::config::Config;
+    use crate::detect::FaultKind;
+    use crate::incident::{Incident, Transition, UpdateReason};
+    use crate::metrics::{Format, Metrics};
+    use crate::reading::Reading;
+    use crate::silence::Silence;
+    use crate::store::Store;
+    use crate::suppress::Suppression;
+
+    const T0: i64 = 1_767_225_600_000;
+    const MINUTE: i64 = 60_000;
+    const HOUR: i64 = 60 * MINUTE;
+    const DAY: i64 = 24 * HOUR;
+
+    thread_local! {
+        /// The wall clock of the core under test (each test runs on a thread of its own).
+        static NOW: Cell<i64> = const { Cell::new(0) };
+    }
+
+    fn now() -> i64 {
+        NOW.with(Cell::get)
+    }
+
+    fn set_now(ms: i64) {
+        NOW.with(|n| n.set(ms));
+    }
+
+    /// The settings of the daemon tests (`tests/common`), a webhook sink `api` that is never
+    /// called (its outbox is what the tests read), and no sensor-health incidents.
+    fn config() -> Config {
+        let text = r#"
+    [detect]
+    warmup_readings = 30
+    baseline_half_life = 100
+    z_threshold = 5.0
+    [incident]
+    debounce_readings = 3
+    evidence_readings = 5
+    stale_after = "0s"
+    [[ticket.sinks]]
+    type = "webhook"
+    name = "api"
+    url = "http://127.0.0.1:9/tickets"
+    [admin]
+    listen = ""
+    "#;
+        Config::parse(text, Path::new("core-test.toml")).unwrap()
+    }
+
+    /// A core on a temporary store, on the test's clock.
+    fn core(config: &Config) -> (Core, Arc<Store>, Arc<Metrics>) {
+        let store = Arc::new(Store::temporary().unwrap());
+        let metrics = Arc::new(Metrics::new(&super::metric_labels()));
+        let mut core = Core::new(config.core(), store.clone(), metrics.clone()).unwrap();
+        core.clock = now;
+        (core, store, metrics)
+    }
+
+    /// One reading of `device` at event time `ts`, heard now; what it changed, committed.
+    fn send(core: &mut Core, device: &str, ts: i64, value: f64) -> Vec<Transition> {
+        let r =
+            Reading { device: device.into(), site: Some("site-1".into()), metric: "discharge_temp".into(), ts, value };
+        let mut out = BatchOutcome::default();
+        core.process_readings(&[r], now(), &mut out).unwrap();
+        core.committed();
+        out.transitions
+    }
+
+    /// A time-driven pass now, committed.
+    fn tick(core: &mut Core, link_up_since: Option<i64>) -> Vec<Transition> {
+        let t = core.tick(now(), link_up_since).unwrap();
+        core.committed();
+        t
+    }
+
+    /// 40 healthy readings a second apart from `t0`, then `faulty` readings at 99 °C (as the daemon
+    /// tests' `fault`); returns the incident it opened.
+    fn fault(core: &mut Core, device: &str, t0: i64, faulty: i64) -> Incident {
+        let mut opened = Vec::new();
+        for i in 0..40 + faulty {
+            let value = if i < 40 { 70.0 + 0.5 * (i as f64 * 0.7).sin() } else { 99.0 };
+            opened.extend(send(core, device, t0 + i * 1000, value).into_iter().filter_map(|t| match t {
+                Transition::Opened(inc) => Some(inc),
+                _ => None,
+            }));
+        }
+        assert_eq!(opened.len(), 1, "one incident for the fault: {opened:?}");
+        opened.pop().unwrap()
+    }
+
+    #[test]
+    fn an_unacknowledged_incident_escalates_at_its_respond_by_time_and_counts_a_breach() {
+        set_now(T0 + HOUR);
+        let (mut core, store, metrics) = core(&config());
+        let inc = fault(&mut core, "comp-9", T0, 5);
+        // Raised now, not at the readings' event time an hour ago; an unregistered device is P4,
+        // to be answered within 3 days.
+        let respond_by = inc.respond_by.expect("a respond-by time");
+        assert_eq!(respond_by, now() + 3 * DAY);
+        set_now(respond_by - 1);
+        assert!(tick(&mut core, Some(T0)).is_empty(), "not due yet");
+        set_now(respond_by);
+        let t = tick(&mut core, Some(T0));
+        let [Transition::Updated(escalated, why @ UpdateReason::Escalated { .. })] = &t[..] else {
+            panic!("one escalation: {t:?}")
+        };
+        assert!(escalated.escalated && escalated.id == inc.id);
+        assert!(why.to_string().starts_with("Escalated: not acknowledged"), "{why}");
+        assert_eq!(store.outbox_len("api"), 2, "the open and the escalation go to the sink");
+        let text = metrics.render(Format::Text);
+        assert!(text.contains("fieldwatch_sla_breaches_total{tier=\"tier3\"} 1"), "{text}");
+        set_now(respond_by + DAY);
+        assert!(tick(&mut core, Some(T0)).is_empty(), "escalated once");
+    }
+
+    #[test]
+    fn a_broker_outage_is_not_blamed_on_the_devices_who_get_stale_after_from_the_reconnect() {
+        let mut config = config();
+        config.incident.stale_after = Duration::from_secs(15 * 60);
+        config.incident.establish_after = Duration::ZERO;
+        set_now(T0);
+        let (mut core, _store, _) = core(&config);
+        send(&mut core, "comp-a", T0, 70.0);
+        send(&mut core, "comp-b", T0, 70.0);
+        // The link is down for an hour: four times stale_after without a word from anyone.
+        for minute in 1..=60 {
+            set_now(T0 + minute * MINUTE);
+            assert!(tick(&mut core, None).is_empty(), "no sensor-health incident while the link is down");
+        }
+        // Back up: comp-a reports again every minute, comp-b stays quiet.
+        let up = now();
+        let mut opened = Vec::new();
+        for minute in 0..=30 {
+            set_now(up + minute * MINUTE);
+            assert!(send(&mut core, "comp-a", T0 + (60 + minute) * MINUTE, 70.0).is_empty());
+            for t in tick(&mut core, Some(up)) {
+                let Transition::Opened(inc) = t else { panic!("{t:?}") };
+                opened.push((minute, inc));
+            }
+        }
+        // Silent stale_after after the reconnect, not at once for its hour of silence.
+        let [(15, inc)] = &opened[..] else { panic!("comp-b alone, 15 min after the reconnect: {opened:?}") };
+        assert_eq!((inc.device.as_str(), inc.fault), ("comp-b", FaultKind::Silent));
+        set_now(up + 31 * MINUTE);
+        let t = send(&mut core, "comp-b", T0 + 91 * MINUTE, 70.0);
+        assert!(matches!(&t[..], [Transition::Resolved(i)] if i.id == inc.id), "heard again: {t:?}");
+    }
+
+    #[test]
+    fn a_fault_that_outlasts_its_silence_gets_its_ticket_when_the_silence_ends() {
+        set_now(T0 + HOUR);
+        let (mut core, store, metrics) = core(&config());
+        let until = now() + 2 * HOUR;
+        let silence = Silence {
+            id: "s1".into(),
+            device: Some("comp-1".into()),
+            site: None,
+            created_at: now(),
+            until,
+            reason: "valve swap".into(),
+        };
+        core.silences().add(silence).unwrap();
+        let inc = fault(&mut core, "comp-1", T0, 5);
+        assert_eq!(inc.suppressed, Some(Suppression::Silence { reason: "valve swap".into() }));
+        assert_eq!(store.outbox_len("api"), 0, "silenced: no ticket");
+        set_now(until - 1);
+        assert!(tick(&mut core, Some(T0)).is_empty(), "still silenced");
+        // The silence ends (wall clock) while the fault goes on (event time), for longer than the
+        // debounce after the planned work ended.
+        set_now(until);
+        let mut opened = Vec::new();
+        for i in 0..40 {
+            assert!(send(&mut core, "comp-1", T0 + 60_000 + i * 10_000, 99.0 + (i % 3) as f64 * 0.1).is_empty());
+            set_now(now() + 1000);
+            opened.extend(tick(&mut core, Some(T0)));
+        }
+        let [Transition::Opened(ticket)] = &opened[..] else { panic!("its ticket opens once: {opened:?}") };
+        assert_eq!((ticket.id.as_str(), &ticket.suppressed), (inc.id.as_str(), &None));
+        assert_eq!(store.outbox_len("api"), 1, "the ticket goes to the sink");
+        assert_eq!(metrics.incidents_opened_total(), 1, "the same incident, counted once");
     }
 }

@@ -56,7 +56,7 @@ impl Core {
             asset,
         };
         let cmd = content::command(inc, action, &ctx);
-        inc.timeline.push(timeline_entry(inc, action, &cmd));
+        inc.timeline.push(timeline_entry(inc, action, &cmd, (self.clock)()));
         let route = route(&self.sinks, inc, &cmd);
         tracing::info!(
             incident = %inc.id, device = %inc.device, fault = %cmd.ticket.fault, action = ?cmd.action,
@@ -95,9 +95,10 @@ impl Core {
         inc.recent = recent.until(inc.opened_at, self.evidence_readings)?;
         // People respond from when the ticket is raised (wall clock), also for back-filled or
         // replayed readings whose event time lies in the past.
-        let raised = crate::reading::now_ms().max(inc.opened_at);
+        let now = (self.clock)();
+        let raised = now.max(inc.opened_at);
         inc.respond_by = Some(raised + asset.respond_within.as_millis() as i64);
-        inc.suppressed = self.suppressor.on_open(inc, site);
+        inc.suppressed = self.suppressor.on_open(inc, site, now);
         if let Some(s) = &inc.suppressed {
             self.count_suppressed(s.label());
         }
@@ -182,14 +183,14 @@ impl Core {
     }
 }
 
-/// What the incident's timeline records of a command: when, and what.
-fn timeline_entry(inc: &Incident, action: Action, cmd: &TicketCommand) -> (i64, String) {
+/// What the incident's timeline records of a command at wall-clock time `now`: when, and what.
+fn timeline_entry(inc: &Incident, action: Action, cmd: &TicketCommand, now: i64) -> (i64, String) {
     let event = match (action, &cmd.ticket.note) {
         (Action::Open, _) => format!("opened ({}): {}", cmd.ticket.priority.as_str(), cmd.ticket.summary),
         (_, Some(note)) => note.clone(),
         (_, None) => action.as_str().to_string(),
     };
-    let at = if action == Action::Open { inc.opened_at } else { crate::reading::now_ms().max(inc.last_anomaly_at) };
+    let at = if action == Action::Open { inc.opened_at } else { now.max(inc.last_anomaly_at) };
     (at, event)
 }
 
