@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use wiremock::matchers::{header, header_exists, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -51,8 +49,8 @@ async fn fault_published_through_mosquitto_opens_exactly_one_webhook_ticket() {
     }
     wait_until("all readings stored", || m.readings.get() == 144).await;
     wait_until("ticket delivered", || m.delivered("api") >= 1).await;
-    // Everything is processed: any second ticket would have been queued by now.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Everything is processed and delivered: a second ticket would have reached the API.
+    all_delivered(&daemon, "api", None).await;
 
     let requests = api.received_requests().await.unwrap();
     assert_eq!(requests.len(), 1, "exactly one ticket");
@@ -154,7 +152,7 @@ async fn readings_and_open_incidents_survive_a_daemon_restart() {
         p.send("comp-3", t0 + i * 1000, 99.0).await;
     }
     wait_until("stored", || m.readings.get() == 10).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    all_delivered(&daemon, "api", None).await;
     assert_eq!(m.incidents_opened_total(), 0, "the reloaded incident is not opened again");
     assert_eq!(bodies(&api).await.len(), 1, "no second ticket");
     assert_eq!(store.range(series, 0, i64::MAX).unwrap().len(), 65);

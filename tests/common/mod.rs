@@ -336,8 +336,8 @@ retry_min = "100ms"
 retry_max = "300ms"
 "#;
 
-/// What the daemons started in the test process add (see [`test_config`]): no admin listener, no
-/// sensor-health incidents, the unit tickets show.
+/// What the daemons started in the test process add (see [`test_config`]): the admin API on a
+/// port of its own (see [`all_delivered`]), no sensor-health incidents, the unit tickets show.
 const IN_PROCESS_SETTINGS: &str = r#"
 [decode.units]
 discharge_temp = "°C"
@@ -347,7 +347,7 @@ stale_after = "0s"
 [ticket]
 retry_max = "500ms"
 [admin]
-listen = ""
+listen = "127.0.0.1:0"
 "#;
 
 /// A daemon's configuration file, built from TOML tables: [`DaemonConfig::new`] has the test
@@ -686,6 +686,31 @@ pub async fn start_connected(config: Config) -> (fieldwatch::Daemon, std::sync::
     let m = daemon.metrics().clone();
     wait_until("connected", || m.mqtt_connected.get() == 1).await;
     (daemon, m)
+}
+
+/// Returns once the daemon with its admin API at `admin` has committed every batch it took so
+/// far, with what the batches queued for the sinks: the batcher answers feedback (here for an
+/// incident that does not exist) only between batches. After a wait for a count of readings,
+/// no further fixed wait is needed before asserting what those readings did not do. `token`:
+/// the admin token, where the daemon has one.
+pub async fn batches_committed(admin: &str, token: Option<&str>) {
+    let url = format!("http://{admin}/api/incidents/FW-none/feedback");
+    let mut request = reqwest::Client::new().post(url).json(&serde_json::json!({ "verdict": "fixed" }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let r = request.send().await.unwrap();
+    assert_eq!(r.status(), 404, "the batcher answers for an incident that does not exist");
+}
+
+/// Waits (bounded) until an in-process daemon's batches are committed ([`batches_committed`])
+/// and its outbox for `sink` is empty: every ticket it queued has reached the sink. Needs its
+/// admin API (`admin.listen = "127.0.0.1:0"`) and, where it has one, its token.
+pub async fn all_delivered(daemon: &fieldwatch::Daemon, sink: &str, token: Option<&str>) {
+    let admin = daemon.admin_addr().expect("all_delivered needs the admin API").to_string();
+    batches_committed(&admin, token).await;
+    let store = daemon.store().clone();
+    wait_until(&format!("the outbox of {sink} is empty"), || store.outbox_len(sink) == 0).await;
 }
 
 /// Waits (bounded) until `cond` holds; panics with `what` otherwise. Not a timing assertion:
