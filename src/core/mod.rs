@@ -661,23 +661,12 @@ mod timing {
     /// The settings of the daemon tests (`tests/common`), a webhook sink `api` that is never
     /// called (its outbox is what the tests read), and no sensor-health incidents.
     fn config() -> Config {
-        let text = r#"
-    [detect]
-    warmup_readings = 30
-    baseline_half_life = 100
-    z_threshold = 5.0
-    [incident]
-    debounce_readings = 3
-    evidence_readings = 5
-    stale_after = "0s"
-    [[ticket.sinks]]
-    type = "webhook"
-    name = "api"
-    url = "http://127.0.0.1:9/tickets"
-    [admin]
-    listen = ""
-    "#;
-        Config::parse(text, Path::new("core-test.toml")).unwrap()
+        let settings = include_str!("../../tests/common/settings.toml");
+        let mut config = Config::parse(settings, Path::new("settings.toml")).unwrap();
+        config.incident.stale_after = Duration::ZERO;
+        let sink = "type = \"webhook\"\nname = \"api\"\nurl = \"http://127.0.0.1:9/tickets\"\n";
+        config.ticket.sinks = vec![toml::from_str(sink).unwrap()];
+        config
     }
 
     /// A core on a temporary store, on the test's clock.

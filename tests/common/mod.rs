@@ -314,27 +314,7 @@ pub fn sample(exposition: &str, name: &str) -> Option<u64> {
 
 /// The settings every test daemon shares, in process or as the real binary: fast timers (reconnect,
 /// batching, retries), a short warm-up, a small cache, the test topics.
-const TEST_SETTINGS: &str = r#"
-[mqtt]
-topics = ["plant/+/+/telemetry"]
-reconnect_min = "100ms"
-reconnect_max = "1s"
-[decode]
-topic_pattern = "plant/{site}/{device}/telemetry"
-[store]
-batch_linger = "5ms"
-cache_mb = 16
-[detect]
-warmup_readings = 30
-baseline_half_life = 100
-z_threshold = 5.0
-[incident]
-debounce_readings = 3
-evidence_readings = 5
-[ticket]
-retry_min = "100ms"
-retry_max = "300ms"
-"#;
+const TEST_SETTINGS: &str = include_str!("settings.toml");
 
 /// What the daemons started in the test process add (see [`test_config`]): the admin API on a
 /// port of its own (see [`all_delivered`]), no sensor-health incidents, the unit tickets show.
@@ -401,6 +381,11 @@ impl DaemonConfig {
 
     pub fn data_path(&self) -> PathBuf {
         PathBuf::from(self.table["daemon"]["data_dir"].as_str().unwrap())
+    }
+
+    /// The daemon's MQTT client id.
+    pub fn client_id(&self) -> &str {
+        self.table["mqtt"]["client_id"].as_str().unwrap()
     }
 
     /// The admin API's address (`host:port`).
