@@ -16,12 +16,15 @@ fn config(dir: &Path, broker: &Mosquitto, site: &str) -> DaemonConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_with_disjoint_filters_handle_each_reading_once() {
-    let broker = Mosquitto::start();
+    // A verbose broker log, to see both subscriptions acknowledged.
+    let broker = Mosquitto::start_with(|_| "allow_anonymous true\nlog_type all".into());
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (mut da, mut db) = (config(a.path(), &broker, "north").spawn(), config(b.path(), &broker, "south").spawn());
-    da.wait_metric("fieldwatch_mqtt_connected", 1).await;
-    db.wait_metric("fieldwatch_mqtt_connected", 1).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await; // both subscriptions acknowledged
+    let (north, south) = (config(a.path(), &broker, "north"), config(b.path(), &broker, "south"));
+    let (mut da, mut db) = (north.spawn(), south.spawn());
+    for c in [&north, &south] {
+        let suback = format!("Sending SUBACK to {}", c.client_id());
+        wait_until(&format!("{} subscribed", c.client_id()), || broker.log().contains(&suback)).await;
+    }
 
     let p = Publisher::connect(broker.port, "pub-scaleout").await;
     let t0 = base_ts();
