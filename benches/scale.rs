@@ -24,11 +24,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fieldwatch::sim::{Simulator, METRICS};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::{find_mosquitto, find_program, DaemonConfig, DaemonProcess, Mosquitto};
+use common::{find_mosquitto, find_program, DaemonConfig, DaemonProcess, Mosquitto, Publisher};
 
 /// The shipped defaults with `FW_SCALE_EXTRA_TOML` merged in.
 fn config(port: u16, dir: &Path) -> DaemonConfig {
@@ -65,24 +64,12 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 /// Publishes every payload at QoS 1 and waits until the broker acknowledged them all.
 async fn publish_all(port: u16, payloads: Vec<(String, Vec<u8>)>) {
-    let mut o = MqttOptions::new("scale-publisher", "127.0.0.1", port);
-    o.set_inflight(1000).set_keep_alive(Duration::from_secs(60)).set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(o, 10_000);
-    let total = payloads.len();
-    let poll = tokio::spawn(async move {
-        let mut acked = 0;
-        while acked < total {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
-                Ok(_) => {}
-                Err(e) => panic!("publisher: {e}"),
-            }
-        }
-    });
+    let p = Publisher::connect_with(port, "scale-publisher", 1000).await;
+    let total = payloads.len() as u64;
     for (topic, payload) in payloads {
-        client.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap();
+        p.raw(&topic, payload).await;
     }
-    tokio::time::timeout(Duration::from_secs(600), poll).await.expect("publishing took too long").unwrap();
+    p.wait_acked_within(total, Duration::from_secs(600)).await;
 }
 
 struct Row {

@@ -512,9 +512,10 @@ pub async fn bodies(server: &wiremock::MockServer) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// A QoS 1 publisher with its event loop driven in the background.
+/// A QoS 1 publisher that counts the broker's PUBACKs, its event loop driven in the background.
 pub struct Publisher {
     pub client: AsyncClient,
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -528,15 +529,46 @@ impl Publisher {
     pub async fn connect_with(port: u16, id: &str, inflight: u16) -> Publisher {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
         o.set_inflight(inflight).set_keep_alive(Duration::from_secs(10)).set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut eventloop) = AsyncClient::new(o, 10 * usize::from(inflight));
+        Publisher::open(o, 10 * usize::from(inflight))
+    }
+
+    /// A publisher with a persistent session (no clean session): what it had in flight when
+    /// the broker went is sent again when it is back.
+    pub async fn persistent(port: u16, id: &str) -> Publisher {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_inflight(100).set_keep_alive(Duration::from_secs(10)).set_clean_session(false);
+        Publisher::open(o, 1000)
+    }
+
+    fn open(options: MqttOptions, capacity: usize) -> Publisher {
+        use rumqttc::{Event, Packet};
+        let (client, mut eventloop) = AsyncClient::new(options, capacity);
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = acked.clone();
         let task = tokio::spawn(async move {
             loop {
-                if eventloop.poll().await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
         });
-        Publisher { client, task }
+        Publisher { client, acked, task }
+    }
+
+    /// How many publishes the broker has acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (bounded by `limit`) until the broker has acknowledged `n` publishes: they are
+    /// queued there.
+    pub async fn wait_acked_within(&self, n: u64, limit: Duration) {
+        let what = format!("the broker acknowledged {n} publishes");
+        wait_until_within(&what, limit, Duration::from_millis(10), || self.acked() >= n).await;
     }
 
     /// Publishes a JSON reading at QoS 1.
