@@ -2,11 +2,7 @@
 
 mod common;
 
-use std::process::Command;
-
-fn fieldwatch() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fieldwatch"))
-}
+use common::fieldwatch;
 
 #[test]
 fn config_with_unknown_key_fails_check_config_naming_file_and_key() {

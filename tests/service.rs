@@ -193,7 +193,7 @@ async fn technician_feedback_closes_the_loop_through_the_admin_api_and_cli() {
     };
 
     // False alarm through the CLI: resolves the ticket and widens the baseline.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fieldwatch"))
+    let out = fieldwatch()
         .args(["feedback", &id_of("comp-1"), "--verdict", "false_alarm", "--note", "door left open", "--admin", &admin])
         .output()
         .unwrap();
@@ -226,10 +226,7 @@ async fn technician_feedback_closes_the_loop_through_the_admin_api_and_cli() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fieldwatch"))
-        .args(["incidents", "--admin", &admin])
-        .output()
-        .unwrap();
+    let out = fieldwatch().args(["incidents", "--admin", &admin]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("comp-2/discharge_temp.deviation") && text.contains("verdict: wont_fix"), "{text}");
     assert!(text.contains("opened (P4): discharge_temp rose to 99 °C"), "timeline shown: {text}");
@@ -251,7 +248,7 @@ async fn silence_set_through_the_api_suppresses_tickets() {
     let (daemon, m) = start_connected(config).await;
     let admin = daemon.admin_addr().unwrap().to_string();
     let silence = |extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_fieldwatch"))
+        fieldwatch()
             .env_remove("FIELDWATCH_ADMIN")
             .env_remove("FIELDWATCH_ADMIN_TOKEN")
             .args(["silence", "--device", "comp-1", "--for", "2h", "--reason", "crane lift"])

@@ -422,14 +422,13 @@ impl DaemonConfig {
     pub fn command(&self, wrapper: &[&str]) -> Command {
         let config = self.write();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
-        let binary = env!("CARGO_BIN_EXE_fieldwatch");
         let mut cmd = match wrapper.split_first() {
             Some((tool, args)) => {
                 let mut c = Command::new(tool);
-                c.args(args).arg(binary);
+                c.args(args).arg(env!("CARGO_BIN_EXE_fieldwatch"));
                 c
             }
-            None => Command::new(binary),
+            None => fieldwatch(),
         };
         cmd.args(["run", "--config"]).arg(config).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log);
         cmd
@@ -446,6 +445,11 @@ impl DaemonConfig {
         daemon.wait_metric("fieldwatch_mqtt_connected", 1).await;
         daemon
     }
+}
+
+/// The `fieldwatch` binary this test run built, as a command to add arguments to.
+pub fn fieldwatch() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fieldwatch"))
 }
 
 /// Merges `more` into `into`: see [`DaemonConfig::extra`].
