@@ -1,6 +1,13 @@
-//! Test harness: real parts only. A `mosquitto` process per test on a free loopback port (stop
-//! and restart it at will), a wiremock HTTP server standing in for the ticket API, and a daemon
-//! on a temporary sled directory.
+//! Test harness: real parts only, shared by the tests and the benchmarks (`#[path]`). A
+//! `mosquitto` process per test on a free loopback port (stop and restart it at will), a
+//! wiremock HTTP server standing in for the ticket API ([`ticket_api`]), and a daemon on a
+//! temporary sled directory: in the test process ([`test_config`], [`start_connected`]) or as
+//! the real binary ([`DaemonConfig`] writes its config, [`DaemonProcess`] runs it). Both take
+//! their settings from `settings.toml`. Every wait is bounded ([`wait_until`]); instead of a
+//! fixed sleep before asserting that nothing more happened, [`all_delivered`] waits until the
+//! daemon has committed its batches and delivered what they queued. Time logic that does not
+//! need real processes is tested on a clock of its own (src/core/mod.rs, and paused time in
+//! src/ticket/outbox.rs).
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::path::{Path, PathBuf};
