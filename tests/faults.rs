@@ -155,9 +155,52 @@ async fn the_admin_api_needs_its_token_and_bounds_requests() {
     assert_eq!(del.status(), 401);
     let train = http.post(url("/api/models/train")).send().await.unwrap();
     assert_eq!(train.status(), 401);
+    let feedback = http
+        .post(url(&format!("/api/incidents/{id}/feedback")))
+        .json(&serde_json::json!({ "verdict": "fixed" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feedback.status(), 401, "a verdict needs the token");
+    let feedback = http
+        .post(url(&format!("/api/incidents/{id}/feedback")))
+        .bearer_auth("s3cret-tokeN")
+        .json(&serde_json::json!({ "verdict": "fixed" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feedback.status(), 401, "and the right one");
     println!(
-        "FAULT admin: 401 without/with a wrong token, 20/20 silence ids unique, 413 for 2 MB, 409 for a second verdict"
+        "FAULT admin: 401 without/with a wrong token (silences, feedback, train), 20/20 silence ids unique, 413 for 2 MB, 409 for a second verdict"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_can_come_from_the_environment() {
+    let rig = Rig::new();
+    let config = rig.config(None).extra("[admin]\ntoken = { env = \"FW_FAULTS_ADMIN_TOKEN\" }\n");
+    let mut cmd = config.command(&[]);
+    cmd.env("FW_FAULTS_ADMIN_TOKEN", "env-s3cret");
+    let daemon = DaemonProcess::spawn(cmd, &config);
+    daemon.wait_metric("fieldwatch_mqtt_connected", 1).await;
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("http://{}{p}", daemon.admin());
+    let silence = serde_json::json!({ "device": "comp-1", "for": "1h", "reason": "test" });
+    let none = http.post(url("/api/silences")).json(&silence).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    let wrong = http.post(url("/api/silences")).bearer_auth("s3cret-token").json(&silence).send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let feedback = http
+        .post(url("/api/incidents/FW-none/feedback"))
+        .json(&serde_json::json!({ "verdict": "fixed" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feedback.status(), 401, "a verdict needs the token");
+    let right = http.post(url("/api/silences")).bearer_auth("env-s3cret").json(&silence).send().await.unwrap();
+    assert_eq!(right.status(), 201, "the token from the environment is taken");
+    batches_committed(daemon.admin(), Some("env-s3cret")).await;
+    println!("FAULT admin token from the environment: 401 without/with a wrong token, 201 with it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
