@@ -225,6 +225,13 @@ async fn a_device_flood_is_bounded_and_opens_no_silent_tickets() {
     assert_eq!(refused, Some(201), "100 devices tracked: the registered one and 99 one-shots");
     let (status, _) = daemon.get("/readyz").await.unwrap();
     assert_eq!(status, 200);
+    // At the limit, the devices it tracks keep flowing.
+    for i in 5..10 {
+        p.send("comp-reg", t0 + i * 1000, normal(i)).await;
+    }
+    daemon.wait_metric("fieldwatch_readings_total", 109).await;
+    assert_eq!(daemon.metric("fieldwatch_readings_total").await, Some(109), "5 more of the registered device");
+    assert_eq!(daemon.metric("fieldwatch_rejected_messages_total{reason=\"too_many_devices\"}").await, Some(201));
     // All go quiet: only the registered device is worth a silent-device ticket.
     daemon.wait_metric("fieldwatch_tickets_delivered_total{sink=\"api\"}", 1).await;
     // Then they are forgotten and their state is freed.
@@ -240,10 +247,53 @@ async fn a_device_flood_is_bounded_and_opens_no_silent_tickets() {
     assert_eq!(opens[0]["ticket"]["device"], "comp-reg");
     // A new device is taken again once the old ones are forgotten.
     p.send("late-device", t0 + 10_000, 70.0).await;
-    daemon.wait_metric("fieldwatch_readings_total", 105).await;
+    daemon.wait_metric("fieldwatch_readings_total", 110).await;
     println!(
-        "FAULT flood: 300 one-shot ids, tracked=100 (limit), refused=201, silent tickets=1 (registered device only), tracked after forget_after=0, peak RSS={} KiB",
+        "FAULT flood: 300 one-shot ids, tracked=100 (limit), refused=201, registered device still stored at the limit (5/5), silent tickets=1 (registered device only), tracked after forget_after=0, peak RSS={} KiB",
         daemon.peak_rss_kib()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_series_are_refused_and_the_tracked_ones_keep_flowing() {
+    let rig = Rig::new();
+    let mut daemon = rig.config(None).extra("[decode]\nmax_series = 3\n").start().await;
+    let p = Publisher::connect(rig.broker.port, "pub-series").await;
+    let t0 = base_ts();
+    let metrics = ["m1", "m2", "m3", "m4", "m5"];
+    // One device, five metrics a message: three series are taken, two refused, every time.
+    for i in 0..4 {
+        let mut payload = serde_json::json!({ "ts": t0 + i * 1000 });
+        for (k, m) in metrics.iter().enumerate() {
+            payload[m] = serde_json::json!(10.0 * (k as f64 + 1.0) + i as f64 * 0.1);
+        }
+        p.raw("plant/site-1/comp-wide/telemetry", payload.to_string().into_bytes()).await;
+    }
+    daemon.wait_metric("fieldwatch_rejected_messages_total{reason=\"too_many_series\"}", 4).await;
+    daemon.wait_metric("fieldwatch_readings_total", 12).await;
+    // The gauge follows on the core's next tick (every second).
+    daemon.wait_metric("fieldwatch_series_tracked", 3).await;
+    // A second device has no room left for its series: refused whole.
+    p.send("comp-late", t0, 70.0).await;
+    daemon.wait_metric("fieldwatch_rejected_messages_total{reason=\"too_many_series\"}", 5).await;
+    batches_committed(daemon.admin(), None).await;
+    let refused = daemon.metric("fieldwatch_rejected_messages_total{reason=\"too_many_series\"}").await;
+    assert_eq!(refused, Some(5), "one count per message that brought a refused series");
+    assert_eq!(daemon.metric("fieldwatch_readings_total").await, Some(12), "3 series x 4 messages");
+    assert_eq!(daemon.metric("fieldwatch_series_tracked").await, Some(3), "tracked = decode.max_series");
+    let (_, rejected) = daemon.get("/api/rejected").await.unwrap();
+    let rejected: Vec<serde_json::Value> = serde_json::from_str(&rejected).unwrap();
+    assert_eq!(rejected.len(), 5, "{rejected:?}");
+    assert!(rejected.iter().all(|r| r["reason"].as_str().unwrap().contains("decode.max_series")), "{rejected:?}");
+    daemon.signal("TERM");
+    assert!(daemon.wait().success());
+    let stored = rig.stored();
+    let series: HashSet<&str> = stored.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(series.len(), 3, "only the allowed series are stored: {series:?}");
+    assert!(series.iter().all(|s| s.starts_with("comp-wide/")), "{series:?}");
+    assert_eq!(stored.len(), 12, "each of them from every message: {stored:?}");
+    println!(
+        "FAULT series flood: 1 device x 5 metrics x 4 messages + 1 new device, max_series=3: tracked=3, stored=12 (3 series x 4), too_many_series=5, refused series stored=0"
     );
 }
 
