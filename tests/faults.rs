@@ -450,7 +450,7 @@ async fn a_lost_broker_session_is_counted_and_warned_about() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_timestamps_and_numbers_as_text_are_counted_not_dropped() {
     let rig = Rig::new();
-    let daemon = rig.config(None).start().await;
+    let mut daemon = rig.config(None).start().await;
     let p = Publisher::connect(rig.broker.port, "pub-bad").await;
     let t0 = base_ts();
     p.raw("plant/site-1/comp-1/telemetry", br#"{"ts": 86400000, "discharge_temp": 70.0}"#.to_vec()).await;
@@ -464,8 +464,26 @@ async fn old_timestamps_and_numbers_as_text_are_counted_not_dropped() {
         Some(1),
         "the good reading beside it is stored, only it"
     );
+    // A metric sent as a number, then as text that is no number: counted, the rest stored.
+    let first = format!(r#"{{"ts": {t0}, "discharge_temp": 70.0, "pressure": 5.5}}"#);
+    p.raw("plant/site-1/comp-2/telemetry", first.into_bytes()).await;
+    let second = format!(r#"{{"ts": {}, "discharge_temp": 70.5, "pressure": "abc"}}"#, t0 + 1000);
+    p.raw("plant/site-1/comp-2/telemetry", second.into_bytes()).await;
+    daemon.wait_metric("fieldwatch_fields_ignored_total{reason=\"not_a_number\"}", 1).await;
+    daemon.wait_metric("fieldwatch_readings_total", 4).await;
+    batches_committed(daemon.admin(), None).await;
+    assert_eq!(daemon.metric("fieldwatch_fields_ignored_total{reason=\"not_a_number\"}").await, Some(1));
+    assert_eq!(daemon.metric("fieldwatch_fields_ignored_total{reason=\"numeric_text\"}").await, Some(1));
+    assert_eq!(daemon.metric("fieldwatch_readings_total").await, Some(4), "1 + 2 + 1: only \"abc\" is not stored");
+    assert_eq!(daemon.metric("fieldwatch_rejected_messages_total").await, Some(1), "only the 1970 message");
+    daemon.signal("TERM");
+    assert!(daemon.wait().success());
+    let stored = rig.stored();
+    assert!(stored.contains(&("comp-2/discharge_temp".to_string(), t0 + 1000)), "{stored:?}");
+    assert!(stored.contains(&("comp-2/pressure".to_string(), t0)), "{stored:?}");
+    assert!(!stored.contains(&("comp-2/pressure".to_string(), t0 + 1000)), "{stored:?}");
     println!(
-        "FAULT bad-values: 1970 timestamp rejected as too_old, \"NaN\" counted as numeric_text, good reading kept"
+        "FAULT bad-values: 1970 timestamp rejected as too_old, \"NaN\" counted as numeric_text, \"abc\" after a number counted as not_a_number, the good readings beside them kept (stored=4)"
     );
 }
 
