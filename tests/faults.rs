@@ -39,6 +39,20 @@ impl Rig {
     fn stored(&self) -> HashSet<(String, i64)> {
         stored_readings(&self.dir.path().join("db"))
     }
+
+    /// [`Rig::stored`], and how many readings the store holds beyond one per series and time
+    /// (its raw count, which does not deduplicate, minus the distinct ones).
+    fn stored_and_doubled(&self) -> (HashSet<(String, i64)>, usize) {
+        let raw = fieldwatch::store::Store::open(&self.dir.path().join("db"), 16, 10).unwrap().reading_count();
+        let stored = self.stored();
+        let doubled = raw.saturating_sub(stored.len());
+        (stored, doubled)
+    }
+}
+
+/// Every reading `devices` x `n` messages from `t0`, a second apart, as (`device/metric`, ts).
+fn readings_of(devices: &[String], t0: i64, n: i64) -> HashSet<(String, i64)> {
+    devices.iter().flat_map(|d| (0..n).map(move |i| (format!("{d}/discharge_temp"), t0 + i * 1000))).collect()
 }
 
 /// Distinct idempotency keys of `action` commands, and how many requests carried them.
@@ -487,14 +501,16 @@ async fn old_timestamps_and_numbers_as_text_are_counted_not_dropped() {
     );
 }
 
-/// Publishes `n` messages per device from a background task, `pace` apart, the first `faulty`
-/// devices reading 99 from message `fault_from` on. The task returns how many it published,
+/// Publishes `n` messages per device from a background task, message `i` at `t0 + i * 1000`,
+/// `pace` apart, the first `faulty` devices reading 99 from message `fault_from` on. The task returns how many it published,
 /// after waiting (bounded) for the broker to acknowledge them. What the broker really took is
 /// measured by an [`Observer`]: a publisher may lose messages of its own when the broker goes.
+#[allow(clippy::too_many_arguments)]
 fn publish_in_background(
     port: u16,
     id: &'static str,
     devices: Vec<String>,
+    t0: i64,
     n: i64,
     pace: Duration,
     faulty: usize,
@@ -502,7 +518,6 @@ fn publish_in_background(
 ) -> tokio::task::JoinHandle<i64> {
     tokio::spawn(async move {
         let p = Publisher::persistent(port, id).await;
-        let t0 = base_ts();
         let mut sent = 0;
         for i in 0..n {
             for (k, d) in devices.iter().enumerate() {
@@ -597,7 +612,16 @@ async fn broker_restarts_under_load_lose_nothing() {
     let mut daemon = rig.config(None).start().await;
     let observer = Observer::start(rig.broker.port).await;
     let devices: Vec<String> = (0..5).map(|k| format!("comp-{k}")).collect();
-    let load = publish_in_background(rig.broker.port, "pub-load", devices, 400, Duration::from_millis(5), 0, i64::MAX);
+    let load = publish_in_background(
+        rig.broker.port,
+        "pub-load",
+        devices,
+        base_ts(),
+        400,
+        Duration::from_millis(5),
+        0,
+        i64::MAX,
+    );
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         rig.broker.restart();
@@ -642,7 +666,8 @@ async fn three_sigkills_under_load_with_incidents_open() {
     let observer = Observer::start(rig.broker.port).await;
     let devices: Vec<String> = (0..4).map(|k| format!("comp-{k}")).collect();
     // comp-0 is faulty from reading 60 on: one incident, open throughout the kills.
-    let load = publish_in_background(rig.broker.port, "pub-kill", devices, 400, Duration::from_millis(10), 1, 60);
+    let load =
+        publish_in_background(rig.broker.port, "pub-kill", devices, base_ts(), 400, Duration::from_millis(10), 1, 60);
     daemon.wait_metric("fieldwatch_incidents_opened_total", 1).await;
     daemon.kill9();
     let mut peak = 0;
@@ -669,12 +694,14 @@ async fn three_sigkills_under_load_with_incidents_open() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     peak = peak.max(last.peak_rss_kib());
+    let redelivered = last.metric("fieldwatch_readings_duplicate_total").await.unwrap_or(0);
     last.signal("TERM");
     assert!(last.wait().success());
-    let stored = rig.stored();
+    let (stored, doubled) = rig.stored_and_doubled();
     let lost = accepted.difference(&stored).count();
     let (opens, open_requests) = keys_of(&api, "open").await;
     assert_eq!(lost, 0, "every accepted reading stored across three SIGKILLs; log:\n{}", last.log());
+    assert_eq!(doubled, 0, "none stored twice");
     assert_eq!(accepted.len() as i64, published, "the broker took everything (it stayed up)");
     assert_eq!(opens.len(), 1, "one incident, one ticket: {opens:?}");
     let per_device: HashMap<String, usize> =
@@ -684,7 +711,7 @@ async fn three_sigkills_under_load_with_incidents_open() {
         });
     assert_eq!(per_device.get("comp-0"), Some(&open_requests));
     println!(
-        "FAULT sigkill x3 under load: sent={published} stored={} lost={lost} | tickets expected=1 delivered={} duplicated=0 (requests={open_requests}) | peak RSS={peak} KiB",
+        "FAULT sigkill x3 under load: sent={published} stored={} lost={lost} doubled={doubled} (redelivered after the last start, deduplicated={redelivered}) | tickets expected=1 delivered={} duplicated=0 (requests={open_requests}) | peak RSS={peak} KiB",
         stored.len(),
         opens.len()
     );
@@ -740,15 +767,29 @@ async fn a_flood_with_a_slow_sink_keeps_memory_bounded() {
         .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_millis(300)))
         .mount(&api)
         .await;
-    let daemon = rig.config(Some(&api)).start().await;
+    let mut daemon = rig.config(Some(&api)).start().await;
     let devices: Vec<String> = (0..50).map(|k| format!("comp-{k}")).collect();
-    let load = publish_in_background(rig.broker.port, "pub-flood-slow", devices, 200, Duration::ZERO, 50, 100);
+    let t0 = base_ts();
+    let expected = readings_of(&devices, t0, 200);
+    let load = publish_in_background(rig.broker.port, "pub-flood-slow", devices, t0, 200, Duration::ZERO, 50, 100);
     let sent = load.await.unwrap();
+    assert_eq!(sent as usize, expected.len());
     daemon.wait_metric("fieldwatch_readings_total", sent as u64).await;
     let peak = daemon.peak_rss_kib();
     let depth = daemon.metric("fieldwatch_outbox_depth{sink=\"api\"}").await.unwrap_or(0);
+    let redelivered = daemon.metric("fieldwatch_readings_duplicate_total").await.unwrap_or(0);
+    daemon.signal("TERM");
+    assert!(daemon.wait().success());
+    let (stored, doubled) = rig.stored_and_doubled();
+    let lost = expected.difference(&stored).count();
+    assert_eq!(lost, 0, "every reading sent is stored");
+    assert_eq!(stored.len(), expected.len(), "and nothing else");
+    assert_eq!(doubled, 0, "each once");
     assert!(peak < 200 * 1024, "peak RSS {peak} KiB");
-    println!("FAULT flood with a slow sink (300 ms per ticket): sent={sent} stored={sent}, outbox depth at the end={depth}, peak RSS={peak} KiB");
+    println!(
+        "FAULT flood with a slow sink (300 ms per ticket): sent={sent} stored={} lost={lost} doubled={doubled} redelivered (deduplicated)={redelivered}, outbox depth at the end={depth}, peak RSS={peak} KiB",
+        stored.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
