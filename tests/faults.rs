@@ -657,6 +657,77 @@ async fn broker_restarts_under_load_lose_nothing() {
     );
 }
 
+/// Waits (bounded) until the broker, since it last started, has saved its database after all of
+/// `clients` connected: a SIGKILL then loses only what came after that save.
+async fn saved_with(broker: &Mosquitto, clients: &[&str]) {
+    wait_until("the broker saved the sessions of its clients", || {
+        let log = broker.log();
+        let run = log.rsplit_once(" running\n").map_or("", |(_, r)| r);
+        let connected = clients.iter().map(|c| run.find(&format!(" as {c} ")));
+        let Some(last) = connected.collect::<Option<Vec<_>>>().and_then(|at| at.into_iter().max()) else {
+            return false;
+        };
+        run[last..].contains("Saving in-memory database")
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_sigkills_under_load_lose_nothing() {
+    // The broker saves its sessions and queues every second; killed, it loses what came after.
+    let mut rig = Rig { broker: Mosquitto::start_autosaving(1), dir: tempfile::tempdir().unwrap() };
+    let config = rig.config(None);
+    let mut daemon = config.start().await;
+    let devices: Vec<String> = (0..5).map(|k| format!("comp-{k}")).collect();
+    let t0 = base_ts();
+    let expected = readings_of(&devices, t0, 600);
+    // A persistent session: what the broker has not acknowledged is sent again when it is back.
+    let load =
+        publish_in_background(rig.broker.port, "pub-sigkill", devices, t0, 600, Duration::from_millis(8), 0, i64::MAX);
+    // Killed mid-load, each time some 300 ms after a save that holds both clients' sessions.
+    for _ in 0..2 {
+        saved_with(&rig.broker, &["pub-sigkill", config.client_id()]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!load.is_finished(), "killed under load");
+        rig.broker.kill9();
+        rig.broker.start_again();
+    }
+    let sent = load.await.unwrap();
+    assert_eq!(sent as usize, expected.len());
+    // Bounded: until the daemon has stored every reading, or it stopped growing for 3 s.
+    let mut last = None;
+    for _ in 0..30 {
+        let now = daemon.metric("fieldwatch_readings_total").await;
+        if now >= Some(sent as u64) || (now.is_some() && now == last) {
+            break;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let redelivered = daemon.metric("fieldwatch_readings_duplicate_total").await.unwrap_or(0);
+    let sessions_lost = daemon.metric("fieldwatch_mqtt_sessions_lost_total").await.unwrap_or(0);
+    daemon.signal("TERM");
+    assert!(daemon.wait().success());
+    let (stored, doubled) = rig.stored_and_doubled();
+    let mut missing: Vec<_> = expected.difference(&stored).collect();
+    missing.sort();
+    let lost = missing.len();
+    println!(
+        "FAULT broker SIGKILL x2 under load (autosave_interval 1, killed ~300 ms after a save): sent={sent} stored={} lost={lost} doubled={doubled} redelivered (deduplicated)={redelivered} sessions_lost={sessions_lost}",
+        stored.len()
+    );
+    assert_eq!(
+        lost,
+        0,
+        "every reading sent is stored; missing {:?}\n{}\nbroker:\n{}",
+        &missing[..lost.min(20)],
+        daemon.log(),
+        rig.broker.log()
+    );
+    assert_eq!(stored.len(), expected.len(), "and nothing else");
+    assert_eq!(doubled, 0, "none stored twice");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_sigkills_under_load_with_incidents_open() {
     let rig = Rig::new();

@@ -65,6 +65,9 @@ pub struct Mosquitto {
     /// QoS 1 messages queued per client, and in flight to it.
     max_queued: usize,
     max_inflight: usize,
+    /// Seconds between saves of its persistence file (`autosave_interval`); None: mosquitto's
+    /// default, 30 minutes, so a SIGKILL loses everything since it started.
+    autosave_every: Option<u32>,
 }
 
 impl Mosquitto {
@@ -75,6 +78,21 @@ impl Mosquitto {
     /// A broker whose listener gets extra configuration lines, built from its directory (so
     /// certificate and password files can be written there first).
     pub fn start_with(listener: impl FnOnce(&Path) -> String) -> Mosquitto {
+        let mut m = Mosquitto::unstarted(listener);
+        m.spawn();
+        m
+    }
+
+    /// A broker that saves its sessions and queued messages every `secs` seconds
+    /// (`autosave_interval`): after a SIGKILL it comes back with what it held at its last save.
+    pub fn start_autosaving(secs: u32) -> Mosquitto {
+        let mut m = Mosquitto::unstarted(|_| String::new());
+        m.autosave_every = Some(secs);
+        m.spawn();
+        m
+    }
+
+    fn unstarted(listener: impl FnOnce(&Path) -> String) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         // Started as root, mosquitto drops to its own user: it must be able to write its
         // persistence file and log here, or a restart silently loses every session.
@@ -82,7 +100,7 @@ impl Mosquitto {
         std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
         std::fs::set_permissions(dir.path(), perms).unwrap();
         let listener = listener(dir.path());
-        let mut m = Mosquitto {
+        Mosquitto {
             port: free_port(),
             dir,
             child: None,
@@ -90,9 +108,8 @@ impl Mosquitto {
             persistent: true,
             max_queued: 1_000_000,
             max_inflight: 100,
-        };
-        m.spawn();
-        m
+            autosave_every: None,
+        }
     }
 
     /// A broker for load (benchmarks): no persistence, a deep queue, and `inflight` messages
@@ -108,6 +125,7 @@ impl Mosquitto {
             persistent: false,
             max_queued: 100_000_000,
             max_inflight: inflight,
+            autosave_every: None,
         };
         m.spawn();
         m
@@ -115,13 +133,14 @@ impl Mosquitto {
 
     fn spawn(&mut self) {
         let conf = self.dir.path().join("mosquitto.conf");
+        let autosave = self.autosave_every.map(|s| format!("autosave_interval {s}\n")).unwrap_or_default();
         // Default queue limits drop QoS 1 messages under a burst: raise them, as operators should.
         std::fs::write(
             &conf,
             format!(
                 "per_listener_settings true\nlistener {port} 127.0.0.1\n{listener}\npersistence {persistent}\n\
                  persistence_location {dir}/\nmax_queued_messages {queued}\nmax_queued_bytes 0\n\
-                 max_inflight_messages {inflight}\nlog_dest file {dir}/mosquitto.log\n",
+                 max_inflight_messages {inflight}\nlog_dest file {dir}/mosquitto.log\n{autosave}",
                 port = self.port,
                 dir = self.dir.path().display(),
                 listener = if self.listener.is_empty() { "allow_anonymous true" } else { &self.listener },
