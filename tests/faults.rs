@@ -410,27 +410,50 @@ async fn sighup_reloads_the_config_and_a_bad_file_keeps_the_old_one() {
     let rig = Rig::new();
     let tickets = rig.dir.path().join("tickets.jsonl");
     let config = rig.config(None);
-    let mut daemon = config.start().await;
-    // Add a file sink and reload.
+    // Without RUST_LOG, which would pin the log filter: daemon.log_level applies.
+    let mut cmd = config.command(&[]);
+    cmd.env_remove("RUST_LOG");
+    let mut daemon = DaemonProcess::spawn(cmd, &config);
+    daemon.wait_metric("fieldwatch_mqtt_connected", 1).await;
+    let p = Publisher::connect(rig.broker.port, "pub-hup").await;
+    let t0 = base_ts();
+    // Readings around 70 °C are fine for comp-9 under the first config.
+    for i in 0..5 {
+        p.send("comp-9", t0 + i * 1000, normal(i)).await;
+    }
+    daemon.wait_metric("fieldwatch_readings_total", 5).await;
+    batches_committed(daemon.admin(), None).await;
+    assert_eq!(daemon.metric("fieldwatch_incidents_opened_total").await, Some(0));
+    assert!(!daemon.log().contains(" DEBUG "), "the default log level has no debug lines");
+    // Reload with a file sink, debug logging for fieldwatch and a limit of 60 °C for comp-9.
     let sink =
         format!("[[ticket.sinks]]\ntype = \"file\"\nname = \"file\"\npath = {:?}\n", tickets.display().to_string());
-    let with_sink = config.extra(&sink);
+    let with_sink = config.extra(&sink).extra(
+        "[daemon]\nlog_level = \"info,rumqttc=warn,fieldwatch=debug\"\n\
+         [[detect.limits]]\nmetric = \"discharge_temp\"\ndevice = \"comp-9\"\nmax = 60.0\n",
+    );
     with_sink.write();
     daemon.signal("HUP");
     daemon.wait_log("SIGHUP: configuration re-read").await;
     daemon.wait_metric("fieldwatch_mqtt_connected", 1).await;
     assert!(daemon.running(), "SIGHUP does not end the daemon");
-    let p = Publisher::connect(rig.broker.port, "pub-hup").await;
-    let t0 = base_ts();
-    fault(&p, "comp-1", t0, 5).await;
-    for _ in 0..200 {
-        if std::fs::read_to_string(&tickets).is_ok_and(|t| t.contains("\"open\"")) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // The new log level: the pipeline's restart logs at debug (its subscription, for one).
+    daemon.wait_log(" DEBUG fieldwatch").await;
+    // The new limit: the same readings now open an incident.
+    for i in 5..10 {
+        p.send("comp-9", t0 + i * 1000, normal(i)).await;
     }
-    assert!(std::fs::read_to_string(&tickets).unwrap_or_default().contains("\"open\""), "the new sink is live");
-    daemon.wait_metric("fieldwatch_readings_total", 45).await;
+    daemon.wait_metric("fieldwatch_incidents_opened_total", 1).await;
+    fault(&p, "comp-1", t0, 5).await;
+    daemon.wait_metric("fieldwatch_incidents_opened_total", 2).await;
+    let opened = |device: &str| {
+        std::fs::read_to_string(&tickets).unwrap_or_default().lines().any(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            v["action"] == "open" && l.contains(&format!("\"{device}\""))
+        })
+    };
+    wait_until("the new sink has the tickets of comp-9 and comp-1", || opened("comp-9") && opened("comp-1")).await;
+    daemon.wait_metric("fieldwatch_readings_total", 55).await;
 
     // An invalid file: logged, the running config stays.
     with_sink.extra("[incident]\ndebounce_readings = 0\n").write();
@@ -440,11 +463,11 @@ async fn sighup_reloads_the_config_and_a_bad_file_keeps_the_old_one() {
     assert!(log.contains("keeping the running one") && log.contains("incident.debounce_readings"), "{log}");
     assert!(daemon.running());
     p.send("comp-1", t0 + 45_000, 99.0).await;
-    daemon.wait_metric("fieldwatch_readings_total", 46).await;
+    daemon.wait_metric("fieldwatch_readings_total", 56).await;
     daemon.signal("TERM");
     assert!(daemon.wait().success());
     println!(
-        "FAULT sighup: reload applied (new sink delivered), invalid file kept the old config, clean exit after TERM"
+        "FAULT sighup: reload applied (new sink delivered, log level raised to debug, a new limit opened an incident on readings that were fine), invalid file kept the old config, clean exit after TERM"
     );
 }
 
