@@ -330,7 +330,13 @@ async fn a_full_disk_stops_acks_reports_it_and_resumes_without_loss() {
         return;
     }
     let _unmount = Unmount(mnt.clone());
-    let mut daemon = rig.config(None).data_dir(&mnt.join("db")).start().await;
+    // Under a watchdog of 2 s, as systemd runs it: pinged every second while batches commit.
+    let notify = NotifySocket::bind(rig.dir.path());
+    let config = rig.config(None).data_dir(&mnt.join("db"));
+    let mut daemon = DaemonProcess::spawn(notify.watchdog(&config, Duration::from_secs(2)), &config);
+    daemon.wait_metric("fieldwatch_mqtt_connected", 1).await;
+    let pings = || notify.times_of("WATCHDOG=1");
+    wait_until("two watchdog pings while healthy", || pings().len() >= 2).await;
     let p = Publisher::connect(rig.broker.port, "pub-full").await;
     let t0 = base_ts();
     let mut sent = 0i64;
@@ -352,6 +358,7 @@ async fn a_full_disk_stops_acks_reports_it_and_resumes_without_loss() {
         sent += 1;
     }
     daemon.wait_metric("fieldwatch_store_errors_total", 1).await;
+    let failed_at = std::time::Instant::now();
     // Between a failed pipeline and the degraded endpoints there is a moment with no listener.
     let mut answer = (0, String::new());
     for _ in 0..200 {
@@ -368,6 +375,13 @@ async fn a_full_disk_stops_acks_reports_it_and_resumes_without_loss() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("store cannot commit"), "{body}");
     assert!(daemon.running(), "a full disk does not end the daemon");
+    // The disk stays full for longer than the watchdog period: no ping in that time but one
+    // that was already on its way.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(daemon.running());
+    let freed_at = std::time::Instant::now();
+    let while_full = pings().iter().filter(|&&t| t > failed_at && t < freed_at).count();
+    assert!(while_full <= 1, "{while_full} watchdog pings while nothing committed; log:\n{}", daemon.log());
     // Space returns: it resumes by itself and stores everything.
     std::fs::remove_file(&filler).unwrap();
     let mut ready = false;
@@ -380,14 +394,18 @@ async fn a_full_disk_stops_acks_reports_it_and_resumes_without_loss() {
     }
     assert!(ready, "ready again once space returned; log:\n{}", daemon.log());
     daemon.wait_metric("fieldwatch_readings_total", sent as u64).await;
+    wait_until("two watchdog pings once space returned", || pings().iter().filter(|&&t| t > freed_at).count() >= 2)
+        .await;
     let errors = daemon.metric("fieldwatch_store_errors_total").await.unwrap();
+    let healthy = pings().iter().filter(|&&t| t < failed_at).count();
+    let resumed = pings().iter().filter(|&&t| t > freed_at).count();
     daemon.signal("TERM");
     assert!(daemon.wait().success());
     let store = fieldwatch::store::Store::open(&mnt.join("db"), 16, 10).unwrap();
     let stored = store.reading_count() as i64;
     assert_eq!(stored, sent, "every reading stored once");
     println!(
-        "FAULT full-disk: sent={sent} stored={stored} lost={} store errors={errors}, resumed by itself",
+        "FAULT full-disk: sent={sent} stored={stored} lost={} store errors={errors}, resumed by itself | watchdog 2 s: pings healthy={healthy}, while full (3 s+)={while_full}, after space returned={resumed}",
         sent - stored
     );
 }

@@ -760,6 +760,58 @@ pub async fn all_delivered(daemon: &fieldwatch::Daemon, sink: &str, token: Optio
     wait_until(&format!("the outbox of {sink} is empty"), || store.outbox_len(sink) == 0).await;
 }
 
+/// A socket standing in for systemd's `NOTIFY_SOCKET`: every datagram a daemon sends it
+/// (`READY=1`, `WATCHDOG=1`, ...), with the time it arrived. [`NotifySocket::watchdog`] starts
+/// a daemon that sends it.
+pub struct NotifySocket {
+    pub path: PathBuf,
+    received: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl NotifySocket {
+    /// Binds `<dir>/notify.sock` and collects what arrives in a thread of its own.
+    pub fn bind(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (into, stopped) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    into.lock().unwrap().push((std::time::Instant::now(), text));
+                }
+            }
+        });
+        NotifySocket { path, received, stop }
+    }
+
+    /// The daemon's command ([`DaemonConfig::command`]) with this socket as its `NOTIFY_SOCKET`
+    /// and a watchdog of `period`; `sh` sets `WATCHDOG_PID` to its own pid and `exec`s the
+    /// daemon, so it is the daemon's, as under systemd.
+    pub fn watchdog(&self, config: &DaemonConfig, period: Duration) -> Command {
+        let mut cmd = config.command(&["sh", "-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\""]);
+        cmd.env("NOTIFY_SOCKET", &self.path).env("WATCHDOG_USEC", period.as_micros().to_string());
+        cmd
+    }
+
+    /// When each datagram containing the line `state` (`WATCHDOG=1`) arrived.
+    pub fn times_of(&self, state: &str) -> Vec<std::time::Instant> {
+        let received = self.received.lock().unwrap();
+        received.iter().filter(|(_, text)| text.lines().any(|l| l == state)).map(|(at, _)| *at).collect()
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Waits (bounded) until `cond` holds; panics with `what` otherwise. Not a timing assertion:
 /// the bound is generous, it only keeps a broken build from hanging.
 pub async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
