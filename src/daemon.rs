@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::core::Core;
 use crate::health::Health;
 use crate::ingest::mqtt::{self, Ack, Client, Inbound};
+use crate::ingest::LinkState;
 use crate::metrics::Metrics;
 use crate::model::trainer::{self, TrainerStatus};
 use crate::model::DeviceModel;
@@ -78,6 +79,7 @@ pub struct Daemon {
     failed: CancellationToken,
     tracker: TaskTracker,
     metrics: Arc<Metrics>,
+    link: Arc<LinkState>,
     store: Arc<Store>,
     admin_addr: Option<SocketAddr>,
 }
@@ -197,6 +199,7 @@ impl Daemon {
 
         let (tx, rx) = mpsc::channel(2 * batch_max);
         let drained = CancellationToken::new();
+        let link = Arc::new(LinkState::default());
         tracker.spawn(mqtt::run(
             client.clone(),
             connection,
@@ -204,6 +207,7 @@ impl Daemon {
             tx,
             store.clone(),
             metrics.clone(),
+            link.clone(),
             cancel.clone(),
             drained.clone(),
         ));
@@ -215,6 +219,7 @@ impl Daemon {
             store: store.clone(),
             wake,
             metrics: metrics.clone(),
+            link: link.clone(),
             health,
             liveness,
             failed: failed.clone(),
@@ -224,7 +229,12 @@ impl Daemon {
         tracker.close();
         systemd::ready();
         tracing::info!(data_dir = %dir.display(), open_incidents = open, admin = ?admin_addr, "fieldwatch started");
-        Ok(Daemon { cancel, failed, tracker, metrics, store, admin_addr })
+        Ok(Daemon { cancel, failed, tracker, metrics, link, store, admin_addr })
+    }
+
+    /// The broker link's state, as the source last saw it.
+    pub fn link(&self) -> &LinkState {
+        &self.link
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -300,6 +310,8 @@ struct Batcher {
     /// Wakes the sink tasks when a batch queued ticket commands.
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// Whether the broker link is up, for the staleness check.
+    link: Arc<LinkState>,
     health: Arc<Health>,
     liveness: Arc<Liveness>,
     /// Cancelled when the store fails; the batcher then stops taking messages.
@@ -406,11 +418,10 @@ impl Batcher {
     /// state save, made durable like a batch, off the async runtime.
     async fn tick(&self, core: Core) -> Core {
         release_free_memory();
-        let since = self.metrics.connected_since_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let since = self.link.up_since();
         let store = self.store.clone();
         let (core, result) = off_runtime(core, move |core| {
-            let transitions =
-                core.tick(crate::reading::now_ms(), (since > 0).then_some(since)).map_err(|e| ("store", e))?;
+            let transitions = core.tick(crate::reading::now_ms(), since).map_err(|e| ("store", e))?;
             if !transitions.is_empty() {
                 store.flush_blocking().map_err(|e| ("flush", e))?;
                 core.committed();

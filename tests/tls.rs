@@ -198,7 +198,7 @@ async fn without_a_client_certificate_or_with_a_foreign_one_the_broker_refuses_t
         // Refused, tried again after the backoff, refused again: never connected in between.
         wait_until("refused twice", || m.mqtt_connection_errors.get() >= 2).await;
         assert_eq!(m.mqtt_connected.get(), 0, "{cert:?} over {protocol:?} was let in");
-        assert!(m.connected_since_ms.load(std::sync::atomic::Ordering::Relaxed) == 0);
+        assert_eq!(daemon.link().up_since(), None);
         daemon.shutdown().await;
     }
     let log = broker.log();

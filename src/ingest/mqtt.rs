@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::{MqttConfig, MqttProtocol};
 use super::link::Polled;
 pub use super::link::{connect, Ack, Client, Connection, IngestError};
+use super::LinkState;
 use crate::backoff::backoff;
 use crate::metrics::Metrics;
 use crate::reading::{now_ms, Message};
@@ -59,6 +60,7 @@ pub async fn run(
     tx: mpsc::Sender<Inbound>,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    link: Arc<LinkState>,
     cancel: CancellationToken,
     drained: CancellationToken,
 ) {
@@ -87,7 +89,7 @@ pub async fn run(
                 connected = true;
                 up_since = Some(std::time::Instant::now());
                 metrics.mqtt_connected.set(1);
-                metrics.connected_since_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+                link.up(now_ms());
                 tracing::info!(host = %cfg.host, port = cfg.port, protocol = ?cfg.protocol, session_present, "connected to broker");
                 if persistent && !session_present {
                     if had_session {
@@ -135,7 +137,7 @@ pub async fn run(
                 }
                 metrics.mqtt_connection_errors.inc();
                 metrics.mqtt_connected.set(0);
-                metrics.connected_since_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+                link.down();
                 if up_since.take().is_some_and(|t| t.elapsed() >= cfg.reconnect_max.min(STABLE_AFTER)) {
                     delays = backoff(cfg.reconnect_min, cfg.reconnect_max);
                 }

@@ -153,9 +153,6 @@ pub struct Metrics {
     registry: Registry,
     /// The fixed label values it was created with.
     labels: Labels,
-    /// Wall-clock ms of the current broker connection's start; 0 while disconnected. The
-    /// staleness check waits a grace period after a (re)connect before it blames a device.
-    pub connected_since_ms: std::sync::atomic::AtomicI64,
     pub messages: Counter,
     pub readings: Counter,
     pub readings_duplicate: Counter,
@@ -241,7 +238,6 @@ impl Metrics {
             batch_commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             build_info: Family::default(),
             registry: Registry::default(),
-            connected_since_ms: std::sync::atomic::AtomicI64::new(0),
         };
         let mut registry = Registry::default();
         registry.register_collector(Box::new(ProcessCollector::new()));
