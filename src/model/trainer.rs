@@ -3,7 +3,7 @@
 //! it; it reads the store concurrently (sled is thread-safe) and writes each fitted model to
 //! the store before the core gets it, so a restart reloads it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +22,12 @@ pub const FIT_RESULTS: [&str; 3] = [FITTED, TOO_LITTLE_HISTORY, FAILED];
 const FITTED: &str = "fitted";
 const TOO_LITTLE_HISTORY: &str = "too_little_history";
 const FAILED: &str = "failed";
+
+/// A device is fitted again at most this often (wall time). Live, refits are hours apart in
+/// event time anyway; while a backlog drains, event time races ahead and would ask for a refit
+/// of every device every few seconds, each on nearly the same history: those wait and are
+/// coalesced into one.
+pub const REFIT_COALESCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why a device could not be trained.
 #[derive(Debug, thiserror::Error)]
@@ -237,11 +243,16 @@ pub async fn run(
     let count = |result: &str| metrics.model_fits.get_or_create(&ResultLabel { result: result.into() }).inc();
     let mut schedule = tokio::time::interval(config.refit_every);
     schedule.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When each device was last fitted, and the requests waiting for REFIT_COALESCE to pass.
+    let mut last_fit: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut waiting: BTreeSet<String> = BTreeSet::new();
     loop {
+        let next_due = waiting.iter().filter_map(|d| last_fit.get(d)).min().map(|t| *t + REFIT_COALESCE);
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = schedule.tick() => requests.request(None),
             _ = requests.notify.notified() => {}
+            _ = tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)), if next_due.is_some() => {}
         }
         let (all, mut wanted) = requests.take();
         if all {
@@ -250,10 +261,17 @@ pub async fn run(
                 Err(e) => tracing::error!(error = %e, "cannot list devices to train"),
             }
         }
+        wanted.append(&mut waiting);
+        let now = tokio::time::Instant::now();
         for device in wanted {
             if cancel.is_cancelled() {
                 return;
             }
+            if last_fit.get(&device).is_some_and(|t| now < *t + REFIT_COALESCE) {
+                waiting.insert(device);
+                continue;
+            }
+            last_fit.insert(device.clone(), tokio::time::Instant::now());
             match fit_in_background(store.clone(), device.clone(), config.clone(), status.clone()).await {
                 Ok(models) => {
                     count(FITTED);
