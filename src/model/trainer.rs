@@ -263,6 +263,8 @@ pub async fn run(
         }
         wanted.append(&mut waiting);
         let now = tokio::time::Instant::now();
+        // Only fits within the interval matter: the map stays as small as the recent fits.
+        last_fit.retain(|_, t| now < *t + REFIT_COALESCE);
         for device in wanted {
             if cancel.is_cancelled() {
                 return;
