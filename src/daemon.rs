@@ -147,15 +147,8 @@ impl Daemon {
                 None => None,
             };
             // The admin API knows nothing of the batcher: its feedback is handed over here.
-            let (feedback_tx, mut feedback_rx) = mpsc::channel(16);
-            let to_core = control_tx.clone();
-            tracker.spawn(async move {
-                while let Some(request) = feedback_rx.recv().await {
-                    if to_core.send(Control::Feedback(request)).await.is_err() {
-                        break;
-                    }
-                }
-            });
+            let (feedback_tx, feedback_rx) = mpsc::channel(16);
+            tracker.spawn(forward(feedback_rx, control_tx.clone(), Control::Feedback));
             let state = AdminState {
                 token,
                 metrics: metrics.clone(),
@@ -176,15 +169,8 @@ impl Daemon {
 
         if let Some(requests) = train {
             // The trainer knows nothing of the core: its models are handed over here.
-            let (fitted_tx, mut fitted_rx) = mpsc::channel(4);
-            let to_core = control_tx.clone();
-            tracker.spawn(async move {
-                while let Some(model) = fitted_rx.recv().await {
-                    if to_core.send(Control::ModelFitted(model)).await.is_err() {
-                        break;
-                    }
-                }
-            });
+            let (fitted_tx, fitted_rx) = mpsc::channel(4);
+            tracker.spawn(forward(fitted_rx, control_tx.clone(), Control::ModelFitted));
             tracker.spawn(trainer::run(
                 store.clone(),
                 models.clone(),
@@ -293,6 +279,16 @@ impl Daemon {
 
 /// How often acknowledgements that found the client's request queue full are tried again.
 const ACK_RETRY: Duration = Duration::from_millis(2);
+
+/// Hands what a component sends on its own channel to the batcher as a [`Control`], so the
+/// component needs to know nothing of the batcher. Ends when either side is gone.
+async fn forward<T>(mut from: mpsc::Receiver<T>, to: mpsc::Sender<Control>, wrap: fn(T) -> Control) {
+    while let Some(item) = from.recv().await {
+        if to.send(wrap(item)).await.is_err() {
+            break;
+        }
+    }
+}
 
 /// How long, at shutdown, the batcher keeps trying to hand over its last acknowledgements.
 const ACK_DRAIN: Duration = Duration::from_secs(2);
