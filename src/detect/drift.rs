@@ -124,9 +124,10 @@ impl Excursions {
         self.count += 1;
     }
 
-    /// Whether every one of `n` readings was summarised (not a state from before they were).
-    fn complete(&self, n: u64) -> bool {
-        self.count == n
+    /// Whether it summarises all of `n` (> 0) readings: not an empty one, nor one restored from
+    /// a state that kept the readings themselves.
+    fn covers(&self, n: u64) -> bool {
+        self.count > 0 && self.count == n
     }
 
     /// The last smoothed deviation and the largest one after the burn-in, against `mean`
@@ -249,7 +250,7 @@ impl Drift {
         self.sum += value;
         self.sum_sq += value * value;
         let (lambda, burn_in) = (self.lambda, self.burn_in());
-        if self.excursions.count > 0 && self.excursions.complete(self.n - 1) {
+        if self.excursions.covers(self.n - 1) {
             self.excursions.push(value, lambda, burn_in);
         } else if self.commissioning.len() < COMMISSIONING_KEPT {
             if self.commissioning.is_empty() {
@@ -280,7 +281,7 @@ impl Drift {
         let mean = self.sum / n;
         let var = (self.sum_sq / n - mean * mean).max(0.0) * n / (n - 1.0);
         let spread = var.sqrt().max(mean.abs() * self.min_relative_spread).max(1e-9);
-        let (e, widest, (min, max)) = if self.excursions.count == 0 || !self.excursions.complete(self.n) {
+        let (e, widest, (min, max)) = if !self.excursions.covers(self.n) {
             // Replay commissioning against the final reference; skip the EWMA's burn-in.
             let burn_in = self.burn_in().min(self.commissioning.len() / 4);
             let mut e = 0.0;
