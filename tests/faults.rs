@@ -502,6 +502,51 @@ async fn a_lost_broker_session_is_counted_and_warned_about() {
     println!("FAULT session-lost: broker killed -9 and restarted, sessions_lost_total=1, warning logged");
 }
 
+/// The broker's PINGRESPs never arrive (a proxy swallows them), as when its answer waits behind
+/// a backlog that takes longer than the keep-alive to drain. While messages keep coming the
+/// link stays up and nothing is lost; once nothing at all comes back after a ping, the daemon
+/// gives the link up within about two keep-alive periods, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_answered_only_by_messages_keeps_the_link_and_silence_still_drops_it() {
+    let rig = Rig::new();
+    let proxy = PingrespEater::start(rig.broker.port).await;
+    let config = DaemonConfig::new(proxy.port, rig.dir.path())
+        .extra("[detect.models]\nenabled = false\n")
+        .extra("[mqtt]\nkeep_alive = \"5s\"\n");
+    let daemon = config.start().await;
+    let publisher = Publisher::connect(rig.broker.port, "pinger").await;
+    // 18 s of messages, 5 a second: three keep-alive periods, three unanswered pings.
+    let t0 = fieldwatch::reading::now_ms() - 120_000;
+    let n = 90i64;
+    for i in 0..n {
+        publisher.send("comp-1", t0 + i * 1000, 70.0).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    publisher.wait_acked_within(n as u64, Duration::from_secs(10)).await;
+    daemon.wait_metric("fieldwatch_readings_total", n as u64).await;
+    assert!(proxy.eaten() >= 2, "the test must have swallowed pings; it swallowed {}", proxy.eaten());
+    let errors = daemon.metric("fieldwatch_mqtt_connection_errors_total").await;
+    assert_eq!(errors, Some(0), "the link was dropped while messages answered the pings:\n{}", daemon.log());
+    // Silence: the next ping gets nothing back, and the link is given up at the tick after it.
+    let silent = std::time::Instant::now();
+    daemon
+        .wait_metric_within(
+            "fieldwatch_mqtt_connection_errors_total",
+            1,
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+        )
+        .await;
+    let waited = silent.elapsed();
+    assert!(daemon.log().contains("pingreq"), "the link must be given up for the unanswered ping:\n{}", daemon.log());
+    println!(
+        "FAULT pings-unanswered: {} PINGRESPs swallowed, {n} sent, {n} stored, 0 reconnects while messages flowed; \
+         silence detected after {:.1} s (keep-alive 5 s)",
+        proxy.eaten(),
+        waited.as_secs_f64()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_timestamps_and_numbers_as_text_are_counted_not_dropped() {
     let rig = Rig::new();

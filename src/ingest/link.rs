@@ -116,7 +116,21 @@ pub struct PollError {
 }
 
 /// The event loop: owns the network connection and reconnects when polled after an error.
-pub enum Connection {
+///
+/// Keep-alive: rumqttc sends a PINGREQ every `keep_alive` and drops the connection if the
+/// PINGRESP has not come back by the next one. A broker answers a PINGREQ in order, after the
+/// messages it already queued for us, so while a large backlog drains the answer can wait
+/// longer than that although messages arrive at full speed (mosquitto 2.0 writes more than its
+/// `max_inflight_messages` ahead into the socket). Here any packet that arrives after the
+/// PINGREQ answers it: the link is dropped only when nothing at all has come back for a whole
+/// keep-alive period after a ping, which is what the ping is there to detect.
+pub struct Connection {
+    link: Link,
+    /// A PINGREQ went out and no packet has come in since.
+    ping_unanswered: bool,
+}
+
+enum Link {
     // Boxed: both are large, and they differ in size.
     V311(Box<rumqttc::EventLoop>),
     V5(Box<v5::EventLoop>),
@@ -125,65 +139,93 @@ pub enum Connection {
 impl Connection {
     /// Drives the connection (rumqttc requires continuous polling) until the next event.
     pub async fn poll(&mut self) -> Result<Polled, PollError> {
-        match self {
-            Connection::V311(el) => match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    Ok(Polled::Connected { session_present: ack.session_present })
+        match &mut self.link {
+            Link::V311(el) => {
+                let event = el.poll().await;
+                // Events come out in the order they happened, so an incoming packet seen after
+                // our PINGREQ was read after it went out.
+                match &event {
+                    Ok(Event::Outgoing(Outgoing::PingReq)) => self.ping_unanswered = true,
+                    Ok(Event::Incoming(_)) if self.ping_unanswered => {
+                        self.ping_unanswered = false;
+                        el.state.await_pingresp = false;
+                    }
+                    Ok(_) => {}
+                    Err(_) => self.ping_unanswered = false,
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    Ok(Polled::Message { ack: ack_for(p.qos as u8, p.pkid), topic: p.topic, payload: p.payload })
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        Ok(Polled::Connected { session_present: ack.session_present })
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        Ok(Polled::Message { ack: ack_for(p.qos as u8, p.pkid), topic: p.topic, payload: p.payload })
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        Ok(Polled::Subscribed(format!("{:?}", ack.return_codes)))
+                    }
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => Ok(Polled::Disconnected),
+                    Ok(_) => Ok(Polled::Other),
+                    Err(e) => {
+                        let refused_size = match &e {
+                            rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                                rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+                            )) => Some(*n),
+                            _ => None,
+                        };
+                        Err(PollError { message: e.to_string(), refused_size })
+                    }
                 }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => Ok(Polled::Subscribed(format!("{:?}", ack.return_codes))),
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => Ok(Polled::Disconnected),
-                Ok(_) => Ok(Polled::Other),
-                Err(e) => {
-                    let refused_size = match &e {
-                        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
-                            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
-                        )) => Some(*n),
-                        _ => None,
-                    };
-                    Err(PollError { message: e.to_string(), refused_size })
+            }
+            Link::V5(el) => {
+                let event = el.poll().await;
+                match &event {
+                    Ok(v5::Event::Outgoing(Outgoing::PingReq)) => self.ping_unanswered = true,
+                    Ok(v5::Event::Incoming(_)) if self.ping_unanswered => {
+                        self.ping_unanswered = false;
+                        el.state.await_pingresp = false;
+                    }
+                    Ok(_) => {}
+                    Err(_) => self.ping_unanswered = false,
                 }
-            },
-            Connection::V5(el) => match el.poll().await {
-                Ok(v5::Event::Incoming(v5::Incoming::ConnAck(ack))) => {
-                    Ok(Polled::Connected { session_present: ack.session_present })
+                match event {
+                    Ok(v5::Event::Incoming(v5::Incoming::ConnAck(ack))) => {
+                        Ok(Polled::Connected { session_present: ack.session_present })
+                    }
+                    Ok(v5::Event::Incoming(v5::Incoming::Publish(p))) => Ok(Polled::Message {
+                        ack: ack_for(p.qos as u8, p.pkid),
+                        // The broker checked the topic is UTF-8 when it was published to it.
+                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                        payload: p.payload,
+                    }),
+                    Ok(v5::Event::Incoming(v5::Incoming::SubAck(ack))) => {
+                        Ok(Polled::Subscribed(format!("{:?}", ack.return_codes)))
+                    }
+                    Ok(v5::Event::Outgoing(Outgoing::Disconnect)) => Ok(Polled::Disconnected),
+                    Ok(_) => Ok(Polled::Other),
+                    Err(e) => {
+                        let refused_size = match &e {
+                            v5::ConnectionError::MqttState(v5::StateError::Deserialization(
+                                v5::mqttbytes::Error::PayloadSizeLimitExceeded { pkt_size, .. },
+                            )) => Some(*pkt_size),
+                            _ => None,
+                        };
+                        Err(PollError { message: e.to_string(), refused_size })
+                    }
                 }
-                Ok(v5::Event::Incoming(v5::Incoming::Publish(p))) => Ok(Polled::Message {
-                    ack: ack_for(p.qos as u8, p.pkid),
-                    // The broker checked the topic is UTF-8 when it was published to it.
-                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                    payload: p.payload,
-                }),
-                Ok(v5::Event::Incoming(v5::Incoming::SubAck(ack))) => {
-                    Ok(Polled::Subscribed(format!("{:?}", ack.return_codes)))
-                }
-                Ok(v5::Event::Outgoing(Outgoing::Disconnect)) => Ok(Polled::Disconnected),
-                Ok(_) => Ok(Polled::Other),
-                Err(e) => {
-                    let refused_size = match &e {
-                        v5::ConnectionError::MqttState(v5::StateError::Deserialization(
-                            v5::mqttbytes::Error::PayloadSizeLimitExceeded { pkt_size, .. },
-                        )) => Some(*pkt_size),
-                        _ => None,
-                    };
-                    Err(PollError { message: e.to_string(), refused_size })
-                }
-            },
+            }
         }
     }
 
     /// The largest packet (after its fixed header) the next connections accept. MQTT 5 also
     /// announces it to the broker, which then does not send a larger one at all.
     pub fn set_max_packet_size(&mut self, bytes: usize) {
-        match self {
+        match &mut self.link {
             // The outgoing limit follows: we send nothing larger than a subscription anyway.
-            Connection::V311(el) => {
+            Link::V311(el) => {
                 el.mqtt_options.set_max_packet_size(bytes, bytes);
             }
             // The announced Maximum Packet Size counts the whole packet: add the fixed header.
-            Connection::V5(el) => {
+            Link::V5(el) => {
                 el.options.set_max_packet_size(Some(u32::try_from(bytes.saturating_add(5)).unwrap_or(u32::MAX)));
             }
         }
@@ -222,7 +264,7 @@ pub fn connect(cfg: &MqttConfig, request_capacity: usize) -> Result<(Client, Con
                 o.set_transport(t);
             }
             let (client, eventloop) = rumqttc::AsyncClient::new(o, request_capacity);
-            Ok((Client::V311(client), Connection::V311(Box::new(eventloop))))
+            Ok((Client::V311(client), Connection { link: Link::V311(Box::new(eventloop)), ping_unanswered: false }))
         }
         MqttProtocol::V5 => {
             let mut o = v5::MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
@@ -243,7 +285,7 @@ pub fn connect(cfg: &MqttConfig, request_capacity: usize) -> Result<(Client, Con
                 o.set_transport(t);
             }
             let (client, eventloop) = v5::AsyncClient::new(o, request_capacity);
-            Ok((Client::V5(client), Connection::V5(Box::new(eventloop))))
+            Ok((Client::V5(client), Connection { link: Link::V5(Box::new(eventloop)), ping_unanswered: false }))
         }
     }
 }
@@ -286,14 +328,18 @@ mod tests {
     #[test]
     fn mqtt5_options_carry_the_window_and_the_session_expiry() {
         let mut cfg = MqttConfig { protocol: MqttProtocol::V5, receive_maximum: Some(7), ..MqttConfig::default() };
-        let (_, Connection::V5(el)) = connect(&cfg, 16).unwrap() else { panic!("not an MQTT 5 event loop") };
+        let (_, Connection { link: Link::V5(el), .. }) = connect(&cfg, 16).unwrap() else {
+            panic!("not an MQTT 5 event loop")
+        };
         assert!(!el.options.clean_start());
         assert_eq!(el.options.receive_maximum(), Some(7));
         assert_eq!(el.options.session_expiry_interval(), Some(u32::MAX), "never expires by default");
         assert_eq!(el.options.topic_alias_max(), None, "no topic aliases announced");
         cfg.clean_session = true;
         cfg.receive_maximum = None;
-        let (_, Connection::V5(el)) = connect(&cfg, 16).unwrap() else { panic!("not an MQTT 5 event loop") };
+        let (_, Connection { link: Link::V5(el), .. }) = connect(&cfg, 16).unwrap() else {
+            panic!("not an MQTT 5 event loop")
+        };
         assert!(el.options.clean_start());
         assert_eq!(el.options.session_expiry_interval(), Some(0));
         assert_eq!(el.options.receive_maximum(), Some(cfg.inflight));

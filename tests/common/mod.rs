@@ -542,6 +542,92 @@ pub async fn bodies(server: &wiremock::MockServer) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A TCP proxy in front of a broker that forwards every byte both ways, except the broker's
+/// PINGRESPs, which it swallows and counts: the daemon's PINGREQs go unanswered as they do
+/// when a broker's answer waits behind a long backlog, or when the broker is gone.
+pub struct PingrespEater {
+    pub port: u16,
+    eaten: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PingrespEater {
+    pub async fn start(broker_port: u16) -> PingrespEater {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let eaten = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = eaten.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(broker) = tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await else { continue };
+                let (mut client_rx, client_tx) = client.into_split();
+                let (broker_rx, mut broker_tx) = broker.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_rx, &mut broker_tx).await;
+                });
+                tokio::spawn(Self::forward_but_pingresp(broker_rx, client_tx, count.clone()));
+            }
+        });
+        PingrespEater { port, eaten, task }
+    }
+
+    /// How many PINGRESPs were swallowed.
+    pub fn eaten(&self) -> u64 {
+        self.eaten.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Copies whole MQTT packets from the broker to the client, leaving out PINGRESP (0xD0 0x00).
+    async fn forward_but_pingresp(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        eaten: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let Ok(n) = from.read(&mut chunk).await else { return };
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let mut out = Vec::new();
+            // A packet: one type byte, its remaining length (1 to 4 bytes of 7 bits), the rest.
+            while let Some(len) = mqtt_packet_len(&buf) {
+                if buf[0] == 0xD0 {
+                    eaten.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    out.extend_from_slice(&buf[..len]);
+                }
+                buf.drain(..len);
+            }
+            if !out.is_empty() && to.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The length of the whole MQTT packet at the start of `buf`, if all of it is there.
+fn mqtt_packet_len(buf: &[u8]) -> Option<usize> {
+    let mut remaining = 0usize;
+    for i in 0..4 {
+        let byte = *buf.get(1 + i)?;
+        remaining |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let len = 2 + i + remaining;
+            return (buf.len() >= len).then_some(len);
+        }
+    }
+    panic!("malformed MQTT remaining length from the broker")
+}
+
+impl Drop for PingrespEater {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A QoS 1 publisher that counts the broker's PUBACKs, its event loop driven in the background.
 pub struct Publisher {
     pub client: AsyncClient,
