@@ -27,6 +27,8 @@ use super::StoreError;
 
 /// Readings per chunk (a chunk of a slow series may be smaller; it grows at later compactions).
 pub const CHUNK_READINGS: usize = 128;
+/// Series whose heads one write of a compaction turns into chunks.
+const COMPACT_GROUP: usize = 256;
 /// A head older than this (wall time since its first reading) is compacted even if small, so
 /// the log never holds more than this much of a slow series.
 pub const HEAD_MAX_AGE_MS: i64 = 10 * 60 * 1000;
@@ -305,11 +307,54 @@ impl Readings {
         self.compact(&mut st, &due)
     }
 
-    /// Turns the heads of `due` into chunks and drops the log entries no head needs any more,
-    /// in one transaction.
+    /// Turns the heads of `due` into chunks, [`COMPACT_GROUP`] series (in key order) per
+    /// write, then drops the log entries no head needs any more. A crash in between loses and
+    /// doubles nothing: the log is read back at open, and readings already in a chunk are
+    /// skipped. Writing a fleet's heads in groups bounds what one write holds in memory (devices
+    /// that report at one rate fill all their heads in step).
     fn compact(&self, st: &mut State, due: &[u32]) -> Result<(), StoreError> {
+        // What the log must keep: entries from the oldest head that stays.
+        let keep_from = st
+            .heads
+            .iter()
+            .filter(|(s, h)| !h.points.is_empty() && !due.contains(s))
+            .map(|(_, h)| h.first_seq)
+            .min()
+            .unwrap_or(st.next_seq);
+        let mut due = due.to_vec();
+        due.sort_unstable();
+        for group in due.chunks(COMPACT_GROUP) {
+            let writes = self.chunk_writes(st, group)?;
+            let mut batch = sled::Batch::default();
+            for (k, v) in writes {
+                match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                }
+            }
+            self.chunks.apply_batch(batch)?;
+            for series in group {
+                if let Some(head) = st.heads.get_mut(series) {
+                    let newest = head.points.iter().map(|p| p.0).max().unwrap_or(i64::MIN);
+                    head.chunked_until = head.chunked_until.max(newest);
+                    head.points.clear();
+                    head.points.shrink_to(CHUNK_READINGS / 4);
+                }
+            }
+        }
+        let mut trim = sled::Batch::default();
+        for k in self.log.range(..keep_from.to_be_bytes()).keys() {
+            trim.remove(k?);
+        }
+        self.log.apply_batch(trim)?;
+        Ok(())
+    }
+
+    /// The chunk writes (`None`: remove) that take in the heads of `series`.
+    #[allow(clippy::type_complexity)]
+    fn chunk_writes(&self, st: &State, series_list: &[u32]) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, StoreError> {
         let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        for series in due {
+        for series in series_list {
             let Some(head) = st.heads.get(series) else { continue };
             let mut points = head.points.clone();
             points.sort_by_key(|p| p.0);
@@ -371,43 +416,7 @@ impl Readings {
                 writes.push((key, Some(chunk.encode()?)));
             }
         }
-        // What the log must keep: entries from the oldest head that stays.
-        let keep_from = st
-            .heads
-            .iter()
-            .filter(|(s, h)| !h.points.is_empty() && !due.contains(s))
-            .map(|(_, h)| h.first_seq)
-            .min()
-            .unwrap_or(st.next_seq);
-        let obsolete: Vec<sled::IVec> =
-            self.log.range(..keep_from.to_be_bytes()).keys().collect::<Result<_, sled::Error>>()?;
-        (&self.chunks, &self.log)
-            .transaction(|(chunks, log)| {
-                for (k, v) in &writes {
-                    match v {
-                        Some(v) => {
-                            chunks.insert(k.as_slice(), v.as_slice())?;
-                        }
-                        None => {
-                            chunks.remove(k.as_slice())?;
-                        }
-                    }
-                }
-                for k in &obsolete {
-                    log.remove(k)?;
-                }
-                Ok::<(), ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(StoreError::from)?;
-        for series in due {
-            if let Some(head) = st.heads.get_mut(series) {
-                let newest = head.points.iter().map(|p| p.0).max().unwrap_or(i64::MIN);
-                head.chunked_until = head.chunked_until.max(newest);
-                head.points.clear();
-                head.points.shrink_to(CHUNK_READINGS / 4);
-            }
-        }
-        Ok(())
+        Ok(writes)
     }
 
     /// Up to `n` most recent readings of a series at or before `until`, oldest first.
