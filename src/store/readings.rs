@@ -6,9 +6,10 @@
 //! series keeps a *head*: its readings not yet in a chunk. A head that holds [`CHUNK_READINGS`]
 //! readings, or is older than [`HEAD_MAX_AGE_MS`], is compacted: its readings are compressed
 //! with pco (timestamps as i64, values as f64) into a chunk keyed `series ‖ first ts`, merged with
-//! the series' last chunk while that is small, and the log entries no head needs any more are
-//! removed in the same sled transaction. A crash between the log write and the compaction loses
-//! nothing: at open the log is read back into the heads, skipping readings already in a chunk.
+//! the series' last chunk while that is small, and then the log entries no head needs any more
+//! are removed. A crash between the log write and the compaction, or in the middle of one, loses
+//! and doubles nothing: at open the log is read back into the heads, skipping readings already
+//! in a chunk.
 //!
 //! Chunks of one series never overlap in time: a late reading (older than the series' last
 //! chunk) is merged into the chunk that covers it when its head is compacted. So "is this
