@@ -14,6 +14,7 @@
 //! Nothing here is durable until [`Store::flush`]: the caller group-commits a batch, flushes once,
 //! then acknowledges the batch to the broker.
 
+mod batch_log;
 pub mod config;
 mod readings;
 mod retention;
