@@ -369,14 +369,18 @@ impl Batcher {
                 break;
             }
         }
-        // The healthy references are kept for the next start.
-        match core.save_detector_state() {
-            Ok(_) => {
-                if let Err(e) = self.store.flush().await {
-                    tracing::error!(error = %e, "cannot flush the detector state");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot store the detector state"),
+        // The healthy references are kept for the next start. The heads are compacted first:
+        // the space of the log entries that frees is reused by the state written next, where
+        // the other order leaves it as a hole in sled's file, which only shrinks at its end.
+        let store = self.store.clone();
+        let (_, result) = off_runtime(core, move |core| {
+            store.compact_and_flush().map_err(|e| ("cannot compact the readings", e))?;
+            core.save_detector_state().map_err(|e| ("cannot store the detector state", e))?;
+            store.flush_blocking().map_err(|e| ("cannot flush the detector state", e))
+        })
+        .await;
+        if let Err((what, e)) = result {
+            tracing::error!(error = %e, "{what}");
         }
         // The source keeps polling its event loop until `drained`, so these can still go out.
         let give_up = tokio::time::Instant::now() + ACK_DRAIN;

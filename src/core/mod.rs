@@ -93,8 +93,11 @@ pub struct Core {
     devices: devices::Devices,
     /// Fitted per-device models and their streaming state (see `models.rs`).
     models: models::DeviceModels,
-    /// When the detector state was last written (see [`Core::save_detector_state`]).
-    state_saved_at: i64,
+    /// When the detector state was last written (see [`Core::save_detector_state`]); `None`
+    /// until the first tick, which starts the clock: the state restored at start is in the
+    /// store already, and writing every series again at the first tick would only leave the
+    /// stored copies behind as garbage in the database file.
+    state_saved_at: Option<i64>,
     limits: Limits,
     /// The priorities of the incidents opened since the last commit: counted once they are
     /// durable (see [`Core::committed`]), so the metric never counts one a crash could still
@@ -207,7 +210,7 @@ impl Core {
             suppressor: Suppressor::new(config.maintenance, config.modes, config.incident, silences),
             devices,
             models,
-            state_saved_at: 0,
+            state_saved_at: None,
             limits: Limits {
                 max_devices: config.decode.max_devices,
                 max_series: config.decode.max_series,
@@ -481,9 +484,10 @@ impl Core {
     /// equipment fault, and after a reconnect devices get `stale_after` to be heard again.
     pub fn tick(&mut self, now: i64, link_up_since: Option<i64>) -> Result<Vec<Transition>, StoreError> {
         let changed = self.detectors.take_references_changed();
-        if now - self.state_saved_at >= STATE_SAVE_EVERY_MS {
+        let saved_at = *self.state_saved_at.get_or_insert(now);
+        if now - saved_at >= STATE_SAVE_EVERY_MS {
             self.save_detector_state()?;
-            self.state_saved_at = now;
+            self.state_saved_at = Some(now);
         } else {
             for (device, metric) in changed {
                 if let Some(state) = self.detectors.state(&device, &metric) {

@@ -191,8 +191,9 @@ pub struct Drift {
     adapt_alpha: f64,
     min_relative_spread: f64,
     /// The first commissioning readings, while the EWMA's burn-in still depends on how many
-    /// there will be (summarised into `excursions` after that, and cleared).
-    #[serde(default)]
+    /// there will be (summarised into `excursions` after that, and cleared). Most of a stored
+    /// state while it lasts, so it is stored compressed.
+    #[serde(default, with = "super::packed")]
     commissioning: Vec<f64>,
     /// Every commissioning reading's smoothed excursion, summarised.
     #[serde(default)]

@@ -22,6 +22,7 @@ mod knn;
 mod likelihood;
 mod limits;
 mod novelty;
+mod packed;
 mod trend;
 
 use std::collections::HashMap;

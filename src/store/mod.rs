@@ -10,10 +10,13 @@
 //!   `dead_letters`: commands a sink refused for good; `held`: commands kept back (shadow
 //!   mode, needs review). Incident changes and their outbox entries
 //!   are written in one transaction, so a crash can never leave one without the other.
+//! - `detector_state`: `device \0 metric` → what the series' detectors learnt, postcard after a
+//!   format byte (JSON as earlier versions wrote it still loads).
 //!
 //! Nothing here is durable until [`Store::flush`]: the caller group-commits a batch, flushes once,
 //! then acknowledges the batch to the broker.
 
+mod batch_log;
 pub mod config;
 mod readings;
 mod retention;
@@ -40,6 +43,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("cannot encode record: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("cannot encode detector state: {0}")]
+    EncodeState(#[from] postcard::Error),
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -92,7 +97,7 @@ pub struct Store {
     dead_letters: sled::Tree,
     held: sled::Tree,
     tuning: sled::Tree,
-    /// Per series: the drift detector's state (its healthy reference), JSON.
+    /// Per series: what its detectors learnt (see [`Store::put_detector_state`]).
     detector_state: sled::Tree,
     silences: sled::Tree,
     /// Devices the core tracks: device → when it was first heard (wall ms, BE).
@@ -119,6 +124,21 @@ fn decode_reading(key: &[u8], value: &[u8]) -> Result<(i64, f64), StoreError> {
         key.get(4..12).and_then(|s| s.try_into().ok()).ok_or_else(|| StoreError::Corrupt("reading key".into()))?;
     let v: [u8; 8] = value.try_into().map_err(|_| StoreError::Corrupt("reading value".into()))?;
     Ok(((u64::from_be_bytes(ts) ^ (1 << 63)) as i64, f64::from_be_bytes(v)))
+}
+
+/// The first byte of a detector state in the binary encoding. A state of the fields of before
+/// with one more or one less does not read as postcard (it is not self-describing): a change to
+/// them needs a new first byte, and a conversion of the old one if it is worth keeping.
+const STATE_POSTCARD: u8 = 1;
+
+/// A stored detector state: postcard after [`STATE_POSTCARD`], or JSON (an object, as earlier
+/// versions stored every state, ~3 times the size); `None` if it does not read as `T`.
+fn decode_state<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Option<T> {
+    match v.split_first() {
+        Some((&STATE_POSTCARD, rest)) => postcard::from_bytes(rest).ok(),
+        Some((b'{', _)) => serde_json::from_slice(v).ok(),
+        _ => None,
+    }
 }
 
 fn outbox_prefix(sink: &str) -> Vec<u8> {
@@ -403,21 +423,23 @@ impl Store {
         Ok(out)
     }
 
-    /// Records the detector state of a series (durable with the next flush).
+    /// Records the detector state of a series (durable with the next flush), in the binary
+    /// encoding: [`STATE_POSTCARD`], then the state as postcard.
     pub fn put_detector_state<T: Serialize>(&self, device: &str, metric: &str, state: &T) -> Result<(), StoreError> {
         let key = [device.as_bytes(), &[0], metric.as_bytes()].concat();
-        self.detector_state.insert(key, serde_json::to_vec(state)?)?;
+        self.detector_state.insert(key, postcard::to_extend(state, vec![STATE_POSTCARD])?)?;
         Ok(())
     }
 
-    /// Every stored detector state: (device, metric, state). States that no longer parse (an
-    /// older format) are skipped: the series re-learns.
+    /// Every stored detector state: (device, metric, state), binary or the JSON of earlier
+    /// versions. States that no longer parse (an older format) are skipped: the series
+    /// re-learns.
     pub fn detector_states<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<(String, String, T)>, StoreError> {
         let mut out = Vec::new();
         for kv in self.detector_state.iter() {
             let (k, v) = kv?;
             let name = String::from_utf8_lossy(&k).into_owned();
-            if let (Some((d, m)), Ok(state)) = (name.split_once('\0'), serde_json::from_slice(&v)) {
+            if let (Some((d, m)), Some(state)) = (name.split_once('\0'), decode_state(&v)) {
                 out.push((d.to_string(), m.to_string(), state));
             }
         }
@@ -656,6 +678,40 @@ mod tests {
         futures_lite_block_on(store.outbox_done(&first)).unwrap();
         assert_eq!(store.outbox_len("a"), 0);
         assert_eq!(store.outbox_len("b"), 1);
+    }
+
+    /// A series' state as the JSON of earlier versions stored it: commissioning, 50 readings in.
+    const JSON_STATE: &str = r#"{"baseline":{"warmup":60,"alpha":0.0023078234729766445,"threshold":5.0,"min_relative_spread":0.002,"n":50,"mean":12.461199999999998,"var":0.044070560000000175,"last_score":0.0},"flatline":{"min_readings":30,"min_ms":300000,"last":12.75,"run_start":1700000490000,"run_len":1,"has_varied":true},"drift":{"lambda":0.1,"margin":2.0,"reference_readings":360,"reference_for_ms":3600000,"first_ts":1700000000000,"adapt_alpha":0.000034656758468698534,"min_relative_spread":0.002,"commissioning":[12.82,12.94,12.43,12.48,12.66,12.75,12.7,12.62,12.64,12.5,12.7,12.54,12.6,12.43,12.46,12.19,12.45,12.16,12.14,12.38,12.41,11.95,12.27,12.21,12.31,12.14,12.16,12.27,12.52,12.46,12.23,12.25,12.31,12.35,12.49,12.29,12.3,12.52,12.34,12.32,12.56,12.59,12.47,12.61,12.72,12.64,12.65,12.57,12.81,12.75],"excursions":{"count":0,"origin":0.0,"level":0.0,"weight":0.0,"min":0.0,"max":0.0,"upper":[],"lower":[]},"n":50,"sum":623.06,"sum_sq":7766.278799999999,"reference":null,"widening":1.0,"ewma":0.0,"last_score":0.0}}"#;
+
+    /// The same state in the binary encoding, as stored under [`STATE_POSTCARD`] (hex).
+    const BINARY_STATE: &str = "01013c008dec4adbe7623f0000000000001440fca9f1d24d62603f3294d4096822ec28403c33d59b6a90a63f0000000000000000011ec0cf24010000000000802940a088e7fef9620101019a9999999999b93f0000000000000040e80280bab7030180a0abfef96200c056278d2b023ffca9f1d24d62603f6170636f210300850c040106310000b247e17a14ae47f80b100058250000000000003c4000e0ffffffffffffff2f00d731ac76842e87c5db721784cd30b2ca64e5028034a44905949b713c24944d34ca9d4a3d204dd82c1a7d56e8cfbcf7fffdff00000000000000000000000000000000000000000000000000000000000000000000000000000000000000003214ae47e17a7883401fd26f5f4756be4000000000000000f03f00000000000000000000000000000000";
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn detector_state_is_stored_binary_and_json_of_earlier_versions_still_loads() {
+        use crate::detect::SeriesState;
+        let store = Store::temporary().unwrap();
+        let old: SeriesState = serde_json::from_str(JSON_STATE).unwrap();
+        store.detector_state.insert(b"comp-1\0current", JSON_STATE.as_bytes()).unwrap();
+        store.put_detector_state("comp-2", "current", &old).unwrap();
+        let loaded: Vec<(String, String, SeriesState)> = store.detector_states().unwrap();
+        assert_eq!(loaded.len(), 2);
+        for (device, metric, state) in &loaded {
+            assert_eq!((metric.as_str(), state), ("current", &old), "{device}: bit for bit");
+        }
+        assert_eq!(serde_json::to_string(&loaded[0].2).unwrap(), JSON_STATE, "the JSON layout is unchanged");
+        let binary = store.detector_state.get(b"comp-2\0current").unwrap().unwrap();
+        assert!(binary.len() * 3 < JSON_STATE.len(), "{} bytes, JSON {}", binary.len(), JSON_STATE.len());
+        // What this version stores must load in the next: a change to the state's fields that
+        // breaks this needs a new first byte (see STATE_POSTCARD).
+        assert_eq!(hex(&binary), BINARY_STATE);
+        // Unreadable records are skipped: the series re-learns.
+        store.detector_state.insert(b"comp-3\0current", &[STATE_POSTCARD, 7, 7][..]).unwrap();
+        store.detector_state.insert(b"comp-4\0current", &b"[1]"[..]).unwrap();
+        assert_eq!(store.detector_states::<SeriesState>().unwrap().len(), 2);
     }
 
     fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {

@@ -1,15 +1,15 @@
 //! Readings: an append-only batch log in sled, compacted into compressed per-series chunks.
 //!
 //! The write path stays as durable as one key per reading was, at a fraction of the sled work:
-//! every reading of a batch goes into one `log` entry (`seq` → 20-byte records), written just
-//! before the batch's flush, so a reading is on disk before it is acknowledged. In memory each
-//! series keeps a *head*: its readings not yet in a chunk. A head that holds [`CHUNK_READINGS`]
-//! readings, or is older than [`HEAD_MAX_AGE_MS`], is compacted: its readings are compressed
-//! with pco (timestamps as i64, values as f64) into a chunk keyed `series ‖ first ts`, merged with
-//! the series' last chunk while that is small, and then the log entries no head needs any more
-//! are removed. A crash between the log write and the compaction, or in the middle of one, loses
-//! and doubles nothing: at open the log is read back into the heads, skipping readings already
-//! in a chunk.
+//! every reading of a batch goes into one `log` entry (`seq` → its readings, see [`LogBatch`]),
+//! written just before the batch's flush, so a reading is on disk before it is acknowledged.
+//! In memory each series keeps a *head*: its readings not yet in a chunk. A head that holds
+//! [`CHUNK_READINGS`] readings, or is older than [`HEAD_MAX_AGE_MS`], is compacted: its readings
+//! are compressed with pco (timestamps as i64, values as f64) into a chunk keyed
+//! `series ‖ first ts`, merged with the series' last chunk while that is small, and then the log
+//! entries no head needs any more are removed. A crash between the log write and the
+//! compaction, or in the middle of one, loses and doubles nothing: at open the log is read back
+//! into the heads, skipping readings already in a chunk.
 //!
 //! Chunks of one series never overlap in time: a late reading (older than the series' last
 //! chunk) is merged into the chunk that covers it when its head is compacted. So "is this
@@ -24,6 +24,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
+use super::batch_log::LogBatch;
 use super::StoreError;
 
 /// Readings per chunk (a chunk of a slow series may be smaller; it grows at later compactions).
@@ -33,8 +34,6 @@ const COMPACT_GROUP: usize = 256;
 /// A head older than this (wall time since its first reading) is compacted even if small, so
 /// the log never holds more than this much of a slow series.
 pub const HEAD_MAX_AGE_MS: i64 = 10 * 60 * 1000;
-/// Bytes of one log record: series (u32), ts (i64), value (f64).
-const RECORD: usize = 20;
 
 /// Key of a chunk: series, then its first timestamp (order-preserving).
 fn chunk_key(series: u32, first_ts: i64) -> [u8; 12] {
@@ -178,8 +177,8 @@ struct Head {
 #[derive(Debug, Default)]
 struct State {
     heads: HashMap<u32, Head>,
-    /// Log records of the batch being built, written by [`Readings::commit`].
-    pending: Vec<u8>,
+    /// Readings of the batch being built, written to the log by [`Readings::commit`].
+    pending: LogBatch,
     next_seq: u64,
 }
 
@@ -204,10 +203,9 @@ impl Readings {
         let mut st = r.lock();
         for kv in r.log.iter() {
             let (k, v) = kv?;
-            let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| corrupt("log key"))?);
+            let (seq, batch) = LogBatch::decode(&k, &v)?;
             st.next_seq = seq + 1;
-            for rec in v.chunks_exact(RECORD) {
-                let (series, ts, value) = decode_record(rec);
+            for (series, ts, value) in batch.iter() {
                 r.insert_locked(&mut st, series, ts, value, seq, now)?;
             }
         }
@@ -226,9 +224,7 @@ impl Readings {
         let seq = st.next_seq;
         let new = self.insert_locked(&mut st, series, ts, value, seq, crate::reading::now_ms())?;
         if new {
-            st.pending.extend_from_slice(&series.to_be_bytes());
-            st.pending.extend_from_slice(&ts.to_be_bytes());
-            st.pending.extend_from_slice(&value.to_be_bytes());
+            st.pending.push(series, ts, value);
         }
         Ok(new)
     }
@@ -290,7 +286,9 @@ impl Readings {
         let mut st = self.lock();
         if !st.pending.is_empty() {
             let seq = st.next_seq;
-            self.log.insert(seq.to_be_bytes(), std::mem::take(&mut st.pending))?;
+            let (key, entry) = st.pending.encode(seq)?;
+            self.log.insert(key, entry)?;
+            st.pending.clear();
             st.next_seq += 1;
         }
         let now = crate::reading::now_ms();
@@ -559,16 +557,6 @@ impl Readings {
             })
             .collect()
     }
-}
-
-fn decode_record(rec: &[u8]) -> (u32, i64, f64) {
-    let mut s = [0u8; 4];
-    let mut t = [0u8; 8];
-    let mut v = [0u8; 8];
-    s.copy_from_slice(&rec[0..4]);
-    t.copy_from_slice(&rec[4..12]);
-    v.copy_from_slice(&rec[12..20]);
-    (u32::from_be_bytes(s), i64::from_be_bytes(t), f64::from_be_bytes(v))
 }
 
 #[cfg(test)]
