@@ -146,6 +146,15 @@ async fn row(sub: &Path, devices: usize, per_device: usize) -> Row {
     let cpu_s = daemon.cpu_seconds();
     let peak_rss_kib = daemon.peak_rss_kib();
     let rss_kib = daemon.rss_kib();
+    // What the run did, beside its speed: how many batches, how many redeliveries, reconnects.
+    let batches = daemon.metric("fieldwatch_batch_commit_seconds_count").await.unwrap_or(0);
+    let redelivered = daemon.metric("fieldwatch_readings_duplicate_total").await.unwrap_or(0);
+    let reconnects = daemon.metric("fieldwatch_mqtt_connection_errors_total").await.unwrap_or(0);
+    eprintln!(
+        "scale: {devices} devices: {batches} batches ({:.0} messages each), {redelivered} redelivered readings, \
+         {reconnects} broker connection errors",
+        messages as f64 / batches.max(1) as f64
+    );
     daemon.signal("TERM");
     daemon.wait();
     let disk_bytes = dir_bytes(&config.data_path());
