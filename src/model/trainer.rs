@@ -213,14 +213,7 @@ pub fn fit_device(
     Ok(out)
 }
 
-/// How much lower than the rest of the daemon a fit runs (`nice`): while a backlog drains, the
-/// broker and the core keep both cores of a small gateway busy, and a fit that competes with
-/// them at equal priority slows storing (at 1,000 devices, whose first fits all fall in the
-/// drain, it took a third of the throughput). An idle gateway runs fits at full speed anyway.
-const FIT_NICE: libc::c_int = 10;
-
-/// Fits one device on a thread of its own at a lower CPU priority ([`FIT_NICE`]), never on
-/// the async workers or the blocking threads that store readings.
+/// Fits one device on the blocking pool, never on the async workers.
 pub async fn fit_in_background(
     store: Arc<Store>,
     device: String,
@@ -229,38 +222,11 @@ pub async fn fit_in_background(
 ) -> Result<Vec<DeviceModel>, TrainError> {
     status.fitting.store(true, Ordering::SeqCst);
     let now = crate::reading::now_ms();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new().name("fieldwatch-fit".into()).spawn(move || {
-        lower_priority();
-        let _ = tx.send(fit_device(&store, &device, &config, now));
-    });
-    let result = match spawned {
-        Ok(_) => rx.await.map_err(|_| TrainError::Task("the fit thread ended without a result (it panicked)".into())),
-        Err(e) => Err(TrainError::Task(format!("cannot start a fit thread: {e}"))),
-    };
+    let result = tokio::task::spawn_blocking(move || fit_device(&store, &device, &config, now)).await;
     status.fitting.store(false, Ordering::SeqCst);
-    let models = result??;
+    let models = result.map_err(|e| TrainError::Task(e.to_string()))??;
     status.fitted.fetch_add(models.len() as u64, Ordering::Relaxed);
     Ok(models)
-}
-
-/// Lowers the calling thread's CPU priority by [`FIT_NICE`], to at most 19 (Linux gives each
-/// thread its own nice value). Raising it again would need privileges, so it is only called on threads that
-/// end after one fit.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: gettid, getpriority and setpriority only read and set this thread's
-        // scheduling priority.
-        let failed = unsafe {
-            let tid = libc::gettid() as libc::id_t;
-            let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
-            libc::setpriority(libc::PRIO_PROCESS, tid, (nice + FIT_NICE).min(19)) != 0
-        };
-        if failed {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the fit thread's priority");
-        }
-    }
 }
 
 /// The trainer task: refits every device every `refit_every` (the first time at start) and the
@@ -335,21 +301,6 @@ mod tests {
     use super::*;
     use crate::detect::{Anomaly, FaultKind};
     use crate::incident::{Incident, Subject};
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn a_fit_thread_runs_below_the_daemon_s_priority() {
-        let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
-        let before = nice();
-        let after = std::thread::spawn(move || {
-            lower_priority();
-            nice()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(after, (before + FIT_NICE).min(19));
-        assert_eq!(nice(), before, "only the fit thread is lowered");
-    }
 
     #[test]
     fn a_stored_incident_reads_as_its_span() {
