@@ -312,16 +312,16 @@ impl Readings {
     /// skipped. Writing a fleet's heads in groups bounds what one write holds in memory (devices
     /// that report at one rate fill all their heads in step).
     fn compact(&self, st: &mut State, due: &[u32]) -> Result<(), StoreError> {
+        let mut due = due.to_vec();
+        due.sort_unstable();
         // What the log must keep: entries from the oldest head that stays.
         let keep_from = st
             .heads
             .iter()
-            .filter(|(s, h)| !h.points.is_empty() && !due.contains(s))
+            .filter(|(s, h)| !h.points.is_empty() && due.binary_search(s).is_err())
             .map(|(_, h)| h.first_seq)
             .min()
             .unwrap_or(st.next_seq);
-        let mut due = due.to_vec();
-        due.sort_unstable();
         for group in due.chunks(COMPACT_GROUP) {
             let writes = self.chunk_writes(st, group)?;
             let mut batch = sled::Batch::default();
