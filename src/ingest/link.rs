@@ -136,22 +136,48 @@ enum Link {
     V5(Box<v5::EventLoop>),
 }
 
+/// What a poll yielded, as far as the keep-alive is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Our PINGREQ went out.
+    Ping,
+    /// A packet came in from the broker.
+    Incoming,
+    Other,
+    /// The connection failed (the next one starts without a ping outstanding).
+    Failure,
+}
+
+/// Whether `seen` answers the PINGREQ that is outstanding (`unanswered`), so the client must
+/// stop waiting for its PINGRESP. Events come out in the order they happened, so a packet seen
+/// after our PINGREQ was read after it went out.
+fn answers_ping(unanswered: &mut bool, seen: Seen) -> bool {
+    match seen {
+        Seen::Ping => *unanswered = true,
+        Seen::Incoming if *unanswered => {
+            *unanswered = false;
+            return true;
+        }
+        Seen::Failure => *unanswered = false,
+        Seen::Incoming | Seen::Other => {}
+    }
+    false
+}
+
 impl Connection {
     /// Drives the connection (rumqttc requires continuous polling) until the next event.
     pub async fn poll(&mut self) -> Result<Polled, PollError> {
         match &mut self.link {
             Link::V311(el) => {
                 let event = el.poll().await;
-                // Events come out in the order they happened, so an incoming packet seen after
-                // our PINGREQ was read after it went out.
-                match &event {
-                    Ok(Event::Outgoing(Outgoing::PingReq)) => self.ping_unanswered = true,
-                    Ok(Event::Incoming(_)) if self.ping_unanswered => {
-                        self.ping_unanswered = false;
-                        el.state.await_pingresp = false;
-                    }
-                    Ok(_) => {}
-                    Err(_) => self.ping_unanswered = false,
+                let seen = match &event {
+                    Ok(Event::Outgoing(Outgoing::PingReq)) => Seen::Ping,
+                    Ok(Event::Incoming(_)) => Seen::Incoming,
+                    Ok(_) => Seen::Other,
+                    Err(_) => Seen::Failure,
+                };
+                if answers_ping(&mut self.ping_unanswered, seen) {
+                    el.state.await_pingresp = false;
                 }
                 match event {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -178,14 +204,14 @@ impl Connection {
             }
             Link::V5(el) => {
                 let event = el.poll().await;
-                match &event {
-                    Ok(v5::Event::Outgoing(Outgoing::PingReq)) => self.ping_unanswered = true,
-                    Ok(v5::Event::Incoming(_)) if self.ping_unanswered => {
-                        self.ping_unanswered = false;
-                        el.state.await_pingresp = false;
-                    }
-                    Ok(_) => {}
-                    Err(_) => self.ping_unanswered = false,
+                let seen = match &event {
+                    Ok(v5::Event::Outgoing(Outgoing::PingReq)) => Seen::Ping,
+                    Ok(v5::Event::Incoming(_)) => Seen::Incoming,
+                    Ok(_) => Seen::Other,
+                    Err(_) => Seen::Failure,
+                };
+                if answers_ping(&mut self.ping_unanswered, seen) {
+                    el.state.await_pingresp = false;
                 }
                 match event {
                     Ok(v5::Event::Incoming(v5::Incoming::ConnAck(ack))) => {
@@ -317,6 +343,19 @@ fn transport(cfg: &MqttConfig) -> Result<Option<Transport>, IngestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_packet_after_the_ping_answers_it() {
+        let mut u = false;
+        assert!(!answers_ping(&mut u, Seen::Incoming), "no ping outstanding");
+        assert!(!answers_ping(&mut u, Seen::Ping));
+        assert!(!answers_ping(&mut u, Seen::Other), "our own acks going out answer nothing");
+        assert!(answers_ping(&mut u, Seen::Incoming));
+        assert!(!answers_ping(&mut u, Seen::Incoming), "answered once");
+        assert!(!answers_ping(&mut u, Seen::Ping));
+        assert!(!answers_ping(&mut u, Seen::Failure));
+        assert!(!answers_ping(&mut u, Seen::Incoming), "a new connection has no ping outstanding");
+    }
 
     #[test]
     fn qos_0_needs_no_ack_and_qos_2_is_acked_as_such() {
