@@ -11,7 +11,7 @@ mod suppression;
 mod update;
 mod verdict;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -184,6 +184,18 @@ pub struct IncidentPolicy {
     /// The last resolved incident of each key: a recurrence within the cool-down reopens it, and
     /// a `wont_fix` verdict keeps the key from opening again by itself.
     resolved: HashMap<String, Incident>,
+    /// The `device/metric/` part of every key in `pending` and `open`, and perhaps of a few
+    /// keys no longer there (it is rebuilt when it has grown well past them). A reading of any
+    /// other series with nothing to report can change nothing, and is passed over with one
+    /// lookup instead of two per fault kind.
+    watched: HashSet<String>,
+    /// Where the keys looked up for every reading are built, so they allocate nothing.
+    scratch: String,
+}
+
+/// The `device/metric/` part of an incident key.
+fn series_part(key: &str) -> &str {
+    key.rfind('/').map_or(key, |i| &key[..=i])
 }
 
 fn more_severe(a: &Anomaly, b: &Anomaly) -> bool {
@@ -194,12 +206,28 @@ impl IncidentPolicy {
     /// A policy that starts with the open incidents found in the store.
     pub fn new(config: &IncidentConfig, stored: Vec<Incident>) -> IncidentPolicy {
         let (open, resolved): (Vec<_>, Vec<_>) = stored.into_iter().partition(|i| i.state == IncidentState::Open);
+        let open: HashMap<String, Incident> = open.into_iter().map(|i| (i.key.clone(), i)).collect();
         IncidentPolicy {
             config: config.clone(),
             pending: HashMap::new(),
-            open: open.into_iter().map(|i| (i.key.clone(), i)).collect(),
+            watched: open.keys().map(|k| series_part(k).to_string()).collect(),
+            open,
             resolved: resolved.into_iter().map(|i| (i.key.clone(), i)).collect(),
+            scratch: String::new(),
         }
+    }
+
+    /// Notes that `key` is about to enter `pending` or `open` (see `watched`).
+    fn watch(&mut self, key: &str) {
+        let part = series_part(key);
+        if self.watched.contains(part) {
+            return;
+        }
+        if self.watched.len() >= 2 * (self.pending.len() + self.open.len()) + 64 {
+            let rebuilt = self.pending.keys().chain(self.open.keys()).map(|k| series_part(k).to_string()).collect();
+            self.watched = rebuilt;
+        }
+        self.watched.insert(part.to_string());
     }
 
     /// Open incidents, for status pages and tests.
@@ -221,6 +249,15 @@ impl IncidentPolicy {
 
     /// Updates the state of every fault of the reading's series.
     pub fn observe(&mut self, reading: &Reading, anomalies: &[Anomaly]) -> Vec<Transition> {
+        if anomalies.is_empty() {
+            self.scratch.clear();
+            for part in [&reading.device, "/", &reading.metric, "/"] {
+                self.scratch.push_str(part);
+            }
+            if !self.watched.contains(self.scratch.as_str()) {
+                return Vec::new(); // the common case: a normal reading of a quiet series
+            }
+        }
         let mut out = Vec::new();
         // One key buffer per reading (this runs for every reading): `device/metric/` + kind.
         let mut key = Incident::key_for(&reading.device, &reading.metric, FaultKind::ALL[0]);
@@ -288,6 +325,7 @@ impl IncidentPolicy {
                 }
                 return None;
             };
+            self.watch(key);
             let p = self.pending.entry(key.to_string()).or_insert_with(|| Pending {
                 first_seen: ts,
                 last_seen: ts,
@@ -391,16 +429,22 @@ impl IncidentPolicy {
         let peak = Anomaly::new(FaultKind::Silent, "staleness", now, (now - last_heard) as f64 / 1000.0, 1.0);
         let subject = Subject { device: device.to_string(), site, metric: SILENT_METRIC.into() };
         let inc = Incident::new(subject, last_heard, now, peak, 0);
+        self.watch(&key);
         self.open.insert(key, inc.clone());
         Some(Transition::Opened(inc))
     }
 
     /// A device was heard from at `ts`: resolves its sensor-health incident, if open.
     pub fn heard(&mut self, device: &str, ts: i64) -> Option<Transition> {
-        let key = Incident::key_for(device, SILENT_METRIC, FaultKind::Silent);
-        if !self.open.contains_key(&key) {
+        // Runs for every message: the key is built without allocating.
+        self.scratch.clear();
+        for part in [device, "/", SILENT_METRIC, "/", FaultKind::Silent.as_str()] {
+            self.scratch.push_str(part);
+        }
+        if !self.open.contains_key(self.scratch.as_str()) {
             return None;
         }
+        let key = std::mem::take(&mut self.scratch);
         self.close(&key, ts).map(Transition::Resolved)
     }
 
@@ -484,6 +528,28 @@ mod tests {
         assert!(p.observe(&reading(15_000, 0.0), &[]).is_empty(), "quiet period not over");
         let t = p.observe(&reading(19_000, 0.0), &[]);
         assert!(matches!(&t[..], [Transition::Resolved(i)] if i.resolved_at == Some(19_000)));
+    }
+
+    #[test]
+    fn quiet_series_are_passed_over_and_the_watch_list_stays_small() {
+        let mut p = policy();
+        let of = |device: String, ts: i64| Reading { device, ..reading(ts, 1.0) };
+        // Many series each start a run that a normal reading ends; one series opens.
+        for d in 0..1_000 {
+            assert!(p.observe(&of(format!("d{d}"), 0), &[anomaly(0, 0.9)]).is_empty());
+            assert!(p.observe(&of(format!("d{d}"), 1_000), &[]).is_empty());
+            assert!(p.watched.len() <= 2 * (p.pending.len() + p.open.len()) + 65);
+        }
+        assert!(p.pending.is_empty());
+        let opened: Vec<_> = (0..3).flat_map(|t| p.observe(&of("x".into(), t), &[anomaly(t, 0.9)])).collect();
+        assert!(matches!(&opened[..], [Transition::Opened(_)]));
+        // The open series is still watched after other series came and went: it resolves.
+        for d in 0..200 {
+            p.observe(&of(format!("e{d}"), 0), &[anomaly(0, 0.9)]);
+            p.observe(&of(format!("e{d}"), 1_000), &[]);
+        }
+        let resolved = p.observe(&of("x".into(), 20_000), &[]);
+        assert!(matches!(&resolved[..], [Transition::Resolved(_)]), "{resolved:?}");
     }
 
     #[test]

@@ -262,6 +262,18 @@ impl Store {
         self.series_cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The series of one device, as (id, metric) in metric order: a scan of its names only.
+    pub fn device_series(&self, device: &str) -> Result<Vec<(u32, String)>, StoreError> {
+        let prefix = [device.as_bytes(), &[0]].concat();
+        let mut out = Vec::new();
+        for kv in self.series.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let id = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("series id".into()))?);
+            out.push((id, String::from_utf8_lossy(&k[prefix.len()..]).into_owned()));
+        }
+        Ok(out)
+    }
+
     /// The (device, metric) of a series id.
     pub fn series_name(&self, id: u32) -> Result<Option<(String, String)>, StoreError> {
         Ok(self.series_by_id.get(id.to_be_bytes())?.and_then(|v| {
@@ -473,6 +485,12 @@ impl Store {
     /// Every stored incident record.
     pub fn incidents<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<T>, StoreError> {
         self.incidents.iter().map(|kv| Ok(serde_json::from_slice(&kv?.1)?)).collect()
+    }
+
+    /// The stored incidents whose key starts with `prefix` (keys are `device/metric/fault`, so
+    /// `device/` holds a device's incidents, and those of devices whose name continues with `/`).
+    pub fn incidents_with_prefix<T: for<'de> Deserialize<'de>>(&self, prefix: &str) -> Result<Vec<T>, StoreError> {
+        self.incidents.scan_prefix(prefix.as_bytes()).map(|kv| Ok(serde_json::from_slice(&kv?.1)?)).collect()
     }
 
     /// The oldest command waiting for `sink`.
