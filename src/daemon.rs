@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminState, FeedbackRequest};
 use crate::config::Config;
-use crate::core::Core;
+use crate::core::{Core, Uncommitted};
 use crate::health::Health;
 use crate::ingest::mqtt::{self, Ack, Client, Inbound};
 use crate::ingest::LinkState;
@@ -293,6 +293,17 @@ async fn forward<T>(mut from: mpsc::Receiver<T>, to: mpsc::Sender<Control>, wrap
 /// How long, at shutdown, the batcher keeps trying to hand over its last acknowledgements.
 const ACK_DRAIN: Duration = Duration::from_secs(2);
 
+/// A batch written to the store whose flush is still running (while the core takes on the next
+/// batch): what waits for it to be durable.
+struct Flushing {
+    done: tokio::task::JoinHandle<Result<(), StoreError>>,
+    acks: Vec<Ack>,
+    uncommitted: Uncommitted,
+    /// Whether it queued ticket commands (the sinks are woken once it is durable).
+    transitions: bool,
+    started: Instant,
+}
+
 /// The group-commit stage and what it needs besides its input.
 struct Batcher {
     client: Client,
@@ -317,7 +328,9 @@ struct Batcher {
 
 impl Batcher {
     /// Group commit: collect up to `batch_max` messages (waiting at most `batch_linger` after
-    /// the first), run them through the core, flush, then acknowledge them to the broker.
+    /// the first), run them through the core, flush, then acknowledge them to the broker. A
+    /// batch is flushed while the core takes on the next one, and the next one is flushed only
+    /// after it: acknowledgements still go out in order, each after its batch is durable.
     /// Ends when the source closes the channel, after the last batch; then cancels `drained`.
     async fn run(
         mut self,
@@ -331,6 +344,7 @@ impl Batcher {
         let mut batch: Vec<Inbound> = Vec::with_capacity(batch_max);
         let mut clock = tokio::time::interval(std::time::Duration::from_secs(1));
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flushing: Option<Flushing> = None;
         loop {
             let acks_waiting = !self.unacked.is_empty();
             let first = tokio::select! {
@@ -338,6 +352,15 @@ impl Batcher {
                     Some(m) => m,
                     None => break,
                 },
+                // Nothing new came in: the batch in flight is acknowledged as soon as it is durable.
+                done = async { (&mut flushing.as_mut().expect("guarded").done).await }, if flushing.is_some() => {
+                    let f = flushing.take().expect("guarded");
+                    self.flushed(f, done);
+                    if self.failed.is_cancelled() {
+                        break;
+                    }
+                    continue;
+                }
                 _ = clock.tick() => {
                     core = self.tick(core).await;
                     if self.failed.is_cancelled() {
@@ -363,11 +386,15 @@ impl Batcher {
                 }
             }
             self.liveness.batch_started();
-            core = self.commit(core, &mut batch).await;
+            core = self.commit(core, &mut batch, &mut flushing).await;
             self.liveness.batch_done();
             if self.failed.is_cancelled() {
                 break;
             }
+        }
+        if let Some(mut f) = flushing.take() {
+            let done = (&mut f.done).await;
+            self.flushed(f, done);
         }
         // The healthy references are kept for the next start. The heads are compacted first:
         // the space of the log entries that frees is reused by the state written next, where
@@ -464,19 +491,25 @@ impl Batcher {
         }
     }
 
-    /// Runs a batch through the core and flushes it (on a blocking thread: sled and the
-    /// detectors must not hold up the runtime that polls the broker), then acknowledges it.
-    async fn commit(&mut self, core: Core, batch: &mut Vec<Inbound>) -> Core {
+    /// Runs a batch through the core and writes it to the store (on a blocking thread: sled
+    /// and the detectors must not hold up the runtime that polls the broker), then starts its
+    /// flush, which runs while the next batch is processed. The flush of the batch before is
+    /// awaited first, and that batch acknowledged: flushes never overlap, and a batch is
+    /// acknowledged only once a flush that began after it was written has completed.
+    async fn commit(&mut self, core: Core, batch: &mut Vec<Inbound>, flushing: &mut Option<Flushing>) -> Core {
         let started = Instant::now();
         let (messages, acks): (Vec<_>, Vec<_>) = batch.drain(..).map(|i| (i.message, i.ack)).unzip();
         let store = self.store.clone();
-        let (core, result) = off_runtime(core, move |core| {
+        let (mut core, result) = off_runtime(core, move |core| {
             let outcome = core.process_messages(&messages).map_err(|e| ("store", e))?;
-            store.flush_blocking().map_err(|e| ("flush", e))?;
-            core.committed();
+            store.write_batch().map_err(|e| ("store", e))?;
             Ok(outcome)
         })
         .await;
+        if let Some(mut f) = flushing.take() {
+            let done = (&mut f.done).await;
+            self.flushed(f, done);
+        }
         let outcome = match result {
             Ok(o) => o,
             Err((what, e)) => {
@@ -484,17 +517,39 @@ impl Batcher {
                 return core;
             }
         };
-        self.metrics.batch_commit_seconds.observe(started.elapsed().as_secs_f64());
+        if self.failed.is_cancelled() {
+            return core; // the batch before could not be flushed: this one is not acknowledged
+        }
         if let Some(newest) = outcome.newest_ts {
             let lag_ms = (crate::reading::now_ms() - newest).max(0);
             self.metrics.ingest_lag_seconds.set(lag_ms as f64 / 1000.0);
         }
-        if !outcome.transitions.is_empty() {
+        let store = self.store.clone();
+        *flushing = Some(Flushing {
+            done: tokio::task::spawn_blocking(move || store.sync()),
+            acks: acks.into_iter().flatten().collect(),
+            uncommitted: core.take_uncommitted(),
+            transitions: !outcome.transitions.is_empty(),
+            started,
+        });
+        core
+    }
+
+    /// A batch's flush ended: counts what it made durable, wakes the sinks when it queued
+    /// ticket commands, and acknowledges its messages; or fails the store.
+    fn flushed(&mut self, f: Flushing, done: Result<Result<(), StoreError>, tokio::task::JoinError>) {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return self.store_failed("flush", &e),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+        f.uncommitted.count();
+        self.metrics.batch_commit_seconds.observe(f.started.elapsed().as_secs_f64());
+        if f.transitions {
             self.wake.notify_waiters();
         }
-        self.unacked.extend(acks.into_iter().flatten());
+        self.unacked.extend(f.acks);
         self.send_acks();
-        core
     }
 }
 

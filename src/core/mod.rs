@@ -170,6 +170,21 @@ fn join(items: &[&String]) -> String {
     items.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
 }
 
+/// Counts that wait for a flush: incidents opened by a batch (see [`Core::take_uncommitted`]).
+pub struct Uncommitted {
+    opened: Vec<Priority>,
+    metrics: Arc<Metrics>,
+}
+
+impl Uncommitted {
+    /// The flush succeeded: they survive a crash and are counted.
+    pub fn count(self) {
+        for priority in self.opened {
+            self.metrics.count_opened(priority.as_str(), 1);
+        }
+    }
+}
+
 impl Core {
     /// Builds the core and reloads open incidents from the store.
     pub fn new(config: CoreConfig<'_>, store: Arc<Store>, metrics: Arc<Metrics>) -> Result<Core, StoreError> {
@@ -229,9 +244,13 @@ impl Core {
     /// Tells the core that what it wrote is durable (the caller flushed the store): counts
     /// what may only be counted once it survives a crash.
     pub fn committed(&mut self) {
-        for priority in self.opened_uncommitted.drain(..) {
-            self.metrics.count_opened(priority.as_str(), 1);
-        }
+        self.take_uncommitted().count();
+    }
+
+    /// What [`Core::committed`] counts, taken now to be counted once a flush that is still
+    /// running completes (the daemon flushes a batch while the core takes on the next).
+    pub fn take_uncommitted(&mut self) -> Uncommitted {
+        Uncommitted { opened: std::mem::take(&mut self.opened_uncommitted), metrics: self.metrics.clone() }
     }
 
     /// The silences the core obeys, for the admin API that sets them.

@@ -597,7 +597,19 @@ impl Store {
 
     /// Blocking flush, for synchronous callers (replay, benchmarks).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.readings.commit(false)?;
+        self.write_batch()?;
+        self.sync()
+    }
+
+    /// The first half of [`Store::flush_blocking`]: writes the readings of the batch to the log
+    /// (and compacts the heads that are due), without waiting for the disk.
+    pub fn write_batch(&self) -> Result<(), StoreError> {
+        self.readings.commit(false)
+    }
+
+    /// The second half: makes everything written so far durable. It may run while the next
+    /// batch is being written; that batch is made durable by its own `sync`.
+    pub fn sync(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
     }
