@@ -105,7 +105,13 @@ impl Devices {
     /// Notes that a device was heard from at wall-clock time `received`; true the first time
     /// since it was last forgotten.
     pub fn heard(&mut self, device: &str, received: i64) -> bool {
-        self.last_heard.insert(device.to_string(), received);
+        // Runs for every message: a known device's time is updated in place, not re-keyed.
+        match self.last_heard.get_mut(device) {
+            Some(t) => *t = received,
+            None => {
+                self.last_heard.insert(device.to_string(), received);
+            }
+        }
         if self.first_heard.contains_key(device) {
             return false;
         }

@@ -68,10 +68,12 @@ impl Chunk {
 
     /// `count (u32) ‖ last ts (i64) ‖ len of the ts block (u32) ‖ pco(ts) ‖ pco(values)`.
     pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        let cfg = pco::ChunkConfig::default();
-        let ts = pco::standalone::simple_compress(&self.ts, &cfg).map_err(|e| corrupt(&format!("compress: {e}")))?;
-        let vs =
-            pco::standalone::simple_compress(&self.values, &cfg).map_err(|e| corrupt(&format!("compress: {e}")))?;
+        // Timestamps come at a cadence: plain deltas (one bin when it is steady), without
+        // pco's search over delta encodings (over a third of the time of encoding a chunk).
+        let ts_cfg = pco::ChunkConfig::default().with_delta_spec(pco::DeltaSpec::TryConsecutive(1));
+        let ts = pco::standalone::simple_compress(&self.ts, &ts_cfg).map_err(|e| corrupt(&format!("compress: {e}")))?;
+        let vs = pco::standalone::simple_compress(&self.values, &pco::ChunkConfig::default())
+            .map_err(|e| corrupt(&format!("compress: {e}")))?;
         let mut out = Vec::with_capacity(16 + ts.len() + vs.len());
         out.extend_from_slice(&(self.ts.len() as u32).to_be_bytes());
         out.extend_from_slice(&self.last().to_be_bytes());
@@ -575,6 +577,13 @@ mod tests {
         let bytes = c.encode().unwrap();
         assert_eq!(Chunk::decode(&bytes).unwrap(), c);
         assert!(bytes.len() < 128 * 16 / 2, "{} bytes for 128 readings", bytes.len());
+        // Steady timestamps take almost nothing; jittered ones (a device's clock, the network)
+        // still compress well.
+        let steady = bytes.len();
+        let jittered = Chunk { ts: c.ts.iter().enumerate().map(|(i, t)| t + (i as i64 * 7919) % 250).collect(), ..c };
+        let bytes = jittered.encode().unwrap();
+        assert_eq!(Chunk::decode(&bytes).unwrap(), jittered);
+        assert!(bytes.len() < steady + 128 + 32, "{} bytes with jitter, {steady} without", bytes.len());
     }
 
     #[test]
