@@ -353,9 +353,15 @@ impl Batcher {
                     None => break,
                 },
                 // Nothing new came in: the batch in flight is acknowledged as soon as it is durable.
-                done = async { (&mut flushing.as_mut().expect("guarded").done).await }, if flushing.is_some() => {
-                    let f = flushing.take().expect("guarded");
-                    self.flushed(f, done);
+                done = async {
+                    match flushing.as_mut() {
+                        Some(f) => (&mut f.done).await,
+                        None => std::future::pending().await,
+                    }
+                }, if flushing.is_some() => {
+                    if let Some(f) = flushing.take() {
+                        self.flushed(f, done);
+                    }
                     if self.failed.is_cancelled() {
                         break;
                     }
@@ -392,10 +398,7 @@ impl Batcher {
                 break;
             }
         }
-        if let Some(mut f) = flushing.take() {
-            let done = (&mut f.done).await;
-            self.flushed(f, done);
-        }
+        self.finish_flush(&mut flushing).await;
         // The healthy references are kept for the next start. The heads are compacted first:
         // the space of the log entries that frees is reused by the state written next, where
         // the other order leaves it as a hole in sled's file, which only shrinks at its end.
@@ -506,10 +509,7 @@ impl Batcher {
             Ok(outcome)
         })
         .await;
-        if let Some(mut f) = flushing.take() {
-            let done = (&mut f.done).await;
-            self.flushed(f, done);
-        }
+        self.finish_flush(flushing).await;
         let outcome = match result {
             Ok(o) => o,
             Err((what, e)) => {
@@ -533,6 +533,14 @@ impl Batcher {
             started,
         });
         core
+    }
+
+    /// Waits for the batch in flight, if any, to be flushed, and settles it (see `flushed`).
+    async fn finish_flush(&mut self, flushing: &mut Option<Flushing>) {
+        if let Some(mut f) = flushing.take() {
+            let done = (&mut f.done).await;
+            self.flushed(f, done);
+        }
     }
 
     /// A batch's flush ended: counts what it made durable, wakes the sinks when it queued

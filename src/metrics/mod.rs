@@ -342,7 +342,11 @@ impl Metrics {
             m.store_errors.clone(),
         );
         r.register("retention_removed_readings", "Readings deleted by retention", m.retention_removed.clone());
-        r.register("batch_commit_seconds", "Time to store, detect and flush one batch", m.batch_commit_seconds.clone());
+        r.register(
+            "batch_commit_seconds",
+            "Time from the start of a batch until it is stored, scored and flushed",
+            m.batch_commit_seconds.clone(),
+        );
         m.start_at_zero();
         Metrics { registry, ..m }
     }
