@@ -147,22 +147,27 @@ fn outbox_prefix(sink: &str) -> Vec<u8> {
     p
 }
 
+/// Opens a sled database. sled's background flusher may hold the directory lock for a moment
+/// after the previous owner in this process was dropped (a restart; sled issues #1234, #1289):
+/// this waits for it, up to 5 s, rather than fail.
+pub(crate) fn open_waiting(config: &sled::Config) -> Result<sled::Db, sled::Error> {
+    let mut attempts = 0;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            done => return done,
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path, cache_mb: u64, rejected_max: usize) -> Result<Store, StoreError> {
-        // sled's background flusher may hold the directory lock for a moment after the previous
-        // owner in this process was dropped (a restart): wait for it rather than fail.
-        let mut attempts = 0;
-        loop {
-            match sled::Config::new().path(dir).cache_capacity(cache_mb * 1024 * 1024).open() {
-                Ok(db) => return Store::from_db(db, rejected_max),
-                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && attempts < 50 => {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let db = open_waiting(&sled::Config::new().path(dir).cache_capacity(cache_mb * 1024 * 1024))?;
+        Store::from_db(db, rejected_max)
     }
 
     /// A throw-away database (for `replay` and benchmarks): the same code, nothing kept.

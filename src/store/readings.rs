@@ -50,6 +50,9 @@ fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(what.into())
 }
 
+/// pco's compression level for chunks (its default is 8; see [`Chunk::encode`]).
+const CHUNK_COMPRESSION_LEVEL: usize = 4;
+
 /// A compressed run of one series' readings, sorted by time, no duplicates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
@@ -68,12 +71,16 @@ impl Chunk {
 
     /// `count (u32) ‖ last ts (i64) ‖ len of the ts block (u32) ‖ pco(ts) ‖ pco(values)`.
     pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        // Timestamps come at a cadence: plain deltas (one bin when it is steady), without
-        // pco's search over delta encodings (over a third of the time of encoding a chunk).
-        let ts_cfg = pco::ChunkConfig::default().with_delta_spec(pco::DeltaSpec::TryConsecutive(1));
+        // A chunk is small (128 readings), and pco's fixed cost per column dominates: for
+        // 128 simulated readings, 125 µs with the defaults. Timestamps come at a cadence, so
+        // plain deltas (one bin when it is steady) without pco's search over delta encodings;
+        // and compression level 4 instead of 8: 68 µs, for the same size on noisy and on
+        // smooth values (2.03 and 1.77 bytes per reading either way).
+        let cfg = pco::ChunkConfig::default().with_compression_level(CHUNK_COMPRESSION_LEVEL);
+        let ts_cfg = cfg.clone().with_delta_spec(pco::DeltaSpec::TryConsecutive(1));
         let ts = pco::standalone::simple_compress(&self.ts, &ts_cfg).map_err(|e| corrupt(&format!("compress: {e}")))?;
-        let vs = pco::standalone::simple_compress(&self.values, &pco::ChunkConfig::default())
-            .map_err(|e| corrupt(&format!("compress: {e}")))?;
+        let vs =
+            pco::standalone::simple_compress(&self.values, &cfg).map_err(|e| corrupt(&format!("compress: {e}")))?;
         let mut out = Vec::with_capacity(16 + ts.len() + vs.len());
         out.extend_from_slice(&(self.ts.len() as u32).to_be_bytes());
         out.extend_from_slice(&self.last().to_be_bytes());
@@ -670,7 +677,7 @@ mod tests {
     fn the_log_is_read_back_after_a_crash_before_compaction() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = super::super::open_waiting(&sled::Config::new().path(dir.path())).unwrap();
             let r = Readings::open(&db).unwrap();
             for i in 0..50 {
                 r.insert(3, i * 1000, i as f64).unwrap();
@@ -678,7 +685,7 @@ mod tests {
             r.commit(false).unwrap(); // in the log, not compacted
             db.flush().unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = super::super::open_waiting(&sled::Config::new().path(dir.path())).unwrap();
         let r = Readings::open(&db).unwrap();
         assert_eq!(r.count().unwrap(), 50);
         assert!(!r.insert(3, 10_000, 10.0).unwrap(), "a redelivery after the restart is a duplicate");
@@ -689,7 +696,7 @@ mod tests {
     fn a_crash_between_chunk_write_and_log_trim_doubles_nothing() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = super::super::open_waiting(&sled::Config::new().path(dir.path())).unwrap();
             let r = Readings::open(&db).unwrap();
             for i in 0..CHUNK_READINGS as i64 {
                 r.insert(4, i * 1000, i as f64).unwrap();
@@ -707,7 +714,7 @@ mod tests {
             log.insert(0u64.to_be_bytes(), rec).unwrap();
             db.flush().unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = super::super::open_waiting(&sled::Config::new().path(dir.path())).unwrap();
         let r = Readings::open(&db).unwrap();
         assert_eq!(r.count().unwrap(), CHUNK_READINGS, "nothing doubled");
         assert_eq!(r.head_readings(), 0);
