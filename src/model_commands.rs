@@ -30,7 +30,7 @@ fn open(config: &Config) -> Result<Store, CommandError> {
     let dir = &config.daemon.data_dir;
     match Store::open(dir, config.store.cache_mb, config.store.rejected_max) {
         Ok(s) => Ok(s),
-        Err(StoreError::Sled(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {
+        Err(StoreError::Sled(e)) if crate::store::lock_held(&e) => {
             Err(CommandError::DatabaseBusy(dir.display().to_string()))
         }
         Err(e) => Err(e.into()),

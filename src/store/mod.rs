@@ -147,6 +147,16 @@ fn outbox_prefix(sink: &str) -> Vec<u8> {
     p
 }
 
+/// A series id as the `series` and `series_by_id` trees hold it (4 bytes, big-endian).
+fn series_id_from(bytes: &[u8]) -> Result<u32, StoreError> {
+    Ok(u32::from_be_bytes(bytes.try_into().map_err(|_| StoreError::Corrupt("series id".into()))?))
+}
+
+/// Whether sled could not open a database because another handle holds its lock.
+pub(crate) fn lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 /// Opens a sled database. sled's background flusher may hold the directory lock for a moment
 /// after the previous owner in this process was dropped (a restart; sled issues #1234, #1289):
 /// this waits for it, up to 5 s, rather than fail.
@@ -154,7 +164,7 @@ pub(crate) fn open_waiting(config: &sled::Config) -> Result<sled::Db, sled::Erro
     let mut attempts = 0;
     loop {
         match config.open() {
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && attempts < 50 => {
+            Err(e) if lock_held(&e) && attempts < 50 => {
                 attempts += 1;
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
@@ -241,7 +251,7 @@ impl Store {
         }
         let name = [device.as_bytes(), &[0], metric.as_bytes()].concat();
         let id = match self.series.get(&name)? {
-            Some(v) => u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("series id".into()))?),
+            Some(v) => series_id_from(&v)?,
             None => {
                 let id = u32::try_from(self.db.generate_id()? % u64::from(u32::MAX))
                     .map_err(|_| StoreError::Corrupt("series id overflow".into()))?;
@@ -251,9 +261,7 @@ impl Store {
                     Ok(()) => id,
                     Err(cas) => {
                         let cur = cas.current.ok_or_else(|| StoreError::Corrupt("series id".into()))?;
-                        u32::from_be_bytes(
-                            cur.as_ref().try_into().map_err(|_| StoreError::Corrupt("series id".into()))?,
-                        )
+                        series_id_from(&cur)?
                     }
                 }
             }
@@ -273,7 +281,7 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.series.scan_prefix(&prefix) {
             let (k, v) = kv?;
-            let id = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("series id".into()))?);
+            let id = series_id_from(&v)?;
             out.push((id, String::from_utf8_lossy(&k[prefix.len()..]).into_owned()));
         }
         Ok(out)
@@ -319,7 +327,7 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.series_by_id.iter() {
             let (k, v) = kv?;
-            let id = u32::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt("series id".into()))?);
+            let id = series_id_from(&k)?;
             let s = String::from_utf8_lossy(&v).into_owned();
             if let Some((d, m)) = s.split_once('\0') {
                 out.push((id, d.to_string(), m.to_string()));
@@ -489,7 +497,7 @@ impl Store {
 
     /// Every stored incident record.
     pub fn incidents<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<T>, StoreError> {
-        self.incidents.iter().map(|kv| Ok(serde_json::from_slice(&kv?.1)?)).collect()
+        self.incidents_with_prefix("")
     }
 
     /// The stored incidents whose key starts with `prefix` (keys are `device/metric/fault`, so
@@ -632,7 +640,7 @@ impl Store {
         let mut removed = 0;
         for kv in self.series_by_id.iter() {
             let (k, _) = kv?;
-            let id = u32::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt("series id".into()))?);
+            let id = series_id_from(&k)?;
             removed += self.readings.prune(id, cutoff, interval_ms)?;
             self.readings.prune_aggregates(id, aggregate_cutoff)?;
         }
