@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::FastMap;
+
 use crate::reading::Reading;
 
 /// The bookkeeping of every tracked device.
@@ -12,19 +14,19 @@ use crate::reading::Reading;
 pub(super) struct Devices {
     /// Per device: the metrics it reports (its series), for the limits, the models and the
     /// checks in a ticket.
-    metrics: HashMap<String, BTreeSet<String>>,
+    metrics: FastMap<String, BTreeSet<String>>,
     /// Series (device × metric) tracked now: the sum over `metrics`, kept for the limit.
     series: usize,
     /// Per device: its site, for the site check and sensor-health incidents.
-    site: HashMap<String, Option<String>>,
+    site: FastMap<String, Option<String>>,
     /// Event time of each series' last anomalous reading (do other metrics move with it?).
-    last_anomaly: HashMap<(String, String), i64>,
+    last_anomaly: FastMap<(String, String), i64>,
     /// Wall-clock receive time of each device's last message (for sensor health).
-    last_heard: HashMap<String, i64>,
+    last_heard: FastMap<String, i64>,
     /// Wall-clock receive time of each device's first message since it was last forgotten.
-    first_heard: HashMap<String, i64>,
+    first_heard: FastMap<String, i64>,
     /// Per device: event time of its last message and its usual interval (ms).
-    cadence: HashMap<String, (i64, f64)>,
+    cadence: FastMap<String, (i64, f64)>,
 }
 
 impl Devices {
@@ -36,12 +38,13 @@ impl Devices {
         first_heard: HashMap<String, i64>,
         now: i64,
     ) -> Devices {
-        let mut metrics: HashMap<String, BTreeSet<String>> = HashMap::new();
+        let mut metrics: FastMap<String, BTreeSet<String>> = FastMap::default();
         for (device, metric) in series {
             metrics.entry(device).or_default().insert(metric);
         }
         let last_heard = metrics.keys().chain(first_heard.keys()).map(|d| (d.clone(), now)).collect();
         let series = metrics.values().map(BTreeSet::len).sum();
+        let first_heard = first_heard.into_iter().collect();
         Devices { metrics, series, last_heard, first_heard, ..Devices::default() }
     }
 

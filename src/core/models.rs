@@ -1,7 +1,6 @@
 //! The core's side of the learned device models: score each complete vector of a device with
 //! its fitted models and feed the verdict to the incident policy as a `Multivariate` anomaly.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::Core;
@@ -40,11 +39,11 @@ struct FitClock {
 /// Every device's fitted models.
 pub(super) struct DeviceModels {
     config: ModelsConfig,
-    by_device: HashMap<String, Vec<LiveModel>>,
-    clocks: HashMap<String, FitClock>,
+    by_device: crate::FastMap<String, Vec<LiveModel>>,
+    clocks: crate::FastMap<String, FitClock>,
     /// Devices that changed operating point (event time of the change) and have not been
     /// refitted since.
-    new_point: HashMap<String, i64>,
+    new_point: crate::FastMap<String, i64>,
     /// How long a new operating point is watched before the refit that learns it.
     settle_ms: i64,
     /// Where a device's first healthy history, a settled new operating point and the
@@ -66,9 +65,9 @@ impl DeviceModels {
     pub(super) fn load(config: &ModelsConfig, settle_ms: i64, store: &Store) -> Result<DeviceModels, StoreError> {
         let mut models = DeviceModels {
             config: config.clone(),
-            by_device: HashMap::new(),
-            clocks: HashMap::new(),
-            new_point: HashMap::new(),
+            by_device: Default::default(),
+            clocks: Default::default(),
+            new_point: Default::default(),
             settle_ms,
             requests: Arc::default(),
         };

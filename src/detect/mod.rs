@@ -27,6 +27,8 @@ mod trend;
 
 use std::collections::HashMap;
 
+use crate::FastMap;
+
 use serde::{Deserialize, Serialize};
 
 pub use baseline::Baseline;
@@ -273,7 +275,7 @@ pub struct DetectorBank {
     config: DetectConfig,
     limits: LimitTable,
     /// Per device, per metric: two levels so a lookup by `&str` allocates nothing.
-    series: HashMap<String, HashMap<String, SeriesDetectors>>,
+    series: FastMap<String, FastMap<String, SeriesDetectors>>,
     /// Sensitivity factors learned from false alarms, applied to new and existing detectors.
     tuning: HashMap<(String, String), f64>,
     /// Series whose healthy reference was fixed or dropped since their state was last taken
@@ -291,7 +293,7 @@ impl DetectorBank {
         DetectorBank {
             limits: LimitTable::new(&config.limits),
             config: config.clone(),
-            series: HashMap::new(),
+            series: FastMap::default(),
             tuning: HashMap::new(),
             references_changed: Vec::new(),
         }
@@ -448,11 +450,11 @@ impl DetectorBank {
 
     /// Number of series with detector state (memory is bounded by the number of series).
     pub fn len(&self) -> usize {
-        self.series.values().map(HashMap::len).sum()
+        self.series.values().map(FastMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.series.values().all(HashMap::is_empty)
+        self.series.values().all(FastMap::is_empty)
     }
 }
 

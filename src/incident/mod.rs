@@ -11,7 +11,7 @@ mod suppression;
 mod update;
 mod verdict;
 
-use std::collections::{HashMap, HashSet};
+use crate::{FastMap, FastSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -179,16 +179,16 @@ struct Pending {
 /// Debounce, dedup and auto-resolve.
 pub struct IncidentPolicy {
     config: IncidentConfig,
-    pending: HashMap<String, Pending>,
-    open: HashMap<String, Incident>,
+    pending: FastMap<String, Pending>,
+    open: FastMap<String, Incident>,
     /// The last resolved incident of each key: a recurrence within the cool-down reopens it, and
     /// a `wont_fix` verdict keeps the key from opening again by itself.
-    resolved: HashMap<String, Incident>,
+    resolved: FastMap<String, Incident>,
     /// The `device/metric/` part of every key in `pending` and `open`, and perhaps of a few
     /// keys no longer there (it is rebuilt when it has grown well past them). A reading of any
     /// other series with nothing to report can change nothing, and is passed over with one
     /// lookup instead of two per fault kind.
-    watched: HashSet<String>,
+    watched: FastSet<String>,
     /// Where the keys looked up for every reading are built, so they allocate nothing.
     scratch: String,
 }
@@ -206,10 +206,10 @@ impl IncidentPolicy {
     /// A policy that starts with the open incidents found in the store.
     pub fn new(config: &IncidentConfig, stored: Vec<Incident>) -> IncidentPolicy {
         let (open, resolved): (Vec<_>, Vec<_>) = stored.into_iter().partition(|i| i.state == IncidentState::Open);
-        let open: HashMap<String, Incident> = open.into_iter().map(|i| (i.key.clone(), i)).collect();
+        let open: FastMap<String, Incident> = open.into_iter().map(|i| (i.key.clone(), i)).collect();
         IncidentPolicy {
             config: config.clone(),
-            pending: HashMap::new(),
+            pending: FastMap::default(),
             watched: open.keys().map(|k| series_part(k).to_string()).collect(),
             open,
             resolved: resolved.into_iter().map(|i| (i.key.clone(), i)).collect(),

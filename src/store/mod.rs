@@ -23,7 +23,6 @@ mod retention;
 
 pub use config::StoreConfig;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -85,6 +84,9 @@ pub struct OutboxEntry {
     pub body: Vec<u8>,
 }
 
+/// Series ids by device, then metric: two levels, so a lookup by `&str` allocates nothing.
+type SeriesCache = crate::FastMap<String, crate::FastMap<String, u32>>;
+
 /// The embedded database, shared by every stage.
 pub struct Store {
     db: sled::Db,
@@ -105,7 +107,7 @@ pub struct Store {
     /// Fitted per-device models: `device\0kind` → JSON.
     models: sled::Tree,
     /// Series ids are looked up on every reading; the cache keeps that off the disk.
-    series_cache: Mutex<HashMap<String, HashMap<String, u32>>>,
+    series_cache: Mutex<SeriesCache>,
     rejected_len: AtomicUsize,
     rejected_max: usize,
 }
@@ -203,7 +205,7 @@ impl Store {
             silences: db.open_tree("silences")?,
             devices: db.open_tree("devices")?,
             models: db.open_tree("models")?,
-            series_cache: Mutex::new(HashMap::new()),
+            series_cache: Mutex::new(SeriesCache::default()),
             rejected_max,
             db,
         };
@@ -270,7 +272,7 @@ impl Store {
         Ok(id)
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, u32>>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, SeriesCache> {
         // A poisoned cache is still a valid cache: entries are only ever inserted whole.
         self.series_cache.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -185,7 +185,7 @@ struct Head {
 
 #[derive(Debug, Default)]
 struct State {
-    heads: HashMap<u32, Head>,
+    heads: crate::FastMap<u32, Head>,
     /// Readings of the batch being built, written to the log by [`Readings::commit`].
     pending: LogBatch,
     next_seq: u64,
