@@ -15,7 +15,8 @@
 //! devices, at least 50; 500 per device at 1,000 devices]. `FW_SCALE_EXTRA_TOML` is merged
 //! into the daemon's config (`\n` for new lines), `FW_SCALE_WRAP` runs the daemon under
 //! a profiler (e.g. `perf record -e cpu-clock -g -o FILE --`), `FW_SCALE_KEEP_DB=DIR` keeps a
-//! copy of the row's database for inspection. Needs `mosquitto` and `mosquitto_sub` in `PATH` (or /usr/sbin,
+//! copy of the row's database for inspection, `FW_SCALE_IDLE_SECS=N` prints the daemon's RSS
+//! after N seconds idle once the backlog is drained. Needs `mosquitto` and `mosquitto_sub` in `PATH` (or /usr/sbin,
 //! /usr/bin); exits 0 with a message otherwise. The table is also written to
 //! `target/bench-scale.md`.
 
@@ -157,6 +158,11 @@ async fn row(sub: &Path, devices: usize, per_device: usize) -> Row {
          {reconnects} broker connection errors",
         messages as f64 / batches.max(1) as f64
     );
+    if let Some(idle) = std::env::var("FW_SCALE_IDLE_SECS").ok().and_then(|s| s.parse::<u64>().ok()) {
+        // What stays resident once the backlog is drained and the daemon is idle.
+        tokio::time::sleep(Duration::from_secs(idle)).await;
+        eprintln!("scale: {devices} devices: RSS after {idle} s idle: {:.1} MiB", daemon.rss_kib() as f64 / 1024.0);
+    }
     daemon.signal("TERM");
     daemon.wait();
     let disk_bytes = dir_bytes(&config.data_path());

@@ -46,6 +46,8 @@ pub enum DaemonError {
     Admin { addr: String, source: std::io::Error },
     #[error("admin.token: {0}")]
     AdminToken(crate::settings::SecretError),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// A request from outside the batch path that the core must handle itself (it owns incident
@@ -190,6 +192,7 @@ impl Daemon {
             client.clone(),
             connection,
             config.mqtt.clone(),
+            core.decoder(),
             tx,
             store.clone(),
             metrics.clone(),
@@ -200,6 +203,8 @@ impl Daemon {
         let liveness = Arc::new(Liveness::default());
         tracker.spawn(systemd::watchdog(liveness.clone(), cancel.clone()));
         let stage = Batcher {
+            core_thread: Worker::start("fieldwatch-core").map_err(DaemonError::Thread)?,
+            flush_thread: Worker::start("fieldwatch-flush").map_err(DaemonError::Thread)?,
             client,
             unacked: VecDeque::new(),
             store: store.clone(),
@@ -296,7 +301,7 @@ const ACK_DRAIN: Duration = Duration::from_secs(2);
 /// A batch written to the store whose flush is still running (while the core takes on the next
 /// batch): what waits for it to be durable.
 struct Flushing {
-    done: tokio::task::JoinHandle<Result<(), StoreError>>,
+    done: Job<Result<(), StoreError>>,
     acks: Vec<Ack>,
     uncommitted: Uncommitted,
     /// Whether it queued ticket commands (the sinks are woken once it is durable).
@@ -306,6 +311,10 @@ struct Flushing {
 
 /// The group-commit stage and what it needs besides its input.
 struct Batcher {
+    /// Where the core runs: off tokio's workers, always on the same thread.
+    core_thread: Worker,
+    /// Where the flushes run, beside the core.
+    flush_thread: Worker,
     client: Client,
     /// Stored messages whose acknowledgement did not fit in the client's request queue yet.
     /// They are retried, never dropped: the broker counts them against our in-flight window
@@ -403,12 +412,14 @@ impl Batcher {
         // the space of the log entries that frees is reused by the state written next, where
         // the other order leaves it as a hole in sled's file, which only shrinks at its end.
         let store = self.store.clone();
-        let (_, result) = off_runtime(core, move |core| {
-            store.compact_and_flush().map_err(|e| ("cannot compact the readings", e))?;
-            core.save_detector_state().map_err(|e| ("cannot store the detector state", e))?;
-            store.flush_blocking().map_err(|e| ("cannot flush the detector state", e))
-        })
-        .await;
+        let (_, result) = self
+            .core_thread
+            .run_core(core, move |core| {
+                store.compact_and_flush().map_err(|e| ("cannot compact the readings", e))?;
+                core.save_detector_state().map_err(|e| ("cannot store the detector state", e))?;
+                store.flush_blocking().map_err(|e| ("cannot flush the detector state", e))
+            })
+            .await;
         if let Err((what, e)) = result {
             tracing::error!(error = %e, "{what}");
         }
@@ -447,18 +458,19 @@ impl Batcher {
     /// Time-driven incident changes (escalations, silent devices) and the periodic detector
     /// state save, made durable like a batch, off the async runtime.
     async fn tick(&self, core: Core) -> Core {
-        release_free_memory();
         let since = self.link.up_since();
         let store = self.store.clone();
-        let (core, result) = off_runtime(core, move |core| {
-            let transitions = core.tick(crate::reading::now_ms(), since).map_err(|e| ("store", e))?;
-            if !transitions.is_empty() {
-                store.flush_blocking().map_err(|e| ("flush", e))?;
-                core.committed();
-            }
-            Ok(!transitions.is_empty())
-        })
-        .await;
+        let (core, result) = self
+            .core_thread
+            .run_core(core, move |core| {
+                let transitions = core.tick(crate::reading::now_ms(), since).map_err(|e| ("store", e))?;
+                if !transitions.is_empty() {
+                    store.flush_blocking().map_err(|e| ("flush", e))?;
+                    core.committed();
+                }
+                Ok(!transitions.is_empty())
+            })
+            .await;
         match result {
             Ok(true) => self.wake.notify_waiters(),
             Ok(false) => {}
@@ -503,12 +515,14 @@ impl Batcher {
         let started = Instant::now();
         let (messages, acks): (Vec<_>, Vec<_>) = batch.drain(..).map(|i| (i.message, i.ack)).unzip();
         let store = self.store.clone();
-        let (mut core, result) = off_runtime(core, move |core| {
-            let outcome = core.process_messages(&messages).map_err(|e| ("store", e))?;
-            store.write_batch().map_err(|e| ("store", e))?;
-            Ok(outcome)
-        })
-        .await;
+        let (mut core, result) = self
+            .core_thread
+            .run_core(core, move |core| {
+                let outcome = core.process_decoded(messages).map_err(|e| ("store", e))?;
+                store.write_batch().map_err(|e| ("store", e))?;
+                Ok(outcome)
+            })
+            .await;
         self.finish_flush(flushing).await;
         let outcome = match result {
             Ok(o) => o,
@@ -526,7 +540,7 @@ impl Batcher {
         }
         let store = self.store.clone();
         *flushing = Some(Flushing {
-            done: tokio::task::spawn_blocking(move || store.sync()),
+            done: self.flush_thread.spawn(move || store.sync()),
             acks: acks.into_iter().flatten().collect(),
             uncommitted: core.take_uncommitted(),
             transitions: !outcome.transitions.is_empty(),
@@ -545,11 +559,9 @@ impl Batcher {
 
     /// A batch's flush ended: counts what it made durable, wakes the sinks when it queued
     /// ticket commands, and acknowledges its messages; or fails the store.
-    fn flushed(&mut self, f: Flushing, done: Result<Result<(), StoreError>, tokio::task::JoinError>) {
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return self.store_failed("flush", &e),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+    fn flushed(&mut self, f: Flushing, done: Result<(), StoreError>) {
+        if let Err(e) = done {
+            return self.store_failed("flush", &e);
         }
         f.uncommitted.count();
         self.metrics.batch_commit_seconds.observe(f.started.elapsed().as_secs_f64());
@@ -561,50 +573,93 @@ impl Batcher {
     }
 }
 
-/// Hands memory freed after a burst back to the system. glibc keeps freed memory in its
-/// per-thread arenas, so after a backlog the resident set stayed at about twice the live heap;
-/// `malloc_trim` releases it (once a second, from the tick; it takes well under a millisecond
-/// when there is little to release).
-/// Keeps glibc to one malloc arena, unless `MALLOC_ARENA_MAX` says otherwise. By default glibc
-/// gives each thread that allocates its own arena (up to eight per core), and the blocking
-/// threads the core runs on each keep theirs: draining a backlog of 1,000 devices peaked at
-/// ~88 MiB resident with them and ~70 MiB with one (BENCHMARKS.md); the throughput difference
-/// was within the noise of those runs, since the core runs on one thread at a time. Call it
-/// first, before threads start.
-pub fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
+/// Sets mimalloc's options for a gateway, unless their `MIMALLOC_*` variables say otherwise:
+/// memory freed is handed back to the system at once (`purge_delay` 0: its default holds it for
+/// a second, which during a backlog kept 10-15 MiB more resident at 1,000 devices), arenas are
+/// committed as they are used rather than up front, and no empty page is kept per size class
+/// (`page_full_retain` 0). `fieldwatch` runs on mimalloc (the global allocator of the binary,
+/// `main.rs`); call this first, before threads start.
+pub fn tune_allocator() {
+    // The option numbers of mimalloc.h (v3, as libmimalloc-sys 0.1.49 bundles it; its Rust
+    // bindings name only some of them).
+    const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    const PAGE_FULL_RETAIN: libmimalloc_sys::mi_option_t = 36;
+    for (option, variable) in [
+        (ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT"),
+        (PURGE_DELAY, "MIMALLOC_PURGE_DELAY"),
+        (PAGE_FULL_RETAIN, "MIMALLOC_PAGE_FULL_RETAIN"),
+    ] {
+        if std::env::var_os(variable).is_none() {
+            // SAFETY: sets an option of the allocator; no memory is touched.
+            unsafe { libmimalloc_sys::mi_option_set(option, 0) };
         }
-    }
-}
-
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
 /// What a step of the core says went wrong: the operation ("store", "flush") and the error.
 type StepError = (&'static str, StoreError);
 
-/// Runs `step` on the core on a blocking thread and hands the core back with its result. A
-/// panic in the core is a bug: it is passed on, and the daemon ends (systemd restarts it).
-async fn off_runtime<T: Send + 'static>(
-    mut core: Core,
-    step: impl FnOnce(&mut Core) -> Result<T, StepError> + Send + 'static,
-) -> (Core, Result<T, StepError>) {
-    match tokio::task::spawn_blocking(move || {
-        let r = step(&mut core);
-        (core, r)
-    })
-    .await
-    {
-        Ok(done) => done,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
+/// A thread of the batcher's own, for its whole life, that runs jobs one after another: the
+/// core runs on one, the flushes on another. Off tokio's workers like a `spawn_blocking` per
+/// batch, but always the same thread: with `spawn_blocking` each batch landed on whichever
+/// blocking thread was idle (six of them in a backlog), each with cold caches and its own
+/// allocator heap holding memory. It ends when the batcher does (the sender is dropped).
+struct Worker {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Worker {
+    fn start(name: &str) -> std::io::Result<Worker> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new().name(name.into()).spawn(move || {
+            for job in queue {
+                job();
+            }
+        })?;
+        Ok(Worker { jobs })
+    }
+
+    /// Starts `f` on the thread; the job's result is what it returns. A panic in it is a bug:
+    /// it is passed on where the job is awaited, and the daemon ends (systemd restarts it).
+    fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Job<T> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job = Box::new(move || {
+            let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+        });
+        // The thread lives as long as `self`, and a job never ends it: a panic is caught.
+        if self.jobs.send(job).is_err() {
+            unreachable!("a worker thread ended while its batcher runs");
+        }
+        Job(result)
+    }
+
+    /// Runs `step` on the core on this thread and hands the core back with its result.
+    async fn run_core<T: Send + 'static>(
+        &self,
+        mut core: Core,
+        step: impl FnOnce(&mut Core) -> Result<T, StepError> + Send + 'static,
+    ) -> (Core, Result<T, StepError>) {
+        self.spawn(move || {
+            let r = step(&mut core);
+            (core, r)
+        })
+        .await
+    }
+}
+
+/// The result of a job on a [`Worker`], to come.
+struct Job<T>(tokio::sync::oneshot::Receiver<std::thread::Result<T>>);
+
+impl<T> std::future::Future for Job<T> {
+    type Output = T;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        match std::pin::Pin::new(&mut self.0).poll(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(Ok(Ok(value))) => std::task::Poll::Ready(value),
+            std::task::Poll::Ready(Ok(Err(panic))) => std::panic::resume_unwind(panic),
+            std::task::Poll::Ready(Err(_)) => unreachable!("a worker thread dropped a job without running it"),
+        }
     }
 }

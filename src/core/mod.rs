@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::assets::{AssetsConfig, Priority, PriorityConfig, Registry, Tier};
-use crate::decode::{DecodeConfig, Decoder, RejectReason};
+use crate::decode::{DecodeConfig, Decoded, Decoder, RejectReason};
 use crate::detect::{Anomaly, DetectConfig, DetectorBank, FaultKind, Observation, DETECTORS};
 use crate::incident::{Incident, IncidentConfig, IncidentPolicy, Transition};
 use crate::metrics::{FaultLabel, Labels, Metrics, ReasonLabel};
@@ -266,21 +266,31 @@ impl Core {
     /// Decodes, stores and scores a batch of messages. Nothing is durable until the caller
     /// flushes the store.
     pub fn process_messages(&mut self, msgs: &[Message]) -> Result<BatchOutcome, StoreError> {
+        let decoded = msgs.iter().map(|m| self.decoder.decode_message(m.clone())).collect();
+        self.process_decoded(decoded)
+    }
+
+    /// The decoder the core applies, for a caller that decodes before the core: the daemon
+    /// decodes in its ingest task, beside the core.
+    pub fn decoder(&self) -> Decoder {
+        self.decoder.clone()
+    }
+
+    /// [`Core::process_messages`] for messages decoded already, with [`Core::decoder`].
+    pub fn process_decoded(&mut self, batch: Vec<Decoded>) -> Result<BatchOutcome, StoreError> {
         let mut out = BatchOutcome::default();
-        let mut ignored = Vec::new();
-        for msg in msgs {
+        for Decoded { message, readings, ignored } in batch {
             self.metrics.messages.inc();
-            ignored.clear();
-            match self.decoder.decode_noting(msg, &mut ignored).and_then(|r| self.within_limits(r)) {
+            match readings.and_then(|r| self.within_limits(r)) {
                 Ok((readings, over)) => {
                     self.count_ignored(&readings, &ignored);
-                    self.process_readings(&readings, msg.received_ms, &mut out)?;
+                    self.process_readings(&readings, message.received_ms, &mut out)?;
                     if let Some(reason) = over {
                         // The new series are refused; the message's other readings were taken.
-                        self.reject(msg, &reason, &mut out)?;
+                        self.reject(&message, &reason, &mut out)?;
                     }
                 }
-                Err(reason) => self.reject(msg, &reason, &mut out)?,
+                Err(reason) => self.reject(&message, &reason, &mut out)?,
             }
         }
         Ok(out)

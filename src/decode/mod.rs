@@ -118,6 +118,16 @@ pub struct IgnoredField {
     pub numeric_text: bool,
 }
 
+/// A message with what decoding made of it. The daemon decodes in its ingest task, as messages
+/// arrive, so that decoding runs beside the core instead of on its thread.
+#[derive(Debug)]
+pub struct Decoded {
+    pub message: Message,
+    pub readings: Result<Vec<Reading>, RejectReason>,
+    /// The fields of an accepted message that look like metrics but are not numbers.
+    pub ignored: Vec<IgnoredField>,
+}
+
 /// Event times further than this ahead of the receive time are rejected: a device with a wrong
 /// clock would otherwise write readings that retention never removes and baselines never reach.
 const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
@@ -162,6 +172,13 @@ impl Decoder {
     pub fn with_max_age(mut self, age: std::time::Duration) -> Decoder {
         self.max_age_ms = Some(age.as_millis().min(i64::MAX as u128) as i64);
         self
+    }
+
+    /// Decodes a message, keeping it with the result (see [`Decoded`]).
+    pub fn decode_message(&self, message: Message) -> Decoded {
+        let mut ignored = Vec::new();
+        let readings = self.decode_noting(&message, &mut ignored);
+        Decoded { message, readings, ignored }
     }
 
     /// Decodes one message into its readings, or says why it cannot.

@@ -27,14 +27,17 @@ use super::link::Polled;
 pub use super::link::{connect, Ack, Client, Connection, IngestError};
 use super::LinkState;
 use crate::backoff::backoff;
+use crate::decode::{Decoded, Decoder};
 use crate::metrics::Metrics;
 use crate::reading::{now_ms, Message};
 use crate::store::Store;
 
-/// A message and, for QoS 1, how to acknowledge it once it is stored.
+/// A message, decoded, and, for QoS 1, how to acknowledge it once it is stored. Messages are
+/// decoded here, as they arrive, so that decoding runs beside the core (which works on the batch
+/// before) instead of on its thread; a payload is at most `decode.max_payload_bytes`.
 #[derive(Debug)]
 pub struct Inbound {
-    pub message: Message,
+    pub message: Decoded,
     pub ack: Option<Ack>,
 }
 
@@ -57,6 +60,7 @@ pub async fn run(
     client: Client,
     mut connection: Connection,
     cfg: MqttConfig,
+    decoder: Decoder,
     tx: mpsc::Sender<Inbound>,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
@@ -106,7 +110,7 @@ pub async fn run(
                 }
             }
             Ok(Polled::Message { topic, payload, ack }) => {
-                let message = Message { topic, payload, received_ms: now_ms() };
+                let message = decoder.decode_message(Message { topic, payload, received_ms: now_ms() });
                 let send = tokio::select! {
                     _ = cancel.cancelled() => break,
                     r = tx.send(Inbound { message, ack }) => r,
