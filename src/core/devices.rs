@@ -5,9 +5,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::FastMap;
-
 use crate::reading::Reading;
+use crate::FastMap;
 
 /// The bookkeeping of every tracked device.
 #[derive(Debug, Default)]

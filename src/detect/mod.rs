@@ -27,9 +27,9 @@ mod trend;
 
 use std::collections::HashMap;
 
-use crate::FastMap;
-
 use serde::{Deserialize, Serialize};
+
+use crate::FastMap;
 
 pub use baseline::Baseline;
 pub use drift::{Drift, DriftConfig, Reference};
