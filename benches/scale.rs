@@ -7,7 +7,8 @@
 //! published into both. The bare subscriber drains its copy first, then the daemon drains its
 //! copy; the clock of each runs from its process start to the last message stored (daemon:
 //! every reading stored, flushed and acknowledged). Printed per row: messages/s of both and
-//! their ratio, the daemon's peak RSS, CPU seconds per million readings, and bytes on disk per
+//! their ratio, the daemon's peak RSS, its RSS at the end (all of it, and the anonymous part without
+//! the binary's clean file pages), CPU seconds per million readings, and bytes on disk per
 //! reading after the daemon stopped (chunks compacted).
 //!
 //! Run with `cargo bench --bench scale`. `FW_SCALE_DEVICES` [10,100,1000,10000] and
@@ -80,6 +81,7 @@ struct Row {
     daemon_s: f64,
     peak_rss_kib: u64,
     rss_kib: u64,
+    anon_kib: u64,
     cpu_s: f64,
     disk_bytes: u64,
 }
@@ -149,6 +151,7 @@ async fn row(sub: &Path, devices: usize, per_device: usize) -> Row {
     let cpu_s = daemon.cpu_seconds();
     let peak_rss_kib = daemon.peak_rss_kib();
     let rss_kib = daemon.rss_kib();
+    let anon_kib = daemon.rss_anon_kib();
     // What the run did, beside its speed: how many batches, how many redeliveries, reconnects.
     let batches = daemon.metric("fieldwatch_batch_commit_seconds_count").await.unwrap_or(0);
     let redelivered = daemon.metric("fieldwatch_readings_duplicate_total").await.unwrap_or(0);
@@ -170,7 +173,7 @@ async fn row(sub: &Path, devices: usize, per_device: usize) -> Row {
         // For inspection: `cp -a` keeps sled's files as they are.
         let _ = Command::new("cp").arg("-a").arg(config.data_path()).arg(&keep).status();
     }
-    Row { devices, messages, bare_s, daemon_s, peak_rss_kib, rss_kib, cpu_s, disk_bytes }
+    Row { devices, messages, bare_s, daemon_s, peak_rss_kib, rss_kib, anon_kib, cpu_s, disk_bytes }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +192,7 @@ async fn main() {
         .collect();
     let total: usize = std::env::var("FW_SCALE_READINGS").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000_000);
     let mut out = String::from(
-        "| devices | msgs/device | messages | bare msg/s | fieldwatch msg/s | ratio | readings/s | peak RSS (MiB) | RSS at end (MiB) | CPU s per M readings | bytes/reading on disk |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| devices | msgs/device | messages | bare msg/s | fieldwatch msg/s | ratio | readings/s | peak RSS (MiB) | RSS at end (MiB) | anonymous RSS at end (MiB) | CPU s per M readings | bytes/reading on disk |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for d in devices {
         let per_device = (total / METRICS.len() / d).max(50);
@@ -197,7 +200,7 @@ async fn main() {
         let r = row(&sub, d, per_device).await;
         let readings = (r.messages * METRICS.len()) as f64;
         let line = format!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {:.1} | {:.2} | {:.1} |\n",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} |\n",
             r.devices,
             per_device,
             r.messages,
@@ -207,6 +210,7 @@ async fn main() {
             readings / r.daemon_s,
             r.peak_rss_kib as f64 / 1024.0,
             r.rss_kib as f64 / 1024.0,
+            r.anon_kib as f64 / 1024.0,
             r.cpu_s / readings * 1e6,
             r.disk_bytes as f64 / readings,
         );

@@ -102,6 +102,9 @@ impl DeviceModels {
             return;
         }
         list.retain(|l| l.model.kind != model.kind);
+        // Exactly: a device has one model of each kind it fits, and a doubling `Vec` would
+        // hold room for four.
+        list.reserve_exact(1);
         list.push(LiveModel { model, features: FeatureState::default(), smoothed: Smoothed::default(), distrust });
     }
 

@@ -275,7 +275,9 @@ pub struct DetectorBank {
     config: DetectConfig,
     limits: LimitTable,
     /// Per device, per metric: two levels so a lookup by `&str` allocates nothing.
-    series: FastMap<String, FastMap<String, SeriesDetectors>>,
+    /// Boxed: a map of four metrics has eight slots, and half of them would hold a whole
+    /// `SeriesDetectors` unused.
+    series: FastMap<String, FastMap<String, Box<SeriesDetectors>>>,
     /// Sensitivity factors learned from false alarms, applied to new and existing detectors.
     tuning: HashMap<(String, String), f64>,
     /// Series whose healthy reference was fixed or dropped since their state was last taken
@@ -334,16 +336,16 @@ impl DetectorBank {
     fn entry(&mut self, device: &str, metric: &str) -> Option<&mut SeriesDetectors> {
         if !self.series.get(device).is_some_and(|m| m.contains_key(metric)) {
             let s = self.build(device, metric);
-            self.series.entry(device.to_string()).or_default().insert(metric.to_string(), s);
+            self.series.entry(device.to_string()).or_default().insert(metric.to_string(), Box::new(s));
         }
-        self.series.get_mut(device).and_then(|m| m.get_mut(metric))
+        self.series.get_mut(device).and_then(|m| m.get_mut(metric)).map(|s| &mut **s)
     }
 
     /// Starts a series over: fresh detectors that learn a new reference (the device runs at a
     /// new operating point). Learned false-alarm tuning is kept.
     pub fn recommission(&mut self, device: &str, metric: &str) {
         let s = self.build(device, metric);
-        self.series.entry(device.to_string()).or_default().insert(metric.to_string(), s);
+        self.series.entry(device.to_string()).or_default().insert(metric.to_string(), Box::new(s));
         self.references_changed.push((device.to_string(), metric.to_string()));
     }
 

@@ -18,6 +18,7 @@
 
 mod batch_log;
 pub mod config;
+mod head;
 mod readings;
 mod retention;
 

@@ -25,10 +25,13 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
 use super::batch_log::LogBatch;
+use super::head::HeadPoints;
 use super::StoreError;
 
 /// Readings per chunk (a chunk of a slow series may be smaller; it grows at later compactions).
 pub const CHUNK_READINGS: usize = 128;
+/// Bytes of a compacted head's buffer kept for the readings to come (about 20 noisy readings).
+const HEAD_BYTES_KEPT: usize = 192;
 /// Series whose heads one write of a compaction turns into chunks.
 const COMPACT_GROUP: usize = 256;
 /// A head older than this (wall time since its first reading) is compacted even if small, so
@@ -174,7 +177,7 @@ impl Aggregate {
 /// One series' readings not yet in a chunk.
 #[derive(Debug)]
 struct Head {
-    points: Vec<(i64, f64)>,
+    points: HeadPoints,
     /// The oldest log entry holding one of `points`.
     first_seq: u64,
     /// Wall-clock ms of the first of `points` (for [`HEAD_MAX_AGE_MS`]).
@@ -251,11 +254,10 @@ impl Readings {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 let chunked_until = self.chunked_until(series)?;
-                e.insert(Head { points: Vec::new(), first_seq: seq, since_ms: now, chunked_until })
+                e.insert(Head { points: HeadPoints::default(), first_seq: seq, since_ms: now, chunked_until })
             }
         };
-        let newest = head.points.last().map(|p| p.0);
-        if newest.is_some_and(|n| ts <= n) && head.points.iter().rev().any(|p| p.0 == ts) {
+        if head.points.contains(ts) {
             return Ok(false);
         }
         if ts <= head.chunked_until && self.in_chunks(series, ts)? {
@@ -265,7 +267,7 @@ impl Readings {
             head.first_seq = seq;
             head.since_ms = now;
         }
-        head.points.push((ts, value));
+        head.points.push(ts, value);
         Ok(true)
     }
 
@@ -343,10 +345,9 @@ impl Readings {
             self.chunks.apply_batch(batch)?;
             for series in group {
                 if let Some(head) = st.heads.get_mut(series) {
-                    let newest = head.points.iter().map(|p| p.0).max().unwrap_or(i64::MIN);
+                    let newest = head.points.max_ts().unwrap_or(i64::MIN);
                     head.chunked_until = head.chunked_until.max(newest);
-                    head.points.clear();
-                    head.points.shrink_to(CHUNK_READINGS / 4);
+                    head.points.clear(HEAD_BYTES_KEPT);
                 }
             }
         }
@@ -364,7 +365,7 @@ impl Readings {
         let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         for series in series_list {
             let Some(head) = st.heads.get(series) else { continue };
-            let mut points = head.points.clone();
+            let mut points = head.points.to_vec();
             points.sort_by_key(|p| p.0);
             let chunked_until = head.chunked_until;
             // Late readings go into the chunks that cover them, so chunks never overlap.
@@ -431,10 +432,7 @@ impl Readings {
     pub(super) fn recent(&self, series: u32, until: i64, n: usize) -> Result<Vec<(i64, f64)>, StoreError> {
         let mut out: Vec<(i64, f64)> = {
             let st = self.lock();
-            st.heads
-                .get(&series)
-                .map(|h| h.points.iter().filter(|p| p.0 <= until).copied().collect())
-                .unwrap_or_default()
+            st.heads.get(&series).map(|h| h.points.iter().filter(|p| p.0 <= until).collect()).unwrap_or_default()
         };
         out.sort_by_key(|p| p.0);
         let mut older: Vec<(i64, f64)> = Vec::new();
@@ -470,7 +468,7 @@ impl Readings {
             let st = self.lock();
             st.heads
                 .get(&series)
-                .map(|h| h.points.iter().filter(|p| p.0 >= from && p.0 <= to).copied().collect())
+                .map(|h| h.points.iter().filter(|p| p.0 >= from && p.0 <= to).collect())
                 .unwrap_or_default()
         };
         // The chunk that starts before `from` may reach into the range.
@@ -614,6 +612,19 @@ mod tests {
         assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
         assert_eq!(r.recent(7, 150_000, 3).unwrap(), vec![(148_000, 148.0), (149_000, 149.0), (150_000, 150.0)]);
         assert_eq!(r.range(7, 10_500, 12_000).unwrap(), vec![(11_000, 11.0), (12_000, 12.0)]);
+    }
+
+    #[test]
+    fn a_redelivered_reading_behind_a_late_one_is_still_a_duplicate() {
+        let db = db();
+        let r = Readings::open(&db).unwrap();
+        assert!(r.insert(3, 10_000, 1.0).unwrap());
+        assert!(r.insert(3, 5_000, 0.5).unwrap(), "a late reading is new");
+        // The head's last reading is older than this one; it is still held.
+        assert!(!r.insert(3, 10_000, 1.0).unwrap());
+        assert!(!r.insert(3, 5_000, 0.5).unwrap());
+        r.commit(true).unwrap();
+        assert_eq!(r.range(3, i64::MIN, i64::MAX).unwrap(), vec![(5_000, 0.5), (10_000, 1.0)]);
     }
 
     #[test]

@@ -285,6 +285,12 @@ impl DaemonProcess {
         proc_status_kib(&self.child.id().to_string(), "VmRSS:")
     }
 
+    /// Anonymous resident memory now (RssAnon: the heap and stacks, without the binary's
+    /// clean file pages, which the kernel can drop and read back), in KiB.
+    pub fn rss_anon_kib(&self) -> u64 {
+        proc_status_kib(&self.child.id().to_string(), "RssAnon:")
+    }
+
     /// User and system CPU seconds it has used so far.
     pub fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
