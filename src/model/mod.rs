@@ -226,11 +226,12 @@ impl Smoothed {
 
 /// Calibrates each statistic on its smoothed values: the alarm `margin` times beyond the
 /// largest value above the median. Returns the calibrations and each statistic's sorted values.
-fn calibrate<'a>(smoothed: impl Iterator<Item = &'a Vec<f64>>, margin: f64) -> (Vec<Calibration>, Vec<Vec<f64>>) {
+fn calibrate<'a>(smoothed: impl Iterator<Item = &'a [f64]>, margin: f64) -> (Vec<Calibration>, Vec<Vec<f64>>) {
     let mut per_stat: Vec<Vec<f64>> = Vec::new();
+    let expected = smoothed.size_hint().1.unwrap_or(0);
     for s in smoothed {
         if per_stat.is_empty() {
-            per_stat = vec![Vec::new(); s.len()];
+            per_stat = (0..s.len()).map(|_| Vec::with_capacity(expected)).collect();
         }
         for (list, v) in per_stat.iter_mut().zip(s) {
             list.push(*v);
@@ -339,19 +340,21 @@ impl DeviceModel {
         // of them (all of it is healthy history).
         let burn_in = ((2.0 / params.smoothing.max(1e-3)) as usize).min(vectors.len() / 4);
         let mut smoother = Smoothed::default();
-        let series: Vec<Vec<f64>> = vectors
-            .iter()
-            .map(|v| {
-                let raw = model.statistics(&z(v)).0;
-                smoother.push(params.smoothing, &raw).to_vec()
-            })
-            .collect();
+        // One row of `width` smoothed statistics per vector, in one allocation: a `Vec` per
+        // vector took three times the memory, the largest part of a long history's fit.
+        let width = vectors.first().map_or(1, |v| model.statistics(&z(v)).0.len());
+        let mut flat: Vec<f64> = Vec::with_capacity(vectors.len() * width);
+        for v in &vectors {
+            let raw = model.statistics(&z(v)).0;
+            flat.extend_from_slice(smoother.push(params.smoothing, &raw));
+        }
+        let series = || flat.chunks_exact(width.max(1));
         let (calibration, fit_sorted) = calibrate(
-            series.iter().enumerate().filter(|(i, _)| *i >= burn_in && !is_held(*i)).map(|(_, s)| s),
+            series().enumerate().filter(|(i, _)| *i >= burn_in && !is_held(*i)).map(|(_, s)| s),
             params.margin,
         );
         model.calibration = calibration;
-        let alarms = series.iter().enumerate().filter(|(i, s)| is_held(*i) && model.judge(s, &[]).score >= 0.5).count();
+        let alarms = series().enumerate().filter(|(i, s)| is_held(*i) && model.judge(s, &[]).score >= 0.5).count();
         let primary = fit_sorted.first().map(Vec::as_slice).unwrap_or(&[]);
         model.validation = Validation {
             q50: quantile(primary, 0.5),
@@ -362,7 +365,7 @@ impl DeviceModel {
             held_out_alarms: alarms,
             held_out_alarm_rate: alarms as f64 / held_n.max(1) as f64,
         };
-        model.calibration = calibrate(series.iter().skip(burn_in), params.margin).0;
+        model.calibration = calibrate(series().skip(burn_in), params.margin).0;
         model.untrusted = model.distrust(params.max_held_out_alarm_rate);
         Ok(model)
     }
