@@ -30,6 +30,7 @@ use crate::store::{run_retention, Store, StoreError};
 use crate::systemd::{self, Liveness};
 use crate::ticket::outbox::{deliver, RetryPolicy};
 use crate::ticket::{SinkBuildError, SinkConfig};
+use crate::worker::{Job, Worker};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -412,14 +413,12 @@ impl Batcher {
         // the space of the log entries that frees is reused by the state written next, where
         // the other order leaves it as a hole in sled's file, which only shrinks at its end.
         let store = self.store.clone();
-        let (_, result) = self
-            .core_thread
-            .run_core(core, move |core| {
-                store.compact_and_flush().map_err(|e| ("cannot compact the readings", e))?;
-                core.save_detector_state().map_err(|e| ("cannot store the detector state", e))?;
-                store.flush_blocking().map_err(|e| ("cannot flush the detector state", e))
-            })
-            .await;
+        let (_, result) = run_core(&self.core_thread, core, move |core| {
+            store.compact_and_flush().map_err(|e| ("cannot compact the readings", e))?;
+            core.save_detector_state().map_err(|e| ("cannot store the detector state", e))?;
+            store.flush_blocking().map_err(|e| ("cannot flush the detector state", e))
+        })
+        .await;
         if let Err((what, e)) = result {
             tracing::error!(error = %e, "{what}");
         }
@@ -460,17 +459,15 @@ impl Batcher {
     async fn tick(&self, core: Core) -> Core {
         let since = self.link.up_since();
         let store = self.store.clone();
-        let (core, result) = self
-            .core_thread
-            .run_core(core, move |core| {
-                let transitions = core.tick(crate::reading::now_ms(), since).map_err(|e| ("store", e))?;
-                if !transitions.is_empty() {
-                    store.flush_blocking().map_err(|e| ("flush", e))?;
-                    core.committed();
-                }
-                Ok(!transitions.is_empty())
-            })
-            .await;
+        let (core, result) = run_core(&self.core_thread, core, move |core| {
+            let transitions = core.tick(crate::reading::now_ms(), since).map_err(|e| ("store", e))?;
+            if !transitions.is_empty() {
+                store.flush_blocking().map_err(|e| ("flush", e))?;
+                core.committed();
+            }
+            Ok(!transitions.is_empty())
+        })
+        .await;
         match result {
             Ok(true) => self.wake.notify_waiters(),
             Ok(false) => {}
@@ -515,14 +512,12 @@ impl Batcher {
         let started = Instant::now();
         let (messages, acks): (Vec<_>, Vec<_>) = batch.drain(..).map(|i| (i.message, i.ack)).unzip();
         let store = self.store.clone();
-        let (mut core, result) = self
-            .core_thread
-            .run_core(core, move |core| {
-                let outcome = core.process_decoded(messages).map_err(|e| ("store", e))?;
-                store.write_batch().map_err(|e| ("store", e))?;
-                Ok(outcome)
-            })
-            .await;
+        let (mut core, result) = run_core(&self.core_thread, core, move |core| {
+            let outcome = core.process_decoded(messages).map_err(|e| ("store", e))?;
+            store.write_batch().map_err(|e| ("store", e))?;
+            Ok(outcome)
+        })
+        .await;
         self.finish_flush(flushing).await;
         let outcome = match result {
             Ok(o) => o,
@@ -600,66 +595,16 @@ pub fn tune_allocator() {
 /// What a step of the core says went wrong: the operation ("store", "flush") and the error.
 type StepError = (&'static str, StoreError);
 
-/// A thread of the batcher's own, for its whole life, that runs jobs one after another: the
-/// core runs on one, the flushes on another. Off tokio's workers like a `spawn_blocking` per
-/// batch, but always the same thread: with `spawn_blocking` each batch landed on whichever
-/// blocking thread was idle (six of them in a backlog), each with cold caches and its own
-/// allocator heap holding memory. It ends when the batcher does (the sender is dropped).
-struct Worker {
-    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
-}
-
-impl Worker {
-    fn start(name: &str) -> std::io::Result<Worker> {
-        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
-        std::thread::Builder::new().name(name.into()).spawn(move || {
-            for job in queue {
-                job();
-            }
-        })?;
-        Ok(Worker { jobs })
-    }
-
-    /// Starts `f` on the thread; the job's result is what it returns. A panic in it is a bug:
-    /// it is passed on where the job is awaited, and the daemon ends (systemd restarts it).
-    fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Job<T> {
-        let (done, result) = tokio::sync::oneshot::channel();
-        let job = Box::new(move || {
-            let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-        });
-        // The thread lives as long as `self`, and a job never ends it: a panic is caught.
-        if self.jobs.send(job).is_err() {
-            unreachable!("a worker thread ended while its batcher runs");
-        }
-        Job(result)
-    }
-
-    /// Runs `step` on the core on this thread and hands the core back with its result.
-    async fn run_core<T: Send + 'static>(
-        &self,
-        mut core: Core,
-        step: impl FnOnce(&mut Core) -> Result<T, StepError> + Send + 'static,
-    ) -> (Core, Result<T, StepError>) {
-        self.spawn(move || {
+/// Runs `step` on the core on `worker`'s thread and hands the core back with its result.
+async fn run_core<T: Send + 'static>(
+    worker: &Worker,
+    mut core: Core,
+    step: impl FnOnce(&mut Core) -> Result<T, StepError> + Send + 'static,
+) -> (Core, Result<T, StepError>) {
+    worker
+        .spawn(move || {
             let r = step(&mut core);
             (core, r)
         })
         .await
-    }
-}
-
-/// The result of a job on a [`Worker`], to come.
-struct Job<T>(tokio::sync::oneshot::Receiver<std::thread::Result<T>>);
-
-impl<T> std::future::Future for Job<T> {
-    type Output = T;
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
-        match std::pin::Pin::new(&mut self.0).poll(cx) {
-            std::task::Poll::Pending => std::task::Poll::Pending,
-            std::task::Poll::Ready(Ok(Ok(value))) => std::task::Poll::Ready(value),
-            std::task::Poll::Ready(Ok(Err(panic))) => std::panic::resume_unwind(panic),
-            std::task::Poll::Ready(Err(_)) => unreachable!("a worker thread dropped a job without running it"),
-        }
-    }
 }

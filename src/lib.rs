@@ -62,6 +62,7 @@ pub mod supervisor;
 pub mod suppress;
 pub mod systemd;
 pub mod ticket;
+pub mod worker;
 
 pub use config::Config;
 pub use daemon::Daemon;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Modules that depend on no other module of the crate: everything may use them.
-const LEAVES: [&str; 5] = ["reading", "settings", "backoff", "score", "metrics"];
+const LEAVES: [&str; 6] = ["reading", "settings", "backoff", "score", "metrics", "worker"];
 
 /// One reason for an edge: where it is written.
 type Evidence = (PathBuf, usize);

@@ -145,12 +145,11 @@ async fn readings_keep_being_stored_while_a_model_is_fitted() {
     }
     let mut core = Core::new(config.core(), store.clone(), Arc::new(Metrics::new(&metric_labels()))).unwrap();
     let status = Arc::new(TrainerStatus::default());
-    let fit = tokio::spawn(trainer::fit_in_background(
-        store.clone(),
-        "comp-01".into(),
-        config.detect.models.clone(),
-        status.clone(),
-    ));
+    let (fit_store, fit_config, fit_status) = (store.clone(), config.detect.models.clone(), status.clone());
+    let fit = tokio::spawn(async move {
+        let worker = fieldwatch::worker::Worker::start("fit").unwrap();
+        trainer::fit_in_background(&worker, fit_store, "comp-01".into(), fit_config, fit_status).await
+    });
     while !status.fitting.load(Ordering::SeqCst) {
         tokio::task::yield_now().await;
     }

@@ -15,6 +15,7 @@ use super::{DeviceModel, FeatureSpec, FeatureState, ModelError};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::model::ModelsConfig;
 use crate::store::{Store, StoreError};
+use crate::worker::Worker;
 
 /// Every `result` of `fieldwatch_model_fits_total`: the device's models were fitted, its history
 /// holds too few healthy vectors yet, or the fit failed.
@@ -224,8 +225,10 @@ pub fn fit_device(
     Ok(out)
 }
 
-/// Fits one device on the blocking pool, never on the async workers.
+/// Fits one device on the trainer's thread (`worker`), never on the async workers. A panic in
+/// a fit (a bug, in this crate or in linfa) fails that fit only.
 pub async fn fit_in_background(
+    worker: &Worker,
     store: Arc<Store>,
     device: String,
     config: ModelsConfig,
@@ -233,9 +236,14 @@ pub async fn fit_in_background(
 ) -> Result<Vec<DeviceModel>, TrainError> {
     status.fitting.store(true, Ordering::SeqCst);
     let now = crate::reading::now_ms();
-    let result = tokio::task::spawn_blocking(move || fit_device(&store, &device, &config, now)).await;
+    let fit = move || fit_device(&store, &device, &config, now);
+    let result = worker.spawn(move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(fit))).await;
     status.fitting.store(false, Ordering::SeqCst);
-    let models = result.map_err(|e| TrainError::Task(e.to_string()))??;
+    let models = result.map_err(|panic| {
+        let why =
+            panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+        TrainError::Task(format!("the fit panicked: {}", why.unwrap_or_default()))
+    })??;
     status.fitted.fetch_add(models.len() as u64, Ordering::Relaxed);
     Ok(models)
 }
@@ -257,6 +265,15 @@ pub async fn run(
     // When each device was last fitted, and the requests waiting for REFIT_COALESCE to pass.
     let mut last_fit: HashMap<String, tokio::time::Instant> = HashMap::new();
     let mut waiting: BTreeSet<String> = BTreeSet::new();
+    // Every fit on one thread of the trainer's own: a blocking-pool thread per fit each kept an
+    // allocator heap, and a backlog's fits added three or four of them.
+    let worker = match Worker::start("fieldwatch-fit") {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the model-fitting thread; no model will be fitted");
+            return;
+        }
+    };
     loop {
         let next_due = waiting.iter().filter_map(|d| last_fit.get(d)).min().map(|t| *t + REFIT_COALESCE);
         tokio::select! {
@@ -285,7 +302,7 @@ pub async fn run(
                 continue;
             }
             last_fit.insert(device.clone(), tokio::time::Instant::now());
-            match fit_in_background(store.clone(), device.clone(), config.clone(), status.clone()).await {
+            match fit_in_background(&worker, store.clone(), device.clone(), config.clone(), status.clone()).await {
                 Ok(models) => {
                     count(FITTED);
                     for m in models {

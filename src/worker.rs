@@ -1,0 +1,53 @@
+//! A thread of its own for one kind of blocking work, for the whole life of its owner: jobs
+//! run one after another, off tokio's workers like a `spawn_blocking` each, but always on the
+//! same thread. With `spawn_blocking` each job landed on whichever blocking thread was idle (six
+//! of them in a backlog), each with cold caches and its own allocator heap holding memory. The
+//! core and the flushes run on one each (`daemon.rs`), the model fits on a third
+//! (`model/trainer.rs`). A worker's thread ends when the worker is dropped.
+
+/// A thread that runs jobs one after another.
+pub struct Worker {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Worker {
+    pub fn start(name: &str) -> std::io::Result<Worker> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new().name(name.into()).spawn(move || {
+            for job in queue {
+                job();
+            }
+        })?;
+        Ok(Worker { jobs })
+    }
+
+    /// Starts `f` on the thread; the job's result is what it returns. A panic in it is a bug:
+    /// it is passed on where the job is awaited, and the daemon ends (systemd restarts it).
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Job<T> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job = Box::new(move || {
+            let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+        });
+        // The thread lives as long as `self`, and a job never ends it: a panic is caught.
+        if self.jobs.send(job).is_err() {
+            unreachable!("a worker thread ended while its owner runs");
+        }
+        Job(result)
+    }
+}
+
+/// The result of a job on a [`Worker`], to come.
+pub struct Job<T>(tokio::sync::oneshot::Receiver<std::thread::Result<T>>);
+
+impl<T> std::future::Future for Job<T> {
+    type Output = T;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        match std::pin::Pin::new(&mut self.0).poll(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(Ok(Ok(value))) => std::task::Poll::Ready(value),
+            std::task::Poll::Ready(Ok(Err(panic))) => std::panic::resume_unwind(panic),
+            std::task::Poll::Ready(Err(_)) => unreachable!("a worker thread dropped a job without running it"),
+        }
+    }
+}
