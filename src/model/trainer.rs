@@ -1,7 +1,7 @@
 //! The trainer: fits device models on stored history in the background and hands them to the
-//! core. Fitting runs on tokio's blocking pool, one device at a time, so ingest never waits for
-//! it; it reads the store concurrently (sled is thread-safe) and writes each fitted model to
-//! the store before the core gets it, so a restart reloads it.
+//! core. Fitting runs on a thread of the trainer's own, one device at a time, so ingest never
+//! waits for it; it reads the store concurrently (sled is thread-safe) and writes each fitted
+//! model to the store before the core gets it, so a restart reloads it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -73,7 +73,7 @@ impl TrainRequests {
 /// What the trainer is doing, for tests and the admin API.
 #[derive(Debug, Default)]
 pub struct TrainerStatus {
-    /// A fit is running on the blocking pool.
+    /// A fit is running on the trainer's thread.
     pub fitting: AtomicBool,
     /// Models fitted since start.
     pub fitted: AtomicU64,

@@ -184,7 +184,7 @@ fn take_xor(bytes: &mut &[u8]) -> Option<u64> {
         return Some(0);
     }
     let (low, kept) = ((control >> 4) as usize, (control & 0x0f) as usize);
-    if low + kept > 8 || rest.len() < kept {
+    if kept == 0 || low + kept > 8 || rest.len() < kept {
         return None;
     }
     let mut le = [0u8; 8];
