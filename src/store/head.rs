@@ -82,13 +82,6 @@ impl HeadPoints {
         Iter { bytes: &self.bytes, left: self.len, ts: 0, delta: 0, bits: 0, first: true }
     }
 
-    /// The readings as pairs, in arrival order.
-    pub(super) fn to_vec(&self) -> Vec<(i64, f64)> {
-        let mut out = Vec::with_capacity(self.len());
-        out.extend(self.iter());
-        out
-    }
-
     /// Heap bytes held (for tests and the memory figures).
     #[cfg(test)]
     fn heap_bytes(&self) -> usize {
@@ -115,10 +108,9 @@ impl Iterator for Iter<'_> {
         self.left -= 1;
         if self.first {
             self.first = false;
-            let (ts, rest) = self.bytes.split_at(8);
-            let (bits, rest) = rest.split_at(8);
-            self.ts = i64::from_le_bytes(ts.try_into().ok()?);
-            self.bits = u64::from_le_bytes(bits.try_into().ok()?);
+            let (ts, rest) = self.bytes.split_first_chunk::<8>()?;
+            let (bits, rest) = rest.split_first_chunk::<8>()?;
+            (self.ts, self.bits) = (i64::from_le_bytes(*ts), u64::from_le_bytes(*bits));
             self.bytes = rest;
         } else {
             let dod = unzigzag(take_varint(&mut self.bytes)?);
@@ -234,11 +226,11 @@ mod tests {
         assert!(h.contains(3_000), "the newest, with a late reading after it");
         assert!(h.contains(2_000) && h.contains(1_000));
         assert!(!h.contains(2_500) && !h.contains(4_000));
-        assert_eq!(h.to_vec(), vec![(1_000, 1.0), (3_000, 3.0), (2_000, 2.0)]);
+        assert_eq!(h.iter().collect::<Vec<_>>(), vec![(1_000, 1.0), (3_000, 3.0), (2_000, 2.0)]);
         h.clear(0);
         assert!(h.is_empty() && !h.contains(1_000) && h.max_ts().is_none());
         h.push(5_000, -0.0);
-        assert_eq!(h.to_vec(), vec![(5_000, -0.0)]);
+        assert_eq!(h.iter().collect::<Vec<_>>(), vec![(5_000, -0.0)]);
     }
 
     proptest! {

@@ -365,7 +365,7 @@ impl Readings {
         let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         for series in series_list {
             let Some(head) = st.heads.get(series) else { continue };
-            let mut points = head.points.to_vec();
+            let mut points: Vec<(i64, f64)> = head.points.iter().collect();
             points.sort_by_key(|p| p.0);
             let chunked_until = head.chunked_until;
             // Late readings go into the chunks that cover them, so chunks never overlap.
