@@ -252,6 +252,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     fieldwatch::daemon::tune_allocator();
+    fieldwatch::worker::install_panic_hook();
     let cli = Cli::parse();
     match cli.command {
         Command::PrintDefaultConfig => {

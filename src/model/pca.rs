@@ -59,7 +59,7 @@ impl PcaBody {
     pub fn fit(x: &Array2<f64>, explained: f64) -> Result<PcaBody, ModelError> {
         let d = x.ncols();
         let keep = d.saturating_sub(1).max(1);
-        let (mean, comps, var) = match std::panic::catch_unwind(|| lobpcg_pca(x, keep)) {
+        let (mean, comps, var) = match crate::worker::catch_expected("PCA by LOBPCG", || lobpcg_pca(x, keep)) {
             Ok(fitted) => fitted?,
             Err(_) => {
                 tracing::warn!("PCA by LOBPCG failed on this history; fitted by a dense eigendecomposition instead");
