@@ -331,27 +331,25 @@ impl DetectorBank {
         new
     }
 
-    /// A series' detectors, built on first sight. Lookups of known series allocate nothing; the
-    /// result is always `Some` (an `Option` only so that no lookup needs an `unwrap`).
-    fn entry(&mut self, device: &str, metric: &str) -> Option<&mut SeriesDetectors> {
-        if !self.series.get(device).is_some_and(|m| m.contains_key(metric)) {
-            let s = self.build(device, metric);
-            self.series.entry(device.to_string()).or_default().insert(metric.to_string(), Box::new(s));
-        }
-        self.series.get_mut(device).and_then(|m| m.get_mut(metric)).map(|s| &mut **s)
+    /// A series' detectors, built on first sight: one hash per level, and the names are copied
+    /// only when the series is new.
+    fn entry(&mut self, device: &str, metric: &str) -> &mut SeriesDetectors {
+        let (config, limits, tuning) = (&self.config, &self.limits, &self.tuning);
+        let by_metric = self.series.entry_ref(device).or_default();
+        by_metric.entry_ref(metric).or_insert_with(|| Box::new(build(config, limits, tuning, device, metric)))
     }
 
     /// Starts a series over: fresh detectors that learn a new reference (the device runs at a
     /// new operating point). Learned false-alarm tuning is kept.
     pub fn recommission(&mut self, device: &str, metric: &str) {
-        let s = self.build(device, metric);
-        self.series.entry(device.to_string()).or_default().insert(metric.to_string(), Box::new(s));
+        let s = build(&self.config, &self.limits, &self.tuning, device, metric);
+        self.series.entry_ref(device).or_default().insert(metric.to_string(), Box::new(s));
         self.references_changed.push((device.to_string(), metric.to_string()));
     }
 
     /// Learns from a reading known to be healthy (see [`SeriesDetector::learn`]).
     pub fn learn(&mut self, device: &str, metric: &str, ts: i64, value: f64) {
-        for d in self.entry(device, metric).into_iter().flat_map(SeriesDetectors::all) {
+        for d in self.entry(device, metric).all() {
             d.learn(ts, value);
         }
     }
@@ -391,7 +389,7 @@ impl DetectorBank {
     /// left off.
     pub fn restore(&mut self, device: &str, metric: &str, state: SeriesState) {
         let (baseline, flatline, drift) = (self.config.baseline, self.config.flatline, self.config.drift.enabled);
-        let Some(s) = self.entry(device, metric) else { return };
+        let s = self.entry(device, metric);
         if let (true, Some(b)) = (baseline, state.baseline) {
             s.baseline = Some(b);
         }
@@ -405,7 +403,7 @@ impl DetectorBank {
 
     /// Scores one reading of a series.
     pub fn observe(&mut self, device: &str, metric: &str, ts: i64, value: f64) -> Observation {
-        let Some(s) = self.entry(device, metric) else { return Observation::default() };
+        let s = self.entry(device, metric);
         let had = s.drift.as_ref().is_some_and(|d| d.reference().is_some());
         let o = s.observe(ts, value);
         let has = s.drift.as_ref().is_some_and(|d| d.reference().is_some());
@@ -421,30 +419,6 @@ impl DetectorBank {
         std::mem::take(&mut self.references_changed)
     }
 
-    fn build(&self, device: &str, metric: &str) -> SeriesDetectors {
-        let c = &self.config;
-        let mut detectors: Vec<Box<dyn SeriesDetector>> = Vec::new();
-        let baseline = c
-            .baseline
-            .then(|| Baseline::new(c.warmup_readings, c.baseline_half_life, c.z_threshold, c.min_relative_spread));
-        let flatline = c.flatline.then(|| Flatline::new(c.flatline_readings, c.flatline_after.as_millis() as i64));
-        if c.novelty.enabled {
-            detectors.push(Box::new(Novelty::new(&c.novelty)));
-        }
-        if let Some(limit) = self.limits.lookup(device, metric) {
-            detectors.push(Box::new(limit));
-        }
-        let drift = c.drift.enabled.then(|| Drift::new(&c.drift, c.min_relative_spread));
-        let mut s = SeriesDetectors { detectors, baseline, flatline, drift };
-        // A restored false-alarm widening is applied once, here.
-        if let Some(&factor) = self.tuning.get(&(device.to_string(), metric.to_string())) {
-            for d in s.all() {
-                d.desensitize(factor);
-            }
-        }
-        s
-    }
-
     /// The configured limit of a series, if any.
     pub fn limit(&self, device: &str, metric: &str) -> Option<Limit> {
         self.limits.lookup(device, metric)
@@ -458,6 +432,36 @@ impl DetectorBank {
     pub fn is_empty(&self) -> bool {
         self.series.values().all(FastMap::is_empty)
     }
+}
+
+/// A new series' detectors, as configured, with its restored false-alarm widening.
+fn build(
+    c: &DetectConfig,
+    limits: &LimitTable,
+    tuning: &HashMap<(String, String), f64>,
+    device: &str,
+    metric: &str,
+) -> SeriesDetectors {
+    let mut detectors: Vec<Box<dyn SeriesDetector>> = Vec::new();
+    let baseline = c
+        .baseline
+        .then(|| Baseline::new(c.warmup_readings, c.baseline_half_life, c.z_threshold, c.min_relative_spread));
+    let flatline = c.flatline.then(|| Flatline::new(c.flatline_readings, c.flatline_after.as_millis() as i64));
+    if c.novelty.enabled {
+        detectors.push(Box::new(Novelty::new(&c.novelty)));
+    }
+    if let Some(limit) = limits.lookup(device, metric) {
+        detectors.push(Box::new(limit));
+    }
+    let drift = c.drift.enabled.then(|| Drift::new(&c.drift, c.min_relative_spread));
+    let mut s = SeriesDetectors { detectors, baseline, flatline, drift };
+    // A restored false-alarm widening is applied once, here.
+    if let Some(&factor) = tuning.get(&(device.to_string(), metric.to_string())) {
+        for d in s.all() {
+            d.desensitize(factor);
+        }
+    }
+    s
 }
 
 #[cfg(test)]

@@ -56,6 +56,35 @@ fn corrupt(what: &str) -> StoreError {
 /// pco's compression level for chunks (its default is 8; see [`Chunk::encode`]).
 const CHUNK_COMPRESSION_LEVEL: usize = 4;
 
+/// The order of consecutive differences (0 to 4) that leaves a chunk's values the least
+/// spread (mean absolute deviation): 0 for noise around a level, 1 for a random walk, a ramp
+/// or a counter, higher for smooth curves without noise. pco's own search (`DeltaSpec::Auto`)
+/// also tries look-back and orders up to 7, and took three quarters of a chunk's value
+/// compression time (128 readings: 16-26 µs against 4-7 µs). On noise, walks, ramps,
+/// counters, quantized and constant values the sizes are the same or within 2 %; on a noiseless sine
+/// pco's search finds a higher order (342 against 525 bytes), which sensor readings never are.
+fn delta_order(values: &[f64]) -> usize {
+    fn spread(v: &[f64]) -> f64 {
+        let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+        v.iter().map(|x| (x - mean).abs()).sum::<f64>() / v.len().max(1) as f64
+    }
+    let (mut best, mut best_spread) = (0, spread(values));
+    let mut diffs = values.to_vec();
+    for order in 1..=MAX_DELTA_ORDER {
+        diffs = diffs.windows(2).map(|w| w[1] - w[0]).collect();
+        let s = spread(&diffs);
+        // A higher order only when it clearly pays: each order costs a few bytes of state,
+        // and noise grows with every difference taken.
+        if s < best_spread * 0.5 {
+            (best, best_spread) = (order, s);
+        }
+    }
+    best
+}
+
+/// The highest order [`delta_order`] tries: a smooth curve without noise.
+const MAX_DELTA_ORDER: usize = 4;
+
 /// A compressed run of one series' readings, sorted by time, no duplicates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
@@ -81,9 +110,10 @@ impl Chunk {
         // smooth values (2.03 and 1.77 bytes per reading either way).
         let cfg = pco::ChunkConfig::default().with_compression_level(CHUNK_COMPRESSION_LEVEL);
         let ts_cfg = cfg.clone().with_delta_spec(pco::DeltaSpec::TryConsecutive(1));
+        let vs_cfg = cfg.with_delta_spec(pco::DeltaSpec::TryConsecutive(delta_order(&self.values)));
         let ts = pco::standalone::simple_compress(&self.ts, &ts_cfg).map_err(|e| corrupt(&format!("compress: {e}")))?;
         let vs =
-            pco::standalone::simple_compress(&self.values, &cfg).map_err(|e| corrupt(&format!("compress: {e}")))?;
+            pco::standalone::simple_compress(&self.values, &vs_cfg).map_err(|e| corrupt(&format!("compress: {e}")))?;
         let mut out = Vec::with_capacity(16 + ts.len() + vs.len());
         out.extend_from_slice(&(self.ts.len() as u32).to_be_bytes());
         out.extend_from_slice(&self.last().to_be_bytes());
@@ -251,8 +281,8 @@ impl Readings {
         now: i64,
     ) -> Result<bool, StoreError> {
         let head = match st.heads.entry(series) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
+            hashbrown::hash_map::Entry::Occupied(e) => e.into_mut(),
+            hashbrown::hash_map::Entry::Vacant(e) => {
                 let chunked_until = self.chunked_until(series)?;
                 e.insert(Head { points: HeadPoints::default(), first_seq: seq, since_ms: now, chunked_until })
             }
@@ -589,6 +619,36 @@ mod tests {
         let bytes = jittered.encode().unwrap();
         assert_eq!(Chunk::decode(&bytes).unwrap(), jittered);
         assert!(bytes.len() < steady + 128 + 32, "{} bytes with jitter, {steady} without", bytes.len());
+    }
+
+    #[test]
+    fn the_delta_order_suits_the_shape_and_compresses_as_well_as_pcos_search() {
+        // A fixed pseudo-random sequence: noise of ±0.5.
+        let mut seed = 12345u64;
+        let mut noise = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 11) as f64 / (1u64 << 53) as f64) - 0.5
+        };
+        let level: Vec<f64> = (0..128).map(|_| 70.0 + noise()).collect();
+        let mut at = 0.0;
+        let walk: Vec<f64> = (0..128).map(|_| (at += noise(), at).1).collect();
+        let counter: Vec<f64> = (0..128).map(|i| (1_000_000 + i * 37) as f64).collect();
+        let quantized: Vec<f64> = (0..128).map(|_| ((70.0 + noise()) * 10.0).round() / 10.0).collect();
+        let cfg = pco::ChunkConfig::default().with_compression_level(CHUNK_COMPRESSION_LEVEL);
+        for (name, values, order) in
+            [("level", level, 0), ("walk", walk, 1), ("counter", counter, 1), ("quantized", quantized, 0)]
+        {
+            assert_eq!(delta_order(&values), order, "{name}");
+            let ours = pco::ChunkConfig::default()
+                .with_compression_level(CHUNK_COMPRESSION_LEVEL)
+                .with_delta_spec(pco::DeltaSpec::TryConsecutive(order));
+            let ours = pco::standalone::simple_compress(&values, &ours).unwrap().len();
+            let searched = pco::standalone::simple_compress(&values, &cfg).unwrap().len();
+            // Within 2 % (a walk: 967 against 956 bytes).
+            assert!(ours * 50 <= searched * 51, "{name}: {ours} bytes, pco's search {searched}");
+        }
+        assert_eq!(delta_order(&[3.5; 128]), 0, "constant");
+        assert_eq!(delta_order(&[]), 0, "empty");
     }
 
     #[test]
