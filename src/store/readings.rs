@@ -63,7 +63,7 @@ const CHUNK_COMPRESSION_LEVEL: usize = 4;
 /// compression time (128 readings: 16-26 µs against 4-7 µs). On noise, walks, ramps,
 /// counters, quantized and constant values the sizes are the same or within 2 %; on a noiseless sine
 /// pco's search finds a higher order (342 against 525 bytes), which sensor readings never are.
-fn delta_order(values: &[f64]) -> usize {
+pub(super) fn delta_order(values: &[f64]) -> usize {
     fn spread(v: &[f64]) -> f64 {
         let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
         v.iter().map(|x| (x - mean).abs()).sum::<f64>() / v.len().max(1) as f64
