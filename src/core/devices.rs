@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::reading::Reading;
 use crate::FastMap;
 
 /// The bookkeeping of every tracked device.
@@ -82,23 +81,29 @@ impl Devices {
         self.last_anomaly.get(&(device.to_string(), metric.to_string())).copied()
     }
 
-    /// Notes a new stored reading; `site` gives the device's site the first time it is seen.
-    pub fn note_reading(&mut self, r: &Reading, anomalous: bool, site: impl FnOnce() -> Option<String>) {
-        if anomalous {
-            self.last_anomaly.insert((r.device.clone(), r.metric.clone()), r.ts);
+    /// Notes the new stored readings of one message of `device`, as (metric, event time,
+    /// anomalous); `site` gives the device's site the first time it is seen. One lookup of the
+    /// device for the message, and no allocation for a known device and metric.
+    pub fn note_readings<'a>(
+        &mut self,
+        device: &str,
+        readings: impl IntoIterator<Item = (&'a str, i64, bool)>,
+        site: impl FnOnce() -> Option<String>,
+    ) {
+        let mut readings = readings.into_iter().peekable();
+        if readings.peek().is_none() {
+            return;
         }
-        if !self.site.contains_key(&r.device) {
-            self.site.insert(r.device.clone(), site());
+        if !self.site.contains_key(device) {
+            self.site.insert(device.to_string(), site());
         }
-        // Known device and metric (every reading but the first of a series): no allocation.
-        match self.metrics.get_mut(&r.device) {
-            Some(metrics) if metrics.contains(&r.metric) => {}
-            Some(metrics) => {
-                metrics.insert(r.metric.clone());
-                self.series += 1;
+        let known = self.metrics.entry_ref(device).or_default();
+        for (metric, ts, anomalous) in readings {
+            if anomalous {
+                self.last_anomaly.insert((device.to_string(), metric.to_string()), ts);
             }
-            None => {
-                self.metrics.insert(r.device.clone(), BTreeSet::from([r.metric.clone()]));
+            if !known.contains(metric) {
+                known.insert(metric.to_string());
                 self.series += 1;
             }
         }
@@ -172,16 +177,12 @@ impl Devices {
 mod tests {
     use super::*;
 
-    fn reading(device: &str, metric: &str, ts: i64) -> Reading {
-        Reading { device: device.into(), site: None, metric: metric.into(), ts, value: 1.0 }
-    }
-
     #[test]
     fn series_are_counted_once_and_forgotten_with_their_device() {
         let mut d = Devices::restore([("a".to_string(), "temp".to_string())], HashMap::new(), 0);
-        d.note_reading(&reading("a", "temp", 1), false, || None);
-        d.note_reading(&reading("a", "current", 1), true, || None);
-        d.note_reading(&reading("b", "temp", 1), false, || Some("north".into()));
+        d.note_readings("a", [("temp", 1, false), ("current", 1, true)], || None);
+        d.note_readings("b", [("temp", 1, false)], || Some("north".into()));
+        d.note_readings("b", [("temp", 2, false)], || Some("south".into()));
         assert_eq!((d.len(), d.series()), (2, 3));
         assert_eq!(d.last_anomaly("a", "current"), Some(1));
         assert_eq!(d.at_site("north", "a").collect::<Vec<_>>(), ["b"]);

@@ -106,6 +106,8 @@ pub struct Core {
     /// The wall clock (ms): when a ticket is raised, whether a silence is in force. The tests
     /// put a clock of their own here.
     clock: fn() -> i64,
+    /// The series ids of the message being scored, kept to reuse its allocation.
+    series_scratch: Vec<u32>,
 }
 
 /// How much the core tracks, and for how long (see `decode.max_devices` and friends), and when
@@ -235,6 +237,7 @@ impl Core {
             },
             opened_uncommitted: Vec::new(),
             clock: crate::reading::now_ms,
+            series_scratch: Vec::new(),
         };
         core.metrics.start_false_alarms_at_zero(core.registry.asset_models());
         core.count_models();
@@ -396,15 +399,23 @@ impl Core {
         let Some(first) = readings.first() else { return Ok(None) };
         self.heard_from(&first.device, received_ms, out)?;
         self.devices.note_cadence(&first.device, first.ts);
+        let mut series = std::mem::take(&mut self.series_scratch);
+        series.clear();
+        self.store.series_ids(readings.iter().map(|r| (r.device.as_str(), r.metric.as_str())), &mut series)?;
         let mut observed = Vec::with_capacity(readings.len());
-        for r in readings {
-            if let Some(o) = self.score_reading(r, out)? {
+        for (r, &id) in readings.iter().zip(&series) {
+            if let Some(o) = self.score_reading(r, id, out)? {
                 observed.push((r, o));
             }
         }
+        self.series_scratch = series;
         if observed.is_empty() {
             return Ok(None);
         }
+        let registry = &self.registry;
+        let site = || first.site.clone().or_else(|| registry.site(&first.device).map(str::to_string));
+        let stored = observed.iter().map(|(r, o)| (r.metric.as_str(), r.ts, !o.anomalies.is_empty()));
+        self.devices.note_readings(&first.device, stored, site);
         let mut score = observed.iter().map(|(_, o)| o.score).fold(0.0, f64::max);
         let device = self.score_device_vector(readings)?;
         if let Some(d) = &device {
@@ -478,8 +489,12 @@ impl Core {
     }
 
     /// Stores and scores one reading (`None`: already stored, counted and skipped).
-    fn score_reading(&mut self, r: &Reading, out: &mut BatchOutcome) -> Result<Option<Observation>, StoreError> {
-        let series = self.store.series_id(&r.device, &r.metric)?;
+    fn score_reading(
+        &mut self,
+        r: &Reading,
+        series: u32,
+        out: &mut BatchOutcome,
+    ) -> Result<Option<Observation>, StoreError> {
         if !self.store.insert_reading(series, r.ts, r.value)? {
             out.duplicates += 1;
             self.metrics.readings_duplicate.inc();
@@ -492,9 +507,6 @@ impl Core {
         for a in &observation.anomalies {
             self.metrics.anomalies.get_or_create(&FaultLabel { fault: a.kind.as_str().into() }).inc();
         }
-        let registry = &self.registry;
-        let site = || r.site.clone().or_else(|| registry.site(&r.device).map(str::to_string));
-        self.devices.note_reading(r, !observation.anomalies.is_empty(), site);
         Ok(Some(observation))
     }
 

@@ -273,6 +273,41 @@ impl Store {
         Ok(id)
     }
 
+    /// [`Store::series_id`] of every (device, metric) in `names`, pushed onto `out` in order:
+    /// for the readings of a message, one lock and one lookup of the device instead of one each
+    /// per reading. Series not yet known are created as `series_id` does.
+    pub fn series_ids<'a>(
+        &self,
+        names: impl IntoIterator<Item = (&'a str, &'a str)>,
+        out: &mut Vec<u32>,
+    ) -> Result<(), StoreError> {
+        let mut missing = Vec::new();
+        {
+            let cache = self.cache();
+            let mut by_metric: Option<(&str, Option<&crate::FastMap<String, u32>>)> = None;
+            for (device, metric) in names {
+                let known = match by_metric {
+                    Some((d, map)) if d == device => map,
+                    _ => by_metric.insert((device, cache.get(device))).1,
+                };
+                match known.and_then(|m| m.get(metric)) {
+                    Some(&id) => out.push(id),
+                    None => {
+                        missing.push((out.len(), device, metric));
+                        out.push(0);
+                    }
+                }
+            }
+        }
+        for (at, device, metric) in missing {
+            let id = self.series_id(device, metric)?;
+            if let Some(slot) = out.get_mut(at) {
+                *slot = id;
+            }
+        }
+        Ok(())
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, SeriesCache> {
         // A poisoned cache is still a valid cache: entries are only ever inserted whole.
         self.series_cache.lock().unwrap_or_else(|p| p.into_inner())
@@ -654,6 +689,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn keys_sort_by_series_then_time() {
@@ -661,6 +697,28 @@ mod tests {
         assert!(reading_key(1, i64::MAX) < reading_key(2, i64::MIN));
         let (ts, v) = decode_reading(&reading_key(7, -42), &1.5f64.to_be_bytes()).unwrap();
         assert_eq!((ts, v), (-42, 1.5));
+    }
+
+    #[test]
+    fn series_ids_of_a_message_are_the_ids_of_each_series_new_or_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8, 10).unwrap();
+        let temp = store.series_id("pump", "temp").unwrap();
+        let mut ids = vec![99];
+        let names = [("pump", "flow"), ("pump", "temp"), ("fan", "temp"), ("pump", "flow")];
+        store.series_ids(names, &mut ids).unwrap();
+        // Appended after what was there; new series created, repeats and known ones reused.
+        assert_eq!(ids.len(), 5);
+        assert_eq!(ids[0], 99);
+        assert_eq!(ids[2], temp);
+        assert_eq!(ids[1], ids[4]);
+        assert_eq!(ids[1], store.series_id("pump", "flow").unwrap());
+        assert_eq!(ids[3], store.series_id("fan", "temp").unwrap());
+        assert_eq!(BTreeSet::from([ids[1], ids[2], ids[3]]).len(), 3, "three series, three ids");
+        // Now all known: the same ids again, from the cache.
+        let mut again = Vec::new();
+        store.series_ids(names, &mut again).unwrap();
+        assert_eq!(again, ids[1..]);
     }
 
     #[test]

@@ -69,10 +69,14 @@ pub(super) fn delta_order(values: &[f64]) -> usize {
         v.iter().map(|x| (x - mean).abs()).sum::<f64>() / v.len().max(1) as f64
     }
     let (mut best, mut best_spread) = (0, spread(values));
+    // Differences taken in place, from the end: after pass `order`, `diffs[order..]` holds
+    // the differences of that order.
     let mut diffs = values.to_vec();
     for order in 1..=MAX_DELTA_ORDER {
-        diffs = diffs.windows(2).map(|w| w[1] - w[0]).collect();
-        let s = spread(&diffs);
+        for i in (order..diffs.len()).rev() {
+            diffs[i] -= diffs[i - 1];
+        }
+        let s = spread(diffs.get(order..).unwrap_or_default());
         // A higher order only when it clearly pays: each order costs a few bytes of state,
         // and noise grows with every difference taken.
         if s < best_spread * 0.5 {
