@@ -25,7 +25,7 @@
 //! - [`score`]: the 0..1 anomaly score every detector and model reports.
 //! - [`logging`]: log output for a terminal, a file, the systemd journal or a log shipper.
 
-/// A hash map of the hot path: hashbrown's map (std's own underneath, with `entry_ref`) with
+/// A hash map of the hot path: hashbrown's map (the one std's is built on, with `entry_ref`) with
 /// aHash, several times cheaper than SipHash for the short device and metric names hashed a
 /// dozen times per message, and seeded at random like std's (names come from the wire: no
 /// fixed seed to build collisions against).

@@ -83,7 +83,8 @@ impl Devices {
 
     /// Notes the new stored readings of one message of `device`, as (metric, event time,
     /// anomalous); `site` gives the device's site the first time it is seen. One lookup of the
-    /// device for the message, and no allocation for a known device and metric.
+    /// device for the message; a known device and metric allocate nothing unless the reading is
+    /// anomalous (the key of its last anomaly).
     pub fn note_readings<'a>(
         &mut self,
         device: &str,

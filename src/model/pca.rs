@@ -61,8 +61,16 @@ impl PcaBody {
         let keep = d.saturating_sub(1).max(1);
         let (mean, comps, var) = match crate::worker::catch_expected("PCA by LOBPCG", || lobpcg_pca(x, keep)) {
             Ok(fitted) => fitted?,
-            Err(_) => {
-                tracing::warn!("PCA by LOBPCG failed on this history; fitted by a dense eigendecomposition instead");
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("a panic");
+                tracing::warn!(
+                    why,
+                    "PCA by LOBPCG failed on this history; fitted by a dense eigendecomposition instead"
+                );
                 dense_pca(x, keep)?
             }
         };

@@ -11,7 +11,7 @@
 //! the database file grows by). Both keys sort by `seq` first, so `range(..seq)` still selects
 //! the entries before `seq`.
 
-use super::readings::delta_order;
+use super::readings::pco_config;
 use super::StoreError;
 
 /// Bytes of one record of the plain layout.
@@ -76,19 +76,14 @@ impl LogBatch {
     }
 
     fn packed(&self) -> Result<Vec<u8>, StoreError> {
-        // Each column with the delta order that suits it (see `delta_order`) rather than pco's
+        // Each column with the delta order that suits it (see `pco_config`) rather than pco's
         // search: for a batch of 2,048 readings, 90 instead of 130 µs, for the same size.
-        let cfg = |values: &[f64]| {
-            pco::ChunkConfig::default()
-                .with_compression_level(LEVEL)
-                .with_delta_spec(pco::DeltaSpec::TryConsecutive(delta_order(values)))
-        };
-        let series_cfg = cfg(&self.series.iter().map(|&s| f64::from(s)).collect::<Vec<_>>());
-        let ts_cfg = cfg(&self.ts.iter().map(|&t| t as f64).collect::<Vec<_>>());
+        let series_cfg = pco_config(LEVEL, &self.series.iter().map(|&s| f64::from(s)).collect::<Vec<_>>());
+        let ts_cfg = pco_config(LEVEL, &self.ts.iter().map(|&t| t as f64).collect::<Vec<_>>());
         let compress = |e: pco::errors::PcoError| corrupt(&format!("compress: {e}"));
         let s = pco::standalone::simple_compress(&self.series, &series_cfg).map_err(compress)?;
         let t = pco::standalone::simple_compress(&self.ts, &ts_cfg).map_err(compress)?;
-        let v = pco::standalone::simple_compress(&self.values, &cfg(&self.values)).map_err(compress)?;
+        let v = pco::standalone::simple_compress(&self.values, &pco_config(LEVEL, &self.values)).map_err(compress)?;
         let mut out = Vec::with_capacity(8 + s.len() + t.len() + v.len());
         out.extend_from_slice(&(s.len() as u32).to_be_bytes());
         out.extend_from_slice(&(t.len() as u32).to_be_bytes());

@@ -72,7 +72,9 @@ pub(super) fn delta_order(values: &[f64]) -> usize {
     // Differences taken in place, from the end: after pass `order`, `diffs[order..]` holds
     // the differences of that order.
     let mut diffs = values.to_vec();
-    for order in 1..=MAX_DELTA_ORDER {
+    // Too few differences say nothing: one or none has no spread at all.
+    let max_order = MAX_DELTA_ORDER.min(values.len().saturating_sub(MIN_DIFFERENCES));
+    for order in 1..=max_order {
         for i in (order..diffs.len()).rev() {
             diffs[i] -= diffs[i - 1];
         }
@@ -88,6 +90,16 @@ pub(super) fn delta_order(values: &[f64]) -> usize {
 
 /// The highest order [`delta_order`] tries: a smooth curve without noise.
 const MAX_DELTA_ORDER: usize = 4;
+/// [`delta_order`] tries an order only when it leaves at least this many differences.
+const MIN_DIFFERENCES: usize = 8;
+
+/// pco's configuration for a column of `values` (as f64; the column itself may be integers):
+/// compression level `level` and the delta order [`delta_order`] picks.
+pub(super) fn pco_config(level: usize, values: &[f64]) -> pco::ChunkConfig {
+    pco::ChunkConfig::default()
+        .with_compression_level(level)
+        .with_delta_spec(pco::DeltaSpec::TryConsecutive(delta_order(values)))
+}
 
 /// A compressed run of one series' readings, sorted by time, no duplicates.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,12 +121,13 @@ impl Chunk {
     pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
         // A chunk is small (128 readings), and pco's fixed cost per column dominates: for
         // 128 simulated readings, 125 µs with the defaults. Timestamps come at a cadence, so
-        // plain deltas (one bin when it is steady) without pco's search over delta encodings;
-        // and compression level 4 instead of 8: 68 µs, for the same size on noisy and on
-        // smooth values (2.03 and 1.77 bytes per reading either way).
-        let cfg = pco::ChunkConfig::default().with_compression_level(CHUNK_COMPRESSION_LEVEL);
-        let ts_cfg = cfg.clone().with_delta_spec(pco::DeltaSpec::TryConsecutive(1));
-        let vs_cfg = cfg.with_delta_spec(pco::DeltaSpec::TryConsecutive(delta_order(&self.values)));
+        // plain deltas (one bin when it is steady); values with the order `delta_order` picks;
+        // neither with pco's search over delta encodings; and compression level 4 instead of
+        // 8, for the same size on noisy and on smooth values.
+        let ts_cfg = pco::ChunkConfig::default()
+            .with_compression_level(CHUNK_COMPRESSION_LEVEL)
+            .with_delta_spec(pco::DeltaSpec::TryConsecutive(1));
+        let vs_cfg = pco_config(CHUNK_COMPRESSION_LEVEL, &self.values);
         let ts = pco::standalone::simple_compress(&self.ts, &ts_cfg).map_err(|e| corrupt(&format!("compress: {e}")))?;
         let vs =
             pco::standalone::simple_compress(&self.values, &vs_cfg).map_err(|e| corrupt(&format!("compress: {e}")))?;
@@ -643,16 +656,18 @@ mod tests {
             [("level", level, 0), ("walk", walk, 1), ("counter", counter, 1), ("quantized", quantized, 0)]
         {
             assert_eq!(delta_order(&values), order, "{name}");
-            let ours = pco::ChunkConfig::default()
-                .with_compression_level(CHUNK_COMPRESSION_LEVEL)
-                .with_delta_spec(pco::DeltaSpec::TryConsecutive(order));
-            let ours = pco::standalone::simple_compress(&values, &ours).unwrap().len();
+            let ours = pco::standalone::simple_compress(&values, &pco_config(CHUNK_COMPRESSION_LEVEL, &values));
+            let ours = ours.unwrap().len();
             let searched = pco::standalone::simple_compress(&values, &cfg).unwrap().len();
             // Within 2 % (a walk: 967 against 956 bytes).
             assert!(ours * 50 <= searched * 51, "{name}: {ours} bytes, pco's search {searched}");
         }
         assert_eq!(delta_order(&[3.5; 128]), 0, "constant");
         assert_eq!(delta_order(&[]), 0, "empty");
+        // A short chunk (cut by age, or at shutdown): too few differences to judge by, though
+        // the last one left would have no spread at all.
+        assert_eq!(delta_order(&[1.0, 5.0, 2.0, 7.0]), 0, "short");
+        assert_eq!(delta_order(&(0..9).map(f64::from).collect::<Vec<_>>()), 1, "a short ramp");
     }
 
     #[test]
