@@ -23,9 +23,14 @@ pub struct Message {
     pub received_ms: i64,
 }
 
-/// Milliseconds since the Unix epoch, now.
+/// Milliseconds since the Unix epoch, now. Read from the system clock directly: chrono's
+/// `Utc::now` also works out the calendar date, which nothing here needs, for every message.
 pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    let since = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => since(after),
+        Err(before) => -since(before.duration()),
+    }
 }
 
 /// Formats an epoch-ms time as RFC 3339 (UTC, second precision unless sub-second matters).
@@ -33,5 +38,18 @@ pub fn format_ts(ts: i64) -> String {
     match chrono::DateTime::from_timestamp_millis(ts) {
         Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         None => ts.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn now_is_the_same_instant_as_chronos() {
+        let before = chrono::Utc::now().timestamp_millis();
+        let now = now_ms();
+        let after = chrono::Utc::now().timestamp_millis();
+        assert!((before..=after).contains(&now), "{before} <= {now} <= {after}");
     }
 }

@@ -265,7 +265,7 @@ impl Readings {
             let (seq, batch) = LogBatch::decode(&k, &v)?;
             st.next_seq = seq + 1;
             for (series, ts, value) in batch.iter() {
-                r.insert_locked(&mut st, series, ts, value, seq, now)?;
+                r.insert_locked(&mut st, series, ts, value, seq, || now)?;
             }
         }
         drop(st);
@@ -281,7 +281,7 @@ impl Readings {
     pub(super) fn insert(&self, series: u32, ts: i64, value: f64) -> Result<bool, StoreError> {
         let mut st = self.lock();
         let seq = st.next_seq;
-        let new = self.insert_locked(&mut st, series, ts, value, seq, crate::reading::now_ms())?;
+        let new = self.insert_locked(&mut st, series, ts, value, seq, crate::reading::now_ms)?;
         if new {
             st.pending.push(series, ts, value);
         }
@@ -295,13 +295,15 @@ impl Readings {
         ts: i64,
         value: f64,
         seq: u64,
-        now: i64,
+        now: impl Fn() -> i64,
     ) -> Result<bool, StoreError> {
+        // `now` is read only when a head starts (the clock is not free, and this runs for
+        // every reading).
         let head = match st.heads.entry(series) {
             hashbrown::hash_map::Entry::Occupied(e) => e.into_mut(),
             hashbrown::hash_map::Entry::Vacant(e) => {
                 let chunked_until = self.chunked_until(series)?;
-                e.insert(Head { points: HeadPoints::default(), first_seq: seq, since_ms: now, chunked_until })
+                e.insert(Head { points: HeadPoints::default(), first_seq: seq, since_ms: now(), chunked_until })
             }
         };
         if head.points.contains(ts) {
@@ -312,7 +314,7 @@ impl Readings {
         }
         if head.points.is_empty() {
             head.first_seq = seq;
-            head.since_ms = now;
+            head.since_ms = now();
         }
         head.points.push(ts, value);
         Ok(true)
