@@ -24,6 +24,12 @@ pub fn catch_expected<R>(what: &'static str, f: impl FnOnce() -> R) -> std::thre
     result
 }
 
+/// The message a panic was raised with (`panic!` with a literal or a formatted string), if it
+/// has one: for the log line or error that reports a caught panic.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+}
+
 /// Installs the process's panic hook: a panic inside [`catch_expected`] is one line of debug
 /// log, without a backtrace; every other panic goes to the hook that was in place (Rust's own
 /// prints it, with a backtrace when `RUST_BACKTRACE` asks). Printing a backtrace loads the
@@ -99,6 +105,12 @@ mod tests {
             7
         });
         assert_eq!(outer.ok(), Some(7));
+        let literal = catch_expected("literal", || panic!("gave up")).unwrap_err();
+        assert_eq!(panic_message(&*literal), Some("gave up"));
+        let formatted = catch_expected("formatted", || panic!("gave up after {} tries", 3)).unwrap_err();
+        assert_eq!(panic_message(&*formatted), Some("gave up after 3 tries"));
+        let other = catch_expected("other", || std::panic::panic_any(7_u8)).unwrap_err();
+        assert_eq!(panic_message(&*other), None);
         assert_eq!(EXPECTED.get(), None, "a later panic on this thread is not taken for an expected one");
     }
 }

@@ -62,11 +62,7 @@ impl PcaBody {
         let (mean, comps, var) = match crate::worker::catch_expected("PCA by LOBPCG", || lobpcg_pca(x, keep)) {
             Ok(fitted) => fitted?,
             Err(panic) => {
-                let why = panic
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("a panic");
+                let why = crate::worker::panic_message(&*panic).unwrap_or("a panic");
                 tracing::warn!(
                     why,
                     "PCA by LOBPCG failed on this history; fitted by a dense eigendecomposition instead"

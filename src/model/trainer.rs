@@ -240,9 +240,8 @@ pub async fn fit_in_background(
     let result = worker.spawn(move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(fit))).await;
     status.fitting.store(false, Ordering::SeqCst);
     let models = result.map_err(|panic| {
-        let why =
-            panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
-        TrainError::Task(format!("the fit panicked: {}", why.unwrap_or_default()))
+        let why = crate::worker::panic_message(&*panic).unwrap_or_default();
+        TrainError::Task(format!("the fit panicked: {why}"))
     })??;
     status.fitted.fetch_add(models.len() as u64, Ordering::Relaxed);
     Ok(models)
