@@ -544,6 +544,13 @@ impl Core {
         let link_settled = link_up_since.is_some_and(|since| now - since >= self.limits.stale_after_ms);
         self.metrics.devices_tracked.set(self.devices.len() as i64);
         self.metrics.series_tracked.set(self.devices.series() as i64);
+        // A gauge only: a file whose size cannot be read does not fail the tick.
+        match self.store.size_on_disk() {
+            Ok(bytes) => {
+                self.metrics.store_disk_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the store's size on disk"),
+        }
         if self.limits.stale_after_ms > 0 && link_settled {
             let silent: Vec<(String, i64)> = self
                 .devices

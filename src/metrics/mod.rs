@@ -193,6 +193,8 @@ pub struct Metrics {
     pub mqtt_sessions_lost: Counter,
     /// Store writes or flushes that failed (a full disk, an I/O error).
     pub store_errors: Counter,
+    /// Bytes the store's files take on disk (see `Store::size_on_disk`).
+    pub store_disk_bytes: Gauge,
     pub retention_removed: Counter,
     pub batch_commit_seconds: Histogram,
     /// 1, labelled with the version: which build runs where.
@@ -234,6 +236,7 @@ impl Metrics {
             mqtt_connection_errors: Counter::default(),
             mqtt_sessions_lost: Counter::default(),
             store_errors: Counter::default(),
+            store_disk_bytes: Gauge::default(),
             retention_removed: Counter::default(),
             batch_commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             build_info: Family::default(),
@@ -340,6 +343,11 @@ impl Metrics {
             "store_errors",
             "Store writes or flushes that failed (full disk, I/O error)",
             m.store_errors.clone(),
+        );
+        r.register(
+            "store_disk_bytes",
+            "Bytes the store's files take on disk: live data and the space sled has yet to reuse (updated every second)",
+            m.store_disk_bytes.clone(),
         );
         r.register("retention_removed_readings", "Readings deleted by retention", m.retention_removed.clone());
         r.register(

@@ -646,6 +646,12 @@ impl Store {
         Ok(())
     }
 
+    /// Bytes the database's files take on disk: sled's segment file (live data and the space
+    /// of dead entries it has yet to reuse; the file shrinks only at its end) and its blobs.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
     /// Blocking flush, for synchronous callers (replay, benchmarks).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.write_batch()?;
