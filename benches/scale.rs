@@ -29,7 +29,7 @@ use fieldwatch::sim::{Simulator, METRICS};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::{find_mosquitto, find_program, DaemonConfig, DaemonProcess, Mosquitto, Publisher};
+use common::{dir_bytes, find_mosquitto, find_program, DaemonConfig, DaemonProcess, Mosquitto, Publisher};
 
 /// The shipped defaults with `FW_SCALE_EXTRA_TOML` merged in.
 fn config(port: u16, dir: &Path) -> DaemonConfig {
@@ -47,21 +47,6 @@ fn spawn_daemon(config: &DaemonConfig) -> DaemonProcess {
         cmd.env("RUST_LOG", level);
     }
     DaemonProcess::spawn(cmd, config)
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    let mut n = 0;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                n += dir_bytes(&p);
-            } else if let Ok(m) = e.metadata() {
-                n += m.len();
-            }
-        }
-    }
-    n
 }
 
 /// Publishes every payload at QoS 1 and waits until the broker acknowledged them all.

@@ -272,15 +272,6 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
     promtool_passes(&promtool, &["test", "rules", tests.to_str().unwrap()], None);
 }
 
-/// Bytes of the files under `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| if e.path().is_dir() { dir_bytes(&e.path()) } else { e.metadata().map_or(0, |m| m.len()) })
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_disk_gauge_is_what_the_store_takes_on_disk() {
     let broker = Mosquitto::start();

@@ -919,3 +919,12 @@ pub async fn wait_until_within(what: &str, limit: Duration, every: Duration, mut
         tokio::time::sleep(every).await;
     }
 }
+
+/// Bytes of the files under `dir`, recursively (0 for what cannot be read).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| if e.path().is_dir() { dir_bytes(&e.path()) } else { e.metadata().map_or(0, |m| m.len()) })
+        .sum()
+}
