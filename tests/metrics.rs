@@ -283,7 +283,9 @@ async fn the_store_disk_gauge_is_what_the_store_takes_on_disk() {
         p.send("comp-1", t0 + i * 1000, normal(i)).await;
     }
     daemon.wait_metric("fieldwatch_readings_total", 200).await;
-    // The gauge is set every second; wait for one set after the readings were stored.
+    // The gauge is set by the core's tick, once a second: wait until it is set at all, then
+    // long enough for two more ticks, so that the value read was set after the readings were
+    // stored (a wait, not a measurement: nothing here is timed).
     daemon.wait_metric("fieldwatch_store_disk_bytes", 1).await;
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let gauge = daemon.metric("fieldwatch_store_disk_bytes").await.unwrap();
