@@ -509,7 +509,7 @@ async fn a_lost_broker_session_is_counted_and_warned_about() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_answered_only_by_messages_keeps_the_link_and_silence_still_drops_it() {
     let rig = Rig::new();
-    let proxy = PingrespEater::start(rig.broker.port).await;
+    let proxy = BrokerTap::eating_pingresps(rig.broker.port).await;
     let config = DaemonConfig::new(proxy.port, rig.dir.path())
         .extra("[detect.models]\nenabled = false\n")
         .extra("[mqtt]\nkeep_alive = \"5s\"\n");
@@ -758,11 +758,20 @@ async fn saved_with(broker: &Mosquitto, clients: &[&str]) {
     .await
 }
 
+/// The broker is SIGKILLed twice under load, some 300 ms after a save each time. What it took
+/// from the publisher after its last save and had not yet sent on dies with it: mosquitto
+/// acknowledges a QoS 1 message on receipt and holds it in memory until its next autosave, and
+/// a message queued behind the subscriber's full in-flight window is not on the wire yet. No
+/// subscriber can be held to those. What the daemon guarantees, and this test holds it to, is
+/// that every reading the broker *delivered* to it is stored, once: a tap between the two
+/// records each PUBLISH written to the daemon's socket. The readings the broker lost are
+/// counted and printed, not asserted away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_sigkills_under_load_lose_nothing() {
+async fn broker_sigkills_under_load_lose_nothing_the_broker_delivered() {
     // The broker saves its sessions and queues every second; killed, it loses what came after.
     let mut rig = Rig { broker: Mosquitto::start_autosaving(1), dir: tempfile::tempdir().unwrap() };
-    let config = rig.config(None);
+    let tap = BrokerTap::start(rig.broker.port).await;
+    let config = DaemonConfig::new(tap.port, rig.dir.path()).extra("[detect.models]\nenabled = false\n");
     let mut daemon = config.start().await;
     let devices: Vec<String> = (0..5).map(|k| format!("comp-{k}")).collect();
     let t0 = base_ts();
@@ -780,38 +789,55 @@ async fn broker_sigkills_under_load_lose_nothing() {
     }
     let sent = load.await.unwrap();
     assert_eq!(sent as usize, expected.len());
-    // Bounded: until the daemon has stored every reading, or it stopped growing for 3 s.
-    let mut last = None;
+    // Until the broker has delivered no more for a second and the daemon has counted as many
+    // readings as were delivered (a daemon that lost some never gets there: bounded, 30 s).
+    let mut last_delivered = usize::MAX;
     for _ in 0..30 {
-        let now = daemon.metric("fieldwatch_readings_total").await;
-        if now >= Some(sent as u64) || (now.is_some() && now == last) {
+        let delivered = readings_in(&tap.delivered()).len();
+        let stored = daemon.metric("fieldwatch_readings_total").await.unwrap_or(0);
+        if delivered == last_delivered && stored >= delivered as u64 {
             break;
         }
-        last = now;
+        last_delivered = delivered;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let redelivered = daemon.metric("fieldwatch_readings_duplicate_total").await.unwrap_or(0);
     let sessions_lost = daemon.metric("fieldwatch_mqtt_sessions_lost_total").await.unwrap_or(0);
     daemon.signal("TERM");
     assert!(daemon.wait().success());
+    let delivered = readings_in(&tap.delivered());
     let (stored, doubled) = rig.stored_and_doubled();
-    let mut missing: Vec<_> = expected.difference(&stored).collect();
+    let mut missing: Vec<_> = delivered.difference(&stored).collect();
     missing.sort();
-    let lost = missing.len();
+    let lost_by_broker = expected.difference(&delivered).count();
     println!(
-        "FAULT broker SIGKILL x2 under load (autosave_interval 1, killed ~300 ms after a save): sent={sent} stored={} lost={lost} doubled={doubled} redelivered (deduplicated)={redelivered} sessions_lost={sessions_lost}",
-        stored.len()
+        "FAULT broker SIGKILL x2 under load (autosave_interval 1, killed ~300 ms after a save): sent={sent} delivered={} stored={} lost by the daemon={} lost by the broker={lost_by_broker} doubled={doubled} redelivered (deduplicated)={redelivered} sessions_lost={sessions_lost}",
+        delivered.len(),
+        stored.len(),
+        missing.len(),
     );
-    assert_eq!(
-        lost,
-        0,
-        "every reading sent is stored; missing {:?}\n{}\nbroker:\n{}",
-        &missing[..lost.min(20)],
+    assert!(
+        missing.is_empty(),
+        "every reading the broker delivered is stored; missing {:?}\n{}\nbroker:\n{}",
+        &missing[..missing.len().min(20)],
         daemon.log(),
         rig.broker.log()
     );
-    assert_eq!(stored.len(), expected.len(), "and nothing else");
+    assert!(stored.is_subset(&expected), "nothing but what was sent is stored");
     assert_eq!(doubled, 0, "none stored twice");
+    assert_eq!(sessions_lost, 0, "the broker kept both sessions: it was killed after a save that held them");
+}
+
+/// The (`device/metric`, ts) of the test publisher's readings in `messages` (topic, payload).
+fn readings_in(messages: &[(String, Vec<u8>)]) -> HashSet<(String, i64)> {
+    messages
+        .iter()
+        .filter_map(|(topic, payload)| {
+            let device = topic.split('/').nth(2)?;
+            let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+            Some((format!("{device}/discharge_temp"), v["ts"].as_i64()?))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

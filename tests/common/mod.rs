@@ -548,21 +548,40 @@ pub async fn bodies(server: &wiremock::MockServer) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// A TCP proxy in front of a broker that forwards every byte both ways, except the broker's
-/// PINGRESPs, which it swallows and counts: the daemon's PINGREQs go unanswered as they do
-/// when a broker's answer waits behind a long backlog, or when the broker is gone.
-pub struct PingrespEater {
+/// The (topic, payload) of each PUBLISH a [`BrokerTap`] handed to its client, in order.
+type Delivered = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A TCP proxy in front of a broker (MQTT 3.1.1) that forwards every byte both ways and taps
+/// what the broker sends: it records each PUBLISH it handed to the client whole (what the broker
+/// *delivered*, the ground truth of what a subscriber behind it can be held to), and, when asked,
+/// swallows the broker's PINGRESPs and counts them, so the client's PINGREQs go unanswered as
+/// they do when a broker's answer waits behind a long backlog, or when the broker is gone.
+/// When the broker's side closes, so does the client's; a client that connects again is led to
+/// the broker again (a restarted one on the same port).
+pub struct BrokerTap {
     pub port: u16,
     eaten: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    delivered: Delivered,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl PingrespEater {
-    pub async fn start(broker_port: u16) -> PingrespEater {
+impl BrokerTap {
+    /// A tap that forwards everything, PINGRESPs included.
+    pub async fn start(broker_port: u16) -> BrokerTap {
+        Self::start_with(broker_port, false).await
+    }
+
+    /// A tap that swallows the broker's PINGRESPs.
+    pub async fn eating_pingresps(broker_port: u16) -> BrokerTap {
+        Self::start_with(broker_port, true).await
+    }
+
+    async fn start_with(broker_port: u16, eat_pingresp: bool) -> BrokerTap {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let eaten = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let count = eaten.clone();
+        let delivered: Delivered = Default::default();
+        let (count, record) = (eaten.clone(), delivered.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(broker) = tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await else { continue };
@@ -571,10 +590,11 @@ impl PingrespEater {
                 tokio::spawn(async move {
                     let _ = tokio::io::copy(&mut client_rx, &mut broker_tx).await;
                 });
-                tokio::spawn(Self::forward_but_pingresp(broker_rx, client_tx, count.clone()));
+                let tap = Tap { eat_pingresp, eaten: count.clone(), delivered: record.clone() };
+                tokio::spawn(tap.forward(broker_rx, client_tx));
             }
         });
-        PingrespEater { port, eaten, task }
+        BrokerTap { port, eaten, delivered, task }
     }
 
     /// How many PINGRESPs were swallowed.
@@ -582,12 +602,24 @@ impl PingrespEater {
         self.eaten.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Copies whole MQTT packets from the broker to the client, leaving out PINGRESP (0xD0 0x00).
-    async fn forward_but_pingresp(
-        mut from: tokio::net::tcp::OwnedReadHalf,
-        mut to: tokio::net::tcp::OwnedWriteHalf,
-        eaten: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    ) {
+    /// The (topic, payload) of every PUBLISH written whole to a client so far, in order; a
+    /// message the broker sent again is there again.
+    pub fn delivered(&self) -> Vec<(String, Vec<u8>)> {
+        self.delivered.lock().unwrap().clone()
+    }
+}
+
+/// One connection's broker-to-client half of a [`BrokerTap`].
+struct Tap {
+    eat_pingresp: bool,
+    eaten: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    delivered: Delivered,
+}
+
+impl Tap {
+    /// Copies whole MQTT packets from the broker to the client. A PUBLISH is recorded only once
+    /// it has been written to the client's socket.
+    async fn forward(self, mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = [0u8; 16 * 1024];
@@ -598,37 +630,52 @@ impl PingrespEater {
             }
             buf.extend_from_slice(&chunk[..n]);
             let mut out = Vec::new();
+            let mut published = Vec::new();
             // A packet: one type byte, its remaining length (1 to 4 bytes of 7 bits), the rest.
-            while let Some(len) = mqtt_packet_len(&buf) {
-                if buf[0] == 0xD0 {
-                    eaten.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            while let Some((header, len)) = mqtt_packet_len(&buf) {
+                if self.eat_pingresp && buf[0] == 0xD0 {
+                    self.eaten.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 } else {
                     out.extend_from_slice(&buf[..len]);
+                }
+                if buf[0] >> 4 == 3 {
+                    published.push(publish_of(buf[0], &buf[header..len]));
                 }
                 buf.drain(..len);
             }
             if !out.is_empty() && to.write_all(&out).await.is_err() {
                 return;
             }
+            self.delivered.lock().unwrap().extend(published);
         }
     }
 }
 
-/// The length of the whole MQTT packet at the start of `buf`, if all of it is there.
-fn mqtt_packet_len(buf: &[u8]) -> Option<usize> {
+/// The topic and payload of an MQTT 3.1.1 PUBLISH, from its first byte and its variable header
+/// and payload.
+fn publish_of(first: u8, rest: &[u8]) -> (String, Vec<u8>) {
+    let topic_len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+    let topic = String::from_utf8_lossy(&rest[2..2 + topic_len]).into_owned();
+    let packet_id = if (first >> 1) & 3 > 0 { 2 } else { 0 };
+    (topic, rest[2 + topic_len + packet_id..].to_vec())
+}
+
+/// The length of the fixed header and of the whole MQTT packet at the start of `buf`, if all
+/// of it is there.
+fn mqtt_packet_len(buf: &[u8]) -> Option<(usize, usize)> {
     let mut remaining = 0usize;
     for i in 0..4 {
         let byte = *buf.get(1 + i)?;
         remaining |= usize::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
             let len = 2 + i + remaining;
-            return (buf.len() >= len).then_some(len);
+            return (buf.len() >= len).then_some((2 + i, len));
         }
     }
     panic!("malformed MQTT remaining length from the broker")
 }
 
-impl Drop for PingrespEater {
+impl Drop for BrokerTap {
     fn drop(&mut self) {
         self.task.abort();
     }
