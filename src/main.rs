@@ -190,6 +190,16 @@ enum Command {
         devices: usize,
         #[arg(long, default_value_t = 24)]
         hours: i64,
+        /// Real days instead of `--hours` of set points: a fleet with day shifts, nights,
+        /// weekends, weather and communication gaps over this many days (see `--family`).
+        #[arg(long)]
+        days: Option<i64>,
+        /// The physics of a `--days` fleet: `a` (linear) or `b` (affinity laws and compression).
+        #[arg(long, default_value = "a")]
+        family: fieldwatch::sim::fleet::Family,
+        /// Days of healthy history before a `--days` fleet's faults may start (commissioning).
+        #[arg(long, default_value_t = 2.0)]
+        quiet_days: f64,
         /// Scenario seeds, e.g. `1` or `1,2,3`: each gives another fleet.
         #[arg(long, value_delimiter = ',', default_value = "1")]
         seeds: Vec<u64>,
@@ -366,7 +376,7 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Evaluate { config, devices, hours, seeds, json } => {
+        Command::Evaluate { config, devices, hours, days, family, quiet_days, seeds, json } => {
             init_logging("warn");
             let config = match config {
                 Some(path) => match load_config(&path) {
@@ -377,7 +387,11 @@ fn main() -> ExitCode {
             };
             let (mut caught, mut total, mut false_tickets, mut healthy_hours) = (0, 0, 0, 0.0);
             for seed in seeds {
-                let mut fleet = fieldwatch::sim::fleet::Fleet::scenario(devices, hours, 1_767_225_600_000, seed);
+                let start = 1_767_225_600_000;
+                let mut fleet = match days {
+                    Some(days) => fieldwatch::sim::fleet::Fleet::week(family, devices, days, quiet_days, start, seed),
+                    None => fieldwatch::sim::fleet::Fleet::scenario(devices, hours, start, seed),
+                };
                 let report = match fieldwatch::sim::evaluate::run(&mut fleet, &config) {
                     Ok(r) => r,
                     Err(e) => {

@@ -19,6 +19,8 @@ use rand_distr::{Distribution, Normal};
 const T0: i64 = 1_767_225_600_000;
 const STEP: i64 = 10_000;
 const HOUR: i64 = 3_600_000;
+/// A day of healthy history and an hour: the shipped commissioning (`detect.context`) is over.
+const COMMISSIONED: i64 = 25 * HOUR;
 
 fn shipped() -> Config {
     Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fieldwatch.toml")).unwrap()
@@ -122,7 +124,7 @@ fn a_slow_climb_is_ticketed_early_with_a_forecast_of_when_it_fails() {
     let store = open(dir.path());
     let mut core = Core::new(shipped().core(), store.clone(), Arc::new(Metrics::new(&metric_labels()))).unwrap();
     let mut sim = Compressor::new(1);
-    let start = T0 + 3 * HOUR;
+    let start = T0 + COMMISSIONED;
     let healthy = feed(&mut core, &mut sim, T0, start, wear(start));
     assert!(opened(&healthy).is_empty(), "healthy history opened: {:?}", opened(&healthy));
     assert_eq!(core.models_installed(), 1, "the model was fitted as soon as the history allowed");
@@ -144,18 +146,19 @@ fn a_change_of_operating_point_opens_no_incident_and_is_relearnt() {
     let metrics = Arc::new(Metrics::new(&metric_labels()));
     let mut core = Core::new(shipped().core(), open(dir.path()), metrics.clone()).unwrap();
     let mut sim = Compressor::new(2);
-    // 0.5 load for 3 h, then 0.85 (every metric moves with it), then back to 0.6.
+    // 0.5 load while commissioning and 3 h more, then 0.85 (every metric moves with it), then
+    // back to 0.6.
     let load = |ts: i64| {
-        let l = if ts < T0 + 3 * HOUR {
+        let l = if ts < T0 + COMMISSIONED + 3 * HOUR {
             0.5
-        } else if ts < T0 + 7 * HOUR {
+        } else if ts < T0 + COMMISSIONED + 7 * HOUR {
             0.85
         } else {
             0.6
         };
         (l, [0.0; 4])
     };
-    let t = feed(&mut core, &mut sim, T0, T0 + 10 * HOUR, load);
+    let t = feed(&mut core, &mut sim, T0, T0 + COMMISSIONED + 10 * HOUR, load);
     assert!(opened(&t).is_empty(), "operating point changes opened: {:?}", opened(&t));
     assert!(metrics.operating_point_changes.get() >= 1, "the new operating point was recognised");
 }
@@ -164,7 +167,7 @@ fn a_change_of_operating_point_opens_no_incident_and_is_relearnt() {
 fn a_restart_mid_fault_keeps_the_incident_open() {
     let dir = tempfile::tempdir().unwrap();
     let mut sim = Compressor::new(3);
-    let start = T0 + 3 * HOUR;
+    let start = T0 + COMMISSIONED;
     let restart_at = start + 2 * HOUR;
     let first = {
         let store = open(dir.path());
@@ -200,7 +203,9 @@ fn a_model_that_cries_wolf_on_held_out_data_raises_no_incident() {
     config.detect.baseline = false;
     config.detect.drift.enabled = false;
     let mut sim = Compressor::new(4);
-    // Current rises against the load: a broken relation, every metric inside its range.
+    // Current rises against the load: a broken relation, every metric inside its range. The
+    // context reference is off: only the model speaks.
+    config.detect.context.enabled = false;
     let start = T0 + 2 * HOUR;
     let relation = move |ts: i64| {
         let broken = if ts >= start { 1.5 } else { 0.0 };

@@ -21,7 +21,9 @@ use fieldwatch::store::Store;
 const T0: i64 = 1_700_000_000_000;
 
 fn config() -> Config {
-    let text = "[detect.models]\nenabled = true\nkinds = [\"pca\", \"gmm\"]\nwindow = \"1d\"\n[incident]\nstale_after = \"0s\"\n";
+    // The models are judged from their first hour of history: no day of commissioning.
+    let text = "[detect.models]\nenabled = true\nkinds = [\"pca\", \"gmm\"]\nwindow = \"1d\"\n[incident]\nstale_after = \"0s\"\n\
+                [detect.context]\nenabled = false\n[detect.drift]\nreference_for = \"1h\"\n";
     Config::parse(text, Path::new("test.toml")).unwrap()
 }
 

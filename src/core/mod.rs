@@ -98,6 +98,10 @@ pub struct Core {
     /// store already, and writing every series again at the first tick would only leave the
     /// stored copies behind as garbage in the database file.
     state_saved_at: Option<i64>,
+    /// The newest event time when the state was last written: a fast backfill (hours of event
+    /// time a minute) writes it every [`STATE_SAVE_EVERY_MS`] of event time too, so a crash
+    /// in it loses minutes of learning, not hours.
+    state_saved_at_event: Option<i64>,
     limits: Limits,
     /// The priorities of the incidents opened since the last commit: counted once they are
     /// durable (see [`Core::committed`]), so the metric never counts one a crash could still
@@ -202,6 +206,9 @@ impl Core {
             detectors.restore(&device, &metric, state);
             series.push((device, metric));
         }
+        for (device, context) in store.contexts::<crate::detect::DeviceContext>()? {
+            detectors.restore_context(&device, context);
+        }
         let devices =
             devices::Devices::restore(series, store.devices()?.into_iter().collect(), crate::reading::now_ms());
         let mut units: HashMap<String, String> = config.decode.units.clone().into_iter().collect();
@@ -228,6 +235,7 @@ impl Core {
             devices,
             models,
             state_saved_at: None,
+            state_saved_at_event: None,
             limits: Limits {
                 max_devices: config.decode.max_devices,
                 max_series: config.decode.max_series,
@@ -397,6 +405,7 @@ impl Core {
         out: &mut BatchOutcome,
     ) -> Result<Option<f64>, StoreError> {
         let Some(first) = readings.first() else { return Ok(None) };
+        self.checkpoint_by_event_time(first.ts)?;
         self.heard_from(&first.device, received_ms, out)?;
         self.devices.note_cadence(&first.device, first.ts);
         let mut series = std::mem::take(&mut self.series_scratch);
@@ -437,11 +446,49 @@ impl Core {
                 self.operating_point_changed(&first.device, first.ts);
             }
         }
+        // The context reference judges each metric against what the rest of the device and
+        // the time of day predict; while the device commissions, only hard limits and stuck
+        // sensors speak (silence is the clock's).
+        let values: Vec<(&str, f64)> = readings.iter().map(|r| (r.metric.as_str(), r.value)).collect();
+        let site = first.site.as_deref().or_else(|| self.registry.site(&first.device));
+        let context = self.detectors.observe_device(&first.device, site, first.ts, &values);
+        if context.commissioned {
+            tracing::info!(
+                device = %first.device,
+                at = %crate::reading::format_ts(first.ts),
+                "commissioned: its normal operation is learnt, every detector now judges it"
+            );
+            if let Some(c) = self.detectors.context(&first.device) {
+                self.store.put_context(&first.device, c)?;
+            }
+        }
+        let commissioning = self.detectors.commissioning(&first.device);
+        if commissioning {
+            for (_, o) in &mut observed {
+                o.anomalies
+                    .retain(|a| matches!(a.kind, FaultKind::Stuck | FaultKind::AboveLimit | FaultKind::BelowLimit));
+            }
+        }
+        if let Some((metric, a)) = context.anomaly {
+            score = score.max(a.score);
+            if let Some((_, o)) = observed.iter_mut().find(|(r, _)| r.metric == metric) {
+                o.anomalies.push(a);
+            }
+        }
         for (r, o) in &observed {
             self.feed_incidents(r, &o.anomalies, out)?;
         }
+        // A device model's verdict stands where the context reference does not cover the whole
+        // device (more metrics than it takes); where it does, the model must be confirmed by
+        // it: a pattern the PCA never saw (a warm weekend afternoon at low load) that every
+        // metric's context explains is a new operating context, not a broken relation.
+        let explained = self
+            .detectors
+            .context(&first.device)
+            .is_some_and(|c| c.all_within(self.devices.metrics(&first.device).map_or(0, |m| m.len())));
         if let Some(d) = device {
-            if let Some(t) = self.incidents.observe_device(first, d.anomaly.as_ref()) {
+            let hit = d.anomaly.as_ref().filter(|_| !commissioning && !explained);
+            if let Some(t) = self.incidents.observe_device(first, hit) {
                 let t = self.persist(t)?;
                 out.transitions.push(t);
             }
@@ -464,11 +511,27 @@ impl Core {
         self.incidents.forget_pending(device);
     }
 
+    /// Writes the detector state every [`STATE_SAVE_EVERY_MS`] of event time (the clock's tick
+    /// writes it by wall time): a backfill replays hours a minute.
+    fn checkpoint_by_event_time(&mut self, ts: i64) -> Result<(), StoreError> {
+        let saved = *self.state_saved_at_event.get_or_insert(ts);
+        if ts - saved >= STATE_SAVE_EVERY_MS {
+            self.save_detector_state()?;
+            self.state_saved_at_event = Some(ts);
+        }
+        Ok(())
+    }
+
     /// Learns from readings known to be healthy (a recorded healthy run, `replay --train`):
     /// the detectors learn their references from them; nothing is stored or reported.
     pub fn learn_readings(&mut self, readings: &[Reading]) {
         for r in readings {
             self.detectors.learn(&r.device, &r.metric, r.ts, r.value);
+        }
+        if let Some(first) = readings.first() {
+            let values: Vec<(&str, f64)> = readings.iter().map(|r| (r.metric.as_str(), r.value)).collect();
+            let site = first.site.as_deref().or_else(|| self.registry.site(&first.device));
+            let _ = self.detectors.observe_device(&first.device, site, first.ts, &values);
         }
     }
 
@@ -606,6 +669,7 @@ impl Core {
             self.detectors.forget(device, m);
             self.store.remove_detector_state(device, m)?;
         }
+        self.store.remove_context(device)?;
         self.models.forget(device);
         self.count_models();
         self.incidents.forget_pending(device);
@@ -649,6 +713,9 @@ impl Core {
         for (device, metric, state) in self.detectors.states() {
             self.store.put_detector_state(device, metric, &state)?;
             n += 1;
+        }
+        for (device, context) in self.detectors.contexts() {
+            self.store.put_context(device, context)?;
         }
         Ok(n)
     }

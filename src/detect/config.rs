@@ -43,6 +43,9 @@ pub struct DetectConfig {
     pub flatline: bool,
     /// Drift from each series' healthy reference (slow degradation).
     pub drift: crate::detect::DriftConfig,
+    /// The context reference: each metric against what the rest of its device and the time
+    /// of day predict, learnt while the device commissions.
+    pub context: crate::detect::ContextConfig,
     /// The novelty detector: unusual shapes, level shifts and new extremes.
     pub novelty: NoveltyConfig,
     /// Learned per-device models over all of a device's metrics.
@@ -62,6 +65,7 @@ impl Default for DetectConfig {
             baseline: true,
             flatline: true,
             drift: crate::detect::DriftConfig::default(),
+            context: crate::detect::ContextConfig::default(),
             novelty: NoveltyConfig::default(),
             models: ModelsConfig::default(),
         }
@@ -166,6 +170,7 @@ impl DetectConfig {
         }
         d.novelty.validate()?;
         d.drift.validate()?;
+        d.context.validate()?;
         d.models.validate()?;
         Ok(())
     }

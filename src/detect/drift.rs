@@ -48,7 +48,7 @@ impl Default for DriftConfig {
         Self {
             enabled: true,
             reference_readings: 360,
-            reference_for: Duration::from_secs(3600),
+            reference_for: Duration::from_secs(24 * 3600),
             lambda: 0.1,
             margin: 2.0,
             adapt_half_life: 20_000.0,

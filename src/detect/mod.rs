@@ -16,6 +16,7 @@
 
 mod baseline;
 pub mod config;
+mod context;
 mod drift;
 mod flatline;
 mod knn;
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::FastMap;
 
 pub use baseline::Baseline;
+pub use context::{ContextConfig, ContextPhase, ContextVerdict, DeviceContext, SiteCommon};
 pub use drift::{Drift, DriftConfig, Reference};
 pub use flatline::Flatline;
 pub use knn::LagKnn;
@@ -121,7 +123,8 @@ impl FaultKind {
 
 /// Every name [`Anomaly::detector`] takes: the series detectors, the incident policy's
 /// staleness check, and the device models' kinds.
-pub const DETECTORS: [&str; 8] = ["baseline", "drift", "flatline", "limit", "novelty", "staleness", "pca", "gmm"];
+pub const DETECTORS: [&str; 9] =
+    ["baseline", "drift", "context", "flatline", "limit", "novelty", "staleness", "pca", "gmm"];
 
 /// What a detector says about one reading.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -283,6 +286,10 @@ pub struct DetectorBank {
     /// Series whose healthy reference was fixed or dropped since their state was last taken
     /// for storing.
     references_changed: Vec<(String, String)>,
+    /// Per device: its context reference (see `context.rs`).
+    contexts: FastMap<String, DeviceContext>,
+    /// Per site: what its devices' residuals share.
+    sites: FastMap<String, SiteCommon>,
 }
 
 /// A false alarm widens a series' alarm band by this factor ...
@@ -298,6 +305,62 @@ impl DetectorBank {
             series: FastMap::default(),
             tuning: HashMap::new(),
             references_changed: Vec::new(),
+            contexts: FastMap::default(),
+            sites: FastMap::default(),
+        }
+    }
+
+    /// Sees one message of a device (its `(metric, value)` pairs at `ts`) with its context
+    /// reference; nothing when the reference is switched off.
+    pub fn observe_device(
+        &mut self,
+        device: &str,
+        site: Option<&str>,
+        ts: i64,
+        values: &[(&str, f64)],
+    ) -> ContextVerdict {
+        let config = &self.config.context;
+        if !config.enabled || values.is_empty() {
+            return ContextVerdict { anomaly: None, commissioned: false };
+        }
+        let names: Vec<&str> = values.iter().map(|v| v.0).collect();
+        let ctx = self.contexts.entry_ref(device).or_insert_with(|| DeviceContext::new(config, ts, &names));
+        if let Some(all) = ctx.with_new(&names) {
+            // The device reports a metric it had not: it commissions again, with it.
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            *ctx = DeviceContext::new(config, ts, &all);
+        }
+        // A device without a site shares with no other.
+        let mut alone = SiteCommon::default();
+        let common = match site {
+            Some(site) => self.sites.entry_ref(site).or_default(),
+            None => &mut alone,
+        };
+        ctx.observe(config, ts, values, common, device)
+    }
+
+    /// Whether a device is still learning its normal operation (commissioning): only hard
+    /// limits, stuck sensors and silence may raise incidents then. False when the context
+    /// reference is switched off.
+    pub fn commissioning(&self, device: &str) -> bool {
+        self.config.context.enabled
+            && self.contexts.get(device).is_none_or(|c| c.phase() == ContextPhase::Commissioning)
+    }
+
+    /// A device's context reference, once it has one.
+    pub fn context(&self, device: &str) -> Option<&DeviceContext> {
+        self.contexts.get(device)
+    }
+
+    /// Every device's context reference, to store.
+    pub fn contexts(&self) -> impl Iterator<Item = (&str, &DeviceContext)> {
+        self.contexts.iter().map(|(d, c)| (d.as_str(), c))
+    }
+
+    /// Restores a device's context reference (from the store, at start).
+    pub fn restore_context(&mut self, device: &str, context: DeviceContext) {
+        if self.config.context.enabled {
+            self.contexts.insert(device.to_string(), context);
         }
     }
 
@@ -310,6 +373,12 @@ impl DetectorBank {
             }
         }
         self.tuning.remove(&(device.to_string(), metric.to_string()));
+        if !self.series.contains_key(device) {
+            self.contexts.remove(device);
+            for site in self.sites.values_mut() {
+                site.forget(device);
+            }
+        }
     }
 
     /// Restores a learned sensitivity factor (from the store, at start).
@@ -356,6 +425,9 @@ impl DetectorBank {
 
     /// Ends learning from a healthy recording: every series' reference is fixed.
     pub fn end_learning(&mut self) {
+        for c in self.contexts.values_mut() {
+            c.end_learning(&self.config.context);
+        }
         for (device, by_metric) in &mut self.series {
             for (metric, s) in by_metric {
                 for d in s.all() {

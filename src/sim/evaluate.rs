@@ -51,6 +51,9 @@ pub struct FleetReport {
     /// Tickets that were not about a developing fault: on healthy devices, or on failing ones
     /// before their fault started. `(device, metric/fault, opened at)`.
     pub false_tickets: Vec<(String, String, i64)>,
+    /// "No telemetry" tickets of devices in or just after a communication gap: right about
+    /// the link, counted apart. `(device, metric/fault, opened at)`.
+    pub connectivity_tickets: Vec<(String, String, i64)>,
     /// Device-hours of healthy operation (for the false-ticket rate).
     pub healthy_device_hours: f64,
     /// Incidents held back by planned work.
@@ -60,6 +63,13 @@ pub struct FleetReport {
 impl FleetReport {
     pub fn caught(&self) -> usize {
         self.failures.iter().filter(|f| f.caught()).count()
+    }
+
+    /// The median lead time (ms) of the failures ticketed before they happened.
+    pub fn median_lead_ms(&self) -> Option<i64> {
+        let mut leads: Vec<i64> = self.failures.iter().filter_map(FailureOutcome::lead_ms).collect();
+        leads.sort_unstable();
+        leads.get(leads.len() / 2).copied()
     }
 
     /// False tickets per 100 healthy device-hours.
@@ -86,11 +96,13 @@ impl FleetReport {
         }
         let _ = writeln!(
             s,
-            "caught before failure: {} of {} | false tickets: {} ({:.2} per 100 healthy device-hours) | held back by planned work: {}",
+            "caught before failure: {} of {} (median lead {:.0} min) | false tickets: {} ({:.2} per 100 healthy device-hours) | link tickets during gaps: {} | held back by planned work: {}",
             self.caught(),
             self.failures.len(),
+            self.median_lead_ms().unwrap_or(0) as f64 / 60_000.0,
             self.false_tickets.len(),
             self.false_per_100h(),
+            self.connectivity_tickets.len(),
             self.suppressed
         );
         s
@@ -131,7 +143,9 @@ pub fn run(fleet: &mut Fleet, config: &Config) -> Result<FleetReport, StoreError
     let mut ts = fleet.start_ms;
     let mut next_tick = ts;
     while ts < fleet.end_ms {
-        let msgs: Vec<Message> = (0..fleet.devices.len())
+        let reporting: Vec<usize> = (0..fleet.devices.len()).filter(|&d| fleet.reports(d, ts)).collect();
+        let msgs: Vec<Message> = reporting
+            .into_iter()
             .map(|d| Message { topic: fleet.topic(d), payload: fleet.payload(d, ts).into(), received_ms: ts })
             .collect();
         let outcome: BatchOutcome = core.process_messages(&msgs)?;
@@ -149,7 +163,8 @@ pub fn run(fleet: &mut Fleet, config: &Config) -> Result<FleetReport, StoreError
     }
     let hours = (fleet.end_ms - fleet.start_ms) as f64 / 3_600_000.0;
     let mut failures = Vec::new();
-    let mut false_tickets = Vec::new();
+    // Tickets of healthy devices, and of failing ones before their fault began: (device, at, what).
+    let mut not_about_a_fault = Vec::new();
     let mut healthy_ms = 0i64;
     for (d, dev) in fleet.devices.iter().enumerate() {
         let fault = fleet.faults.iter().find(|f| f.device == d);
@@ -166,9 +181,7 @@ pub fn run(fleet: &mut Fleet, config: &Config) -> Result<FleetReport, StoreError
                     first_ticket_ms: first.map(|x| x.0),
                     first_ticket: first.map(|x| x.1.clone()),
                 });
-                for (t, what) in list.iter().filter(|(t, _)| *t < f.start_ms) {
-                    false_tickets.push((dev.id.clone(), what.clone(), t - fleet.start_ms));
-                }
+                not_about_a_fault.extend(list.iter().filter(|(t, _)| *t < f.start_ms).map(|(t, w)| (d, *t, w.clone())));
             }
             None => {
                 if std::env::var_os("FW_DEBUG_FLEET").is_some() && !list.is_empty() {
@@ -180,17 +193,23 @@ pub fn run(fleet: &mut Fleet, config: &Config) -> Result<FleetReport, StoreError
                     eprintln!("{} set points {}", dev.id, sp.join(" "));
                 }
                 healthy_ms += fleet.end_ms - fleet.start_ms;
-                for (t, what) in &list {
-                    false_tickets.push((dev.id.clone(), what.clone(), t - fleet.start_ms));
-                }
+                not_about_a_fault.extend(list.iter().map(|(t, w)| (d, *t, w.clone())));
             }
         }
     }
+    // A "no telemetry" ticket in or just after a communication gap is right about the link.
+    let (connectivity, false_ones): (Vec<_>, Vec<_>) =
+        not_about_a_fault.into_iter().partition(|(d, t, what)| what.ends_with("/silent") && fleet.was_silent(*d, *t));
+    let listed = |v: Vec<(usize, i64, String)>| -> Vec<(String, String, i64)> {
+        v.into_iter().map(|(d, t, what)| (fleet.devices[d].id.clone(), what, t - fleet.start_ms)).collect()
+    };
+    let (connectivity_tickets, false_tickets) = (listed(connectivity), listed(false_ones));
     Ok(FleetReport {
         devices: fleet.devices.len(),
         hours,
         failures,
         false_tickets,
+        connectivity_tickets,
         healthy_device_hours: healthy_ms as f64 / 3_600_000.0,
         suppressed,
     })

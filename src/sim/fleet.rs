@@ -18,6 +18,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
+use super::days::{lag, Disturbances, Duty, Weather, DAY};
+
 /// One reading every this many ms per device.
 pub const PERIOD_MS: i64 = 10_000;
 
@@ -90,6 +92,13 @@ pub struct FleetDevice {
     phase: f64,
 }
 
+impl FleetDevice {
+    /// Which of the three sites (0..3) it stands at.
+    fn site_index(&self) -> usize {
+        ["site-north", "site-east", "site-south"].iter().position(|s| *s == self.site).unwrap_or(0)
+    }
+}
+
 /// The whole scenario.
 pub struct Fleet {
     pub devices: Vec<FleetDevice>,
@@ -103,6 +112,47 @@ pub struct Fleet {
     frozen: Vec<Option<f64>>,
     /// Smoothed load per device (set points are approached over minutes, not in one step).
     load: Vec<Option<f64>>,
+    /// Real days (shifts, weather, gaps), for the fleets of [`Fleet::week`]; `None` for the
+    /// set-point fleets of [`Fleet::scenario`].
+    week: Option<Week>,
+}
+
+/// Which physics a fleet's equipment follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Every metric linear in the load, a compressor's discharge temperature offset by the
+    /// ambient.
+    Linear,
+    /// Pumps on the affinity laws (flow with speed, pressure with its square, power with its
+    /// cube); compressors on a pressure ratio (discharge temperature from the ambient through
+    /// the compression, current with load and ratio).
+    Physics,
+}
+
+impl std::str::FromStr for Family {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Family, String> {
+        match s {
+            "a" | "linear" => Ok(Family::Linear),
+            "b" | "physics" => Ok(Family::Physics),
+            _ => Err(format!("unknown fleet family `{s}` (a or linear, b or physics)")),
+        }
+    }
+}
+
+/// What makes a fleet's days real (see `days.rs`).
+struct Week {
+    family: Family,
+    weather: Vec<Weather>,
+    duty: Vec<Duty>,
+    disturbances: Vec<Disturbances>,
+    /// Per device: how strongly and how slowly its temperatures follow the ambient.
+    ambient_gain: Vec<f64>,
+    thermal_lag_ms: Vec<f64>,
+    lagged_ambient: Vec<Option<f64>>,
+    /// Per device: its own slow wander of load.
+    wander: Vec<f64>,
+    last_ts: Vec<Option<i64>>,
 }
 
 fn compressor(rng: &mut StdRng) -> Vec<MetricModel> {
@@ -150,6 +200,50 @@ fn pump(rng: &mut StdRng) -> Vec<MetricModel> {
 }
 
 const HOUR: i64 = 3_600_000;
+
+/// A metric of the [`Family::Physics`] equipment at `load` (0..1; 0 is stopped) and `ambient`
+/// (°C from the site's mean), from the metric's rated level and gain.
+fn physics(equipment: Equipment, spec: &MetricModel, load: f64, ambient: f64) -> f64 {
+    let running = load > 0.02;
+    match equipment {
+        Equipment::Pump => {
+            // Affinity laws on the speed: flow ~ n, head ~ n², shaft power ~ n³.
+            let n = if running { 0.35 + 0.65 * load } else { 0.0 };
+            match spec.name {
+                "flow" => (spec.level + spec.load_gain) * n,
+                "discharge_pressure" => 0.3 * spec.level + (spec.level + spec.load_gain) * n * n,
+                "vibration" => 0.3 * spec.level + (spec.level + spec.load_gain) * n * n,
+                "current" => 0.4 + (spec.level + spec.load_gain) * n * n * n,
+                _ => spec.level + spec.load_gain * load,
+            }
+        }
+        Equipment::Compressor => {
+            // Pressure ratio with load; discharge temperature from the (lagged) ambient through
+            // the compression, a polytropic exponent of 0.18.
+            let ratio = if running { 1.6 + 2.4 * load } else { 1.0 };
+            let ambient_k = 273.15 + 15.0 + ambient;
+            match spec.name {
+                "discharge_temp" => ambient_k * ratio.powf(0.18) - 273.15 + (spec.level - 24.0),
+                "suction_pressure" => spec.level + spec.load_gain * load + 0.04 * ambient,
+                "vibration" => {
+                    if running {
+                        spec.level + spec.load_gain * load.powf(1.5)
+                    } else {
+                        0.2
+                    }
+                }
+                "current" => {
+                    if running {
+                        spec.level + spec.load_gain * load * ratio.powf(0.3) / 1.5
+                    } else {
+                        0.3
+                    }
+                }
+                _ => spec.level + spec.load_gain * load,
+            }
+        }
+    }
+}
 
 impl Fleet {
     /// A fleet of `n` devices (at least 8) over `hours` (at least 12) from `start_ms`: half pumps,
@@ -236,7 +330,78 @@ impl Fleet {
             noise: Normal::new(0.0, 1.0).unwrap_or_else(|_| unreachable!()),
             frozen: vec![None; n * 4],
             load: vec![None; n],
+            week: None,
         }
+    }
+
+    /// A fleet of `n` devices (at least 8) of `family` over `days` (at least 3) of real days
+    /// (shifts, nights, weekends, weather, gaps; see `days.rs`): half pumps, half compressors at
+    /// three sites, eight of them failing as in [`Fleet::scenario`]. Faults start after the
+    /// first `quiet_days` of healthy history (commissioning), at any hour of the day.
+    pub fn week(family: Family, n: usize, days: i64, quiet_days: f64, start_ms: i64, seed: u64) -> Fleet {
+        let days = days.max(3);
+        let mut fleet = Fleet::scenario(n, days * 24, start_ms, seed);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_da75);
+        let end_ms = fleet.end_ms;
+        let weather = (0..3).map(|_| Weather::new(&mut rng, start_ms, end_ms)).collect();
+        let n = fleet.devices.len();
+        let duty = (0..n).map(|_| Duty::new(&mut rng, start_ms, end_ms)).collect();
+        let disturbances = (0..n).map(|_| Disturbances::new(&mut rng, start_ms, end_ms)).collect();
+        let ambient_gain = (0..n).map(|_| rng.gen_range(0.8..1.2)).collect();
+        let thermal_lag_ms = (0..n).map(|_| rng.gen_range(15.0..60.0) * 60_000.0).collect();
+        // Faults after the quiet days, at any hour, lasting as in `scenario`.
+        let first = start_ms + (quiet_days * DAY as f64) as i64;
+        for f in &mut fleet.faults {
+            let dur = f.fail_ms - f.start_ms;
+            let latest = (end_ms - dur - HOUR).max(first + 1);
+            f.start_ms = rng.gen_range(first..latest);
+            f.fail_ms = (f.start_ms + dur).min(end_ms);
+        }
+        for m in &mut fleet.maintenance {
+            let at = rng.gen_range(first..end_ms - 2 * HOUR);
+            *m = (m.0, at, at + HOUR);
+        }
+        fleet.week = Some(Week {
+            family,
+            weather,
+            duty,
+            disturbances,
+            ambient_gain,
+            thermal_lag_ms,
+            lagged_ambient: vec![None; n],
+            wander: vec![0.0; n],
+            last_ts: vec![None; n],
+        });
+        fleet
+    }
+
+    /// Whether the device sends at `ts` (a fleet with real days has communication gaps).
+    pub fn reports(&self, device: usize, ts: i64) -> bool {
+        self.week.as_ref().is_none_or(|w| !w.disturbances[device].silent(ts))
+    }
+
+    /// Whether the device was in a communication gap at `ts` or in the hour before it: a
+    /// "no telemetry" ticket then is about the link, not a false alarm.
+    pub fn was_silent(&self, device: usize, ts: i64) -> bool {
+        self.week.as_ref().is_some_and(|w| w.disturbances[device].gaps.iter().any(|&(a, b)| a <= ts && b + HOUR >= ts))
+    }
+
+    /// The load of a device with real days at `ts`, and the ambient it feels (relative to its
+    /// site's mean), both lagged; called in time order per device.
+    fn day_load(&mut self, device: usize, ts: i64) -> (f64, f64, f64) {
+        let site = self.devices[device].site_index();
+        let Some(w) = self.week.as_mut() else { return (0.6, 0.0, 1.0) };
+        let dt = w.last_ts[device].map_or(PERIOD_MS, |t| (ts - t).max(0));
+        w.last_ts[device] = Some(ts);
+        // Its own wander: a mean-reverting random walk, about ±0.04 over hours.
+        let k = dt as f64 / (2.0 * HOUR as f64);
+        w.wander[device] += -k * w.wander[device] + 0.04 * (2.0 * k).sqrt() * self.noise.sample(&mut self.rng);
+        let target = (w.duty[device].target(ts) + w.wander[device]).clamp(0.0, 1.0);
+        let load = lag(&mut self.load[device], target, dt, 10.0 * 60_000.0);
+        let weather = &w.weather[site];
+        let ambient = lag(&mut w.lagged_ambient[device], weather.ambient(ts), dt, w.thermal_lag_ms[device]);
+        let relative = w.ambient_gain[device] * (ambient - weather.mean);
+        (load, relative, w.disturbances[device].noise_factor(ts))
     }
 
     /// Indexes of the devices with a fault.
@@ -254,16 +419,15 @@ impl Fleet {
 
     /// The metric values of a device at `ts` (ms), called in time order per device.
     pub fn values(&mut self, device: usize, ts: i64) -> Vec<f64> {
-        let d = &self.devices[device];
-        let target = d.set_points.iter().rev().find(|p| p.0 <= ts).map(|p| p.1).unwrap_or(0.6);
-        // A set-point change settles over a few minutes (first order, 2 min time constant).
-        let load_now = match self.load[device] {
-            Some(l) => l + (target - l) * (PERIOD_MS as f64 / 120_000.0).min(1.0),
-            None => target,
+        let (load_now, ambient, noise_factor) = match self.week {
+            Some(_) => self.day_load(device, ts),
+            None => (self.set_point_load(device, ts), 0.0, 1.0),
         };
-        self.load[device] = Some(load_now);
+        let family = self.week.as_ref().map(|w| w.family);
+        let d = &self.devices[device];
         let cycle = ((ts as f64 / d.cycle_ms + d.phase) * std::f64::consts::TAU).sin() * d.cycle_depth;
-        let load = load_now + cycle;
+        // A stopped device (real days, at night) has no duty cycle either.
+        let load = if family.is_some() { (load_now + cycle * load_now.min(1.0)).max(0.0) } else { load_now + cycle };
         let in_maintenance = self.maintenance.iter().any(|&(dev, from, to)| dev == device && ts >= from && ts < to);
         let faults: Vec<FleetFault> =
             self.faults.iter().filter(|f| f.device == device && ts >= f.start_ms).copied().collect();
@@ -279,21 +443,42 @@ impl Fleet {
                     (FaultKind::CoolingDrift { rise }, "discharge_temp") => extra += rise * progress,
                     (FaultKind::Fouling { loss }, "flow") => extra -= loss * progress * spec.load_gain * load,
                     (FaultKind::Fouling { loss }, "current") => extra += 0.5 * loss * progress * spec.load_gain * load,
-                    (FaultKind::Relation, "current") => effective_load = 2.0 * load_now - load + 0.15 * progress,
+                    (FaultKind::Relation, "current") => {
+                        effective_load = (2.0 * load_now - load + 0.15 * progress).max(0.0)
+                    }
                     (FaultKind::Stuck { metric }, _) if metric == m => stuck = true,
                     _ => {}
                 }
             }
+            let base = match family {
+                Some(Family::Physics) => physics(self.devices[device].equipment, spec, effective_load, ambient),
+                Some(Family::Linear) if spec.name == "discharge_temp" => {
+                    spec.level + spec.load_gain * effective_load + ambient
+                }
+                _ => spec.level + spec.load_gain * effective_load,
+            };
+            let mut v = base + extra;
             if in_maintenance && spec.name == "vibration" {
                 // The technician has the vibration transmitter off for calibration.
-                effective_load = 0.0;
-                extra -= spec.level;
+                v = 0.0;
             }
-            let v =
-                spec.level + spec.load_gain * effective_load + extra + spec.noise * self.noise.sample(&mut self.rng);
+            v += spec.noise * noise_factor * self.noise.sample(&mut self.rng);
             out.push(super::transmit(&mut self.frozen[device * 4 + m], v, stuck));
         }
         out
+    }
+
+    /// The load of a set-point fleet's device at `ts`: its set point, approached over minutes.
+    fn set_point_load(&mut self, device: usize, ts: i64) -> f64 {
+        let d = &self.devices[device];
+        let target = d.set_points.iter().rev().find(|p| p.0 <= ts).map(|p| p.1).unwrap_or(0.6);
+        // A set-point change settles over a few minutes (first order, 2 min time constant).
+        let load_now = match self.load[device] {
+            Some(l) => l + (target - l) * (PERIOD_MS as f64 / 120_000.0).min(1.0),
+            None => target,
+        };
+        self.load[device] = Some(load_now);
+        load_now
     }
 
     /// The JSON payload of a device at `ts`.

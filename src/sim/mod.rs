@@ -5,6 +5,7 @@
 //! Used by `demo`, the integration tests and the benchmarks, so all three exercise the same
 //! telemetry shapes. Deterministic for a given seed.
 
+pub mod days;
 pub mod evaluate;
 pub mod fleet;
 

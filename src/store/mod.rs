@@ -12,6 +12,8 @@
 //!   are written in one transaction, so a crash can never leave one without the other.
 //! - `detector_state`: `device \0 metric` → what the series' detectors learnt, postcard after a
 //!   format byte (JSON as earlier versions wrote it still loads).
+//! - `context`: device → its context reference (what it learnt while commissioning, and whether
+//!   it still is), postcard after the same format byte.
 //!
 //! Nothing here is durable until [`Store::flush`]: the caller group-commits a batch, flushes once,
 //! then acknowledges the batch to the broker.
@@ -102,6 +104,8 @@ pub struct Store {
     tuning: sled::Tree,
     /// Per series: what its detectors learnt (see [`Store::put_detector_state`]).
     detector_state: sled::Tree,
+    /// Per device: its context reference (see [`Store::put_context`]).
+    context: sled::Tree,
     silences: sled::Tree,
     /// Devices the core tracks: device → when it was first heard (wall ms, BE).
     devices: sled::Tree,
@@ -203,6 +207,7 @@ impl Store {
             held: db.open_tree("held")?,
             tuning: db.open_tree("tuning")?,
             detector_state: db.open_tree("detector_state")?,
+            context: db.open_tree("context")?,
             silences: db.open_tree("silences")?,
             devices: db.open_tree("devices")?,
             models: db.open_tree("models")?,
@@ -593,6 +598,31 @@ impl Store {
     pub fn compact_and_flush(&self) -> Result<(), StoreError> {
         self.readings.commit(true)?;
         self.db.flush()?;
+        Ok(())
+    }
+
+    /// Records a device's context reference (durable with the next flush).
+    pub fn put_context<T: Serialize>(&self, device: &str, state: &T) -> Result<(), StoreError> {
+        self.context.insert(device.as_bytes(), postcard::to_extend(state, vec![STATE_POSTCARD])?)?;
+        Ok(())
+    }
+
+    /// Every stored context reference: (device, state). One that no longer parses (an older
+    /// format) is skipped: the device commissions again.
+    pub fn contexts<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<(String, T)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.context.iter() {
+            let (k, v) = kv?;
+            if let Some(state) = decode_state(&v) {
+                out.push((String::from_utf8_lossy(&k).into_owned(), state));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a device's context reference (it was forgotten).
+    pub fn remove_context(&self, device: &str) -> Result<(), StoreError> {
+        self.context.remove(device.as_bytes())?;
         Ok(())
     }
 

@@ -1,0 +1,729 @@
+//! The context reference: what a metric should read, given what the rest of its device is
+//! doing and the time of day, learnt over a span that shows the device's normal days.
+//!
+//! A healthy compressor's discharge temperature follows its load and the weather; its current
+//! follows the load; a pump's pressure follows its flow. A reference that is one level (what
+//! the series read in its first hour) calls every shift change and every warm afternoon a
+//! drift. This one predicts each metric from the device's other metrics (their values and
+//! squares, so a pump's affinity laws fit too) and from daily harmonics of the time of day, a
+//! ridge regression per metric, and judges the *residual*: a metric that only follows its load
+//! or the day never alarms, and a relation that breaks alarms even while every metric stays
+//! inside its own range.
+//!
+//! - **Commissioning.** A device first spends `commissioning` of event time (24 h by default:
+//!   a whole day and night) learning, extended while it keeps reaching operating regions it had
+//!   not shown (up to `max_commissioning`). Only the sufficient statistics are kept (the Gram
+//!   matrix of the feature vectors, a few hundred numbers a device), so memory does not grow
+//!   with the span. Until commissioning ends the device is `commissioning` and this detector
+//!   says nothing.
+//! - **Limits from held-out residuals.** During the second half of commissioning the model is
+//!   refitted every `refit_every` on what came before, and each smoothed residual is measured
+//!   against a model that had not seen it: the alarm sits `margin` times beyond the largest of
+//!   those out-of-sample residuals (never below four of the in-sample residual's standard
+//!   deviations). The limit is thus set by how well the device's own normal days can be
+//!   predicted, not by a textbook distribution.
+//! - **Smoothing.** Values are smoothed (an EWMA with time constant `smoothing`) before they
+//!   are compared, so noise averages out while a lasting shift adds up; the regression is
+//!   linear, so the residual of the smoothed values is the smoothed residual.
+//! - **Following seasons, never a fault.** After commissioning the statistics keep learning,
+//!   forgetting with `adapt_half_life`, only from messages where every residual is below half
+//!   its limit; the model is refitted from them every `refit_every`.
+//!
+//! The fit solves the ridge normal equations of standardised features with linfa's Cholesky
+//! solver (`linfa-linalg`).
+
+use std::time::Duration;
+
+use linfa_linalg::cholesky::SolveC;
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+
+use super::{calibrate, Anomaly, FaultKind};
+use crate::settings::Invalid;
+
+/// `[detect.context]`: the context reference (see the module docs).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContextConfig {
+    pub enabled: bool,
+    /// Event time a device spends learning its normal operation before the detector judges it.
+    #[serde(with = "humantime_serde")]
+    pub commissioning: Duration,
+    /// Commissioning goes on while the device keeps reaching new operating regions, up to this.
+    #[serde(with = "humantime_serde")]
+    pub max_commissioning: Duration,
+    /// Time constant of the smoothing of each metric before it is compared.
+    #[serde(with = "humantime_serde")]
+    pub smoothing: Duration,
+    /// Ridge penalty on the standardised features (0: ordinary least squares).
+    pub ridge: f64,
+    /// The alarm sits this many times beyond the largest out-of-sample residual of commissioning.
+    pub margin: f64,
+    /// Daily harmonics among the features (0 to 3): 2 fits a day shift's two ramps.
+    pub daily_harmonics: usize,
+    /// How often the model is refitted (while commissioning, and after it while healthy).
+    #[serde(with = "humantime_serde")]
+    pub refit_every: Duration,
+    /// Half-life of what the model keeps learning after commissioning, from healthy messages.
+    #[serde(with = "humantime_serde")]
+    pub adapt_half_life: Duration,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            commissioning: Duration::from_secs(24 * 3600),
+            max_commissioning: Duration::from_secs(72 * 3600),
+            smoothing: Duration::from_secs(180),
+            ridge: 0.01,
+            margin: 2.0,
+            daily_harmonics: 2,
+            refit_every: Duration::from_secs(2 * 3600),
+            adapt_half_life: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl ContextConfig {
+    /// Checks the values, naming the offending key.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let key = |k: &str| format!("detect.context.{k}");
+        if self.commissioning < Duration::from_secs(600) {
+            return Err(Invalid::new(key("commissioning"), "must be at least 10m"));
+        }
+        if self.max_commissioning < self.commissioning {
+            return Err(Invalid::new(key("max_commissioning"), "must be at least detect.context.commissioning"));
+        }
+        if self.smoothing.is_zero() || self.smoothing * 8 > self.commissioning {
+            return Err(Invalid::new(key("smoothing"), "must be above 0 and at most an eighth of commissioning"));
+        }
+        if !(self.ridge >= 0.0 && self.ridge.is_finite()) {
+            return Err(Invalid::new(key("ridge"), "must be 0 or more"));
+        }
+        if !(self.margin >= 1.0 && self.margin.is_finite()) {
+            return Err(Invalid::new(key("margin"), "must be at least 1"));
+        }
+        if self.daily_harmonics > 3 {
+            return Err(Invalid::new(key("daily_harmonics"), "must be 0 to 3"));
+        }
+        if self.refit_every.is_zero() || self.refit_every * 2 > self.commissioning {
+            return Err(Invalid::new(key("refit_every"), "must be above 0 and at most half of commissioning"));
+        }
+        if self.adapt_half_life < self.commissioning {
+            return Err(Invalid::new(key("adapt_half_life"), "must be at least detect.context.commissioning"));
+        }
+        Ok(())
+    }
+}
+
+/// The metrics of a device the model takes, at most (a wider device uses the first ones, by
+/// name): the Gram matrix grows with the square of the features.
+pub const MAX_CONTEXT_METRICS: usize = 8;
+/// The alarm is never below this many standard deviations of the in-sample residual.
+const MIN_SIGMAS: f64 = 4.0;
+/// A metric is compared only after this many smoothing time constants of unbroken readings
+/// (after a gap the smoothing starts over).
+const WARM_TAUS: f64 = 3.0;
+/// A metric not heard from for this many smoothing time constants (and at least
+/// [`GAP_MIN_MS`]) was in a gap: its smoothing starts over.
+const GAP_TAUS: f64 = 20.0;
+const GAP_MIN_MS: f64 = 3_600_000.0;
+/// A reading further than this share of its metric's range from its smoothed value is a
+/// transient (a start, a stop, a step): the device is judged again once the smoothing settled.
+const TRANSIENT: f64 = 0.1;
+/// A reading this many times its metric's noise from the smoothed value is not noise.
+const NOISE_CAP: f64 = 6.0;
+/// Time constant of the noise estimate.
+const NOISE_TAU_MS: f64 = 3_600_000.0;
+/// A value further than this share of the range seen so far beyond it is a new operating region.
+const NEW_REGION: f64 = 0.1;
+
+/// The residuals of one site's devices, per metric: what they show together is the site's
+/// (the weather, a plant-wide change), not one device's fault.
+#[derive(Debug, Default)]
+pub struct SiteCommon {
+    /// Per metric: each device's latest residual and when it was taken.
+    by_metric: crate::FastMap<String, Vec<(String, i64, f64)>>,
+}
+
+/// Fewer other devices than this reporting a metric at a site: no common part is taken out.
+const SITE_MIN_OTHERS: usize = 2;
+
+impl SiteCommon {
+    /// Records `device`'s residual `r` of `metric` at `ts` and returns the median of the other
+    /// devices' residuals of the same metric taken within `fresh_ms` (0 with fewer than
+    /// [`SITE_MIN_OTHERS`] of them).
+    pub fn record(&mut self, metric: &str, device: &str, ts: i64, r: f64, fresh_ms: i64) -> f64 {
+        let list = self.by_metric.entry_ref(metric).or_default();
+        match list.iter_mut().find(|e| e.0 == device) {
+            Some(e) => (e.1, e.2) = (ts, r),
+            None => list.push((device.to_string(), ts, r)),
+        }
+        let mut others: Vec<f64> =
+            list.iter().filter(|e| e.0 != device && (ts - e.1).abs() <= fresh_ms).map(|e| e.2).collect();
+        if others.len() < SITE_MIN_OTHERS {
+            return 0.0;
+        }
+        others.sort_unstable_by(f64::total_cmp);
+        let mid = others.len() / 2;
+        if others.len() % 2 == 1 {
+            others[mid]
+        } else {
+            0.5 * (others[mid - 1] + others[mid])
+        }
+    }
+
+    /// Forgets a device (it was forgotten).
+    pub fn forget(&mut self, device: &str) {
+        for list in self.by_metric.values_mut() {
+            list.retain(|e| e.0 != device);
+        }
+    }
+}
+
+/// Where a device is in its life: learning, or watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContextPhase {
+    Commissioning,
+    Watching,
+}
+
+/// One metric of a device: its smoothed value and what it is judged against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct MetricState {
+    name: String,
+    smoothed: f64,
+    last_ts: Option<i64>,
+    /// Since when readings came without a gap.
+    warm_since: i64,
+    last_value: f64,
+    /// Mean absolute difference of a reading from the smoothed value (slowly averaged): the
+    /// metric's noise, against which a jump is told from it.
+    #[serde(default)]
+    noise: f64,
+    /// Readings the noise estimate has seen (it is a plain mean over its first ones).
+    #[serde(default)]
+    noise_n: u32,
+    /// Range of the smoothed value seen while commissioning.
+    lo: f64,
+    hi: f64,
+    /// Largest out-of-sample smoothed residual of the second half of commissioning.
+    held_out_max: f64,
+    /// Fitted: intercept and coefficients over the feature vector (0 for this metric itself).
+    coef: Vec<f64>,
+    /// In-sample standard deviation of the smoothed residual, and the alarm limit.
+    sigma: f64,
+    limit: f64,
+}
+
+/// One device's context model (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceContext {
+    phase: ContextPhase,
+    metrics: Vec<MetricState>,
+    harmonics: usize,
+    first_ts: i64,
+    /// When the device last reached a new operating region (commissioning goes on after it).
+    new_region_at: i64,
+    last_fit_ts: Option<i64>,
+    last_learn_ts: Option<i64>,
+    /// The Gram matrix of the feature vectors, row-major, `dim × dim`.
+    gram: Vec<f64>,
+    /// Each metric's origin and unit in the features (its first smoothed value and the size of
+    /// it): the features are kept near 1 so that the Gram matrix of squares of large values
+    /// (a process variable of 2,700) loses no precision.
+    origin: Vec<f64>,
+    unit: Vec<f64>,
+    /// Whether a fitted model is in `coef` (an interim one while commissioning).
+    fitted: bool,
+    /// The largest residual of the last message judged, in limits (0 before any).
+    #[serde(default)]
+    last_excess: f64,
+    /// When a metric last jumped (a start, a stop, a step of load): the smoothed values lag
+    /// the raw ones until they settle, and a nonlinear relation of lagging values is not the
+    /// relation.
+    #[serde(default)]
+    unsettled_at: i64,
+}
+
+/// What the context model says about one message of a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContextVerdict {
+    /// The metric whose residual is furthest beyond its limit, when one is beyond it.
+    pub anomaly: Option<(String, Anomaly)>,
+    /// Commissioning ended with this message.
+    pub commissioned: bool,
+}
+
+impl DeviceContext {
+    /// A device seen for the first time at `ts` with these metrics (sorted by name, at most
+    /// [`MAX_CONTEXT_METRICS`]).
+    pub fn new(config: &ContextConfig, ts: i64, names: &[&str]) -> DeviceContext {
+        let mut names: Vec<&str> = names.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        names.truncate(MAX_CONTEXT_METRICS);
+        let metrics: Vec<MetricState> = names
+            .iter()
+            .map(|n| MetricState {
+                name: n.to_string(),
+                smoothed: 0.0,
+                last_ts: None,
+                warm_since: ts,
+                last_value: 0.0,
+                noise: 0.0,
+                noise_n: 0,
+                lo: f64::INFINITY,
+                hi: f64::NEG_INFINITY,
+                held_out_max: 0.0,
+                coef: Vec::new(),
+                sigma: 0.0,
+                limit: 0.0,
+            })
+            .collect();
+        let dim = 1 + 3 * metrics.len() + 2 * config.daily_harmonics;
+        DeviceContext {
+            phase: ContextPhase::Commissioning,
+            metrics,
+            harmonics: config.daily_harmonics,
+            first_ts: ts,
+            new_region_at: ts,
+            last_fit_ts: None,
+            last_learn_ts: None,
+            gram: vec![0.0; dim * dim],
+            origin: Vec::new(),
+            unit: Vec::new(),
+            fitted: false,
+            last_excess: 0.0,
+            unsettled_at: ts,
+        }
+    }
+
+    pub fn phase(&self) -> ContextPhase {
+        self.phase
+    }
+
+    /// Whether it judges the device and, at the last message, saw every residual of these
+    /// `metrics` (all of the device's) below half its limit: nothing in the device's relations,
+    /// its time of day or its site's common behaviour is off.
+    pub fn all_within(&self, metrics: usize) -> bool {
+        self.phase == ContextPhase::Watching && self.fitted && self.metrics.len() == metrics && self.last_excess < 0.5
+    }
+
+    /// How many metrics it covers.
+    pub fn len(&self) -> usize {
+        self.metrics.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.metrics.is_empty()
+    }
+
+    /// Every metric it covers and those of `names` it does not, when there are such and
+    /// room for them (at most [`MAX_CONTEXT_METRICS`]); `None` when it covers them all.
+    pub fn with_new(&self, names: &[&str]) -> Option<Vec<String>> {
+        let room = MAX_CONTEXT_METRICS.saturating_sub(self.metrics.len());
+        let new: Vec<&str> = names.iter().copied().filter(|n| !self.metrics.iter().any(|m| m.name == *n)).collect();
+        if new.is_empty() || room == 0 {
+            return None;
+        }
+        Some(self.metrics.iter().map(|m| m.name.clone()).chain(new.into_iter().map(str::to_string)).collect())
+    }
+
+    fn dim(&self) -> usize {
+        self.own_dim() + self.metrics.len()
+    }
+
+    /// The features of the device's own: 1, its metrics and their squares, the harmonics. The
+    /// site's common residuals of each metric follow them.
+    fn own_dim(&self) -> usize {
+        1 + 2 * self.metrics.len() + 2 * self.harmonics
+    }
+
+    /// The device's own features at `ts`: 1, each smoothed metric and its square, and the daily
+    /// harmonics (the site's common residuals are appended later).
+    fn features(&mut self, ts: i64) -> Vec<f64> {
+        if self.origin.len() != self.metrics.len() {
+            self.origin = self.metrics.iter().map(|m| m.smoothed).collect();
+            self.unit = self.metrics.iter().map(|m| m.smoothed.abs().max(1e-3)).collect();
+        }
+        let mut z = Vec::with_capacity(self.dim());
+        z.push(1.0);
+        for (i, m) in self.metrics.iter().enumerate() {
+            let x = (m.smoothed - self.origin[i]) / self.unit[i];
+            z.push(x);
+            z.push(x * x);
+        }
+        let day = (ts.rem_euclid(86_400_000) as f64) / 86_400_000.0 * std::f64::consts::TAU;
+        for k in 1..=self.harmonics {
+            z.push((day * k as f64).sin());
+            z.push((day * k as f64).cos());
+        }
+        z
+    }
+
+    /// Adds `z` to the Gram matrix with weight 1 after scaling what is there by `keep`.
+    fn accumulate(&mut self, z: &[f64], keep: f64) {
+        let d = z.len();
+        for i in 0..d {
+            for j in 0..d {
+                self.gram[i * d + j] = self.gram[i * d + j] * keep + z[i] * z[j];
+            }
+        }
+    }
+
+    /// The smoothed residual of metric `j` (seen minus predicted) and the prediction, in the
+    /// metric's own unit, from the features `z` (all of them, or the device's own first ones).
+    fn residual_from(&self, j: usize, z: &[f64]) -> (f64, f64) {
+        let m = &self.metrics[j];
+        let predicted = self.origin[j] + self.unit[j] * m.coef.iter().zip(z).map(|(c, x)| c * x).sum::<f64>();
+        (m.smoothed - predicted, predicted)
+    }
+
+    /// Fits every metric's ridge regression on the Gram matrix; false when there is too
+    /// little to fit on (the model is left as it was).
+    fn fit(&mut self, ridge: f64) -> bool {
+        let Some(fits) = fit_gram(&self.gram, self.dim(), self.metrics.len(), ridge) else { return false };
+        for ((m, (coef, sigma)), unit) in self.metrics.iter_mut().zip(fits).zip(&self.unit) {
+            m.coef = coef;
+            m.sigma = sigma * unit;
+        }
+        self.fitted = true;
+        true
+    }
+
+    /// Sees one message of the device: `(metric, value)` pairs at `ts`.
+    pub fn observe(
+        &mut self,
+        config: &ContextConfig,
+        ts: i64,
+        values: &[(&str, f64)],
+        site: &mut SiteCommon,
+        device: &str,
+    ) -> ContextVerdict {
+        let mut verdict = ContextVerdict { anomaly: None, commissioned: false };
+        let tau = config.smoothing.as_millis().max(1) as f64;
+        // Longer than this without a reading is a gap: the smoothing starts over. A device that
+        // reports every 5 minutes is smoothed little, but it is judged all the same.
+        let gap = (GAP_TAUS * tau).max(GAP_MIN_MS);
+        for &(name, value) in values {
+            let Some(m) = self.metrics.iter_mut().find(|m| m.name == name) else { continue };
+            if !value.is_finite() {
+                continue;
+            }
+            match m.last_ts {
+                Some(last) if ts <= last => continue,
+                Some(last) if ((ts - last) as f64) <= gap => {
+                    let dt = (ts - last) as f64;
+                    let off = (value - m.smoothed).abs();
+                    // Jumps count only up to the cap in the noise; they are what it is for.
+                    let capped = if m.noise_n > 0 { off.min(NOISE_CAP * m.noise) } else { off };
+                    m.noise_n = m.noise_n.saturating_add(1);
+                    let weight = (1.0 - (-dt / NOISE_TAU_MS).exp()).max(1.0 / f64::from(m.noise_n));
+                    m.noise += (capped - m.noise) * weight;
+                    m.smoothed += (value - m.smoothed) * (1.0 - (-dt / tau).exp());
+                }
+                _ => {
+                    m.smoothed = value;
+                    m.warm_since = ts;
+                }
+            }
+            m.last_ts = Some(ts);
+            m.last_value = value;
+        }
+        let warm_after = (WARM_TAUS * tau) as i64;
+        if self.phase == ContextPhase::Commissioning {
+            // The range each metric has shown: new regions extend commissioning, and jumps are
+            // measured against it.
+            for m in self.metrics.iter_mut().filter(|m| m.last_ts == Some(ts)) {
+                let range = (m.hi - m.lo).max(0.0);
+                if m.lo.is_finite()
+                    && (m.smoothed < m.lo - NEW_REGION * range || m.smoothed > m.hi + NEW_REGION * range)
+                {
+                    self.new_region_at = ts;
+                }
+                m.lo = m.lo.min(m.smoothed);
+                m.hi = m.hi.max(m.smoothed);
+            }
+        }
+        let jumped = self.metrics.iter().any(|m| {
+            let range = m.hi - m.lo;
+            m.last_ts == Some(ts)
+                && range > 0.0
+                && (m.last_value - m.smoothed).abs() > (TRANSIENT * range).max(NOISE_CAP * m.noise)
+        });
+        if jumped {
+            self.unsettled_at = ts;
+        }
+        if ts - self.unsettled_at < warm_after {
+            // Neither learnt from nor judged until the smoothed values have caught up.
+            return verdict;
+        }
+        let fresh =
+            |m: &MetricState| m.last_ts.is_some_and(|t| (ts - t) as f64 <= gap) && ts - m.warm_since >= warm_after;
+        if !self.metrics.iter().all(fresh) {
+            // Judged only when every metric was heard from lately and has been smoothed long
+            // enough.
+            return verdict;
+        }
+        let mut z = self.features(ts);
+        // What the site's other devices show in the same metric at the moment (the median of
+        // their residuals from their own features) is a feature too: a weather front moves
+        // them all, and the regression learns how strongly this device follows them.
+        let own = self.own_dim();
+        for j in 0..self.metrics.len() {
+            let common = if self.fitted {
+                let (r, _) = self.residual_from(j, &z[..own]);
+                site.record(&self.metrics[j].name, device, ts, r, gap as i64)
+            } else {
+                0.0
+            };
+            z.push(common / self.unit[j]);
+        }
+        let residuals: Vec<(f64, f64)> = (0..self.metrics.len()).map(|j| self.residual_from(j, &z)).collect();
+        match self.phase {
+            ContextPhase::Commissioning => {
+                self.commission(config, ts, &z, &residuals);
+                if self.phase == ContextPhase::Watching {
+                    verdict.commissioned = true;
+                }
+            }
+            ContextPhase::Watching => verdict.anomaly = self.judge(config, ts, &z, &residuals),
+        }
+        verdict
+    }
+
+    fn commission(&mut self, config: &ContextConfig, ts: i64, z: &[f64], residuals: &[(f64, f64)]) {
+        let span = ts - self.first_ts;
+        let half = config.commissioning.as_millis() as i64 / 2;
+        // Out-of-sample residuals of the second half, against the model fitted before them.
+        if self.fitted && span >= half {
+            for (m, (r, _)) in self.metrics.iter_mut().zip(residuals) {
+                m.held_out_max = m.held_out_max.max(r.abs());
+            }
+        }
+        self.accumulate(z, 1.0);
+        let refit = config.refit_every.as_millis() as i64;
+        if span >= half - refit && self.last_fit_ts.is_none_or(|t| ts - t >= refit) && self.fit(config.ridge) {
+            self.last_fit_ts = Some(ts);
+        }
+        let settled = ts - self.new_region_at >= half / 2;
+        let long_enough = span >= config.commissioning.as_millis() as i64;
+        if long_enough && settled || span >= config.max_commissioning.as_millis() as i64 {
+            // A device whose metrics cannot be fitted (too few varied messages) is watched by
+            // the other detectors all the same; this one then says nothing.
+            self.fit(config.ridge);
+            self.start_watching(config);
+            self.last_fit_ts = Some(ts);
+            self.last_learn_ts = Some(ts);
+        }
+    }
+
+    /// Sets each metric's limit from commissioning and ends it: `margin` times the largest
+    /// residual a model that had not seen it showed in the second half of commissioning,
+    /// never below [`MIN_SIGMAS`] in-sample standard deviations.
+    fn start_watching(&mut self, config: &ContextConfig) {
+        for m in &mut self.metrics {
+            let floor = MIN_SIGMAS * m.sigma.max(1e-3 * (1.0 + m.hi.abs().max(m.lo.abs())));
+            m.limit = config.margin * m.held_out_max.max(floor);
+        }
+        self.phase = ContextPhase::Watching;
+    }
+
+    fn judge(
+        &mut self,
+        config: &ContextConfig,
+        ts: i64,
+        z: &[f64],
+        residuals: &[(f64, f64)],
+    ) -> Option<(String, Anomaly)> {
+        if !self.fitted {
+            return None;
+        }
+        // Most of the device's metrics beyond what it showed while commissioning is a new
+        // operating region (a new set point, a new product), which a regression fitted
+        // elsewhere cannot judge: it is learnt, as while commissioning, and not judged. A fault
+        // moves one or two metrics, not most of them.
+        let outside = self
+            .metrics
+            .iter()
+            .filter(|m| {
+                let margin = NEW_REGION * (m.hi - m.lo).max(0.0);
+                m.smoothed < m.lo - margin || m.smoothed > m.hi + margin
+            })
+            .count();
+        if outside * 2 > self.metrics.len() {
+            for m in &mut self.metrics {
+                m.lo = m.lo.min(m.smoothed);
+                m.hi = m.hi.max(m.smoothed);
+            }
+            self.last_excess = 0.0;
+            self.learn(config, ts, z);
+            return None;
+        }
+        let mut worst: Option<(usize, f64, f64, f64)> = None;
+        let mut healthy = true;
+        self.last_excess = 0.0;
+        for (j, (m, &(r, predicted))) in self.metrics.iter().zip(residuals).enumerate() {
+            let excess = r.abs() / m.limit;
+            healthy &= excess < 0.5;
+            self.last_excess = self.last_excess.max(excess);
+            if excess > 1.0 && worst.is_none_or(|w| excess > w.1) {
+                worst = Some((j, excess, r, predicted));
+            }
+        }
+        if healthy {
+            self.learn(config, ts, z);
+        }
+        let (j, excess, r, predicted) = worst?;
+        let m = &self.metrics[j];
+        // Expected and seen in the metric's own terms: the smoothed value against its
+        // prediction, the spread the in-sample residual's.
+        let anomaly = Anomaly::new(FaultKind::Drift, "context", ts, m.last_value, calibrate(excess))
+            .with_level(predicted, m.sigma.max(1e-9), r / m.sigma.max(1e-9))
+            .with_bound(m.limit);
+        Some((m.name.clone(), anomaly))
+    }
+
+    /// Learns from a message after commissioning (forgetting with `adapt_half_life`), refitting
+    /// every `refit_every`.
+    fn learn(&mut self, config: &ContextConfig, ts: i64, z: &[f64]) {
+        let dt = self.last_learn_ts.map_or(0, |t| (ts - t).max(0));
+        let keep = 0.5f64.powf(dt as f64 / config.adapt_half_life.as_millis() as f64);
+        self.accumulate(z, keep);
+        self.last_learn_ts = Some(ts);
+        if self.last_fit_ts.is_none_or(|t| ts - t >= config.refit_every.as_millis() as i64) {
+            self.fit(config.ridge);
+            self.last_fit_ts = Some(ts);
+        }
+    }
+
+    /// Ends commissioning now (a recorded healthy run was learnt: `replay --train`), when there
+    /// was enough to fit on.
+    pub fn end_learning(&mut self, config: &ContextConfig) {
+        if self.phase == ContextPhase::Commissioning {
+            self.fit(config.ridge);
+            self.start_watching(config);
+        }
+    }
+}
+
+/// The ridge regression of each of `k` metrics on the other features, from a Gram matrix `g`
+/// (`d × d`, row-major) of feature vectors (1, each metric and its square, the rest): per
+/// metric its coefficients over the features and the in-sample residual standard deviation
+/// (in feature units). `None` when there is too little to fit on or the solve fails.
+fn fit_gram(g: &[f64], d: usize, k: usize, ridge: f64) -> Option<Vec<(Vec<f64>, f64)>> {
+    let n = g[0];
+    if n < 10.0 {
+        return None;
+    }
+    let mean: Vec<f64> = (0..d).map(|i| g[i] / n).collect();
+    let cov = |i: usize, j: usize| g[i * d + j] / n - mean[i] * mean[j];
+    let mut fits = Vec::with_capacity(k);
+    for t in 0..k {
+        let target = 1 + 2 * t;
+        // Predictors: every feature but the intercept and the target's own two, when it varies.
+        let preds: Vec<usize> =
+            (1..d).filter(|&p| p != target && p != target + 1 && cov(p, p) > 1e-12 * (1.0 + mean[p].abs())).collect();
+        let scale: Vec<f64> = preds.iter().map(|&p| cov(p, p).sqrt()).collect();
+        let np = preds.len();
+        let mut beta = vec![0.0; np];
+        if np > 0 {
+            let mut a = Array2::<f64>::zeros((np, np));
+            let mut b = Array2::<f64>::zeros((np, 1));
+            for (x, &p) in preds.iter().enumerate() {
+                for (y, &q) in preds.iter().enumerate() {
+                    a[[x, y]] = cov(p, q) / (scale[x] * scale[y]) + if x == y { ridge.max(1e-9) } else { 0.0 };
+                }
+                b[[x, 0]] = cov(p, target) / scale[x];
+            }
+            let solved = a.solvec(&b).ok()?;
+            for x in 0..np {
+                beta[x] = solved[[x, 0]] / scale[x];
+            }
+        }
+        let mut coef = vec![0.0; d];
+        coef[0] = mean[target] - preds.iter().zip(&beta).map(|(&p, b)| b * mean[p]).sum::<f64>();
+        for (&p, b) in preds.iter().zip(&beta) {
+            coef[p] = *b;
+        }
+        // In-sample residual variance: var(y) - 2 b'c + b'Cb.
+        let mut var = cov(target, target);
+        for (x, &p) in preds.iter().enumerate() {
+            var -= 2.0 * beta[x] * cov(p, target);
+            for (y, &q) in preds.iter().enumerate() {
+                var += beta[x] * beta[y] * cov(p, q);
+            }
+        }
+        let sigma = var.max(0.0).sqrt();
+        if !sigma.is_finite() || coef.iter().any(|x| !x.is_finite()) {
+            return None;
+        }
+        fits.push((coef, sigma));
+    }
+    Some(fits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+    const HOUR: i64 = 60 * MIN;
+
+    /// A compressor-like device: current and temperature follow a day-shift load, the
+    /// temperature also the time of day (the weather); deterministic noise.
+    fn device(ts: i64, fault: f64) -> [(&'static str, f64); 3] {
+        let h = (ts % (24 * HOUR)) as f64 / HOUR as f64;
+        let load = if (7.0..19.0).contains(&h) { 0.8 } else { 0.2 } + 0.05 * (ts as f64 / 7e5).sin();
+        let noise = |k: f64| 0.3 * ((ts as f64 / 1e4 * k).sin() * 43758.5).fract();
+        let temp = 30.0 + 25.0 * load + 6.0 * ((h - 9.0) / 24.0 * std::f64::consts::TAU).sin() + noise(1.3);
+        let current = 4.0 + 12.0 * load + fault + noise(2.7);
+        [("current", current), ("discharge_temp", temp), ("vibration", 1.0 + 2.0 * load + noise(3.1))]
+    }
+
+    fn run(ctx: &mut DeviceContext, config: &ContextConfig, from: i64, to: i64, fault: f64) -> Vec<(String, Anomaly)> {
+        let mut out = Vec::new();
+        let mut ts = from;
+        while ts < to {
+            if let Some(a) = ctx.observe(config, ts, &device(ts, fault), &mut SiteCommon::default(), "d").anomaly {
+                out.push(a);
+            }
+            ts += 10_000;
+        }
+        out
+    }
+
+    #[test]
+    fn a_device_that_follows_its_load_and_the_day_is_learnt_and_never_alarms() {
+        let config = ContextConfig::default();
+        let mut ctx = DeviceContext::new(&config, 0, &["vibration", "current", "discharge_temp"]);
+        assert!(run(&mut ctx, &config, 0, 24 * HOUR, 0.0).is_empty());
+        let later = run(&mut ctx, &config, 24 * HOUR, 5 * 24 * HOUR, 0.0);
+        assert_eq!(ctx.phase(), ContextPhase::Watching, "commissioned after a day");
+        assert!(later.is_empty(), "{:?}", later.first());
+    }
+
+    #[test]
+    fn a_broken_relation_inside_the_metrics_own_range_alarms_on_that_metric() {
+        let config = ContextConfig::default();
+        let mut ctx = DeviceContext::new(&config, 0, &["vibration", "current", "discharge_temp"]);
+        run(&mut ctx, &config, 0, 2 * 24 * HOUR, 0.0);
+        assert_eq!(ctx.phase(), ContextPhase::Watching);
+        // Current 2.5 A high: well inside its own 6..14 A range over a day.
+        let seen = run(&mut ctx, &config, 2 * 24 * HOUR, 2 * 24 * HOUR + 2 * HOUR, 2.5);
+        let (metric, a) = seen.first().expect("the broken relation alarms");
+        assert_eq!(metric, "current");
+        assert!(a.value - a.expected.unwrap_or(0.0) > 1.5, "{a:?}");
+    }
+
+    #[test]
+    fn nothing_is_judged_while_commissioning() {
+        let config = ContextConfig::default();
+        let mut ctx = DeviceContext::new(&config, 0, &["vibration", "current", "discharge_temp"]);
+        assert!(run(&mut ctx, &config, 0, 20 * HOUR, 5.0).is_empty());
+        assert_eq!(ctx.phase(), ContextPhase::Commissioning);
+    }
+}
