@@ -90,6 +90,9 @@ pub struct AdminState {
     pub feedback: mpsc::Sender<FeedbackRequest>,
     /// Where `POST /api/models/train` asks for fits (`None`: models are disabled).
     pub train: Option<Arc<TrainRequests>>,
+    /// Whether devices commission (`[detect.context] enabled`): a device without a stored
+    /// context reference is then still commissioning.
+    pub commissions: bool,
 }
 
 /// A technician's feedback on an incident, for the core to apply between batches (the daemon
@@ -111,6 +114,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/silences", get(list_silences).post(add_silence))
         .route("/api/silences/{id}", delete(remove_silence))
         .route("/api/rejected", get(list_rejected))
+        .route("/api/devices", get(list_devices))
         .route("/api/models", get(list_models))
         .route("/api/models/train", post(train_models))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -296,6 +300,63 @@ fn default_limit() -> usize {
 
 async fn list_rejected(State(s): State<AdminState>, Query(q): Query<RejectedQuery>) -> Response {
     match s.store.rejected(q.limit.min(1000)) {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// One device as `GET /api/devices` and `fieldwatch devices` show it: where it is in its life.
+/// Read from the store, where the core writes the devices' state every 5 minutes and when a
+/// device ends commissioning.
+#[derive(Debug, serde::Serialize, Deserialize)]
+pub struct DeviceSummary {
+    pub device: String,
+    /// `commissioning` (learning its normal operation: only hard limits, stuck sensors and
+    /// silence raise incidents) or `watching`.
+    pub state: crate::detect::ContextPhase,
+    /// When it was first heard (wall ms).
+    pub first_heard: i64,
+    /// When its commissioning began and ended (event ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commissioning_since: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commissioned_at: Option<i64>,
+    /// The metrics its context reference covers.
+    #[serde(default)]
+    pub metrics: Vec<String>,
+}
+
+/// Every device the store knows, with its state; `commissions`: whether devices commission at
+/// all (`[detect.context] enabled`).
+pub fn device_summaries(store: &Store, commissions: bool) -> Result<Vec<DeviceSummary>, crate::store::StoreError> {
+    use crate::detect::{ContextPhase, DeviceContext};
+    let contexts: std::collections::HashMap<String, DeviceContext> = store.contexts()?.into_iter().collect();
+    let mut out: Vec<DeviceSummary> = store
+        .devices()?
+        .into_iter()
+        .map(|(device, first_heard)| {
+            let ctx = contexts.get(&device).filter(|_| commissions);
+            let state = match ctx {
+                Some(c) => c.phase(),
+                None if commissions => ContextPhase::Commissioning,
+                None => ContextPhase::Watching,
+            };
+            DeviceSummary {
+                state,
+                first_heard,
+                commissioning_since: ctx.map(DeviceContext::started_at),
+                commissioned_at: ctx.and_then(DeviceContext::commissioned_at),
+                metrics: ctx.map(|c| c.metric_names().map(str::to_string).collect()).unwrap_or_default(),
+                device,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.device.cmp(&b.device));
+    Ok(out)
+}
+
+async fn list_devices(State(s): State<AdminState>) -> Response {
+    match device_summaries(&s.store, s.commissions) {
         Ok(list) => Json(list).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }

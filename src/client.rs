@@ -85,6 +85,11 @@ impl AdminClient {
     }
 
     /// The fitted device models (`GET /api/models`).
+    pub async fn devices(&self) -> Result<Vec<crate::admin::DeviceSummary>, ClientError> {
+        let resp = self.check(self.http.get(self.url("/api/devices")).send().await).await?;
+        resp.json().await.map_err(ClientError::Decode)
+    }
+
     pub async fn models(&self) -> Result<Vec<crate::admin::ModelSummary>, ClientError> {
         let resp = self.check(self.http.get(self.url("/api/models")).send().await).await?;
         resp.json().await.map_err(ClientError::Decode)

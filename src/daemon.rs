@@ -160,6 +160,7 @@ impl Daemon {
                 silences: core.silences(),
                 feedback: feedback_tx,
                 train: train.clone(),
+                commissions: config.detect.context.enabled,
             };
             tracker.spawn(crate::admin::serve(listener, state, cancel.clone()));
             addr

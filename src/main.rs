@@ -171,6 +171,16 @@ enum Command {
         #[command(flatten)]
         config: ConfigFile,
     },
+    /// The devices and where each is in its life: commissioning (learning its normal operation
+    /// for a day of event time; only limits, stuck sensors and silence raise incidents) or
+    /// watching.
+    Devices {
+        #[command(flatten)]
+        config: ConfigFile,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the fitted device models and how well they validated.
     Models {
         #[command(flatten)]
@@ -360,6 +370,21 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Devices { config: ConfigFile { config }, json } => {
+            let config = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            run_async(async move {
+                let list = fieldwatch::model_commands::devices(&config).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&list)?);
+                } else {
+                    print!("{}", fieldwatch::model_commands::render_devices(&list));
+                }
+                Ok(())
+            })
         }
         Command::Models { config: ConfigFile { config }, json } => {
             let config = match load_config(&config) {

@@ -68,6 +68,45 @@ pub async fn list(config: &Config) -> Result<Vec<ModelSummary>, CommandError> {
     }
 }
 
+/// The devices and where each is in its life: from the store when the daemon is stopped, else
+/// from its admin API.
+pub async fn devices(config: &Config) -> Result<Vec<crate::admin::DeviceSummary>, CommandError> {
+    let commissions = config.detect.context.enabled;
+    match open(config) {
+        Ok(store) => Ok(crate::admin::device_summaries(&store, commissions)?),
+        Err(CommandError::DatabaseBusy(_)) if !config.admin.listen.is_empty() => {
+            Ok(AdminClient::new(&config.admin.listen)?.devices().await?)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// One line per device: its state and since when.
+pub fn render_devices(list: &[crate::admin::DeviceSummary]) -> String {
+    let mut s = String::new();
+    if list.is_empty() {
+        s.push_str("no devices\n");
+    }
+    for d in list {
+        let state = match (d.state, d.commissioned_at, d.commissioning_since) {
+            (crate::detect::ContextPhase::Watching, Some(at), _) => {
+                format!("watching (commissioned {})", format_ts(at))
+            }
+            (crate::detect::ContextPhase::Watching, None, _) => "watching".to_string(),
+            (_, _, Some(since)) => format!("commissioning since {}", format_ts(since)),
+            _ => "commissioning".to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "{:<24} {state:<48} first heard {}  {}",
+            d.device,
+            format_ts(d.first_heard),
+            d.metrics.join(", ")
+        );
+    }
+    s
+}
+
 /// One line per model: what, on what, how well.
 pub fn render(list: &[ModelSummary]) -> String {
     let mut s = String::new();

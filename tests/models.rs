@@ -196,6 +196,7 @@ async fn models_api_lists_fitted_models_and_accepts_train_requests() {
         silences: core.silences(),
         feedback,
         train: Some(core.train_requests()),
+        commissions: config.detect.context.enabled,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -19,7 +19,7 @@ use crate::assets::{AssetsConfig, Priority, PriorityConfig, Registry, Tier};
 use crate::decode::{DecodeConfig, Decoded, Decoder, RejectReason};
 use crate::detect::{Anomaly, DetectConfig, DetectorBank, FaultKind, Observation, DETECTORS};
 use crate::incident::{Incident, IncidentConfig, IncidentPolicy, Transition};
-use crate::metrics::{FaultLabel, Labels, Metrics, ReasonLabel};
+use crate::metrics::{FaultLabel, Labels, Metrics, ReasonLabel, StateLabel};
 use crate::model::trainer::FIT_RESULTS;
 use crate::model::ModelKind;
 use crate::reading::{Message, Reading};
@@ -606,6 +606,15 @@ impl Core {
         out.extend(self.planned_work_ended(now)?);
         let link_settled = link_up_since.is_some_and(|since| now - since >= self.limits.stale_after_ms);
         self.metrics.devices_tracked.set(self.devices.len() as i64);
+        let watching = self.detectors.watching() as i64;
+        let (commissioning, watching) = if self.detectors.commissions() {
+            ((self.devices.len() as i64 - watching).max(0), watching)
+        } else {
+            (0, self.devices.len() as i64)
+        };
+        for (state, n) in [("commissioning", commissioning), ("watching", watching)] {
+            self.metrics.devices.get_or_create(&StateLabel { state: state.into() }).set(n);
+        }
         self.metrics.series_tracked.set(self.devices.series() as i64);
         // A gauge only: a file whose size cannot be read does not fail the tick.
         match self.store.size_on_disk() {

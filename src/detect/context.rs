@@ -241,6 +241,9 @@ pub struct DeviceContext {
     /// The largest residual of the last message judged, in limits (0 before any).
     #[serde(default)]
     last_excess: f64,
+    /// When commissioning ended (event time).
+    #[serde(default)]
+    commissioned_at: Option<i64>,
     /// When a metric last jumped (a start, a stop, a step of load): the smoothed values lag
     /// the raw ones until they settle, and a nonlinear relation of lagging values is not the
     /// relation.
@@ -297,6 +300,7 @@ impl DeviceContext {
             unit: Vec::new(),
             fitted: false,
             last_excess: 0.0,
+            commissioned_at: None,
             unsettled_at: ts,
         }
     }
@@ -310,6 +314,21 @@ impl DeviceContext {
     /// its time of day or its site's common behaviour is off.
     pub fn all_within(&self, metrics: usize) -> bool {
         self.phase == ContextPhase::Watching && self.fitted && self.metrics.len() == metrics && self.last_excess < 0.5
+    }
+
+    /// When commissioning began (event time of the device's first message).
+    pub fn started_at(&self) -> i64 {
+        self.first_ts
+    }
+
+    /// When commissioning ended (event time), once it has.
+    pub fn commissioned_at(&self) -> Option<i64> {
+        self.commissioned_at
+    }
+
+    /// The metrics it covers.
+    pub fn metric_names(&self) -> impl Iterator<Item = &str> {
+        self.metrics.iter().map(|m| m.name.as_str())
     }
 
     /// How many metrics it covers.
@@ -515,7 +534,7 @@ impl DeviceContext {
             // A device whose metrics cannot be fitted (too few varied messages) is watched by
             // the other detectors all the same; this one then says nothing.
             self.fit(config.ridge);
-            self.start_watching(config);
+            self.start_watching(config, ts);
             self.last_fit_ts = Some(ts);
             self.last_learn_ts = Some(ts);
         }
@@ -524,12 +543,13 @@ impl DeviceContext {
     /// Sets each metric's limit from commissioning and ends it: `margin` times the largest
     /// residual a model that had not seen it showed in the second half of commissioning,
     /// never below [`MIN_SIGMAS`] in-sample standard deviations.
-    fn start_watching(&mut self, config: &ContextConfig) {
+    fn start_watching(&mut self, config: &ContextConfig, ts: i64) {
         for m in &mut self.metrics {
             let floor = MIN_SIGMAS * m.sigma.max(1e-3 * (1.0 + m.hi.abs().max(m.lo.abs())));
             m.limit = config.margin * m.held_out_max.max(floor);
         }
         self.phase = ContextPhase::Watching;
+        self.commissioned_at = Some(ts);
     }
 
     fn judge(
@@ -605,7 +625,8 @@ impl DeviceContext {
     pub fn end_learning(&mut self, config: &ContextConfig) {
         if self.phase == ContextPhase::Commissioning {
             self.fit(config.ridge);
-            self.start_watching(config);
+            let last = self.metrics.iter().filter_map(|m| m.last_ts).max().unwrap_or(self.first_ts);
+            self.start_watching(config, last);
         }
     }
 }

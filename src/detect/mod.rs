@@ -352,6 +352,16 @@ impl DetectorBank {
         self.contexts.get(device)
     }
 
+    /// Whether devices commission (the context reference is on).
+    pub fn commissions(&self) -> bool {
+        self.config.context.enabled
+    }
+
+    /// How many devices have ended commissioning.
+    pub fn watching(&self) -> usize {
+        self.contexts.values().filter(|c| c.phase() == ContextPhase::Watching).count()
+    }
+
     /// Every device's context reference, to store.
     pub fn contexts(&self) -> impl Iterator<Item = (&str, &DeviceContext)> {
         self.contexts.iter().map(|(d, c)| (d.as_str(), c))

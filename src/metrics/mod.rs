@@ -108,6 +108,15 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// Label of `fieldwatch_devices`: where a device is in its life.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+/// The values of [`StateLabel`]: learning its normal operation, or judged by every detector.
+pub const DEVICE_STATES: [&str; 2] = ["commissioning", "watching"];
+
 /// Label of the build information.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabel {
@@ -187,6 +196,8 @@ pub struct Metrics {
     pub mqtt_connected: Gauge,
     /// Devices and series the core tracks now (bounded by decode.max_devices / max_series).
     pub devices_tracked: Gauge,
+    /// Devices by state (`commissioning`, `watching`).
+    pub devices: Family<StateLabel, Gauge>,
     pub series_tracked: Gauge,
     pub mqtt_connection_errors: Counter,
     /// Reconnects where the broker had lost our persistent session.
@@ -232,6 +243,7 @@ impl Metrics {
             model_fits: Family::default(),
             mqtt_connected: Gauge::default(),
             devices_tracked: Gauge::default(),
+            devices: Family::default(),
             series_tracked: Gauge::default(),
             mqtt_connection_errors: Counter::default(),
             mqtt_sessions_lost: Counter::default(),
@@ -332,6 +344,11 @@ impl Metrics {
             "Devices the daemon keeps state for (decode.max_devices)",
             m.devices_tracked.clone(),
         );
+        r.register(
+            "devices",
+            "Devices by state: commissioning (learning their normal operation: only limits, stuck sensors and silence raise incidents) or watching",
+            m.devices.clone(),
+        );
         r.register("series_tracked", "Series the daemon keeps state for (decode.max_series)", m.series_tracked.clone());
         r.register("mqtt_connection_errors", "Broker connection errors", m.mqtt_connection_errors.clone());
         r.register(
@@ -398,6 +415,9 @@ impl Metrics {
         }
         for result in &labels.fit_results {
             self.model_fits.get_or_create_owned(&ResultLabel { result: label(result) });
+        }
+        for state in DEVICE_STATES {
+            self.devices.get_or_create_owned(&StateLabel { state: label(state) });
         }
         self.start_false_alarms_at_zero(std::iter::empty());
     }
