@@ -144,8 +144,9 @@ impl Core {
             return Ok(None);
         }
         let Some(limit) = self.limit_ahead(inc) else { return Ok(None) };
+        let configured = self.detectors.limit(&inc.device, &inc.metric).is_some();
         let points = recent.until(inc.last_anomaly_at.max(inc.opened_at), TREND_READINGS)?;
-        let forecast = time_to_limit(&points, limit);
+        let forecast = time_to_limit(&points, limit).map(|f| Forecast { configured, ..f });
         if let (Action::Open, Some(f)) = (action, forecast) {
             self.observe_lead_time(PREDICTED, inc.opened_at, f.at);
         }

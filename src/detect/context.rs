@@ -601,9 +601,14 @@ impl DeviceContext {
         let m = &self.metrics[j];
         // Expected and seen in the metric's own terms: the smoothed value against its
         // prediction, the spread the in-sample residual's.
-        let anomaly = Anomaly::new(FaultKind::Drift, "context", ts, m.last_value, calibrate(excess))
+        let mut anomaly = Anomaly::new(FaultKind::Drift, "context", ts, m.smoothed, calibrate(excess))
             .with_level(predicted, m.sigma.max(1e-9), r / m.sigma.max(1e-9))
             .with_bound(m.limit);
+        // What the expectation was predicted from, for the ticket.
+        anomaly.contributors = self.metrics.iter().filter(|o| o.name != m.name).map(|o| o.name.clone()).collect();
+        if self.harmonics > 0 {
+            anomaly.contributors.push("time of day".into());
+        }
         Some((m.name.clone(), anomaly))
     }
 

@@ -11,6 +11,9 @@ pub struct Forecast {
     pub limit: f64,
     /// Rate of change, per hour.
     pub per_hour: f64,
+    /// Whether the limit is one somebody configured (`[[detect.limits]]`), not one derived from
+    /// the healthy range: a ticket calls only a configured one "its limit".
+    pub configured: bool,
 }
 
 /// Crossings further out than this are not forecast: the fit says nothing that far ahead.
@@ -46,7 +49,12 @@ pub fn time_to_limit(points: &[(i64, f64)], limit: Limit) -> Option<Forecast> {
         _ => return None,
     };
     let eta = ((target - now_fit) / slope).round() as i64;
-    (eta > 0 && eta <= HORIZON_MS).then(|| Forecast { at: last_t + eta, limit: target, per_hour: slope * 3_600_000.0 })
+    (eta > 0 && eta <= HORIZON_MS).then(|| Forecast {
+        at: last_t + eta,
+        limit: target,
+        per_hour: slope * 3_600_000.0,
+        configured: false,
+    })
 }
 
 #[cfg(test)]

@@ -18,6 +18,15 @@ pub fn format_duration(ms: i64) -> String {
 }
 
 /// A reading as a technician would write it: at most two decimals, no trailing zeros.
+/// `a`, `a and b`, `a, b and c`.
+fn join_words(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
 pub(crate) fn num(v: f64) -> String {
     if v.abs() >= 1000.0 {
         return format!("{v:.0}");
@@ -74,9 +83,31 @@ pub fn describe(inc: &Incident, unit: Option<&str>) -> (String, String) {
                 format!("{m} {verb} {}, {:.1}σ {side} its baseline of {base}, for {lasting}", u(p.value), z.abs()),
             )
         }
+        FaultKind::Drift if p.detector == "context" => {
+            let (side, more) =
+                if p.value >= p.expected.unwrap_or(p.value) { ("above", "high") } else { ("below", "low") };
+            let expected = p.expected.map(u).unwrap_or_else(|| "?".into());
+            let by = p.expected.map(|e| u((p.value - e).abs())).unwrap_or_else(|| "?".into());
+            let metrics: Vec<String> = p.contributors.iter().filter(|c| *c != "time of day").cloned().collect();
+            let day = p.contributors.iter().any(|c| c == "time of day");
+            let from = match (metrics.is_empty(), day) {
+                (true, true) => "the time of day".to_string(),
+                (true, false) => "its usual behaviour".to_string(),
+                (false, true) => format!("its {} and the time of day", join_words(&metrics)),
+                (false, false) => format!("its {}", join_words(&metrics)),
+            };
+            (
+                format!("{}: {m} {more} for its operating conditions", inc.device),
+                format!(
+                    "{m} is {by} {side} what this device shows at these operating conditions (expected {expected} \
+                     from {from}; seen {}), for {lasting}",
+                    u(p.value)
+                ),
+            )
+        }
         FaultKind::Drift => {
             let z = p.z.unwrap_or(0.0);
-            let (verb, side) = if z >= 0.0 { ("climbed", "above") } else { ("fell", "below") };
+            let (verb, side) = if z >= 0.0 { ("climbed", "above") } else { ("fallen", "below") };
             let healthy = p.expected.map(u).unwrap_or_else(|| "?".into());
             let by = p.expected.map(|e| u((p.value - e).abs())).unwrap_or_else(|| "?".into());
             (
@@ -159,6 +190,29 @@ mod tests {
         let (title, summary) = describe(&inc, Some("°C"));
         assert_eq!(title, "comp-3: discharge_temp above normal");
         assert_eq!(summary, "discharge_temp rose to 97.14 °C, 5.2σ above its baseline of 71.4 °C, for 6 min");
+    }
+
+    #[test]
+    fn a_relation_fault_says_what_was_expected_from_what() {
+        let mut peak = Anomaly::new(FaultKind::Drift, "context", 1_200_000, 14.3, 0.9).with_level(11.2, 0.2, 15.5);
+        peak.contributors = vec!["load".into(), "discharge_pressure".into(), "time of day".into()];
+        let subject = Subject { device: "comp-7".into(), site: None, metric: "current".into() };
+        let inc = Incident::new(subject, 0, 1_200_000, peak, 6);
+        let (title, summary) = describe(&inc, Some("A"));
+        assert_eq!(title, "comp-7: current high for its operating conditions");
+        assert_eq!(
+            summary,
+            "current is 3.1 A above what this device shows at these operating conditions (expected 11.2 A \
+             from its load and discharge_pressure and the time of day; seen 14.3 A), for 20 min"
+        );
+    }
+
+    #[test]
+    fn a_falling_drift_has_fallen() {
+        let peak = Anomaly::new(FaultKind::Drift, "drift", 600_000, 26.78, 0.9).with_level(31.0, 0.5, -8.4);
+        let subject = Subject { device: "comp-2".into(), site: None, metric: "discharge_temp".into() };
+        let (_, summary) = describe(&Incident::new(subject, 0, 600_000, peak, 6), Some("°C"));
+        assert!(summary.starts_with("discharge_temp has fallen to 26.78 °C, 4.22 °C below"), "{summary}");
     }
 
     #[test]

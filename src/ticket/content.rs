@@ -106,14 +106,23 @@ pub fn command(inc: &Incident, action: Action, ctx: &TicketContext) -> TicketCom
             customer: ctx.asset.customer.clone(),
             asset: Some(ctx.asset.asset.clone()),
             what_happened: match ctx.forecast {
-                Some(f) => format!(
-                    "{summary}. At this rate ({:+.2}{}/h) it reaches its limit of {}{} in ~{}",
-                    f.per_hour,
-                    ctx.unit.map(|u| format!(" {u}")).unwrap_or_default(),
-                    f.limit,
-                    ctx.unit.map(|u| format!(" {u}")).unwrap_or_default(),
-                    crate::incident::format_duration(f.at - inc.last_anomaly_at.max(inc.opened_at))
-                ),
+                Some(f) => {
+                    let unit = ctx.unit.map(|u| format!(" {u}")).unwrap_or_default();
+                    let rate = crate::incident::num(f.per_hour.abs());
+                    let sign = if f.per_hour < 0.0 { "-" } else { "+" };
+                    let target = if f.configured {
+                        format!("its configured limit of {}{unit}", crate::incident::num(f.limit))
+                    } else {
+                        format!(
+                            "{}{unit}, three times its healthy range away from its healthy middle",
+                            crate::incident::num(f.limit)
+                        )
+                    };
+                    format!(
+                        "{summary}. At this rate ({sign}{rate}{unit}/h) it reaches {target} in ~{}",
+                        crate::incident::format_duration(f.at - inc.last_anomaly_at.max(inc.opened_at))
+                    )
+                }
                 None => summary,
             },
             checks_done: ctx.checks.clone(),
