@@ -460,8 +460,13 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
             let findings = fieldwatch::preflight::check(&config);
+            // Each finding at `FILE:LINE:`, the line where its key (or its table) is written.
+            let text = std::fs::read_to_string(file).unwrap_or_default();
             for f in &findings {
-                eprintln!("{}: {f}", file.display());
+                match fieldwatch::config::line_of(&text, &f.key) {
+                    Some(line) => eprintln!("{}:{line}: {f}", file.display()),
+                    None => eprintln!("{}: {f}", file.display()),
+                }
             }
             if findings.iter().any(|f| f.severity == fieldwatch::preflight::Severity::Error) {
                 return ExitCode::from(2);

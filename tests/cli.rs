@@ -189,3 +189,31 @@ fn logs_have_no_colour_codes_off_a_terminal_and_come_as_json_or_for_the_journal(
         assert!(!line.contains(&chrono::Utc::now().format("%Y-%m-%dT").to_string()), "no timestamp: {line:?}");
     }
 }
+
+/// Every kind of error `check-config` finds names `FILE:LINE:` and the key: a file the config
+/// names that cannot be read, a secret file, a duplicate key and a broken value (TOML syntax).
+#[test]
+fn check_config_names_file_line_and_key_for_every_kind_of_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    let cases = [
+        (
+            "[mqtt]\nhost = \"b\"\n\n[mqtt.tls]\nca_file = \"/nonexistent/ca.pem\"\n",
+            ":5: error: mqtt.tls.ca_file: cannot read",
+        ),
+        (
+            "[mqtt]\nusername = \"fw\"\npassword = { file = \"/nonexistent/pw\" }\n",
+            ":3: error: mqtt.password.file: cannot read",
+        ),
+        ("[mqtt]\nport = 1883\nport = 1884\n", ":3: key `mqtt.port`: duplicate key"),
+        ("[store]\ncache_mb = 16\n\n[mqtt]\nhost = \"open\n", ":5: key `mqtt.host`"),
+        ("[mqtt\nhost = \"b\"\n", ":1: key `mqtt`"),
+    ];
+    for (text, expected) in cases {
+        std::fs::write(&file, text).unwrap();
+        let out = fieldwatch().arg("check-config").arg(&file).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("{}{expected}", file.display())), "for\n{text}\nexpected `{expected}` in: {err}");
+    }
+}

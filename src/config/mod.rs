@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod locate;
+pub use locate::line_of;
 pub mod reference;
 
 pub use crate::admin::AdminConfig;
@@ -112,10 +113,35 @@ impl Default for DaemonConfig {
 fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Result<T, ConfigError> {
     let de = toml::Deserializer::new(text);
     serde_path_to_error::deserialize(de).map_err(|err| {
-        let key = err.path().to_string();
+        let path = err.path().to_string();
         let inner = err.into_inner();
         let line = inner.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1).unwrap_or(0);
+        // A syntax error has no key path ("."): the key written on its line, in its table.
+        let key = if path == "." { key_at(text, line).unwrap_or(path) } else { path };
         ConfigError::Parse { file: file.to_path_buf(), line, key, reason: inner.message().to_string() }
+    })
+}
+
+/// The key written on 1-based `line` of `text` (`table.key`), or the table a header on that
+/// line opens; `None` for a line that is neither.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let here = lines.get(line.checked_sub(1)?)?.trim();
+    let header = |l: &str| {
+        let l = l.trim();
+        l.starts_with('[').then(|| l.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_string())
+    };
+    if let Some(table) = header(here) {
+        return Some(table);
+    }
+    let key = here.split_once('=')?.0.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('#') {
+        return None;
+    }
+    let table = lines[..line - 1].iter().rev().find_map(|l| header(l));
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
     })
 }
 
