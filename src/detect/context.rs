@@ -143,42 +143,82 @@ const NEW_REGION: f64 = 0.1;
 /// (the weather, a plant-wide change), not one device's fault.
 #[derive(Debug, Default)]
 pub struct SiteCommon {
-    /// Per metric: each device's latest residual and when it was taken.
-    by_metric: crate::FastMap<String, Vec<(String, i64, f64)>>,
+    by_metric: crate::FastMap<String, SiteMetric>,
+}
+
+/// One metric's latest residual of each device at a site.
+#[derive(Debug, Default)]
+struct SiteMetric {
+    /// Device → its place in `entries`.
+    index: crate::FastMap<String, usize>,
+    /// (when, residual) per device.
+    entries: Vec<(i64, f64)>,
+    /// A large site's median of every fresh residual, and when (event time) it was taken.
+    cached: Option<(i64, f64)>,
 }
 
 /// Fewer other devices than this reporting a metric at a site: no common part is taken out.
 const SITE_MIN_OTHERS: usize = 2;
+/// Up to this many devices a site's median is taken anew for every message, without the
+/// device's own residual; beyond it, it is the median of them all, taken again every
+/// [`SITE_REFRESH_MS`] of event time (the weather is slow, and a site of thousands of devices
+/// must not cost a sort per message).
+const SITE_EXACT_UP_TO: usize = 16;
+const SITE_REFRESH_MS: i64 = 60_000;
 
 impl SiteCommon {
-    /// Records `device`'s residual `r` of `metric` at `ts` and returns the median of the other
-    /// devices' residuals of the same metric taken within `fresh_ms` (0 with fewer than
-    /// [`SITE_MIN_OTHERS`] of them).
+    /// Records `device`'s residual `r` of `metric` at `ts` and returns the median of the site's
+    /// residuals of the same metric taken within `fresh_ms` (of the other devices' at a small
+    /// site; 0 with fewer than [`SITE_MIN_OTHERS`] other devices).
     pub fn record(&mut self, metric: &str, device: &str, ts: i64, r: f64, fresh_ms: i64) -> f64 {
-        let list = self.by_metric.entry_ref(metric).or_default();
-        match list.iter_mut().find(|e| e.0 == device) {
-            Some(e) => (e.1, e.2) = (ts, r),
-            None => list.push((device.to_string(), ts, r)),
+        let site = self.by_metric.entry_ref(metric).or_default();
+        let i = match site.index.get(device) {
+            Some(&i) => i,
+            None => {
+                site.index.insert(device.to_string(), site.entries.len());
+                site.entries.push((ts, r));
+                site.entries.len() - 1
+            }
+        };
+        site.entries[i] = (ts, r);
+        let fresh = |e: &(i64, f64)| (ts - e.0).abs() <= fresh_ms;
+        if site.entries.len() <= SITE_EXACT_UP_TO {
+            let mut others: Vec<f64> =
+                site.entries.iter().enumerate().filter(|(j, e)| *j != i && fresh(e)).map(|(_, e)| e.1).collect();
+            return if others.len() < SITE_MIN_OTHERS { 0.0 } else { median(&mut others) };
         }
-        let mut others: Vec<f64> =
-            list.iter().filter(|e| e.0 != device && (ts - e.1).abs() <= fresh_ms).map(|e| e.2).collect();
-        if others.len() < SITE_MIN_OTHERS {
-            return 0.0;
-        }
-        others.sort_unstable_by(f64::total_cmp);
-        let mid = others.len() / 2;
-        if others.len() % 2 == 1 {
-            others[mid]
-        } else {
-            0.5 * (others[mid - 1] + others[mid])
+        match site.cached {
+            Some((at, m)) if (ts - at).abs() < SITE_REFRESH_MS => m,
+            _ => {
+                let mut all: Vec<f64> = site.entries.iter().filter(|e| fresh(e)).map(|e| e.1).collect();
+                let m = if all.len() <= SITE_MIN_OTHERS { 0.0 } else { median(&mut all) };
+                site.cached = Some((ts, m));
+                m
+            }
         }
     }
 
     /// Forgets a device (it was forgotten).
     pub fn forget(&mut self, device: &str) {
-        for list in self.by_metric.values_mut() {
-            list.retain(|e| e.0 != device);
+        for site in self.by_metric.values_mut() {
+            if let Some(i) = site.index.remove(device) {
+                site.entries.swap_remove(i);
+                if let Some(moved) = site.index.values_mut().find(|j| **j == site.entries.len()) {
+                    *moved = i;
+                }
+            }
         }
+    }
+}
+
+/// The median of `values` (not empty); reorders them.
+fn median(values: &mut [f64]) -> f64 {
+    let (n, mid) = (values.len(), values.len() / 2);
+    let (below, &mut m, _) = values.select_nth_unstable_by(mid, f64::total_cmp);
+    if n % 2 == 1 {
+        m
+    } else {
+        0.5 * (below.iter().copied().fold(f64::NEG_INFINITY, f64::max) + m)
     }
 }
 
@@ -743,6 +783,18 @@ mod tests {
         let (metric, a) = seen.first().expect("the broken relation alarms");
         assert_eq!(metric, "current");
         assert!(a.value - a.expected.unwrap_or(0.0) > 1.5, "{a:?}");
+    }
+
+    #[test]
+    fn a_site_gives_the_median_of_its_other_devices_and_forgets_a_device() {
+        let mut site = SiteCommon::default();
+        assert_eq!(site.record("t", "a", 0, 1.0, 60_000), 0.0, "nobody else yet");
+        site.record("t", "b", 0, 2.0, 60_000);
+        site.record("t", "c", 0, 4.0, 60_000);
+        assert_eq!(site.record("t", "d", 0, 100.0, 60_000), 2.0, "the median of a, b and c, not d's own");
+        site.forget("b");
+        assert_eq!(site.record("t", "d", 10, 100.0, 60_000), 2.5, "a and c");
+        assert_eq!(site.record("t", "a", 120_000, 1.0, 60_000), 0.0, "the others are stale");
     }
 
     #[test]
