@@ -269,7 +269,7 @@ pub struct DeviceContext {
     new_region_at: i64,
     last_fit_ts: Option<i64>,
     last_learn_ts: Option<i64>,
-    /// The Gram matrix of the feature vectors, row-major, `dim × dim`.
+    /// The Gram matrix of the feature vectors: its upper triangle, row by row (see [`tri`]).
     gram: Vec<f64>,
     /// Each metric's origin and unit in the features (its first smoothed value and the size of
     /// it): the features are kept near 1 so that the Gram matrix of squares of large values
@@ -335,7 +335,7 @@ impl DeviceContext {
             new_region_at: ts,
             last_fit_ts: None,
             last_learn_ts: None,
-            gram: vec![0.0; dim * dim],
+            gram: vec![0.0; dim * (dim + 1) / 2],
             origin: Vec::new(),
             unit: Vec::new(),
             fitted: false,
@@ -427,8 +427,9 @@ impl DeviceContext {
     fn accumulate(&mut self, z: &[f64], keep: f64) {
         let d = z.len();
         for i in 0..d {
-            for j in 0..d {
-                self.gram[i * d + j] = self.gram[i * d + j] * keep + z[i] * z[j];
+            for j in i..d {
+                let g = &mut self.gram[tri(d, i, j)];
+                *g = *g * keep + z[i] * z[j];
             }
         }
     }
@@ -676,8 +677,15 @@ impl DeviceContext {
     }
 }
 
+/// Where entry (`i`, `j`) of a symmetric `d × d` matrix stands in its upper triangle kept row
+/// by row (row 0 first: the sums of the features, the intercept's being the count).
+fn tri(d: usize, i: usize, j: usize) -> usize {
+    let (i, j) = if i <= j { (i, j) } else { (j, i) };
+    i * (2 * d - i + 1) / 2 + (j - i)
+}
+
 /// The ridge regression of each of `k` metrics on the other features, from a Gram matrix `g`
-/// (`d × d`, row-major) of feature vectors (1, each metric and its square, the rest): per
+/// (its upper triangle, see [`tri`]) of feature vectors (1, each metric and its square, the rest): per
 /// metric its coefficients over the features and the in-sample residual standard deviation
 /// (in feature units). `None` when there is too little to fit on or the solve fails.
 fn fit_gram(g: &[f64], d: usize, k: usize, ridge: f64) -> Option<Vec<(Vec<f64>, f64)>> {
@@ -686,7 +694,7 @@ fn fit_gram(g: &[f64], d: usize, k: usize, ridge: f64) -> Option<Vec<(Vec<f64>, 
         return None;
     }
     let mean: Vec<f64> = (0..d).map(|i| g[i] / n).collect();
-    let cov = |i: usize, j: usize| g[i * d + j] / n - mean[i] * mean[j];
+    let cov = |i: usize, j: usize| g[tri(d, i, j)] / n - mean[i] * mean[j];
     let mut fits = Vec::with_capacity(k);
     for t in 0..k {
         let target = 1 + 2 * t;
@@ -795,6 +803,16 @@ mod tests {
         site.forget("b");
         assert_eq!(site.record("t", "d", 10, 100.0, 60_000), 2.5, "a and c");
         assert_eq!(site.record("t", "a", 120_000, 1.0, 60_000), 0.0, "the others are stale");
+    }
+
+    #[test]
+    fn the_upper_triangle_holds_each_pair_once() {
+        let d = 5;
+        let mut seen: Vec<usize> = (0..d).flat_map(|i| (i..d).map(move |j| tri(d, i, j))).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..d * (d + 1) / 2).collect::<Vec<_>>());
+        assert_eq!(tri(d, 3, 1), tri(d, 1, 3));
+        assert_eq!(tri(d, 0, 4), 4, "row 0 first");
     }
 
     #[test]
