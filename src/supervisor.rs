@@ -123,7 +123,7 @@ async fn wait_degraded(
                 let router = crate::admin::degraded_router(shared.metrics.clone(), shared.health.clone());
                 let c = cancel.clone();
                 Some(tokio::spawn(async move {
-                    let _ = axum::serve(listener, router).with_graceful_shutdown(c.cancelled_owned()).await;
+                    crate::admin::serve_router(listener, router, c).await;
                 }))
             }
             Err(e) => {

@@ -1003,3 +1003,66 @@ async fn each_resolve_of_a_recurring_incident_has_its_own_key() {
     assert_eq!(opens.len(), 1, "the recurrence reopened the same ticket");
     println!("FAULT recurrence: open=1, resolves=2 with distinct keys {resolves:?}");
 }
+
+/// Raises this process's open-file limit to its hard limit (a thousand client sockets).
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// A thousand connections that send a request's first header lines and never finish it cannot
+/// hold the admin port: `/readyz` answers at once (the cap evicts the oldest slow connection
+/// for each new one), every slow connection is closed within the header timeout, and the
+/// daemon's open files come back to where they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_header_connections_cannot_hold_the_admin_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raise_open_file_limit();
+    let rig = Rig::new();
+    let daemon = rig.config(None).start().await;
+    daemon.wait_metric("fieldwatch_mqtt_connected", 1).await;
+    let baseline = daemon.metric("process_open_fds").await.expect("process_open_fds");
+    let mut slow = Vec::new();
+    for _ in 0..1000 {
+        let mut s = tokio::net::TcpStream::connect(daemon.admin()).await.expect("connect");
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+        slow.push(s);
+    }
+    // Within the 1 s a health check allows (systemd's or Prometheus' timeout is longer).
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().unwrap();
+    let ready =
+        client.get(format!("http://{}/readyz", daemon.admin())).send().await.expect("readyz answered within 1 s");
+    assert_eq!(ready.status(), 200);
+    // Every slow connection is closed by the daemon: evicted at once or at the header timeout.
+    let closed_within = fieldwatch::admin::HEADER_TIMEOUT + Duration::from_secs(5);
+    let all_closed = tokio::time::timeout(closed_within, async {
+        for s in &mut slow {
+            let mut buf = [0u8; 256];
+            // EOF or a reset; an answer would mean the request was served, which it cannot be.
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(all_closed.is_ok(), "slow connections still open after {closed_within:?}");
+    drop(slow);
+    let mut fds = None;
+    for _ in 0..20 {
+        fds = daemon.metric("process_open_fds").await;
+        if fds.is_some_and(|f| f <= baseline + 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(fds.is_some_and(|f| f <= baseline + 2), "open fds {fds:?}, {baseline} before");
+    println!("FAULT slow headers: 1000 connections, /readyz answered, all closed within {closed_within:?}, open fds {baseline} -> {fds:?}");
+}

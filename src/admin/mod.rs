@@ -19,6 +19,10 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+mod server;
+
+pub use server::{HEADER_TIMEOUT, MAX_CONNECTIONS, REQUEST_TIMEOUT};
+
 use crate::settings::{bad, Invalid, SecretRef};
 
 /// The loopback HTTP endpoint for `/metrics` and health checks.
@@ -160,11 +164,12 @@ async fn require_token(State(s): State<AdminState>, req: Request, next: Next) ->
 
 /// Serves until `cancel`.
 pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, cancel: CancellationToken) {
-    if let Err(e) =
-        axum::serve(listener, router(state)).with_graceful_shutdown(async move { cancel.cancelled().await }).await
-    {
-        tracing::error!(error = %e, "admin server failed");
-    }
+    server::serve(listener, router(state), cancel).await;
+}
+
+/// Serves any router (the degraded one while the store cannot commit) under the same limits.
+pub async fn serve_router(listener: tokio::net::TcpListener, router: Router, cancel: CancellationToken) {
+    server::serve(listener, router, cancel).await;
 }
 
 async fn metrics_text(State(s): State<AdminState>, headers: HeaderMap) -> Response {
