@@ -1066,3 +1066,39 @@ async fn slow_header_connections_cannot_hold_the_admin_port() {
     assert!(fds.is_some_and(|f| f <= baseline + 2), "open fds {fds:?}, {baseline} before");
     println!("FAULT slow headers: 1000 connections, /readyz answered, all closed within {closed_within:?}, open fds {baseline} -> {fds:?}");
 }
+
+/// A flood of junk device ids (one message each) fills the device table, yet a real new device
+/// gets in with its first message: the devices that never came back are evicted for it, the
+/// eviction is counted, and the table stays at its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_junk_device_ids_does_not_lock_a_real_device_out() {
+    let rig = Rig::new();
+    let config = rig.config(None).extra("[decode]\nmax_devices = 500\n");
+    let mut daemon = config.start().await;
+    let p = Publisher::connect(rig.broker.port, "pub-junk").await;
+    let t0 = base_ts();
+    let junk = 5_000u64;
+    for i in 0..junk {
+        p.send(&format!("junk-{i}"), t0, normal(i as i64)).await;
+    }
+    p.wait_acked_within(junk, Duration::from_secs(60)).await;
+    daemon.wait_metric("fieldwatch_messages_total", junk).await;
+    // A real device, every 10 s of event time.
+    for i in 0..6 {
+        p.send("newcomer", t0 + i * 10_000, normal(i)).await;
+    }
+    daemon.wait_metric("fieldwatch_messages_total", junk + 6).await;
+    let evicted = daemon.metric("fieldwatch_devices_evicted_total").await.unwrap_or(0);
+    let tracked = daemon.metric("fieldwatch_devices_tracked").await;
+    let refused = daemon.metric("fieldwatch_rejected_messages_total{reason=\"too_many_devices\"}").await;
+    assert!(daemon.log().contains("evicting devices that sent one message"), "the eviction is logged");
+    daemon.signal("TERM");
+    assert!(daemon.wait().success());
+    let stored = rig.stored();
+    let newcomer = stored.iter().filter(|(s, _)| s == "newcomer/discharge_temp").count();
+    assert_eq!(newcomer, 6, "every reading of the real device is stored");
+    assert!(evicted >= junk + 1 - 500, "junk devices were evicted: {evicted}");
+    assert!(tracked.is_some_and(|t| t <= 500), "the table stays at its limit: {tracked:?}");
+    assert_eq!(refused, Some(0), "no device was refused");
+    println!("FAULT junk ids: {junk} one-message ids with max_devices = 500, then a real device: its 6 readings stored, evicted={evicted}, tracked={tracked:?}, refused=0");
+}

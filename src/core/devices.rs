@@ -25,6 +25,9 @@ pub(super) struct Devices {
     first_heard: FastMap<String, i64>,
     /// Per device: event time of its last message and its usual interval (ms).
     cadence: FastMap<String, (i64, f64)>,
+    /// Devices in the order they were first heard, while they may have sent one message only:
+    /// the first to go when the table is full (see [`Devices::evictable`]).
+    newcomers: std::collections::VecDeque<String>,
 }
 
 impl Devices {
@@ -43,7 +46,9 @@ impl Devices {
         let last_heard = metrics.keys().chain(first_heard.keys()).map(|d| (d.clone(), now)).collect();
         let series = metrics.values().map(BTreeSet::len).sum();
         let first_heard = first_heard.into_iter().collect();
-        Devices { metrics, series, last_heard, first_heard, ..Devices::default() }
+        // Until they report twice, restored devices may go first when the table is full.
+        let newcomers = metrics.keys().cloned().collect();
+        Devices { metrics, series, last_heard, first_heard, newcomers, ..Devices::default() }
     }
 
     /// Devices tracked now.
@@ -124,7 +129,21 @@ impl Devices {
             return false;
         }
         self.first_heard.insert(device.to_string(), received);
+        self.newcomers.push_back(device.to_string());
         true
+    }
+
+    /// The device that has been tracked longest while it sent one message only, never came
+    /// back (a stranger, a typo, a flood of junk ids), and is not `kept`; `None` when there is
+    /// none. Devices restored at start count as heard once until they report twice.
+    pub fn evictable(&mut self, kept: impl Fn(&str) -> bool) -> Option<String> {
+        let once = |d: &Devices, id: &str| d.metrics.contains_key(id) && d.cadence.get(id).is_none_or(|c| c.1 == 0.0);
+        while let Some(id) = self.newcomers.pop_front() {
+            if once(self, &id) && !kept(&id) {
+                return Some(id);
+            }
+        }
+        None
     }
 
     /// Wall-clock receive time of each device's last message.
@@ -189,6 +208,23 @@ mod tests {
         assert_eq!(d.at_site("north", "a").collect::<Vec<_>>(), ["b"]);
         assert_eq!(d.forget("a").len(), 2);
         assert_eq!((d.len(), d.series(), d.last_anomaly("a", "current")), (1, 1, None));
+    }
+
+    #[test]
+    fn the_device_that_sent_one_message_longest_ago_goes_first_and_a_returning_one_stays() {
+        let mut d = Devices::default();
+        for (i, id) in ["junk-1", "real", "junk-2", "registered"].iter().enumerate() {
+            d.heard(id, i as i64);
+            d.note_cadence(id, i as i64 * 10_000);
+            d.note_readings(id, [("m", i as i64 * 10_000, false)], || None);
+        }
+        d.note_cadence("real", 100_000); // it came back
+        let kept = |id: &str| id == "registered";
+        assert_eq!(d.evictable(kept).as_deref(), Some("junk-1"));
+        d.forget("junk-1");
+        assert_eq!(d.evictable(kept).as_deref(), Some("junk-2"), "the returning device stays");
+        d.forget("junk-2");
+        assert_eq!(d.evictable(kept), None, "the registered one is kept");
     }
 
     #[test]

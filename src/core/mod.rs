@@ -102,6 +102,8 @@ pub struct Core {
     /// time a minute) writes it every [`STATE_SAVE_EVERY_MS`] of event time too, so a crash
     /// in it loses minutes of learning, not hours.
     state_saved_at_event: Option<i64>,
+    /// When an eviction from the full device table was last logged (wall ms).
+    evictions_logged_at: Option<i64>,
     limits: Limits,
     /// The priorities of the incidents opened since the last commit: counted once they are
     /// durable (see [`Core::committed`]), so the metric never counts one a crash could still
@@ -236,6 +238,7 @@ impl Core {
             models,
             state_saved_at: None,
             state_saved_at_event: None,
+            evictions_logged_at: None,
             limits: Limits {
                 max_devices: config.decode.max_devices,
                 max_series: config.decode.max_series,
@@ -292,6 +295,9 @@ impl Core {
         let mut out = BatchOutcome::default();
         for Decoded { message, readings, ignored } in batch {
             self.metrics.messages.inc();
+            if let Ok(r) = &readings {
+                self.make_room(r)?;
+            }
             match readings.and_then(|r| self.within_limits(r)) {
                 Ok((readings, over)) => {
                     self.count_ignored(&readings, &ignored);
@@ -331,7 +337,13 @@ impl Core {
         let l = self.limits;
         // A forgotten device with an open incident (it went silent) is let back in to resolve it.
         let has_incident = || self.incidents.open_incidents().any(|i| i.device == first.device);
-        if known.is_none() && l.max_devices > 0 && self.devices.len() >= l.max_devices && !has_incident() {
+        let registered = || self.registry.is_registered(&first.device);
+        if known.is_none()
+            && l.max_devices > 0
+            && self.devices.len() >= l.max_devices
+            && !has_incident()
+            && !registered()
+        {
             return Err(RejectReason::TooManyDevices(first.device.clone()));
         }
         if l.max_series == 0 {
@@ -361,6 +373,42 @@ impl Core {
             return Err(reason);
         }
         Ok((readings, Some(reason)))
+    }
+
+    /// A new device that finds the table full (`decode.max_devices`) takes the place of the
+    /// device tracked longest that sent one message and never came back; a device of the
+    /// asset registry is always admitted, over the limit if there is no such device. So a flood
+    /// of junk ids cannot lock a real device out: its first message gets it in.
+    fn make_room(&mut self, readings: &[Reading]) -> Result<(), StoreError> {
+        let Some(first) = readings.first() else { return Ok(()) };
+        let max = self.limits.max_devices;
+        if max == 0 || self.devices.len() < max || self.devices.metrics(&first.device).is_some() {
+            return Ok(());
+        }
+        let (registry, incidents) = (&self.registry, &self.incidents);
+        let kept = |d: &str| registry.is_registered(d) || incidents.open_incidents().any(|i| i.device == d);
+        match self.devices.evictable(kept) {
+            Some(victim) => {
+                self.forget_device_quietly(&victim)?;
+                self.metrics.devices_evicted.inc();
+                let now = crate::reading::now_ms();
+                if self.evictions_logged_at.is_none_or(|t| now - t >= 60_000) {
+                    tracing::info!(
+                        evicted = %victim,
+                        admitted = %first.device,
+                        max_devices = max,
+                        total = self.metrics.devices_evicted.get(),
+                        "device table full: evicting devices that sent one message and never came back (logged once a minute)"
+                    );
+                    self.evictions_logged_at = Some(now);
+                }
+            }
+            None if self.registry.is_registered(&first.device) => {
+                tracing::debug!(device = %first.device, "a registered device is admitted over decode.max_devices");
+            }
+            None => {}
+        }
+        Ok(())
     }
 
     /// Counts the fields of an accepted message that were meant as readings but are not
@@ -674,6 +722,11 @@ impl Core {
     /// (its stored readings age out by retention). An open incident of it stays open.
     fn forget_device(&mut self, device: &str) -> Result<(), StoreError> {
         tracing::info!(device, "device not heard from for decode.forget_after; forgetting its state");
+        self.forget_device_quietly(device)
+    }
+
+    /// Drops a device's state from memory and the store (see [`Core::forget_device`]).
+    fn forget_device_quietly(&mut self, device: &str) -> Result<(), StoreError> {
         for m in &self.devices.forget(device) {
             self.detectors.forget(device, m);
             self.store.remove_detector_state(device, m)?;

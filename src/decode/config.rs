@@ -53,8 +53,9 @@ pub struct DecodeConfig {
     /// Reject readings from devices not listed in `known_devices`.
     pub require_known_devices: bool,
     pub known_devices: Vec<String>,
-    /// Most devices tracked; messages of new devices beyond it are rejected (`too_many_devices`)
-    /// while known ones keep flowing. 0: no limit.
+    /// Most devices tracked. A new device beyond it evicts the device tracked longest that sent
+    /// one message and never came back; a registered one is always admitted; otherwise its
+    /// messages are rejected (`too_many_devices`) while known ones keep flowing. 0: no limit.
     pub max_devices: usize,
     /// Most series (device × metric) tracked; new series beyond it are rejected
     /// (`too_many_series`). 0: no limit.

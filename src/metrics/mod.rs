@@ -198,6 +198,8 @@ pub struct Metrics {
     pub devices_tracked: Gauge,
     /// Devices by state (`commissioning`, `watching`).
     pub devices: Family<StateLabel, Gauge>,
+    /// Devices dropped from a full table (one message, never came back) to admit a new one.
+    pub devices_evicted: Counter,
     pub series_tracked: Gauge,
     pub mqtt_connection_errors: Counter,
     /// Reconnects where the broker had lost our persistent session.
@@ -244,6 +246,7 @@ impl Metrics {
             mqtt_connected: Gauge::default(),
             devices_tracked: Gauge::default(),
             devices: Family::default(),
+            devices_evicted: Counter::default(),
             series_tracked: Gauge::default(),
             mqtt_connection_errors: Counter::default(),
             mqtt_sessions_lost: Counter::default(),
@@ -348,6 +351,11 @@ impl Metrics {
             "devices",
             "Devices by state: commissioning (learning their normal operation: only limits, stuck sensors and silence raise incidents) or watching",
             m.devices.clone(),
+        );
+        r.register(
+            "devices_evicted",
+            "Devices dropped from a full table (decode.max_devices) to admit a new one: each had sent one message and never came back",
+            m.devices_evicted.clone(),
         );
         r.register("series_tracked", "Series the daemon keeps state for (decode.max_series)", m.series_tracked.clone());
         r.register("mqtt_connection_errors", "Broker connection errors", m.mqtt_connection_errors.clone());
