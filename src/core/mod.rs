@@ -530,12 +530,12 @@ impl Core {
         // device (more metrics than it takes); where it does, the model must be confirmed by
         // it: a pattern the PCA never saw (a warm weekend afternoon at low load) that every
         // metric's context explains is a new operating context, not a broken relation.
-        let explained = self
-            .detectors
-            .context(&first.device)
-            .is_some_and(|c| c.all_within(self.devices.metrics(&first.device).map_or(0, |m| m.len())));
+        let explained = || {
+            let metrics = self.devices.metrics(&first.device).map_or(0, |m| m.len());
+            self.detectors.context(&first.device).is_some_and(|c| c.all_within(metrics))
+        };
         if let Some(d) = device {
-            let hit = d.anomaly.as_ref().filter(|_| !commissioning && !explained);
+            let hit = d.anomaly.as_ref().filter(|_| !commissioning && !explained());
             if let Some(t) = self.incidents.observe_device(first, hit) {
                 let t = self.persist(t)?;
                 out.transitions.push(t);
