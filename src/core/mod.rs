@@ -174,6 +174,11 @@ pub fn metric_labels() -> Labels {
     }
 }
 
+/// Whether `device` has an open incident (it is then neither refused nor evicted).
+fn has_open_incident(incidents: &IncidentPolicy, device: &str) -> bool {
+    incidents.open_incidents().any(|i| i.device == device)
+}
+
 fn join(items: &[&String]) -> String {
     items.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
 }
@@ -336,7 +341,7 @@ impl Core {
         let known = self.devices.metrics(&first.device);
         let l = self.limits;
         // A forgotten device with an open incident (it went silent) is let back in to resolve it.
-        let has_incident = || self.incidents.open_incidents().any(|i| i.device == first.device);
+        let has_incident = || has_open_incident(&self.incidents, &first.device);
         let registered = || self.registry.is_registered(&first.device);
         if known.is_none()
             && l.max_devices > 0
@@ -386,7 +391,7 @@ impl Core {
             return Ok(());
         }
         let (registry, incidents) = (&self.registry, &self.incidents);
-        let kept = |d: &str| registry.is_registered(d) || incidents.open_incidents().any(|i| i.device == d);
+        let kept = |d: &str| registry.is_registered(d) || has_open_incident(incidents, d);
         match self.devices.evictable(kept) {
             Some(victim) => {
                 self.forget_device_quietly(&victim)?;
@@ -497,9 +502,13 @@ impl Core {
         // The context reference judges each metric against what the rest of the device and
         // the time of day predict; while the device commissions, only hard limits and stuck
         // sensors speak (silence is the clock's).
-        let values: Vec<(&str, f64)> = readings.iter().map(|r| (r.metric.as_str(), r.value)).collect();
-        let site = first.site.as_deref().or_else(|| self.registry.site(&first.device));
-        let context = self.detectors.observe_device(&first.device, site, first.ts, &values);
+        let context = if self.detectors.commissions() {
+            let values: Vec<(&str, f64)> = readings.iter().map(|r| (r.metric.as_str(), r.value)).collect();
+            let site = first.site.as_deref().or_else(|| self.registry.site(&first.device));
+            self.detectors.observe_device(&first.device, site, first.ts, &values)
+        } else {
+            crate::detect::ContextVerdict { anomaly: None, commissioned: false }
+        };
         if context.commissioned {
             tracing::info!(
                 device = %first.device,
