@@ -496,6 +496,7 @@ impl Batcher {
                 tracing::trace!(error = %e, waiting = self.unacked.len(), "ack queue full; retrying shortly");
                 return;
             }
+            tracing::trace!(?ack, "acknowledged");
             self.unacked.pop_front();
         }
         // A burst may have grown the queue; do not keep its memory for good.

@@ -823,8 +823,11 @@ async fn broker_sigkills_under_load_lose_nothing_the_broker_delivered() {
     );
     assert!(
         missing.is_empty(),
-        "every reading the broker delivered is stored; missing {:?}\n{}\nbroker:\n{}",
+        "every reading the broker delivered is stored; missing {:?}\ntap:\n{}\ndaemon:\n{}\nbroker:\n{}",
         &missing[..missing.len().min(20)],
+        tap.explain(|topic, payload| {
+            readings_in(&[(topic.to_string(), payload.to_vec())]).iter().any(|r| missing.contains(&r))
+        }),
         daemon.log(),
         rig.broker.log()
     );

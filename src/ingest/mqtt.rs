@@ -110,6 +110,7 @@ pub async fn run(
                 }
             }
             Ok(Polled::Message { topic, payload, ack }) => {
+                tracing::trace!(%topic, ?ack, "received");
                 let message = decoder.decode_message(Message { topic, payload, received_ms: now_ms() });
                 let send = tokio::select! {
                     _ = cancel.cancelled() => break,

@@ -462,7 +462,11 @@ impl DaemonConfig {
             }
             None => fieldwatch(),
         };
-        cmd.args(["run", "--config"]).arg(config).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log);
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", std::env::var("FIELDWATCH_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(log);
         cmd
     }
 
@@ -551,17 +555,34 @@ pub async fn bodies(server: &wiremock::MockServer) -> Vec<serde_json::Value> {
 /// The (topic, payload) of each PUBLISH a [`BrokerTap`] handed to its client, in order.
 type Delivered = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
 
+/// What a [`BrokerTap`] saw on its connections, for a failing test to show: per connection, when
+/// it opened, when the client closed its side (it read no more after that), when the broker's
+/// side ended; per PUBLISH written to a client, the connection, packet id, DUP flag and when; per
+/// PUBACK from a client, the connection, packet id and when. Times are ms since the tap started.
+#[derive(Default)]
+pub struct TapLog {
+    /// (opened, client side closed, broker side ended) per connection, by index.
+    pub connections: Vec<(u128, Option<u128>, Option<u128>)>,
+    /// (connection, packet id, dup, written at, topic, payload) per PUBLISH written whole.
+    pub publishes: Vec<(usize, u16, bool, u128, String, Vec<u8>)>,
+    /// (connection, packet id, at) per PUBACK the client sent.
+    pub acks: Vec<(usize, u16, u128)>,
+}
+
+type SharedLog = std::sync::Arc<std::sync::Mutex<TapLog>>;
+
 /// A TCP proxy in front of a broker (MQTT 3.1.1) that forwards every byte both ways and taps
 /// what the broker sends: it records each PUBLISH it handed to the client whole (what the broker
 /// *delivered*, the ground truth of what a subscriber behind it can be held to), and, when asked,
 /// swallows the broker's PINGRESPs and counts them, so the client's PINGREQs go unanswered as
 /// they do when a broker's answer waits behind a long backlog, or when the broker is gone.
 /// When the broker's side closes, so does the client's; a client that connects again is led to
-/// the broker again (a restarted one on the same port).
+/// the broker again (a restarted one on the same port). Its [`TapLog`] says what happened when.
 pub struct BrokerTap {
     pub port: u16,
     eaten: std::sync::Arc<std::sync::atomic::AtomicU64>,
     delivered: Delivered,
+    log: SharedLog,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -581,20 +602,32 @@ impl BrokerTap {
         let port = listener.local_addr().unwrap().port();
         let eaten = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let delivered: Delivered = Default::default();
-        let (count, record) = (eaten.clone(), delivered.clone());
+        let log: SharedLog = Default::default();
+        let (count, record, shared) = (eaten.clone(), delivered.clone(), log.clone());
+        let started = std::time::Instant::now();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(broker) = tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await else { continue };
-                let (mut client_rx, client_tx) = client.into_split();
-                let (broker_rx, mut broker_tx) = broker.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut client_rx, &mut broker_tx).await;
-                });
-                let tap = Tap { eat_pingresp, eaten: count.clone(), delivered: record.clone() };
+                let conn = {
+                    let mut log = shared.lock().unwrap();
+                    log.connections.push((started.elapsed().as_millis(), None, None));
+                    log.connections.len() - 1
+                };
+                let (client_rx, client_tx) = client.into_split();
+                let (broker_rx, broker_tx) = broker.into_split();
+                let tap = Tap {
+                    conn,
+                    started,
+                    eat_pingresp,
+                    eaten: count.clone(),
+                    delivered: record.clone(),
+                    log: shared.clone(),
+                };
+                tokio::spawn(Tap { ..tap.clone() }.upstream(client_rx, broker_tx));
                 tokio::spawn(tap.forward(broker_rx, client_tx));
             }
         });
-        BrokerTap { port, eaten, delivered, task }
+        BrokerTap { port, eaten, delivered, log, task }
     }
 
     /// How many PINGRESPs were swallowed.
@@ -607,16 +640,74 @@ impl BrokerTap {
     pub fn delivered(&self) -> Vec<(String, Vec<u8>)> {
         self.delivered.lock().unwrap().clone()
     }
+
+    /// What the tap saw, for a failing test to print; `about` picks the publishes to show.
+    pub fn explain(&self, about: impl Fn(&str, &[u8]) -> bool) -> String {
+        let log = self.log.lock().unwrap();
+        let mut out = String::new();
+        for (k, (opened, client_closed, broker_ended)) in log.connections.iter().enumerate() {
+            let acked = log.acks.iter().filter(|a| a.0 == k).count();
+            let published = log.publishes.iter().filter(|p| p.0 == k).count();
+            out += &format!(
+                "connection {k}: opened {opened} ms, client closed {client_closed:?}, broker ended {broker_ended:?}, {published} publishes written, {acked} acks\n"
+            );
+        }
+        for (conn, pkid, dup, at, topic, payload) in log.publishes.iter().filter(|p| about(&p.4, &p.5)) {
+            let acks: Vec<_> = log.acks.iter().filter(|a| a.1 == *pkid && a.2 >= *at).take(3).collect();
+            let payload = String::from_utf8_lossy(payload);
+            out += &format!(
+                "  {topic} {payload}: connection {conn}, pkid {pkid}, dup {dup}, written {at} ms; later acks of that pkid (connection, pkid, ms): {acks:?}\n"
+            );
+        }
+        out
+    }
 }
 
-/// One connection's broker-to-client half of a [`BrokerTap`].
+/// One connection of a [`BrokerTap`].
+#[derive(Clone)]
 struct Tap {
+    conn: usize,
+    started: std::time::Instant,
     eat_pingresp: bool,
     eaten: std::sync::Arc<std::sync::atomic::AtomicU64>,
     delivered: Delivered,
+    log: SharedLog,
 }
 
 impl Tap {
+    fn now(&self) -> u128 {
+        self.started.elapsed().as_millis()
+    }
+
+    /// Copies the client's bytes to the broker, noting the client's PUBACKs and when the client
+    /// closed its side.
+    async fn upstream(self, mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        let mut broker_open = true;
+        loop {
+            let n = from.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                self.log.lock().unwrap().connections[self.conn].1 = Some(self.now());
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some((_, len)) = mqtt_packet_len(&buf) {
+                if buf[0] >> 4 == 4 && len >= 4 {
+                    let pkid = u16::from_be_bytes([buf[2], buf[3]]);
+                    let at = self.now();
+                    self.log.lock().unwrap().acks.push((self.conn, pkid, at));
+                }
+                buf.drain(..len);
+            }
+            // Keep reading (and noting) after the broker is gone: the client may still ack.
+            if broker_open && to.write_all(&chunk[..n]).await.is_err() {
+                broker_open = false;
+            }
+        }
+    }
+
     /// Copies whole MQTT packets from the broker to the client. A PUBLISH is recorded only once
     /// it has been written to the client's socket.
     async fn forward(self, mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf) {
@@ -624,8 +715,9 @@ impl Tap {
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = [0u8; 16 * 1024];
         loop {
-            let Ok(n) = from.read(&mut chunk).await else { return };
+            let n = from.read(&mut chunk).await.unwrap_or(0);
             if n == 0 {
+                self.log.lock().unwrap().connections[self.conn].2 = Some(self.now());
                 return;
             }
             buf.extend_from_slice(&chunk[..n]);
@@ -644,20 +736,27 @@ impl Tap {
                 buf.drain(..len);
             }
             if !out.is_empty() && to.write_all(&out).await.is_err() {
+                self.log.lock().unwrap().connections[self.conn].2 = Some(self.now());
                 return;
             }
-            self.delivered.lock().unwrap().extend(published);
+            let at = self.now();
+            let mut log = self.log.lock().unwrap();
+            for (topic, payload, pkid, dup) in &published {
+                log.publishes.push((self.conn, *pkid, *dup, at, topic.clone(), payload.clone()));
+            }
+            self.delivered.lock().unwrap().extend(published.into_iter().map(|(t, p, _, _)| (t, p)));
         }
     }
 }
 
-/// The topic and payload of an MQTT 3.1.1 PUBLISH, from its first byte and its variable header
-/// and payload.
-fn publish_of(first: u8, rest: &[u8]) -> (String, Vec<u8>) {
+/// The topic, payload, packet id (0 at QoS 0) and DUP flag of an MQTT 3.1.1 PUBLISH, from its
+/// first byte and its variable header and payload.
+fn publish_of(first: u8, rest: &[u8]) -> (String, Vec<u8>, u16, bool) {
     let topic_len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
     let topic = String::from_utf8_lossy(&rest[2..2 + topic_len]).into_owned();
-    let packet_id = if (first >> 1) & 3 > 0 { 2 } else { 0 };
-    (topic, rest[2 + topic_len + packet_id..].to_vec())
+    let at = 2 + topic_len;
+    let (pkid, id_len) = if (first >> 1) & 3 > 0 { (u16::from_be_bytes([rest[at], rest[at + 1]]), 2) } else { (0, 0) };
+    (topic, rest[at + id_len..].to_vec(), pkid, first & 0x08 != 0)
 }
 
 /// The length of the fixed header and of the whole MQTT packet at the start of `buf`, if all
