@@ -526,6 +526,17 @@ impl Core {
                     .retain(|a| matches!(a.kind, FaultKind::Stuck | FaultKind::AboveLimit | FaultKind::BelowLimit));
             }
         }
+        if !commissioning {
+            // A level the device's operating context explains (its load, the time of day, its
+            // site) is not a fault: the level detectors' deviation and drift on it open nothing.
+            if let Some(c) = self.detectors.context(&first.device) {
+                for (r, o) in &mut observed {
+                    if c.explains(&r.metric, r.ts) {
+                        o.anomalies.retain(|a| !matches!(a.kind, FaultKind::Deviation | FaultKind::Drift));
+                    }
+                }
+            }
+        }
         if let Some((metric, a)) = context.anomaly {
             score = score.max(a.score);
             if let Some((_, o)) = observed.iter_mut().find(|(r, _)| r.metric == metric) {

@@ -136,6 +136,11 @@ const TRANSIENT: f64 = 0.1;
 const NOISE_CAP: f64 = 6.0;
 /// Time constant of the noise estimate.
 const NOISE_TAU_MS: f64 = 3_600_000.0;
+/// How long a judgement of the context stands for the level detectors (a message the context
+/// cannot judge, in a transient or after a gap, keeps the last one this long).
+const EXPLAINED_FOR: i64 = 15 * 60_000;
+/// Readings a metric's noise estimate takes whole before jumps are capped in it.
+const NOISE_WARMUP: u32 = 30;
 /// A value further than this share of the range seen so far beyond it is a new operating region.
 const NEW_REGION: f64 = 0.1;
 
@@ -249,13 +254,24 @@ struct MetricState {
     /// Range of the smoothed value seen while commissioning.
     lo: f64,
     hi: f64,
-    /// Largest out-of-sample smoothed residual of the second half of commissioning.
+    /// Largest out-of-sample smoothed residual of the second half of commissioning, of the
+    /// messages inside what the model that predicted them had seen (see [`DeviceContext::seen`]).
     held_out_max: f64,
+    /// The range of the smoothed value when the model was last fitted while commissioning.
+    #[serde(default)]
+    fit_lo: f64,
+    #[serde(default)]
+    fit_hi: f64,
     /// Fitted: intercept and coefficients over the feature vector (0 for this metric itself).
     coef: Vec<f64>,
     /// In-sample standard deviation of the smoothed residual, and the alarm limit.
     sigma: f64,
     limit: f64,
+    /// The residual of the last message judged, in limits, and when (event time).
+    #[serde(default)]
+    excess: f64,
+    #[serde(default)]
+    judged_at: Option<i64>,
 }
 
 /// One device's context model (see the module docs).
@@ -289,6 +305,12 @@ pub struct DeviceContext {
     /// relation.
     #[serde(default)]
     unsettled_at: i64,
+    /// The hours of the day (bit per hour) that commissioning has seen messages in, and those
+    /// the model last fitted while commissioning had seen.
+    #[serde(default)]
+    hours: u32,
+    #[serde(default)]
+    fit_hours: u32,
 }
 
 /// What the context model says about one message of a device.
@@ -321,9 +343,13 @@ impl DeviceContext {
                 lo: f64::INFINITY,
                 hi: f64::NEG_INFINITY,
                 held_out_max: 0.0,
+                fit_lo: 0.0,
+                fit_hi: 0.0,
                 coef: Vec::new(),
                 sigma: 0.0,
                 limit: 0.0,
+                excess: 0.0,
+                judged_at: None,
             })
             .collect();
         let dim = 1 + 3 * metrics.len() + 2 * config.daily_harmonics;
@@ -342,6 +368,8 @@ impl DeviceContext {
             last_excess: 0.0,
             commissioned_at: None,
             unsettled_at: ts,
+            hours: 0,
+            fit_hours: 0,
         }
     }
 
@@ -354,6 +382,19 @@ impl DeviceContext {
     /// its time of day or its site's common behaviour is off.
     pub fn all_within(&self, metrics: usize) -> bool {
         self.phase == ContextPhase::Watching && self.fitted && self.metrics.len() == metrics && self.last_excess < 0.5
+    }
+
+    /// Whether it judges `metric` and found it, at a message no older than `EXPLAINED_FOR`
+    /// before `ts`, well inside what the device's operating context predicts (below half its
+    /// limit): a level change of that metric is then the load, the time of day or the site
+    /// moving it, not a fault, and the level detectors' word on it is overruled.
+    pub fn explains(&self, metric: &str, ts: i64) -> bool {
+        self.phase == ContextPhase::Watching
+            && self.fitted
+            && self
+                .metrics
+                .iter()
+                .any(|m| m.name == metric && m.excess < 0.5 && m.judged_at.is_some_and(|t| ts - t <= EXPLAINED_FOR))
     }
 
     /// When commissioning began (event time of the device's first message).
@@ -478,8 +519,11 @@ impl DeviceContext {
                 Some(last) if ((ts - last) as f64) <= gap => {
                     let dt = (ts - last) as f64;
                     let off = (value - m.smoothed).abs();
-                    // Jumps count only up to the cap in the noise; they are what it is for.
-                    let capped = if m.noise_n > 0 { off.min(NOISE_CAP * m.noise) } else { off };
+                    // Jumps count only up to the cap in the noise; they are what it is for. The
+                    // first readings count whole: a sensor that reports in coarse steps often
+                    // repeats its first value, and a noise of 0 would cap every later one at 0.
+                    let capped =
+                        if m.noise_n >= NOISE_WARMUP && m.noise > 0.0 { off.min(NOISE_CAP * m.noise) } else { off };
                     m.noise_n = m.noise_n.saturating_add(1);
                     let weight = (1.0 - (-dt / NOISE_TAU_MS).exp()).max(1.0 / f64::from(m.noise_n));
                     m.noise += (capped - m.noise) * weight;
@@ -558,8 +602,11 @@ impl DeviceContext {
     fn commission(&mut self, config: &ContextConfig, ts: i64, z: &[f64], residuals: &[(f64, f64)]) {
         let span = ts - self.first_ts;
         let half = config.commissioning.as_millis() as i64 / 2;
-        // Out-of-sample residuals of the second half, against the model fitted before them.
-        if self.fitted && span >= half {
+        // Out-of-sample residuals of the second half, against the model fitted before them, at
+        // the messages inside what that model had seen: its error where it interpolates, which
+        // is where it judges once commissioned (a region it never saw is learnt, not judged).
+        self.hours |= hour_bit(ts);
+        if self.fitted && span >= half && self.seen(ts) {
             for (m, (r, _)) in self.metrics.iter_mut().zip(residuals) {
                 m.held_out_max = m.held_out_max.max(r.abs());
             }
@@ -568,6 +615,10 @@ impl DeviceContext {
         let refit = config.refit_every.as_millis() as i64;
         if span >= half - refit && self.last_fit_ts.is_none_or(|t| ts - t >= refit) && self.fit(config.ridge) {
             self.last_fit_ts = Some(ts);
+            self.fit_hours = self.hours;
+            for m in &mut self.metrics {
+                (m.fit_lo, m.fit_hi) = (m.lo, m.hi);
+            }
         }
         let settled = ts - self.new_region_at >= half / 2;
         let long_enough = span >= config.commissioning.as_millis() as i64;
@@ -579,6 +630,17 @@ impl DeviceContext {
             self.last_fit_ts = Some(ts);
             self.last_learn_ts = Some(ts);
         }
+    }
+
+    /// Whether the model last fitted while commissioning had seen messages like this one: at
+    /// this hour of the day, and every metric inside the range it had shown (with the margin
+    /// that tells a new operating region).
+    fn seen(&self, ts: i64) -> bool {
+        self.fit_hours & hour_bit(ts) != 0
+            && self.metrics.iter().all(|m| {
+                let margin = NEW_REGION * (m.fit_hi - m.fit_lo).max(0.0);
+                m.smoothed >= m.fit_lo - margin && m.smoothed <= m.fit_hi + margin
+            })
     }
 
     /// Sets each metric's limit from commissioning and ends it: `margin` times the largest
@@ -627,8 +689,9 @@ impl DeviceContext {
         let mut worst: Option<(usize, f64, f64, f64)> = None;
         let mut healthy = true;
         self.last_excess = 0.0;
-        for (j, (m, &(r, predicted))) in self.metrics.iter().zip(residuals).enumerate() {
+        for (j, (m, &(r, predicted))) in self.metrics.iter_mut().zip(residuals).enumerate() {
             let excess = r.abs() / m.limit;
+            (m.excess, m.judged_at) = (excess, Some(ts));
             healthy &= excess < 0.5;
             self.last_excess = self.last_excess.max(excess);
             if excess > 1.0 && worst.is_none_or(|w| excess > w.1) {
@@ -675,6 +738,11 @@ impl DeviceContext {
             self.start_watching(config, last);
         }
     }
+}
+
+/// The bit of the hour of the day (UTC) of `ts`.
+fn hour_bit(ts: i64) -> u32 {
+    1 << (ts.rem_euclid(86_400_000) / 3_600_000)
 }
 
 /// Where entry (`i`, `j`) of a symmetric `d × d` matrix stands in its upper triangle kept row
@@ -791,6 +859,31 @@ mod tests {
         let (metric, a) = seen.first().expect("the broken relation alarms");
         assert_eq!(metric, "current");
         assert!(a.value - a.expected.unwrap_or(0.0) > 1.5, "{a:?}");
+    }
+
+    #[test]
+    fn a_sensor_that_reports_in_coarse_steps_is_learnt_all_the_same() {
+        // Vibration in steps of 0.5 mm/s: its first readings repeat, which must not leave its
+        // noise at 0 (every later step would then be a jump, and the device never settles).
+        let coarse = |ts: i64, fault: f64| {
+            let mut d = device(ts, fault);
+            d[2].1 = (d[2].1 * 2.0).round() / 2.0;
+            d
+        };
+        let config = ContextConfig::default();
+        let mut ctx = DeviceContext::new(&config, 0, &["vibration", "current", "discharge_temp"]);
+        let mut alarms = Vec::new();
+        let mut ts = 0;
+        while ts < 2 * 24 * HOUR + 2 * HOUR {
+            let fault = if ts >= 2 * 24 * HOUR { 2.5 } else { 0.0 };
+            if let Some(a) = ctx.observe(&config, ts, &coarse(ts, fault), &mut SiteCommon::default(), "d").anomaly {
+                alarms.push((ts, a.0));
+            }
+            ts += 10_000;
+        }
+        assert_eq!(ctx.phase(), ContextPhase::Watching);
+        assert!(alarms.iter().all(|a| a.0 >= 2 * 24 * HOUR), "nothing before the fault: {:?}", alarms.first());
+        assert!(alarms.iter().any(|a| a.1 == "current"), "the broken relation alarms");
     }
 
     #[test]
