@@ -526,14 +526,14 @@ impl Core {
                     .retain(|a| matches!(a.kind, FaultKind::Stuck | FaultKind::AboveLimit | FaultKind::BelowLimit));
             }
         }
-        if !commissioning {
-            // A level the device's operating context explains (its load, the time of day, its
-            // site) is not a fault: the level detectors' deviation and drift on it open nothing.
+        // A level the device's operating context explains (its load, the time of day, its site)
+        // is not a fault: the level detectors' deviation and drift on it open nothing. The
+        // context is looked up only when there is such an anomaly (the hot path has none).
+        let level = |a: &Anomaly| matches!(a.kind, FaultKind::Deviation | FaultKind::Drift);
+        if !commissioning && observed.iter().any(|(_, o)| o.anomalies.iter().any(level)) {
             if let Some(c) = self.detectors.context(&first.device) {
-                for (r, o) in &mut observed {
-                    if c.explains(&r.metric, r.ts) {
-                        o.anomalies.retain(|a| !matches!(a.kind, FaultKind::Deviation | FaultKind::Drift));
-                    }
+                for (_, o) in observed.iter_mut().filter(|(r, _)| c.explains(&r.metric, r.ts)) {
+                    o.anomalies.retain(|a| !level(a));
                 }
             }
         }
