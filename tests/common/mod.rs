@@ -558,7 +558,7 @@ type Delivered = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
 /// What a [`BrokerTap`] saw on its connections, for a failing test to show: per connection, when
 /// it opened, when the client closed its side (it read no more after that), when the broker's
 /// side ended; per PUBLISH written to a client, the connection, packet id, DUP flag and when; per
-/// PUBACK from a client, the connection, packet id and when. Times are ms since the tap started.
+/// PUBACK from a client, the connection, packet id and when. Times are µs since the tap started.
 #[derive(Default)]
 pub struct TapLog {
     /// (opened, client side closed, broker side ended) per connection, by index.
@@ -610,7 +610,7 @@ impl BrokerTap {
                 let Ok(broker) = tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await else { continue };
                 let conn = {
                     let mut log = shared.lock().unwrap();
-                    log.connections.push((started.elapsed().as_millis(), None, None));
+                    log.connections.push((started.elapsed().as_micros(), None, None));
                     log.connections.len() - 1
                 };
                 let (client_rx, client_tx) = client.into_split();
@@ -641,6 +641,39 @@ impl BrokerTap {
         self.delivered.lock().unwrap().clone()
     }
 
+    /// The (topic, payload) of every PUBLISH the client provably read, in order. Bytes written
+    /// to a socket are read by the client unless it closes first: on a connection the broker
+    /// ended first, the client read everything up to the end of the stream (TCP hands it all
+    /// over before the FIN), so every PUBLISH written counts; on one the client closed first
+    /// (its own error, say), only those up to the last one it acknowledged on it, since bytes
+    /// still in its receive buffer when it closed were never read (the broker keeps those
+    /// unacknowledged and sends them again, unless it dies before it saved them).
+    pub fn received(&self) -> Vec<(String, Vec<u8>)> {
+        let log = self.log.lock().unwrap();
+        let mut out = Vec::new();
+        for (k, (_, client_closed, broker_ended)) in log.connections.iter().enumerate() {
+            let publishes: Vec<_> = log.publishes.iter().filter(|p| p.0 == k).collect();
+            let read_all = match (client_closed, broker_ended) {
+                (Some(client), Some(broker)) => broker < client,
+                (Some(_), None) => false,
+                (None, _) => true,
+            };
+            let upto = if read_all {
+                publishes.len()
+            } else {
+                // The last PUBLISH an ack on this connection answers (its packet id, written before it).
+                log.acks
+                    .iter()
+                    .filter(|a| a.0 == k)
+                    .filter_map(|a| publishes.iter().rposition(|p| p.1 == a.1 && p.3 <= a.2))
+                    .max()
+                    .map_or(0, |i| i + 1)
+            };
+            out.extend(publishes[..upto].iter().map(|p| (p.4.clone(), p.5.clone())));
+        }
+        out
+    }
+
     /// What the tap saw, for a failing test to print; `about` picks the publishes to show.
     pub fn explain(&self, about: impl Fn(&str, &[u8]) -> bool) -> String {
         let log = self.log.lock().unwrap();
@@ -649,14 +682,14 @@ impl BrokerTap {
             let acked = log.acks.iter().filter(|a| a.0 == k).count();
             let published = log.publishes.iter().filter(|p| p.0 == k).count();
             out += &format!(
-                "connection {k}: opened {opened} ms, client closed {client_closed:?}, broker ended {broker_ended:?}, {published} publishes written, {acked} acks\n"
+                "connection {k}: opened {opened} µs, client closed {client_closed:?}, broker ended {broker_ended:?}, {published} publishes written, {acked} acks\n"
             );
         }
         for (conn, pkid, dup, at, topic, payload) in log.publishes.iter().filter(|p| about(&p.4, &p.5)) {
             let acks: Vec<_> = log.acks.iter().filter(|a| a.1 == *pkid && a.2 >= *at).take(3).collect();
             let payload = String::from_utf8_lossy(payload);
             out += &format!(
-                "  {topic} {payload}: connection {conn}, pkid {pkid}, dup {dup}, written {at} ms; later acks of that pkid (connection, pkid, ms): {acks:?}\n"
+                "  {topic} {payload}: connection {conn}, pkid {pkid}, dup {dup}, written {at} µs; later acks of that pkid (connection, pkid, µs): {acks:?}\n"
             );
         }
         out
@@ -676,7 +709,7 @@ struct Tap {
 
 impl Tap {
     fn now(&self) -> u128 {
-        self.started.elapsed().as_millis()
+        self.started.elapsed().as_micros()
     }
 
     /// Copies the client's bytes to the broker, noting the client's PUBACKs and when the client
