@@ -120,6 +120,8 @@ impl ContextConfig {
 /// The metrics of a device the model takes, at most (a wider device uses the first ones, by
 /// name): the Gram matrix grows with the square of the features.
 pub const MAX_CONTEXT_METRICS: usize = 8;
+/// A device is judged by its context only with this many metrics (see [`DeviceContext::judges`]).
+const MIN_JUDGED_METRICS: usize = 2;
 /// The alarm is never below this many standard deviations of the in-sample residual.
 const MIN_SIGMAS: f64 = 4.0;
 /// A metric is compared only after this many smoothing time constants of unbroken readings
@@ -381,7 +383,16 @@ impl DeviceContext {
     /// `metrics` (all of the device's) below half its limit: nothing in the device's relations,
     /// its time of day or its site's common behaviour is off.
     pub fn all_within(&self, metrics: usize) -> bool {
-        self.phase == ContextPhase::Watching && self.fitted && self.metrics.len() == metrics && self.last_excess < 0.5
+        self.phase == ContextPhase::Watching && self.judges() && self.metrics.len() == metrics && self.last_excess < 0.5
+    }
+
+    /// Whether it judges the device at all: fitted, and with an operating context to predict
+    /// from. A device with a single metric has none but the clock, and one day of history
+    /// cannot tell its daily pattern from a one-off: the context only commissions it, and the
+    /// level detectors judge it (on the NAB corpus of single series, judging by the clock
+    /// alone raised 825 false alerts against 207 true ones).
+    fn judges(&self) -> bool {
+        self.fitted && self.metrics.len() >= MIN_JUDGED_METRICS
     }
 
     /// Whether it judges `metric` and found it, at a message no older than `EXPLAINED_FOR`
@@ -390,7 +401,7 @@ impl DeviceContext {
     /// moving it, not a fault, and the level detectors' word on it is overruled.
     pub fn explains(&self, metric: &str, ts: i64) -> bool {
         self.phase == ContextPhase::Watching
-            && self.fitted
+            && self.judges()
             && self
                 .metrics
                 .iter()
@@ -662,7 +673,7 @@ impl DeviceContext {
         z: &[f64],
         residuals: &[(f64, f64)],
     ) -> Option<(String, Anomaly)> {
-        if !self.fitted {
+        if !self.judges() {
             return None;
         }
         // Most of the device's metrics beyond what it showed while commissioning is a new
@@ -906,6 +917,25 @@ mod tests {
         assert_eq!(seen, (0..d * (d + 1) / 2).collect::<Vec<_>>());
         assert_eq!(tri(d, 3, 1), tri(d, 1, 3));
         assert_eq!(tri(d, 0, 4), 4, "row 0 first");
+    }
+
+    #[test]
+    fn a_single_metric_is_commissioned_but_left_to_the_level_detectors() {
+        let config = ContextConfig::default();
+        let mut ctx = DeviceContext::new(&config, 0, &["current"]);
+        let mut alarms = 0;
+        let mut ts = 0;
+        while ts < 3 * 24 * HOUR {
+            // After two days the current sits 5 A above its daily pattern.
+            let value = device(ts, if ts >= 2 * 24 * HOUR { 5.0 } else { 0.0 })[0].1;
+            alarms += usize::from(
+                ctx.observe(&config, ts, &[("current", value)], &mut SiteCommon::default(), "d").anomaly.is_some(),
+            );
+            ts += 10_000;
+        }
+        assert_eq!(ctx.phase(), ContextPhase::Watching, "commissioned all the same");
+        assert_eq!(alarms, 0, "the clock alone is no operating context");
+        assert!(!ctx.explains("current", ts - 10_000), "nor does it overrule the level detectors");
     }
 
     #[test]
