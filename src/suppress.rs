@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::incident::{Incident, IncidentConfig};
-pub use crate::incident::{Suppression, MAINTENANCE, NEEDS_REVIEW, OBSERVE, SHADOW, SILENCE};
+pub use crate::incident::{Suppression, MAINTENANCE, NEEDS_REVIEW, OBSERVE, SHADOW, SILENCE, SITE_WIDE};
 use crate::settings::Invalid;
 use crate::silence::Silences;
 

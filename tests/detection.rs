@@ -35,6 +35,8 @@ fn open(dir: &Path) -> Arc<Store> {
 struct Compressor {
     rng: StdRng,
     noise: Normal<f64>,
+    device: String,
+    site: Option<String>,
 }
 
 const METRICS: [(&str, f64, f64, f64); 4] = [
@@ -47,7 +49,17 @@ const METRICS: [(&str, f64, f64, f64); 4] = [
 
 impl Compressor {
     fn new(seed: u64) -> Compressor {
-        Compressor { rng: StdRng::seed_from_u64(seed), noise: Normal::new(0.0, 1.0).unwrap() }
+        Compressor::at(seed, "comp-1", None)
+    }
+
+    /// A compressor named `device` at `site`.
+    fn at(seed: u64, device: &str, site: Option<&str>) -> Compressor {
+        Compressor {
+            rng: StdRng::seed_from_u64(seed),
+            noise: Normal::new(0.0, 1.0).unwrap(),
+            device: device.into(),
+            site: site.map(str::to_string),
+        }
     }
 
     fn readings(&mut self, ts: i64, load: f64, extra: [f64; 4]) -> Vec<Reading> {
@@ -56,8 +68,8 @@ impl Compressor {
             .iter()
             .zip(extra)
             .map(|(&(name, level, gain, noise), extra)| Reading {
-                device: "comp-1".into(),
-                site: None,
+                device: self.device.clone(),
+                site: self.site.clone(),
                 metric: name.into(),
                 ts,
                 value: level + gain * (load + cycle) + extra + noise * self.noise.sample(&mut self.rng),
@@ -261,5 +273,54 @@ fn a_device_is_silent_against_its_own_reporting_cadence() {
     assert!(
         matches!(t.as_slice(), [Transition::Opened(i)] if i.fault == FaultKind::Silent),
         "six missed reports are: {t:?}"
+    );
+}
+
+/// Six compressors at one site, commissioned; then the site's cooling water warms and every
+/// discharge temperature runs 8 °C above what its load predicts, all within minutes: one change
+/// of the site, not six faults. Later the same on one compressor alone is a fault.
+#[test]
+fn a_site_that_moves_together_opens_no_device_ticket_and_one_device_alone_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new(&metric_labels()));
+    let mut core = Core::new(shipped().core(), open(dir.path()), metrics.clone()).unwrap();
+    let mut sims: Vec<Compressor> =
+        (0..6).map(|k| Compressor::at(10 + k, &format!("comp-{k}"), Some("north"))).collect();
+    let step = 30_000;
+    let site_change = T0 + COMMISSIONED + HOUR;
+    let alone = site_change + 8 * HOUR;
+    // Each compressor on its own load; the site's change reaches them a minute apart.
+    let warm = |k: usize, ts: i64| {
+        let site = if ts >= site_change + k as i64 * 60_000 && ts < alone - 3 * HOUR { 8.0 } else { 0.0 };
+        let own = if k == 0 && ts >= alone { 8.0 } else { 0.0 };
+        site + own
+    };
+    let mut transitions = Vec::new();
+    let mut ts = T0;
+    while ts < alone + 2 * HOUR {
+        for (k, sim) in sims.iter_mut().enumerate() {
+            let load = 0.55 + 0.1 * k as f64 / 6.0 + 0.15 * ((ts as f64 / 5.4e6) + k as f64).sin();
+            let mut o = BatchOutcome::default();
+            core.process_readings(&sim.readings(ts, load, [warm(k, ts), 0.0, 0.0, 0.0]), ts, &mut o).unwrap();
+            transitions.extend(o.transitions);
+        }
+        ts += step;
+    }
+    let opened = opened(&transitions);
+    let ticketed: Vec<&Incident> = opened.iter().copied().filter(|i| i.suppressed.is_none()).collect();
+    let grouped: Vec<&Incident> =
+        opened.iter().copied().filter(|i| i.suppressed.as_ref().is_some_and(|s| s.label() == "site_wide")).collect();
+    let early: Vec<_> = ticketed
+        .iter()
+        .filter(|i| i.opened_at < alone)
+        .map(|i| (&i.device, &i.metric, i.opened_at - site_change))
+        .collect();
+    assert!(early.is_empty(), "the site's change opened device tickets: {early:?}");
+    assert!(grouped.len() >= 3, "the devices that moved together are recorded as one change: {grouped:?}");
+    assert_eq!(metrics.site_wide_changes.get(), 1, "the site is noticed once");
+    assert!(
+        ticketed.iter().any(|i| i.device == "comp-0" && i.opened_at >= alone),
+        "one compressor alone is a fault: {:?}",
+        opened.iter().map(|i| (&i.device, &i.metric, i.opened_at - alone, &i.suppressed)).collect::<Vec<_>>()
     );
 }

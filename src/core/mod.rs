@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::assets::{AssetsConfig, Priority, PriorityConfig, Registry, Tier};
 use crate::decode::{DecodeConfig, Decoded, Decoder, RejectReason};
 use crate::detect::{Anomaly, DetectConfig, DetectorBank, FaultKind, Observation, DETECTORS};
-use crate::incident::{Incident, IncidentConfig, IncidentPolicy, Transition};
+use crate::incident::{groupable, Incident, IncidentConfig, IncidentPolicy, SiteWide, Transition};
 use crate::metrics::{FaultLabel, Labels, Metrics, ReasonLabel, StateLabel};
 use crate::model::trainer::FIT_RESULTS;
 use crate::model::ModelKind;
@@ -26,7 +26,7 @@ use crate::reading::{Message, Reading};
 use crate::silence::Silences;
 use crate::store::{Rejected, Store, StoreConfig, StoreError, REJECTED_PAYLOAD_MAX};
 use crate::suppress::{
-    MaintenanceConfig, ModesConfig, Suppressor, MAINTENANCE, NEEDS_REVIEW, OBSERVE, SHADOW, SILENCE,
+    MaintenanceConfig, ModesConfig, Suppressor, MAINTENANCE, NEEDS_REVIEW, OBSERVE, SHADOW, SILENCE, SITE_WIDE,
 };
 use crate::ticket::TicketConfig;
 
@@ -89,6 +89,8 @@ pub struct Core {
     registry: Registry,
     /// Maintenance windows, silences and modes: whether a ticket goes out.
     suppressor: Suppressor,
+    /// Devices at a site that begin to deviate together: one change of the site, not many faults.
+    site_wide: SiteWide,
     /// Per device: its site and series, when it was heard from, how often it reports.
     devices: devices::Devices,
     /// Fitted per-device models and their streaming state (see `models.rs`).
@@ -131,7 +133,8 @@ struct Limits {
 const DEDUP: &str = "dedup";
 const FLAPPING: &str = "flapping";
 /// Every `reason` of `fieldwatch_tickets_suppressed_total`.
-pub const SUPPRESSION_REASONS: [&str; 7] = [MAINTENANCE, SILENCE, OBSERVE, SHADOW, NEEDS_REVIEW, DEDUP, FLAPPING];
+pub const SUPPRESSION_REASONS: [&str; 8] =
+    [MAINTENANCE, SILENCE, OBSERVE, SHADOW, NEEDS_REVIEW, SITE_WIDE, DEDUP, FLAPPING];
 /// Every `reason` of `fieldwatch_fields_ignored_total`.
 pub const IGNORED_FIELD_REASONS: [&str; 2] = [NUMERIC_TEXT, NOT_A_NUMBER];
 const NUMERIC_TEXT: &str = "numeric_text";
@@ -239,6 +242,7 @@ impl Core {
             reject_log: HashMap::new(),
             registry: Registry::new(config.assets, None, config.priority),
             suppressor: Suppressor::new(config.maintenance, config.modes, config.incident, silences),
+            site_wide: SiteWide::new(&config.incident.site_wide),
             devices,
             models,
             state_saved_at: None,
@@ -543,7 +547,13 @@ impl Core {
                 o.anomalies.push(a);
             }
         }
+        let site = first.site.clone().or_else(|| self.registry.site(&first.device).map(str::to_string));
         for (r, o) in &observed {
+            if let Some(site) = &site {
+                if o.anomalies.iter().any(|a| groupable(a.kind)) {
+                    self.site_wide.note(&r.device, site, r.ts);
+                }
+            }
             self.feed_incidents(r, &o.anomalies, out)?;
         }
         // A device model's verdict stands where the context reference does not cover the whole
@@ -556,6 +566,9 @@ impl Core {
         };
         if let Some(d) = device {
             let hit = d.anomaly.as_ref().filter(|_| !commissioning && !explained());
+            if let (Some(site), Some(_)) = (&site, hit) {
+                self.site_wide.note(&first.device, site, first.ts);
+            }
             if let Some(t) = self.incidents.observe_device(first, hit) {
                 let t = self.persist(t)?;
                 out.transitions.push(t);
@@ -754,6 +767,7 @@ impl Core {
         self.store.remove_context(device)?;
         self.models.forget(device);
         self.count_models();
+        self.site_wide.forget(device);
         self.incidents.forget_pending(device);
         self.store.forget_device(device)?;
         Ok(())

@@ -99,6 +99,9 @@ impl Core {
         let raised = now.max(inc.opened_at);
         inc.respond_by = Some(raised + asset.respond_within.as_millis() as i64);
         inc.suppressed = self.suppressor.on_open(inc, site, now);
+        if let (None, Some(site)) = (&inc.suppressed, site) {
+            inc.suppressed = self.site_wide(inc, site);
+        }
         if let Some(s) = &inc.suppressed {
             self.count_suppressed(s.label());
         }
@@ -110,6 +113,27 @@ impl Core {
             self.metrics.time_to_detect_seconds.observe(detect_s);
         }
         Ok(())
+    }
+
+    /// Whether the incident is part of a change of its whole site (see `incident::site_wide`):
+    /// then it opens no ticket of its own, and the change's first incident gives the site's notice.
+    fn site_wide(&mut self, inc: &Incident, site: &str) -> Option<Suppression> {
+        if !crate::incident::groupable(inc.fault) {
+            return None;
+        }
+        let heard = self.devices.at_site(site, &inc.device).count() + 1;
+        let together = self.site_wide.together(&inc.device, site, inc.first_seen, heard)?;
+        if together.first {
+            self.metrics.site_wide_changes.inc();
+            tracing::warn!(
+                site, devices = together.devices, of = together.of, since = inc.first_seen,
+                "{} of {} devices at {site} began to deviate together: a change of the site's operating context (weather, a plant-wide change of load), not a fault of each; their incidents are recorded and open no tickets",
+                together.devices, together.of
+            );
+        }
+        Some(Suppression::SiteWide {
+            reason: format!("{} of {} devices at {site} began to deviate together", together.devices, together.of),
+        })
     }
 
     /// An update of an open ticket: numbered, and counted by why it is sent.

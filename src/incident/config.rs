@@ -44,6 +44,8 @@ pub struct IncidentConfig {
     /// device ids (a misconfigured publisher) then opens no tickets.
     #[serde(with = "humantime_serde")]
     pub establish_after: Duration,
+    /// `[incident.site_wide]`: devices at a site moving together are one change, not many faults.
+    pub site_wide: super::SiteWideConfig,
 }
 
 impl Default for IncidentConfig {
@@ -60,6 +62,7 @@ impl Default for IncidentConfig {
             min_confidence: 0.55,
             stale_after: Duration::from_secs(900),
             establish_after: Duration::from_secs(3600),
+            site_wide: super::SiteWideConfig::default(),
         }
     }
 }
@@ -82,6 +85,6 @@ impl IncidentConfig {
         if self.flap_hold_factor == 0 {
             return bad("incident.flap_hold_factor", "must be at least 1");
         }
-        Ok(())
+        self.site_wide.validate()
     }
 }

@@ -6,6 +6,7 @@
 //! restart neither forgets nor re-opens an incident.
 
 mod config;
+mod site_wide;
 mod summary;
 mod suppression;
 mod update;
@@ -18,10 +19,11 @@ use serde::{Deserialize, Serialize};
 use crate::detect::{Anomaly, FaultKind};
 use crate::reading::Reading;
 pub use config::IncidentConfig;
+pub use site_wide::{groupable, SiteWide, SiteWideConfig, Together};
 
 pub(crate) use summary::num;
 pub use summary::{describe, format_duration};
-pub use suppression::{Suppression, MAINTENANCE, NEEDS_REVIEW, OBSERVE, SHADOW, SILENCE};
+pub use suppression::{Suppression, MAINTENANCE, NEEDS_REVIEW, OBSERVE, SHADOW, SILENCE, SITE_WIDE};
 pub use update::UpdateReason;
 pub use verdict::Verdict;
 

@@ -17,6 +17,9 @@ pub enum Suppression {
     Shadow,
     /// The peak score is below `incident.min_confidence`: the ticket waits for a person.
     NeedsReview,
+    /// The device began to deviate together with others at its site: a change of the site's
+    /// operating context, noticed once for the site (see `site_wide.rs`).
+    SiteWide { reason: String },
 }
 
 /// The labels of [`Suppression`], as counted in `fieldwatch_tickets_suppressed_total`.
@@ -25,6 +28,7 @@ pub const SILENCE: &str = "silence";
 pub const OBSERVE: &str = "observe";
 pub const SHADOW: &str = "shadow";
 pub const NEEDS_REVIEW: &str = "needs_review";
+pub const SITE_WIDE: &str = "site_wide";
 
 impl Suppression {
     /// What it is counted as: the kind without its reason.
@@ -35,6 +39,7 @@ impl Suppression {
             Suppression::Observe => OBSERVE,
             Suppression::Shadow => SHADOW,
             Suppression::NeedsReview => NEEDS_REVIEW,
+            Suppression::SiteWide { .. } => SITE_WIDE,
         }
     }
 
@@ -52,7 +57,9 @@ impl Suppression {
 impl std::fmt::Display for Suppression {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Suppression::Maintenance { reason } | Suppression::Silence { reason } => {
+            Suppression::Maintenance { reason }
+            | Suppression::Silence { reason }
+            | Suppression::SiteWide { reason } => {
                 write!(f, "{}: {reason}", self.label())
             }
             _ => f.write_str(self.label()),
@@ -68,6 +75,7 @@ impl std::str::FromStr for Suppression {
         Ok(match s.split_once(": ") {
             Some((MAINTENANCE, reason)) => Suppression::Maintenance { reason: reason.to_string() },
             Some((SILENCE, reason)) => Suppression::Silence { reason: reason.to_string() },
+            Some((SITE_WIDE, reason)) => Suppression::SiteWide { reason: reason.to_string() },
             _ if s == OBSERVE => Suppression::Observe,
             _ if s == SHADOW => Suppression::Shadow,
             _ if s == NEEDS_REVIEW => Suppression::NeedsReview,
@@ -101,6 +109,10 @@ mod tests {
             (Suppression::Observe, "observe"),
             (Suppression::Shadow, "shadow"),
             (Suppression::NeedsReview, "needs_review"),
+            (
+                Suppression::SiteWide { reason: "4 of 10 devices at north began together".into() },
+                "site_wide: 4 of 10 devices at north began together",
+            ),
         ];
         for (s, text) in cases {
             let json = serde_json::to_string(&s).unwrap();

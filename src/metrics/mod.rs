@@ -180,6 +180,8 @@ pub struct Metrics {
     pub incidents_updated: Counter,
     pub incidents_escalated: Family<TierLabel, Counter>,
     pub tickets_suppressed: Family<ReasonLabel, Counter>,
+    /// Changes of a whole site's operating context (devices deviating together), noticed once each.
+    pub site_wide_changes: Counter,
     pub verdicts: Family<VerdictLabel, Counter>,
     pub false_alarms: Family<FalseAlarmLabel, Counter>,
     pub time_to_detect_seconds: Histogram,
@@ -232,6 +234,7 @@ impl Metrics {
             incidents_updated: Counter::default(),
             incidents_escalated: Family::default(),
             tickets_suppressed: Family::default(),
+            site_wide_changes: Counter::default(),
             verdicts: Family::default(),
             false_alarms: Family::default(),
             time_to_detect_seconds: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
@@ -299,8 +302,13 @@ impl Metrics {
         );
         r.register(
             "tickets_suppressed",
-            "Tickets not opened, by reason: maintenance, silence, observe, shadow, needs_review; dedup and flapping (a recurrence updated the open ticket instead)",
+            "Tickets not opened, by reason: maintenance, silence, observe, shadow, needs_review, site_wide; dedup and flapping (a recurrence updated the open ticket instead)",
             m.tickets_suppressed.clone(),
+        );
+        r.register(
+            "site_wide_changes",
+            "Changes of a whole site's operating context: devices at a site that began to deviate together (their incidents open no tickets; one notice each)",
+            m.site_wide_changes.clone(),
         );
         r.register("verdicts", "Technician verdicts on incidents, by verdict", m.verdicts.clone());
         r.register(

@@ -58,6 +58,8 @@ pub struct FleetReport {
     pub healthy_device_hours: f64,
     /// Incidents held back by planned work.
     pub suppressed: usize,
+    /// Incidents grouped into a change of their whole site (no ticket of their own).
+    pub grouped: usize,
 }
 
 impl FleetReport {
@@ -96,14 +98,15 @@ impl FleetReport {
         }
         let _ = writeln!(
             s,
-            "caught before failure: {} of {} (median lead {:.0} min) | false tickets: {} ({:.2} per 100 healthy device-hours) | link tickets during gaps: {} | held back by planned work: {}",
+            "caught before failure: {} of {} (median lead {:.0} min) | false tickets: {} ({:.2} per 100 healthy device-hours) | link tickets during gaps: {} | held back by planned work: {} | grouped as site-wide changes: {}",
             self.caught(),
             self.failures.len(),
             self.median_lead_ms().unwrap_or(0) as f64 / 60_000.0,
             self.false_tickets.len(),
             self.false_per_100h(),
             self.connectivity_tickets.len(),
-            self.suppressed
+            self.suppressed,
+            self.grouped
         );
         s
     }
@@ -129,14 +132,16 @@ pub fn run(fleet: &mut Fleet, config: &Config) -> Result<FleetReport, StoreError
     let store = Arc::new(Store::temporary()?);
     let mut core = Core::new(config.core(), store, Arc::new(Metrics::new(&crate::core::metric_labels())))?;
     let mut tickets: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
-    let mut suppressed = 0;
+    let (mut suppressed, mut grouped) = (0, 0);
     let mut note = |t: &Transition, tickets: &mut BTreeMap<String, Vec<(i64, String)>>| {
         if let Transition::Opened(inc) = t {
-            if inc.suppressed.is_none() {
-                let what = format!("{}/{}", inc.metric, inc.fault.as_str());
-                tickets.entry(inc.device.clone()).or_default().push((inc.opened_at, what));
-            } else {
-                suppressed += 1;
+            match &inc.suppressed {
+                None => {
+                    let what = format!("{}/{}", inc.metric, inc.fault.as_str());
+                    tickets.entry(inc.device.clone()).or_default().push((inc.opened_at, what));
+                }
+                Some(s) if s.label() == crate::incident::SITE_WIDE => grouped += 1,
+                Some(_) => suppressed += 1,
             }
         }
     };
@@ -212,5 +217,6 @@ pub fn run(fleet: &mut Fleet, config: &Config) -> Result<FleetReport, StoreError
         connectivity_tickets,
         healthy_device_hours: healthy_ms as f64 / 3_600_000.0,
         suppressed,
+        grouped,
     })
 }
