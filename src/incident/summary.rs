@@ -27,12 +27,21 @@ fn join_words(items: &[String]) -> String {
     }
 }
 
+/// A number as a person writes it: whole above 1,000, at most two decimals above 1, two
+/// significant digits below 1 (a rate of 0.0012 bar/h is not 0), no trailing zeros, never `-0`.
 pub(crate) fn num(v: f64) -> String {
-    if v.abs() >= 1000.0 {
-        return format!("{v:.0}");
+    let decimals = match v.abs() {
+        a if a >= 1000.0 => 0,
+        a if !(1e-6..1.0).contains(&a) => 2,
+        a => (1 - a.log10().floor() as i32).clamp(2, 7) as usize,
+    };
+    let s = format!("{v:.decimals$}");
+    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.') } else { &s };
+    if s == "-0" {
+        "0".to_string()
+    } else {
+        s.to_string()
     }
-    let s = format!("{v:.2}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// The pattern sentence: how unusual the reading was, and against what.
@@ -40,6 +49,7 @@ fn pattern_summary(inc: &Incident, u: &dyn Fn(f64) -> String) -> String {
     let p = &inc.peak;
     let m = &inc.metric;
     let history = match p.history {
+        Some(1) => "its last reading".to_string(),
         Some(n) if n > 0 => format!("the last {n} readings"),
         _ => "its recent history".to_string(),
     };
@@ -50,7 +60,8 @@ fn pattern_summary(inc: &Incident, u: &dyn Fn(f64) -> String) -> String {
     let range = format!("{}–{}", num(lo), u(hi));
     match p.bound {
         Some(prob) if prob < 1e-3 => format!(
-            "{m} shows a pattern not seen in {history} (p = {prob:.0e}); value {} against a recent range of {range}",
+            "{m} shows a pattern not seen in {history} (p {}); value {} against a recent range of {range}",
+            if prob < 1e-12 { "< 1e-12".to_string() } else { format!("= {prob:.0e}") },
             u(p.value)
         ),
         _ if p.value > hi || p.value < lo => {
@@ -173,6 +184,24 @@ mod tests {
     use super::*;
     use crate::detect::Anomaly;
     use crate::incident::Subject;
+
+    #[test]
+    fn numbers_read_as_a_person_writes_them() {
+        let cases = [
+            (25.110000000000003, "25.11"),
+            (71.4, "71.4"),
+            (2700.4, "2700"),
+            (0.0012, "0.0012"),
+            (0.25, "0.25"),
+            (-0.001, "-0.001"),
+            (-0.0000001, "0"),
+            (0.0, "0"),
+            (3.0, "3"),
+        ];
+        for (v, text) in cases {
+            assert_eq!(num(v), text, "{v}");
+        }
+    }
 
     #[test]
     fn durations_read_naturally() {

@@ -50,7 +50,9 @@ fn default_steps(inc: &Incident) -> Vec<String> {
 
 /// The command for an incident change.
 pub fn command(inc: &Incident, action: Action, ctx: &TicketContext) -> TicketCommand {
-    let (title, summary) = describe(inc, ctx.unit);
+    // A unit configured empty is no unit.
+    let unit = ctx.unit.filter(|u| !u.trim().is_empty());
+    let (title, summary) = describe(inc, unit);
     let p = &inc.peak;
     // Every command of an incident's life has its own key: updates are numbered, and each
     // resolve is numbered by the reopen it ends (a receiver that honours the key must not take
@@ -85,7 +87,7 @@ pub fn command(inc: &Incident, action: Action, ctx: &TicketContext) -> TicketCom
             summary: summary.clone(),
             evidence: Evidence {
                 value: p.value,
-                unit: ctx.unit.map(str::to_string),
+                unit: unit.map(str::to_string),
                 baseline: p.expected,
                 spread: p.spread,
                 z: p.z,
@@ -107,7 +109,7 @@ pub fn command(inc: &Incident, action: Action, ctx: &TicketContext) -> TicketCom
             asset: Some(ctx.asset.asset.clone()),
             what_happened: match ctx.forecast {
                 Some(f) => {
-                    let unit = ctx.unit.map(|u| format!(" {u}")).unwrap_or_default();
+                    let unit = unit.map(|u| format!(" {u}")).unwrap_or_default();
                     let rate = crate::incident::num(f.per_hour.abs());
                     let sign = if f.per_hour < 0.0 { "-" } else { "+" };
                     let target = if f.configured {
@@ -240,6 +242,135 @@ mod tests {
             break_it(&mut t);
             let err = validate(&t).unwrap_err();
             assert!(err.contains(&format!("`{field}`")), "{field}: {err}");
+        }
+    }
+
+    /// Every template, with any values a detector may report: the words a technician reads
+    /// are grammatical and the numbers are written as a person would write them.
+    mod wording {
+        use super::*;
+        use crate::detect::{Anomaly, Forecast};
+        use crate::incident::Subject;
+        use proptest::prelude::*;
+
+        /// (kind, detector) of every template: the context's drift reads differently.
+        const TEMPLATES: [(FaultKind, &str); 11] = [
+            (FaultKind::Deviation, "baseline"),
+            (FaultKind::Drift, "drift"),
+            (FaultKind::Drift, "context"),
+            (FaultKind::Stuck, "flatline"),
+            (FaultKind::AboveLimit, "limit"),
+            (FaultKind::BelowLimit, "limit"),
+            (FaultKind::Pattern, "novelty"),
+            (FaultKind::Pattern, "likelihood"),
+            (FaultKind::Silent, "staleness"),
+            (FaultKind::Multivariate, "pca"),
+            (FaultKind::Multivariate, "gmm"),
+        ];
+
+        fn value() -> impl Strategy<Value = f64> {
+            prop_oneof![-1e6..1e6f64, -1.0..1.0f64, (-1e-4..1e-4f64), Just(0.0), Just(25.110000000000003)]
+        }
+
+        /// Ungrammatical or careless forms a template once produced or could produce.
+        const WRONG: [&str; 10] = [
+            "has fell",
+            "has rose",
+            "has climb ",
+            " 1 readings",
+            "the last 1 readings",
+            "its limit",
+            "NaN",
+            "inf",
+            "  ",
+            " ,",
+        ];
+
+        /// A number written with more decimals than a person would write: more than two above
+        /// 1, more than two significant digits below 1 (timestamps, whose fractions are
+        /// milliseconds, are taken out first).
+        fn long_decimal(text: &str) -> Option<String> {
+            let words = text.split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ')');
+            words
+                .filter(|w| !w.contains('T') || !w.contains(':'))
+                .find(|w| {
+                    w.split_once('.').is_some_and(|(int, frac)| {
+                        let digits: String = frac.chars().take_while(char::is_ascii_digit).collect();
+                        let significant = if int.trim_start_matches(['-', '+', '~']).trim_start_matches('0').is_empty()
+                        {
+                            digits.trim_start_matches('0').len()
+                        } else {
+                            digits.len()
+                        };
+                        int.chars().last().is_some_and(|c| c.is_ascii_digit()) && significant > 2
+                    })
+                })
+                .map(str::to_string)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn every_template_reads_right(
+                template in 0..TEMPLATES.len(),
+                value in value(),
+                expected in value(),
+                spread in 0.0..1e3f64,
+                z in -50.0..50.0f64,
+                bound in value(),
+                history in prop::option::of(0u64..500),
+                contributors in prop::collection::vec(prop::sample::select(vec!["current", "flow", "time of day", "suction_pressure"]), 0..4),
+                unit in prop::option::of(prop::sample::select(vec!["°C", "A", "mm/s", "bar", ""])),
+                anomalous in 1u64..400,
+                lasting in 0i64..400_000_000,
+                resolved in any::<bool>(),
+                forecast in prop::option::of((value(), 0.001..1e4f64, any::<bool>())),
+            ) {
+                let (kind, detector) = TEMPLATES[template];
+                let mut peak = Anomaly::new(kind, detector, 1_000 + lasting, value, 0.9);
+                if !matches!(kind, FaultKind::Stuck | FaultKind::Silent | FaultKind::AboveLimit | FaultKind::BelowLimit) {
+                    peak = peak.with_level(expected, spread, z);
+                }
+                if matches!(kind, FaultKind::Stuck | FaultKind::AboveLimit | FaultKind::BelowLimit | FaultKind::Pattern) {
+                    peak = peak.with_bound(bound.abs());
+                }
+                peak.history = history;
+                let mut names: Vec<String> = contributors.iter().map(|c| c.to_string()).collect();
+                names.dedup();
+                peak.contributors = names;
+                let subject = Subject { device: "comp-1".into(), site: Some("north".into()), metric: "discharge_temp".into() };
+                let mut inc = Incident::new(subject, 1_000, 1_000 + lasting, peak, anomalous);
+                if resolved {
+                    inc.state = IncidentState::Resolved;
+                    inc.resolved_at = Some(inc.last_anomaly_at + 600_000);
+                }
+                let asset = crate::assets::Registry::new(&Default::default(), None, &Default::default()).lookup(&inc.device);
+                let forecast = forecast.map(|(limit, per_hour, configured)| Forecast { at: inc.opened_at + 7_200_000, limit, per_hour, configured });
+                let ctx = TicketContext {
+                    unit,
+                    asset,
+                    runbook: None,
+                    checks: Vec::new(),
+                    note: None,
+                    predicted_failure_at: forecast.map(|f| f.at),
+                    forecast,
+                    needs_review: false,
+                };
+                let action = if resolved { Action::Resolve } else { Action::Open };
+                let cmd = command(&inc, action, &ctx);
+                let text = format!(
+                    "{}\n{}\n{}\n{}",
+                    cmd.ticket.title,
+                    cmd.ticket.summary,
+                    crate::ticket::render::plain_text(&crate::ticket::render::sections(&cmd.ticket)),
+                    cmd.ticket.note.clone().unwrap_or_default()
+                );
+                for wrong in WRONG {
+                    prop_assert!(!text.contains(wrong), "{wrong:?} in:\n{text}");
+                }
+                prop_assert!(long_decimal(&text).is_none(), "{:?} in:\n{text}", long_decimal(&text));
+                prop_assert!(!text.contains(" ?"), "a placeholder in:\n{text}");
+            }
         }
     }
 }

@@ -95,10 +95,13 @@ fn evidence(t: &Ticket) -> Vec<String> {
     let mut lines = vec![
         peak,
         format!(
-            "Detector {}, score {}, {} anomalous readings since {}",
+            "Detector {}, score {}, {} since {}",
             e.detector,
             num(e.score),
-            e.anomalous_readings,
+            match e.anomalous_readings {
+                1 => "1 anomalous reading".to_string(),
+                n => format!("{n} anomalous readings"),
+            },
             t.first_seen
         ),
     ];
@@ -113,7 +116,7 @@ fn priority(t: &Ticket) -> Vec<String> {
     let mut lines =
         vec![format!("{}, respond by {}, confidence {}", t.priority.as_str(), t.respond_by, num(t.confidence))];
     if let Some(at) = &t.predicted_failure_at {
-        lines.push(format!("Predicted to cross its limit at {at}"));
+        lines.push(format!("Predicted to reach the level named above at {at}, at its current rate"));
     }
     if t.flapping {
         lines.push("Flapping: opened and resolved repeatedly, held open".into());
