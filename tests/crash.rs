@@ -105,3 +105,56 @@ async fn a_slow_fault_stays_open_across_a_sigkill() {
     let opens = open_requests(&api).await;
     assert_eq!(opens.len(), 1, "one ticket for one fault: {opens:?}");
 }
+
+/// The same slow climb, arriving as a fast backfill (over two hours of event time in seconds
+/// of wall time), and the daemon killed the moment its incident opens. A wall-clock save of
+/// the learnt state comes only every 5 minutes of wall time, which a backfill never reaches:
+/// the state is also checkpointed every 5 minutes of *event* time, so after the restart the
+/// drift's healthy reference is the one learnt before the climb, and the rest of the backfill
+/// neither resolves the incident nor opens it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_during_a_fast_backfill_reopens_nothing() {
+    let broker = Mosquitto::start();
+    let api = ticket_api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &broker, &api)
+        .extra("[detect]\nbaseline = false\nflatline = false\n[detect.models]\nenabled = false\n");
+    let t0 = base_ts() - 3 * 3_600_000;
+    let at = |i: i64| t0 + i * 10_000;
+    let value = |i: i64| normal(i) + 0.02 * (i - 400).max(0) as f64;
+
+    let daemon = config.start().await;
+    let p = Publisher::connect(broker.port, "pub-backfill").await;
+    for i in 0..800 {
+        p.send("comp-1", at(i), value(i)).await;
+    }
+    daemon.wait_metric("fieldwatch_incidents_opened_total", 1).await;
+    daemon.kill9();
+
+    // The rest of the backfill (redelivered: the session is persistent), then 20 more minutes.
+    let daemon = config.start().await;
+    for i in 800..920 {
+        p.send("comp-1", at(i), value(i)).await;
+    }
+    // Until the 120 new readings and whatever of the backfill was not stored before the kill
+    // are in: the count stops growing (bounded, 30 s).
+    daemon.wait_metric("fieldwatch_readings_total", 120).await;
+    let mut last = None;
+    for _ in 0..60 {
+        let now = daemon.metric("fieldwatch_readings_total").await;
+        if now == last {
+            break;
+        }
+        last = now;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        daemon.metric("fieldwatch_incidents_resolved_total").await,
+        Some(0),
+        "the fault resolved after the restart: its reference was lost with the process; log:\n{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.metric("fieldwatch_incidents_opened_total").await, Some(0), "the fault opened a second incident");
+    let opens = open_requests(&api).await;
+    assert_eq!(opens.len(), 1, "one ticket for one fault: {opens:?}");
+}
