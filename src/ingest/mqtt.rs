@@ -47,6 +47,8 @@ const OVERSIZE_MAX: usize = 64 * 1024 * 1024;
 /// A connection that stayed up this long (or `reconnect_max`, if shorter) was a real one: the
 /// reconnect delays start again from `reconnect_min` when it drops.
 const STABLE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a stop waits for its DISCONNECT (and the acks queued before it) to go out.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// The store key saying a persistent session was established under this client id: when the
 /// broker later answers `session_present = false`, what it queued for us meanwhile is gone.
@@ -174,8 +176,11 @@ pub async fn run(
     .await;
     metrics.mqtt_connected.set(0);
     // Best effort: a clean DISCONNECT keeps the persistent session and avoids a will message.
+    // It is queued behind the last acks, so once it is out they are too: on a loaded machine
+    // that takes longer than a moment, and an ack that never left is a redelivery after the
+    // restart (deduplicated, but a waste).
     if client.try_disconnect().is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = tokio::time::timeout(DISCONNECT_WAIT, async {
             while let Ok(ev) = connection.poll().await {
                 if matches!(ev, Polled::Disconnected) {
                     break;
