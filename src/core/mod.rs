@@ -212,7 +212,9 @@ impl Core {
         // What the core tracks survives a restart: the series with stored detector state and the
         // devices with their first-heard time (for `establish_after`).
         let mut series = Vec::new();
-        for (device, metric, state) in store.detector_states::<crate::detect::SeriesState>()? {
+        for (device, metric, state) in
+            store.detector_states::<crate::detect::SeriesState, crate::detect::SeriesStateV1>()?
+        {
             detectors.restore(&device, &metric, state);
             series.push((device, metric));
         }

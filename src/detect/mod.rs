@@ -243,6 +243,21 @@ pub struct SeriesState {
     pub drift: Option<Drift>,
 }
 
+/// [`SeriesState`] as stored before the flatline learnt its rest level and repeat rate (the
+/// binary encoding is positional: an old state is read in its own layout and converted).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SeriesStateV1 {
+    baseline: Option<Baseline>,
+    flatline: Option<flatline::FlatlineV1>,
+    drift: Option<Drift>,
+}
+
+impl From<SeriesStateV1> for SeriesState {
+    fn from(old: SeriesStateV1) -> SeriesState {
+        SeriesState { baseline: old.baseline, flatline: old.flatline.map(Flatline::from), drift: old.drift }
+    }
+}
+
 impl SeriesDetectors {
     fn all(&mut self) -> impl Iterator<Item = &mut dyn SeriesDetector> {
         self.detectors

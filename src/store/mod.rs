@@ -136,13 +136,24 @@ fn decode_reading(key: &[u8], value: &[u8]) -> Result<(i64, f64), StoreError> {
 /// The first byte of a detector state in the binary encoding. A state of the fields of before
 /// with one more or one less does not read as postcard (it is not self-describing): a change to
 /// them needs a new first byte, and a conversion of the old one if it is worth keeping.
-const STATE_POSTCARD: u8 = 1;
+const STATE_POSTCARD: u8 = 2;
+/// Detector states stored before the flatline learnt its rest level and repeat rate: read in
+/// the caller's layout of then and converted.
+const STATE_POSTCARD_V1: u8 = 1;
+/// The first byte of a context reference in the binary encoding.
+const CONTEXT_POSTCARD: u8 = 1;
 
-/// A stored detector state: postcard after [`STATE_POSTCARD`], or JSON (an object, as earlier
-/// versions stored every state, ~3 times the size); `None` if it does not read as `T`.
-fn decode_state<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Option<T> {
+/// A stored state: postcard after `tag`, postcard of the layout `Old` after `old_tag`, or
+/// JSON (an object, as earlier versions stored every state, ~3 times the size); `None` if it
+/// does not read.
+fn decode_state<T, Old>(v: &[u8], tag: u8, old_tag: Option<u8>) -> Option<T>
+where
+    T: for<'de> Deserialize<'de>,
+    Old: for<'de> Deserialize<'de> + Into<T>,
+{
     match v.split_first() {
-        Some((&STATE_POSTCARD, rest)) => postcard::from_bytes(rest).ok(),
+        Some((&t, rest)) if t == tag => postcard::from_bytes(rest).ok(),
+        Some((&t, rest)) if Some(t) == old_tag => postcard::from_bytes::<Old>(rest).ok().map(Into::into),
         Some((b'{', _)) => serde_json::from_slice(v).ok(),
         _ => None,
     }
@@ -502,12 +513,18 @@ impl Store {
     /// Every stored detector state: (device, metric, state), binary or the JSON of earlier
     /// versions. States that no longer parse (an older format) are skipped: the series
     /// re-learns.
-    pub fn detector_states<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<(String, String, T)>, StoreError> {
+    /// `Old` is the layout states had before [`STATE_POSTCARD`] (converted on reading).
+    pub fn detector_states<T, Old>(&self) -> Result<Vec<(String, String, T)>, StoreError>
+    where
+        T: for<'de> Deserialize<'de>,
+        Old: for<'de> Deserialize<'de> + Into<T>,
+    {
         let mut out = Vec::new();
         for kv in self.detector_state.iter() {
             let (k, v) = kv?;
             let name = String::from_utf8_lossy(&k).into_owned();
-            if let (Some((d, m)), Some(state)) = (name.split_once('\0'), decode_state(&v)) {
+            let state = decode_state::<T, Old>(&v, STATE_POSTCARD, Some(STATE_POSTCARD_V1));
+            if let (Some((d, m)), Some(state)) = (name.split_once('\0'), state) {
                 out.push((d.to_string(), m.to_string(), state));
             }
         }
@@ -603,7 +620,7 @@ impl Store {
 
     /// Records a device's context reference (durable with the next flush).
     pub fn put_context<T: Serialize>(&self, device: &str, state: &T) -> Result<(), StoreError> {
-        self.context.insert(device.as_bytes(), postcard::to_extend(state, vec![STATE_POSTCARD])?)?;
+        self.context.insert(device.as_bytes(), postcard::to_extend(state, vec![CONTEXT_POSTCARD])?)?;
         Ok(())
     }
 
@@ -613,7 +630,7 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.context.iter() {
             let (k, v) = kv?;
-            if let Some(state) = decode_state(&v) {
+            if let Some(state) = decode_state::<T, T>(&v, CONTEXT_POSTCARD, None) {
                 out.push((String::from_utf8_lossy(&k).into_owned(), state));
             }
         }
@@ -823,8 +840,11 @@ mod tests {
     /// A series' state as the JSON of earlier versions stored it: commissioning, 50 readings in.
     const JSON_STATE: &str = r#"{"baseline":{"warmup":60,"alpha":0.0023078234729766445,"threshold":5.0,"min_relative_spread":0.002,"n":50,"mean":12.461199999999998,"var":0.044070560000000175,"last_score":0.0},"flatline":{"min_readings":30,"min_ms":300000,"last":12.75,"run_start":1700000490000,"run_len":1,"has_varied":true},"drift":{"lambda":0.1,"margin":2.0,"reference_readings":360,"reference_for_ms":3600000,"first_ts":1700000000000,"adapt_alpha":0.000034656758468698534,"min_relative_spread":0.002,"commissioning":[12.82,12.94,12.43,12.48,12.66,12.75,12.7,12.62,12.64,12.5,12.7,12.54,12.6,12.43,12.46,12.19,12.45,12.16,12.14,12.38,12.41,11.95,12.27,12.21,12.31,12.14,12.16,12.27,12.52,12.46,12.23,12.25,12.31,12.35,12.49,12.29,12.3,12.52,12.34,12.32,12.56,12.59,12.47,12.61,12.72,12.64,12.65,12.57,12.81,12.75],"excursions":{"count":0,"origin":0.0,"level":0.0,"weight":0.0,"min":0.0,"max":0.0,"upper":[],"lower":[]},"n":50,"sum":623.06,"sum_sq":7766.278799999999,"reference":null,"widening":1.0,"ewma":0.0,"last_score":0.0}}"#;
 
+    /// The same state in the binary encoding, as stored under [`STATE_POSTCARD_V1`] (hex).
+    const BINARY_STATE_V1: &str = "01013c008dec4adbe7623f0000000000001440fca9f1d24d62603f3294d4096822ec28403c33d59b6a90a63f0000000000000000011ec0cf24010000000000802940a088e7fef9620101019a9999999999b93f0000000000000040e80280bab7030180a0abfef96200c056278d2b023ffca9f1d24d62603f6170636f210300850c040106310000b247e17a14ae47f80b100058250000000000003c4000e0ffffffffffffff2f00d731ac76842e87c5db721784cd30b2ca64e5028034a44905949b713c24944d34ca9d4a3d204dd82c1a7d56e8cfbcf7fffdff00000000000000000000000000000000000000000000000000000000000000000000000000000000000000003214ae47e17a7883401fd26f5f4756be4000000000000000f03f00000000000000000000000000000000";
+
     /// The same state in the binary encoding, as stored under [`STATE_POSTCARD`] (hex).
-    const BINARY_STATE: &str = "01013c008dec4adbe7623f0000000000001440fca9f1d24d62603f3294d4096822ec28403c33d59b6a90a63f0000000000000000011ec0cf24010000000000802940a088e7fef9620101019a9999999999b93f0000000000000040e80280bab7030180a0abfef96200c056278d2b023ffca9f1d24d62603f6170636f210300850c040106310000b247e17a14ae47f80b100058250000000000003c4000e0ffffffffffffff2f00d731ac76842e87c5db721784cd30b2ca64e5028034a44905949b713c24944d34ca9d4a3d204dd82c1a7d56e8cfbcf7fffdff00000000000000000000000000000000000000000000000000000000000000000000000000000000000000003214ae47e17a7883401fd26f5f4756be4000000000000000f03f00000000000000000000000000000000";
+    const BINARY_STATE: &str = "02013c008dec4adbe7623f0000000000001440fca9f1d24d62603f3294d4096822ec28403c33d59b6a90a63f0000000000000000011ec0cf24010000000000802940a088e7fef962010100000000000000000000019a9999999999b93f0000000000000040e80280bab7030180a0abfef96200c056278d2b023ffca9f1d24d62603f6170636f210300850c040106310000b247e17a14ae47f80b100058250000000000003c4000e0ffffffffffffff2f00d731ac76842e87c5db721784cd30b2ca64e5028034a44905949b713c24944d34ca9d4a3d204dd82c1a7d56e8cfbcf7fffdff00000000000000000000000000000000000000000000000000000000000000000000000000000000000000003214ae47e17a7883401fd26f5f4756be4000000000000000f03f00000000000000000000000000000000";
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -832,26 +852,34 @@ mod tests {
 
     #[test]
     fn detector_state_is_stored_binary_and_json_of_earlier_versions_still_loads() {
-        use crate::detect::SeriesState;
+        use crate::detect::{SeriesState, SeriesStateV1};
         let store = Store::temporary().unwrap();
         let old: SeriesState = serde_json::from_str(JSON_STATE).unwrap();
         store.detector_state.insert(b"comp-1\0current", JSON_STATE.as_bytes()).unwrap();
         store.put_detector_state("comp-2", "current", &old).unwrap();
-        let loaded: Vec<(String, String, SeriesState)> = store.detector_states().unwrap();
+        let loaded: Vec<(String, String, SeriesState)> = store.detector_states::<_, SeriesStateV1>().unwrap();
         assert_eq!(loaded.len(), 2);
         for (device, metric, state) in &loaded {
             assert_eq!((metric.as_str(), state), ("current", &old), "{device}: bit for bit");
         }
-        assert_eq!(serde_json::to_string(&loaded[0].2).unwrap(), JSON_STATE, "the JSON layout is unchanged");
+        let json = serde_json::to_string(&loaded[0].2).unwrap();
+        assert_eq!(serde_json::from_str::<SeriesState>(&json).unwrap(), old, "the JSON round trips");
         let binary = store.detector_state.get(b"comp-2\0current").unwrap().unwrap();
         assert!(binary.len() * 3 < JSON_STATE.len(), "{} bytes, JSON {}", binary.len(), JSON_STATE.len());
         // What this version stores must load in the next: a change to the state's fields that
         // breaks this needs a new first byte (see STATE_POSTCARD).
         assert_eq!(hex(&binary), BINARY_STATE);
+        // A state stored in the layout of before the flatline learnt its rest level reads too.
+        let v1: Vec<u8> = (0..BINARY_STATE_V1.len() / 2)
+            .map(|i| u8::from_str_radix(&BINARY_STATE_V1[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        store.detector_state.insert(b"comp-5\0current", v1).unwrap();
+        let loaded = store.detector_states::<SeriesState, SeriesStateV1>().unwrap();
+        assert_eq!(loaded.iter().find(|l| l.0 == "comp-5").map(|l| &l.2), Some(&old), "converted bit for bit");
         // Unreadable records are skipped: the series re-learns.
         store.detector_state.insert(b"comp-3\0current", &[STATE_POSTCARD, 7, 7][..]).unwrap();
         store.detector_state.insert(b"comp-4\0current", &b"[1]"[..]).unwrap();
-        assert_eq!(store.detector_states::<SeriesState>().unwrap().len(), 2);
+        assert_eq!(store.detector_states::<SeriesState, SeriesStateV1>().unwrap().len(), 3);
     }
 
     fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
