@@ -245,7 +245,17 @@ impl DaemonProcess {
     pub async fn wait_metric_within(&self, name: &str, at_least: u64, limit: Duration, every: Duration) {
         let end = std::time::Instant::now() + limit;
         while self.metric(name).await.is_none_or(|v| v < at_least) {
-            assert!(std::time::Instant::now() < end, "{name} never reached {at_least} in {limit:?}");
+            if std::time::Instant::now() >= end {
+                // The evidence for whoever reads a failure: where it stood, and what the daemon said.
+                let now = self.metric(name).await;
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "{name} never reached {at_least} in {limit:?} (at {now:?}); the daemon's last log lines:\n{}",
+                    tail.join("\n")
+                );
+            }
             tokio::time::sleep(every).await;
         }
     }
