@@ -70,7 +70,13 @@ struct Episode {
     site: String,
     onset: i64,
     last: i64,
+    /// Anomalous readings in it: a blip of one or two is no device moving.
+    anomalies: u32,
 }
+
+/// An episode counts towards a site-wide change once it has this many anomalous readings: a
+/// healthy device's stray anomaly must not make a real fault next to it look site-wide.
+const SUSTAINED: u32 = 3;
 
 /// The episodes of every device, and when each site was last noticed.
 #[derive(Debug, Default)]
@@ -108,10 +114,14 @@ impl SiteWide {
         }
         let window = self.window_ms();
         match self.episodes.get_mut(device) {
-            Some(e) if e.site == site && ts >= e.last && ts - e.last <= window => e.last = ts,
+            Some(e) if e.site == site && ts >= e.last && ts - e.last <= window => {
+                e.last = ts;
+                e.anomalies = e.anomalies.saturating_add(1);
+            }
             Some(e) if e.site == site && ts < e.last => {}
             _ => {
-                self.episodes.insert(device.to_string(), Episode { site: site.to_string(), onset: ts, last: ts });
+                let e = Episode { site: site.to_string(), onset: ts, last: ts, anomalies: 1 };
+                self.episodes.insert(device.to_string(), e);
             }
         }
     }
@@ -127,7 +137,9 @@ impl SiteWide {
         let others = self
             .episodes
             .iter()
-            .filter(|(d, e)| d.as_str() != device && e.site == site && (e.onset - onset).abs() <= window)
+            .filter(|(d, e)| {
+                d.as_str() != device && e.site == site && e.anomalies >= SUSTAINED && (e.onset - onset).abs() <= window
+            })
             .count();
         let devices = others + 1;
         let heard = heard.max(devices);
@@ -157,7 +169,9 @@ mod tests {
     fn devices_that_begin_together_are_one_change_and_it_is_noticed_once() {
         let mut s = SiteWide::new(&SiteWideConfig::default());
         for (k, d) in ["a", "b", "c"].iter().enumerate() {
-            s.note(d, "north", k as i64 * MIN);
+            for i in 0..3 {
+                s.note(d, "north", k as i64 * MIN + i * 10_000);
+            }
         }
         let first = s.together("a", "north", 0, 10).expect("3 of 10 began within 15 min");
         assert_eq!(first, Together { devices: 3, of: 10, first: true });
@@ -173,20 +187,25 @@ mod tests {
         for t in (0..=120).step_by(1) {
             s.note("a", "north", t * MIN);
         }
-        s.note("b", "north", 118 * MIN);
-        s.note("c", "north", 119 * MIN);
+        let sustained = |s: &mut SiteWide, d: &str, at: i64| (0..3).for_each(|i| s.note(d, "north", at + i * 10_000));
+        sustained(&mut s, "b", 118 * MIN);
+        sustained(&mut s, "c", 119 * MIN);
         assert_eq!(s.together("a", "north", 0, 10), None, "its onset is not the site's");
         assert!(s.together("b", "north", 118 * MIN, 10).is_none(), "b and c only: two devices");
         s.note("d", "north", 120 * MIN);
+        assert!(s.together("b", "north", 118 * MIN, 10).is_none(), "d's one anomaly is a blip");
+        sustained(&mut s, "d", 120 * MIN + 10_000);
         assert!(s.together("b", "north", 118 * MIN, 10).is_some(), "b, c and d began together");
     }
 
     #[test]
     fn an_episode_ends_after_a_quiet_window() {
         let mut s = SiteWide::new(&SiteWideConfig::default());
-        s.note("b", "north", 0);
-        s.note("c", "north", 0);
-        s.note("a", "north", 0);
+        for i in 0..3 {
+            s.note("b", "north", i * 10_000);
+            s.note("c", "north", i * 10_000);
+            s.note("a", "north", i * 10_000);
+        }
         s.note("a", "north", 40 * MIN);
         // a's anomaly at 40 min began a new episode, and b and c began long before it.
         assert_eq!(s.together("a", "north", 40 * MIN, 10), None);
