@@ -204,7 +204,8 @@ enum Command {
         /// weekends, weather and communication gaps over this many days (see `--family`).
         #[arg(long)]
         days: Option<i64>,
-        /// The physics of a `--days` fleet: `a` (linear) or `b` (affinity laws and compression).
+        /// The physics of a `--days` fleet: `a` (linear), `b` (affinity laws and compression) or
+        /// `c` (the fleets of `b` as a PLC gateway reports them: exact zeros at rest, coarse sensors).
         #[arg(long, default_value = "a")]
         family: fieldwatch::sim::fleet::Family,
         /// Days of healthy history before a `--days` fleet's faults may start (commissioning).

@@ -11,6 +11,11 @@ const RUN_PROBABILITY: f64 = 1e-6;
 /// first long step.
 const REPEAT_WARMUP: u32 = 360;
 const WARMUP_FACTOR: u32 = 4;
+/// A series whose readings repeat the one before this often while healthy (a coarse sensor at
+/// a steady state, a report-by-exception deadband) cannot be told frozen from steady by its
+/// own readings: the flatline leaves it to the context reference, which sees a frozen metric
+/// stop following the rest of its device.
+const MAX_REPEAT_RATE: f64 = 0.5;
 /// The repeat rate is a plain mean over a series' first readings, then a moving one over about
 /// this many.
 const REPEAT_MEMORY: f64 = 2000.0;
@@ -27,7 +32,8 @@ const REPEAT_MEMORY: f64 = 2000.0;
 /// in coarse steps, or by exception with a deadband, repeats its value often while healthy.
 /// Taking each reading as a repeat of the last with the series' own repeat rate `p`, a run of
 /// `n` repeats has probability `p^n`; the series is stuck only after a run that improbable
-/// ([`RUN_PROBABILITY`]), and never before `min_readings` and `min_ms`.
+/// ([`RUN_PROBABILITY`]), and never before `min_readings` and `min_ms`. A series that repeats
+/// itself more often than not ([`MAX_REPEAT_RATE`]) is not judged by it at all.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Flatline {
     min_readings: u32,
@@ -91,7 +97,7 @@ impl Flatline {
     fn readings_needed(&self) -> u32 {
         let p = self.repeat_rate;
         let learnt = if p > 0.0 && p < 1.0 { (RUN_PROBABILITY.ln() / p.ln()).ceil() } else { 0.0 };
-        let learnt = if p >= 1.0 { f64::from(u32::MAX) } else { learnt };
+        let learnt = if p >= MAX_REPEAT_RATE { f64::from(u32::MAX) } else { learnt };
         let warming =
             if self.repeats_seen < REPEAT_WARMUP { self.min_readings.saturating_mul(WARMUP_FACTOR) } else { 0 };
         self.min_readings.max(warming).max(learnt.min(f64::from(u32::MAX)) as u32)
@@ -165,9 +171,10 @@ mod tests {
     }
 
     #[test]
-    fn a_sensor_that_reports_in_coarse_steps_needs_a_longer_run() {
+    fn a_sensor_that_reports_in_coarse_steps_is_left_to_the_context() {
         // A steady temperature read in whole degrees: it sits on one step for minutes at a
-        // time (runs of up to 40 readings), then moves a step.
+        // time (runs of up to 40 readings), then moves a step. Frozen or steady, its readings
+        // alone cannot tell.
         let mut f = Flatline::new(30, 300_000);
         let mut t = 0;
         for k in 0..300i64 {
@@ -178,10 +185,26 @@ mod tests {
                 t += 1;
             }
         }
-        assert!(f.readings_needed() > 40, "learnt: {} readings", f.readings_needed());
-        // Frozen for good (mid-range): stuck once the run is past what healthy runs make likely.
-        let hit = (0..2000).find_map(|i| f.observe((t + i) * 10_000, 71.0).map(|_| i));
-        assert!(hit.is_some_and(|i| i < 1000), "{hit:?}");
+        assert_eq!(f.readings_needed(), u32::MAX, "repeat rate {}", f.repeat_rate);
+        assert!((0..2000).all(|i| f.observe((t + i) * 10_000, 71.0).is_none()));
+    }
+
+    #[test]
+    fn a_sensor_that_sometimes_repeats_needs_a_longer_run() {
+        // Every third reading repeats the one before: a run of 30 is not that unlikely.
+        let mut f = Flatline::new(10, 100_000);
+        let mut t = 0;
+        for k in 0..600i64 {
+            let value = 50.0 + (k % 7) as f64;
+            for _ in 0..(1 + k % 2) {
+                assert!(f.observe(t * 10_000, value).is_none());
+                t += 1;
+            }
+        }
+        let needed = f.readings_needed();
+        assert!((11..40).contains(&needed), "learnt: {needed} readings, repeat rate {}", f.repeat_rate);
+        let hit = (0..200).find_map(|i| f.observe((t + i) * 10_000, 53.0).map(|_| i));
+        assert_eq!(hit, Some(i64::from(needed) - 1), "frozen mid-range: stuck after {needed} readings");
     }
 
     #[test]

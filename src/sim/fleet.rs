@@ -127,6 +127,11 @@ pub enum Family {
     /// cube); compressors on a pressure ratio (discharge temperature from the ambient through
     /// the compression, current with load and ratio).
     Physics,
+    /// The fleets of [`Family::Physics`] (the same seeds give the same machines, days and
+    /// faults) as a PLC gateway reports them: a stopped machine's current, flow and vibration
+    /// read exactly 0, and every value comes in its sensor's resolution (0.5 °C, 0.1 bar,
+    /// 0.1 A, 0.1 mm/s, 0.1 m³/h), so healthy sensors repeat themselves.
+    Gateway,
 }
 
 impl std::str::FromStr for Family {
@@ -135,7 +140,8 @@ impl std::str::FromStr for Family {
         match s {
             "a" | "linear" => Ok(Family::Linear),
             "b" | "physics" => Ok(Family::Physics),
-            _ => Err(format!("unknown fleet family `{s}` (a or linear, b or physics)")),
+            "c" | "gateway" => Ok(Family::Gateway),
+            _ => Err(format!("unknown fleet family `{s}` (a or linear, b or physics, c or gateway)")),
         }
     }
 }
@@ -200,6 +206,17 @@ fn pump(rng: &mut StdRng) -> Vec<MetricModel> {
 }
 
 const HOUR: i64 = 3_600_000;
+
+/// A value as a PLC gateway reports it (see [`Family::Gateway`]): exactly 0 for what stands
+/// still when the machine is stopped, in its sensor's resolution otherwise.
+fn gateway_reading(metric: &str, v: f64, load: f64) -> f64 {
+    let at_rest = matches!(metric, "current" | "flow" | "vibration");
+    if at_rest && load <= 0.02 {
+        return 0.0;
+    }
+    let step = if metric == "discharge_temp" { 0.5 } else { 0.1 };
+    (v / step).round() * step
+}
 
 /// A metric of the [`Family::Physics`] equipment at `load` (0..1; 0 is stopped) and `ambient`
 /// (°C from the site's mean), from the metric's rated level and gain.
@@ -451,7 +468,9 @@ impl Fleet {
                 }
             }
             let base = match family {
-                Some(Family::Physics) => physics(self.devices[device].equipment, spec, effective_load, ambient),
+                Some(Family::Physics | Family::Gateway) => {
+                    physics(self.devices[device].equipment, spec, effective_load, ambient)
+                }
                 Some(Family::Linear) if spec.name == "discharge_temp" => {
                     spec.level + spec.load_gain * effective_load + ambient
                 }
@@ -463,6 +482,9 @@ impl Fleet {
                 v = 0.0;
             }
             v += spec.noise * noise_factor * self.noise.sample(&mut self.rng);
+            if family == Some(Family::Gateway) {
+                v = gateway_reading(spec.name, v, load);
+            }
             out.push(super::transmit(&mut self.frozen[device * 4 + m], v, stuck));
         }
         out
