@@ -126,7 +126,7 @@ impl NoveltyConfig {
         if !(100..=100_000).contains(&self.memory) {
             return bad("memory", "must be between 100 and 100000 readings");
         }
-        if self.neighbours == 0 || self.neighbours * 10 > self.memory {
+        if self.neighbours == 0 || self.neighbours.saturating_mul(10) > self.memory {
             return bad("neighbours", "must be at least 1 and at most a tenth of `memory`");
         }
         if self.warmup_readings < 8 {

@@ -95,7 +95,7 @@ impl ContextConfig {
         if self.max_commissioning < self.commissioning {
             return Err(Invalid::new(key("max_commissioning"), "must be at least detect.context.commissioning"));
         }
-        if self.smoothing.is_zero() || self.smoothing * 8 > self.commissioning {
+        if self.smoothing.is_zero() || self.smoothing.checked_mul(8).is_none_or(|s| s > self.commissioning) {
             return Err(Invalid::new(key("smoothing"), "must be above 0 and at most an eighth of commissioning"));
         }
         if !(self.ridge >= 0.0 && self.ridge.is_finite()) {
@@ -107,7 +107,7 @@ impl ContextConfig {
         if self.daily_harmonics > 3 {
             return Err(Invalid::new(key("daily_harmonics"), "must be 0 to 3"));
         }
-        if self.refit_every.is_zero() || self.refit_every * 2 > self.commissioning {
+        if self.refit_every.is_zero() || self.refit_every.checked_mul(2).is_none_or(|r| r > self.commissioning) {
             return Err(Invalid::new(key("refit_every"), "must be above 0 and at most half of commissioning"));
         }
         if self.adapt_half_life < self.commissioning {
