@@ -324,3 +324,48 @@ fn a_site_that_moves_together_opens_no_device_ticket_and_one_device_alone_does()
         opened.iter().map(|i| (&i.device, &i.metric, i.opened_at - alone, &i.suppressed)).collect::<Vec<_>>()
     );
 }
+
+/// A stuck sensor freezes alone: when two of a machine's metrics repeat one value together
+/// (its gateway repeating the last values, a machine standing still), no sensor is called stuck;
+/// one metric frozen while the others go on is.
+#[test]
+fn sensors_that_freeze_together_are_not_stuck_and_one_alone_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut core = Core::new(shipped().core(), open(dir.path()), Arc::new(Metrics::new(&metric_labels()))).unwrap();
+    let mut sim = Compressor::new(7);
+    let mut transitions = Vec::new();
+    let mut frozen: Option<Vec<Reading>> = None;
+    let together = T0 + 2 * HOUR;
+    let alone = together + 2 * HOUR;
+    let mut ts = T0;
+    while ts < alone + HOUR {
+        let mut readings = sim.readings(ts, 0.6, [0.0; 4]);
+        if ts >= together && ts < together + HOUR {
+            // The gateway repeats the last values it had of every metric.
+            let last = frozen.get_or_insert_with(|| readings.clone());
+            for (r, f) in readings.iter_mut().zip(last.iter()) {
+                r.value = f.value;
+            }
+        } else if ts >= alone {
+            // Only the vibration transmitter freezes.
+            let last = frozen.get_or_insert_with(|| readings.clone());
+            readings[2].value = last[2].value;
+        } else {
+            frozen = None;
+        }
+        let mut o = BatchOutcome::default();
+        core.process_readings(&readings, ts, &mut o).unwrap();
+        transitions.extend(o.transitions);
+        ts += STEP;
+    }
+    let stuck: Vec<_> = opened(&transitions)
+        .into_iter()
+        .filter(|i| i.fault == FaultKind::Stuck)
+        .map(|i| (i.metric.clone(), i.opened_at))
+        .collect();
+    assert!(stuck.iter().all(|(_, at)| *at >= alone), "frozen together is not stuck: {stuck:?}");
+    assert!(
+        stuck.iter().any(|(m, at)| m == "vibration" && *at < alone + 15 * 60_000),
+        "one frozen alone is: {stuck:?}"
+    );
+}

@@ -525,6 +525,17 @@ impl Core {
                 self.store.put_context(&first.device, c)?;
             }
         }
+        // A stuck sensor freezes alone: another metric of the device frozen with it is the
+        // machine standing still, or its gateway repeating itself.
+        if observed.iter().any(|(_, o)| o.anomalies.iter().any(|a| a.kind == FaultKind::Stuck)) {
+            for (r, o) in observed.iter_mut() {
+                if o.anomalies.iter().any(|a| a.kind == FaultKind::Stuck)
+                    && self.detectors.frozen_besides(&r.device, &r.metric) > 0
+                {
+                    o.anomalies.retain(|a| a.kind != FaultKind::Stuck);
+                }
+            }
+        }
         let commissioning = self.detectors.commissioning(&first.device);
         if commissioning {
             for (_, o) in &mut observed {

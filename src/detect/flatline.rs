@@ -93,6 +93,11 @@ impl From<FlatlineV1> for Flatline {
 }
 
 impl Flatline {
+    /// Identical readings in a row so far (the current value's).
+    pub fn run(&self) -> u32 {
+        self.run_len
+    }
+
     /// Identical readings in a row that make this series stuck.
     fn readings_needed(&self) -> u32 {
         let p = self.repeat_rate;

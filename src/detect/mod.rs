@@ -435,6 +435,18 @@ impl DetectorBank {
 
     /// Starts a series over: fresh detectors that learn a new reference (the device runs at a
     /// new operating point). Learned false-alarm tuning is kept.
+    /// How many of `device`'s metrics other than `metric` have repeated one value for at least
+    /// `detect.flatline_readings` readings: two sensors of one machine that freeze together are
+    /// the machine standing still (or its gateway repeating itself), not two sensors stuck at once.
+    pub fn frozen_besides(&self, device: &str, metric: &str) -> usize {
+        let readings = self.config.flatline_readings;
+        self.series.get(device).map_or(0, |m| {
+            m.iter()
+                .filter(|(name, s)| name.as_str() != metric && s.flatline.as_ref().is_some_and(|f| f.run() >= readings))
+                .count()
+        })
+    }
+
     pub fn recommission(&mut self, device: &str, metric: &str) {
         let s = build(&self.config, &self.limits, &self.tuning, device, metric);
         self.series.entry_ref(device).or_default().insert(metric.to_string(), Box::new(s));
