@@ -527,13 +527,11 @@ impl Core {
         }
         // A stuck sensor freezes alone: another metric of the device frozen with it is the
         // machine standing still, or its gateway repeating itself.
-        if observed.iter().any(|(_, o)| o.anomalies.iter().any(|a| a.kind == FaultKind::Stuck)) {
-            for (r, o) in observed.iter_mut() {
-                if o.anomalies.iter().any(|a| a.kind == FaultKind::Stuck)
-                    && self.detectors.frozen_besides(&r.device, &r.metric) > 0
-                {
-                    o.anomalies.retain(|a| a.kind != FaultKind::Stuck);
-                }
+        for (r, o) in observed.iter_mut() {
+            if o.anomalies.iter().any(|a| a.kind == FaultKind::Stuck)
+                && self.detectors.frozen_besides(&r.device, &r.metric) > 0
+            {
+                o.anomalies.retain(|a| a.kind != FaultKind::Stuck);
             }
         }
         let commissioning = self.detectors.commissioning(&first.device);
@@ -560,10 +558,10 @@ impl Core {
                 o.anomalies.push(a);
             }
         }
-        let site = first.site.clone().or_else(|| self.registry.site(&first.device).map(str::to_string));
+        // The site is looked up only for an anomaly a site-wide change shows (the hot path has none).
         for (r, o) in &observed {
-            if let Some(site) = &site {
-                if o.anomalies.iter().any(|a| groupable(a.kind)) {
+            if o.anomalies.iter().any(|a| groupable(a.kind)) {
+                if let Some(site) = first.site.as_deref().or_else(|| self.registry.site(&first.device)) {
                     self.site_wide.note(&r.device, site, r.ts);
                 }
             }
@@ -579,8 +577,10 @@ impl Core {
         };
         if let Some(d) = device {
             let hit = d.anomaly.as_ref().filter(|_| !commissioning && !explained());
-            if let (Some(site), Some(_)) = (&site, hit) {
-                self.site_wide.note(&first.device, site, first.ts);
+            if hit.is_some() {
+                if let Some(site) = first.site.as_deref().or_else(|| self.registry.site(&first.device)) {
+                    self.site_wide.note(&first.device, site, first.ts);
+                }
             }
             if let Some(t) = self.incidents.observe_device(first, hit) {
                 let t = self.persist(t)?;
