@@ -369,3 +369,33 @@ fn sensors_that_freeze_together_are_not_stuck_and_one_alone_is() {
         "one frozen alone is: {stuck:?}"
     );
 }
+
+#[test]
+fn an_abrupt_break_of_several_metrics_opens_within_a_minute_at_one_hertz() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new(&metric_labels()));
+    let mut core = Core::new(shipped().core(), open(dir.path()), metrics.clone()).unwrap();
+    let mut sim = Compressor::new(11);
+    // A load that wanders through the day while commissioning, so the relations are learnt
+    // over a range; then the machine runs steady at 0.6, reporting every second.
+    let wander = |ts: i64| 0.6 + 0.2 * ((ts - T0) as f64 / (6 * HOUR) as f64 * std::f64::consts::TAU).sin();
+    let t = feed(&mut core, &mut sim, T0, T0 + COMMISSIONED, |ts| (wander(ts), [0.0; 4]));
+    assert!(opened(&t).is_empty(), "commissioning opened: {:?}", opened(&t));
+    // At `brk` its current jumps 4 A (20 times its noise) and its vibration 2 mm/s at the same
+    // load: a seizing bearing, not a new operating point.
+    let brk = T0 + COMMISSIONED + HOUR;
+    let mut transitions = Vec::new();
+    let mut ts = T0 + COMMISSIONED;
+    while ts < brk + 5 * 60_000 {
+        let extra = if ts >= brk { [0.0, 0.0, 2.0, 4.0] } else { [0.0; 4] };
+        let mut o = BatchOutcome::default();
+        core.process_readings(&sim.readings(ts, 0.6, extra), ts, &mut o).unwrap();
+        transitions.extend(o.transitions);
+        core.fit_pending(ts);
+        ts += 1_000;
+    }
+    let opened = opened(&transitions);
+    assert!(opened.iter().all(|i| i.opened_at >= brk), "opened before the break: {opened:?}");
+    let first = opened.iter().map(|i| i.opened_at).min().expect("the break opened nothing in 5 min");
+    assert!(first - brk <= 60_000, "the break opened {} s after it began: {opened:?}", (first - brk) / 1000);
+}

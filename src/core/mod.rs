@@ -150,6 +150,8 @@ const CORRELATION_MS: i64 = 5 * 60 * 1000;
 /// its reference; when most of a device's metrics do so together, it is a candidate change of
 /// operating point.
 const CO_MOVING_SCORE: f64 = 0.2;
+/// Metrics of one message off their baselines at once that an abrupt break needs.
+const ABRUPT_METRICS: usize = 2;
 /// A device is silent after this many of its own reporting intervals (when that is longer
 /// than `stale_after`).
 const SILENT_CADENCES: f64 = 5.0;
@@ -541,14 +543,30 @@ impl Core {
                     .retain(|a| matches!(a.kind, FaultKind::Stuck | FaultKind::AboveLimit | FaultKind::BelowLimit));
             }
         }
+        // An abrupt break (a bearing that seizes, a valve that slams shut): several metrics
+        // jump off their baselines at once and the device's model finds its relations clearly
+        // broken, while the device settles after the jump. It is no slow fault and no new
+        // operating point (relations hold at one): it opens after the ordinary debounce, and
+        // the context, whose word is from before the jump, does not overrule it.
+        let level = |a: &Anomaly| matches!(a.kind, FaultKind::Deviation | FaultKind::Drift);
+        let abrupt = relations_broken
+            && !commissioning
+            && observed.iter().filter(|(_, o)| o.anomalies.iter().any(level)).count() >= ABRUPT_METRICS
+            && self.detectors.context(&first.device).is_some_and(|c| c.settling(first.ts));
+        if abrupt {
+            for (_, o) in &mut observed {
+                for a in o.anomalies.iter_mut().filter(|a| level(a)) {
+                    a.abrupt = true;
+                }
+            }
+        }
         // A level the device's operating context explains (its load, the time of day, its site)
         // is not a fault: the level detectors' deviation and drift on it open nothing. The
         // context is looked up only when there is such an anomaly (the hot path has none).
-        let level = |a: &Anomaly| matches!(a.kind, FaultKind::Deviation | FaultKind::Drift);
         if !commissioning && observed.iter().any(|(_, o)| o.anomalies.iter().any(level)) {
             if let Some(c) = self.detectors.context(&first.device) {
                 for (_, o) in observed.iter_mut().filter(|(r, _)| c.explains(&r.metric, r.ts)) {
-                    o.anomalies.retain(|a| !level(a));
+                    o.anomalies.retain(|a| !level(a) || a.abrupt);
                 }
             }
         }
@@ -576,7 +594,13 @@ impl Core {
             self.detectors.context(&first.device).is_some_and(|c| c.all_within(metrics))
         };
         if let Some(d) = device {
-            let hit = d.anomaly.as_ref().filter(|_| !commissioning && !explained());
+            // The model's verdict on an abrupt break is part of it.
+            let mut hit = d.anomaly.filter(|_| !commissioning);
+            if let Some(a) = hit.as_mut() {
+                a.abrupt = abrupt;
+            }
+            let hit = hit.filter(|a| a.abrupt || !explained());
+            let hit = hit.as_ref();
             if hit.is_some() {
                 if let Some(site) = first.site.as_deref().or_else(|| self.registry.site(&first.device)) {
                     self.site_wide.note(&first.device, site, first.ts);

@@ -307,6 +307,10 @@ pub struct DeviceContext {
     /// relation.
     #[serde(default)]
     unsettled_at: i64,
+    /// Until when (event time) the smoothed values catch up after the last jump: the context
+    /// has no word on the device's present state then, neither to judge nor to explain.
+    #[serde(skip)]
+    settling_until: i64,
     /// The hours of the day (bit per hour) that commissioning has seen messages in, and those
     /// the model last fitted while commissioning had seen.
     #[serde(default)]
@@ -370,6 +374,7 @@ impl DeviceContext {
             last_excess: 0.0,
             commissioned_at: None,
             unsettled_at: ts,
+            settling_until: 0,
             hours: 0,
             fit_hours: 0,
         }
@@ -384,6 +389,12 @@ impl DeviceContext {
     /// its time of day or its site's common behaviour is off.
     pub fn all_within(&self, metrics: usize) -> bool {
         self.phase == ContextPhase::Watching && self.judges() && self.metrics.len() == metrics && self.last_excess < 0.5
+    }
+
+    /// Whether a metric jumped lately and the smoothed values have not caught up by `ts`: the
+    /// context's word on the device (judging, explaining) is then from before the jump.
+    pub fn settling(&self, ts: i64) -> bool {
+        ts < self.settling_until
     }
 
     /// Whether it judges the device at all: fitted, and with an operating context to predict
@@ -571,6 +582,7 @@ impl DeviceContext {
         });
         if jumped {
             self.unsettled_at = ts;
+            self.settling_until = ts + warm_after;
         }
         if ts - self.unsettled_at < warm_after {
             // Neither learnt from nor judged until the smoothed values have caught up.

@@ -151,6 +151,11 @@ pub struct Anomaly {
     /// The metrics that contributed most, for device-level (multivariate) detectors.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contributors: Vec<String>,
+    /// Part of an abrupt break: several of the device's metrics jumped off their baselines at
+    /// once and its relations broke. A slow kind (drift, behaviour) marked so opens after the
+    /// ordinary debounce instead of the slow one (`incident.slow_debounce_for`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abrupt: bool,
 }
 
 impl Anomaly {
@@ -169,6 +174,7 @@ impl Anomaly {
             bound: None,
             history: None,
             contributors: Vec::new(),
+            abrupt: false,
         }
     }
 

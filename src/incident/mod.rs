@@ -175,6 +175,8 @@ struct Pending {
     count: u32,
     /// Readings seen since the run began, anomalous or not (slow faults tolerate gaps).
     seen: u32,
+    /// Consecutive anomalies of the run marked [`Anomaly::abrupt`], up to the latest.
+    abrupt: u32,
     peak: Anomaly,
 }
 
@@ -333,20 +335,25 @@ impl IncidentPolicy {
                 last_seen: ts,
                 count: 0,
                 seen: 0,
+                abrupt: 0,
                 peak: a.clone(),
             });
             p.count += 1;
             p.seen += 1;
+            p.abrupt = if a.abrupt { p.abrupt + 1 } else { 0 };
             p.last_seen = ts;
             if more_severe(a, &p.peak) {
                 p.peak = a.clone();
             }
             let lasted = ts - p.first_seen;
             let persisted = if a.kind.is_slow() {
-                // ... as long as at least half of its readings were anomalous.
-                p.count >= self.config.debounce_readings
-                    && lasted >= self.config.slow_debounce_for.as_millis() as i64
-                    && p.count * 2 >= p.seen
+                // ... as long as at least half of its readings were anomalous; a strong abrupt
+                // break of several metrics at once is no slow fault, and waits only for the
+                // ordinary debounce's readings.
+                p.abrupt >= self.config.debounce_readings
+                    || p.count >= self.config.debounce_readings
+                        && lasted >= self.config.slow_debounce_for.as_millis() as i64
+                        && p.count * 2 >= p.seen
             } else {
                 !a.kind.needs_debounce()
                     || p.count >= self.config.debounce_readings
@@ -530,6 +537,26 @@ mod tests {
         assert!(p.observe(&reading(15_000, 0.0), &[]).is_empty(), "quiet period not over");
         let t = p.observe(&reading(19_000, 0.0), &[]);
         assert!(matches!(&t[..], [Transition::Resolved(i)] if i.resolved_at == Some(19_000)));
+    }
+
+    #[test]
+    fn a_slow_fault_waits_for_the_slow_debounce_unless_it_is_part_of_an_abrupt_break() {
+        let drift = |ts: i64, abrupt: bool| Anomaly {
+            abrupt,
+            ..Anomaly::new(FaultKind::Drift, "drift", ts, 1.0, 0.9).with_level(0.0, 0.1, 10.0)
+        };
+        let opened_at = |abrupt: bool| {
+            let mut p = policy();
+            (0..400).flat_map(|t| p.observe(&reading(t * 1000, 1.0), &[drift(t * 1000, abrupt)])).find_map(|t| {
+                if let Transition::Opened(i) = t {
+                    Some(i.opened_at)
+                } else {
+                    None
+                }
+            })
+        };
+        assert_eq!(opened_at(false), Some(300_000), "a drift waits for slow_debounce_for (5 min)");
+        assert_eq!(opened_at(true), Some(2_000), "a break opens after debounce_readings (3)");
     }
 
     #[test]

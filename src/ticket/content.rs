@@ -196,6 +196,7 @@ mod tests {
             z: Some(10.0),
             bound: None,
             history: None,
+            abrupt: false,
         };
         let subject = crate::incident::Subject { device: "comp-1".into(), site: None, metric: "temp".into() };
         let mut inc = Incident::new(subject, 1_000, 4_000, peak, 3);
