@@ -19,7 +19,8 @@ score: reads OUT_DIR/incidents/NAME.jsonl (what `fieldwatch replay --incidents` 
   timestamps, lines sharing an `id` merged). A row is alarmed while an incident is open
   (opened_at <= t < resolved_at; unresolved: to the end of the run). Reported:
   - per-row precision, recall (1 - missed-alarm rate), F1 and false-alarm rate (alarmed
-    healthy rows / healthy rows), summed over every scored row of every run;
+    healthy rows / healthy rows), summed over every scored row of every run, and the
+    false-alarm rate of the healthy rows before each fault alone;
   - onsets opened fast: runs whose fault onset (first anomalous row) has an incident opened
     at or after the onset and within --within seconds of it; the median delay of those;
   - runs with an incident open before the fault began (a false ticket before the fault).
@@ -124,6 +125,7 @@ def read_incidents(path):
 def score(out_dir, within, json_out):
     runs = os.path.join(out_dir, "runs")
     tp = fp = fn = tn = 0
+    pre_fp = pre_n = 0
     fast, delays, early, per_run = 0, [], 0, []
     names = sorted(os.path.basename(p)[: -len(".labels.csv")] for p in glob.glob(os.path.join(runs, "*.labels.csv")))
     if not names:
@@ -148,6 +150,9 @@ def score(out_dir, within, json_out):
                 fp += 1
             else:
                 tn += 1
+            if t < onset:
+                pre_n += 1
+                pre_fp += alarmed
         opened = sorted(o for o, _, _ in incidents if onset <= o <= onset + within)
         before = any(o < onset for o, _, _ in incidents)
         early += before
@@ -167,6 +172,7 @@ def score(out_dir, within, json_out):
         "recall": recall,
         "f1": f1,
         "false_alarm_rate": far,
+        "false_alarm_rate_before_fault": pre_fp / pre_n if pre_n else 0.0,
         "onsets_opened_within": fast,
         "within_s": within,
         "median_delay_s": statistics.median(delays) if delays else None,
@@ -177,7 +183,8 @@ def score(out_dir, within, json_out):
         d = "-" if r["opened_within"] is None else "%.0f s" % r["opened_within"]
         print("%-12s incidents %2d  opened within %ds: %-6s%s" % (
             r["run"], r["incidents"], within, d, "  (an incident before the fault)" if r["open_before_onset"] else ""))
-    print("rows: F1 %.3f (precision %.3f, recall %.3f), false alarms %.1f %% of healthy rows" % (f1, precision, recall, 100 * far))
+    print("rows: F1 %.3f (precision %.3f, recall %.3f), false alarms %.1f %% of healthy rows (%.1f %% of those before the fault; after it, an incident stays open until its quiet period ends)" % (
+        f1, precision, recall, 100 * far, 100 * pre_fp / max(pre_n, 1)))
     print("onsets opened within %d s: %d of %d (median %s s); runs with an incident before their fault: %d" % (
         within, fast, len(names), "-" if not delays else "%.0f" % statistics.median(delays), early))
     if json_out:
