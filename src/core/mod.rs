@@ -552,7 +552,7 @@ impl Core {
         let abrupt = relations_broken
             && !commissioning
             && observed.iter().filter(|(_, o)| o.anomalies.iter().any(level)).count() >= ABRUPT_METRICS
-            && self.detectors.context(&first.device).is_some_and(|c| c.settling(first.ts));
+            && self.detectors.settling(&first.device, first.ts);
         if abrupt {
             for (_, o) in &mut observed {
                 for a in o.anomalies.iter_mut().filter(|a| level(a)) {

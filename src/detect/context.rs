@@ -307,10 +307,6 @@ pub struct DeviceContext {
     /// relation.
     #[serde(default)]
     unsettled_at: i64,
-    /// Until when (event time) the smoothed values catch up after the last jump: the context
-    /// has no word on the device's present state then, neither to judge nor to explain.
-    #[serde(skip)]
-    settling_until: i64,
     /// The hours of the day (bit per hour) that commissioning has seen messages in, and those
     /// the model last fitted while commissioning had seen.
     #[serde(default)]
@@ -374,7 +370,6 @@ impl DeviceContext {
             last_excess: 0.0,
             commissioned_at: None,
             unsettled_at: ts,
-            settling_until: 0,
             hours: 0,
             fit_hours: 0,
         }
@@ -393,8 +388,8 @@ impl DeviceContext {
 
     /// Whether a metric jumped lately and the smoothed values have not caught up by `ts`: the
     /// context's word on the device (judging, explaining) is then from before the jump.
-    pub fn settling(&self, ts: i64) -> bool {
-        ts < self.settling_until
+    pub fn settling(&self, config: &ContextConfig, ts: i64) -> bool {
+        self.phase == ContextPhase::Watching && ts - self.unsettled_at < warm_after(config)
     }
 
     /// Whether it judges the device at all: fitted, and with an operating context to predict
@@ -559,7 +554,7 @@ impl DeviceContext {
             m.last_ts = Some(ts);
             m.last_value = value;
         }
-        let warm_after = (WARM_TAUS * tau) as i64;
+        let warm_after = warm_after(config);
         if self.phase == ContextPhase::Commissioning {
             // The range each metric has shown: new regions extend commissioning, and jumps are
             // measured against it.
@@ -582,7 +577,6 @@ impl DeviceContext {
         });
         if jumped {
             self.unsettled_at = ts;
-            self.settling_until = ts + warm_after;
         }
         if ts - self.unsettled_at < warm_after {
             // Neither learnt from nor judged until the smoothed values have caught up.
@@ -761,6 +755,12 @@ impl DeviceContext {
             self.start_watching(config, last);
         }
     }
+}
+
+/// How long the smoothed values take to catch up with the raw ones (after a jump, a gap, the
+/// first reading).
+fn warm_after(config: &ContextConfig) -> i64 {
+    (WARM_TAUS * config.smoothing.as_millis().max(1) as f64) as i64
 }
 
 /// The bit of the hour of the day (UTC) of `ts`.

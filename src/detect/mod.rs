@@ -368,6 +368,12 @@ impl DetectorBank {
             && self.contexts.get(device).is_none_or(|c| c.phase() == ContextPhase::Commissioning)
     }
 
+    /// Whether the device's context reference has no word on its present state: a metric
+    /// jumped and the smoothed values have not caught up (see [`DeviceContext::settling`]).
+    pub fn settling(&self, device: &str, ts: i64) -> bool {
+        self.contexts.get(device).is_some_and(|c| c.settling(&self.config.context, ts))
+    }
+
     /// A device's context reference, once it has one.
     pub fn context(&self, device: &str) -> Option<&DeviceContext> {
         self.contexts.get(device)
