@@ -39,8 +39,13 @@ async fn a_new_device_commissions_keeps_that_state_across_a_restart_and_then_is_
     daemon.signal("TERM");
     assert!(daemon.wait().success());
 
-    // Restarted: still commissioning, since the same time.
+    // Restarted: still commissioning, since the same time, with the metric it reports.
     let daemon = config.start().await;
+    let (status, body) = daemon.get("/api/devices").await.expect("the admin API answers");
+    assert_eq!(status, 200, "{body}");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let comp = list.iter().find(|d| d["device"] == "comp-1").unwrap_or_else(|| panic!("comp-1 not in {body}"));
+    assert_eq!(comp["metrics"], serde_json::json!(["discharge_temp"]), "{body}");
     let (state, since) = state_of(&daemon, "comp-1").await;
     assert_eq!(state, "commissioning");
     assert_eq!(since, Some(t0), "commissioning began with the first message, before the restart");

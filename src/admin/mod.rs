@@ -326,7 +326,7 @@ pub struct DeviceSummary {
     pub commissioning_since: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commissioned_at: Option<i64>,
-    /// The metrics its context reference covers.
+    /// The metrics it has reported (stored series), by name.
     #[serde(default)]
     pub metrics: Vec<String>,
 }
@@ -336,6 +336,10 @@ pub struct DeviceSummary {
 pub fn device_summaries(store: &Store, commissions: bool) -> Result<Vec<DeviceSummary>, crate::store::StoreError> {
     use crate::detect::{ContextPhase, DeviceContext};
     let contexts: std::collections::HashMap<String, DeviceContext> = store.contexts()?.into_iter().collect();
+    let mut reported: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    for (_, device, metric) in store.all_series()? {
+        reported.entry(device).or_default().push(metric);
+    }
     let mut out: Vec<DeviceSummary> = store
         .devices()?
         .into_iter()
@@ -351,7 +355,11 @@ pub fn device_summaries(store: &Store, commissions: bool) -> Result<Vec<DeviceSu
                 first_heard,
                 commissioning_since: ctx.map(DeviceContext::started_at),
                 commissioned_at: ctx.and_then(DeviceContext::commissioned_at),
-                metrics: ctx.map(|c| c.metric_names().map(str::to_string).collect()).unwrap_or_default(),
+                metrics: {
+                    let mut m = reported.remove(&device).unwrap_or_default();
+                    m.sort();
+                    m
+                },
                 device,
             }
         })
