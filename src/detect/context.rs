@@ -424,11 +424,6 @@ impl DeviceContext {
         self.commissioned_at
     }
 
-    /// The metrics it covers.
-    pub fn metric_names(&self) -> impl Iterator<Item = &str> {
-        self.metrics.iter().map(|m| m.name.as_str())
-    }
-
     /// How many metrics it covers.
     pub fn len(&self) -> usize {
         self.metrics.len()
