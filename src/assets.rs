@@ -252,6 +252,13 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Makes `asset`'s ticket the lowest priority, with that priority's respond-by time: a
+    /// notice (a whole site's change of operating context), not a device's fault.
+    pub fn lowest_priority(&self, asset: &mut AssetInfo) {
+        asset.priority = Priority::P4;
+        asset.respond_within = self.priority.respond_within(Priority::P4);
+    }
+
     /// Builds the registry from inline config plus the content of `assets.file`, if any.
     pub fn new(assets: &AssetsConfig, extra: Option<&AssetsFile>, priority: &PriorityConfig) -> Registry {
         let extra = extra.cloned().unwrap_or_default();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use fieldwatch::core::{metric_labels, BatchOutcome, Core};
 use fieldwatch::detect::FaultKind;
-use fieldwatch::incident::{Incident, Transition};
+use fieldwatch::incident::{Incident, SiteNotice, Transition};
 use fieldwatch::metrics::Metrics;
 use fieldwatch::reading::Reading;
 use fieldwatch::store::Store;
@@ -277,13 +277,15 @@ fn a_device_is_silent_against_its_own_reporting_cadence() {
 }
 
 /// Six compressors at one site, commissioned; then the site's cooling water warms and every
-/// discharge temperature runs 8 °C above what its load predicts, all within minutes: one change
-/// of the site, not six faults. Later the same on one compressor alone is a fault.
-#[test]
-fn a_site_that_moves_together_opens_no_device_ticket_and_one_device_alone_does() {
+/// discharge temperature runs 8 °C above what its load predicts, all within minutes; later the
+/// same on one compressor alone. What opened, the metrics, the site's change and the lone
+/// fault's start (event time).
+fn site_change_then_one_alone(notice: SiteNotice) -> (Vec<Transition>, Arc<Metrics>, i64, i64) {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(Metrics::new(&metric_labels()));
-    let mut core = Core::new(shipped().core(), open(dir.path()), metrics.clone()).unwrap();
+    let mut config = shipped();
+    config.incident.site_wide.notice = notice;
+    let mut core = Core::new(config.core(), open(dir.path()), metrics.clone()).unwrap();
     let mut sims: Vec<Compressor> =
         (0..6).map(|k| Compressor::at(10 + k, &format!("comp-{k}"), Some("north"))).collect();
     let step = 30_000;
@@ -306,6 +308,14 @@ fn a_site_that_moves_together_opens_no_device_ticket_and_one_device_alone_does()
         }
         ts += step;
     }
+    (transitions, metrics, site_change, alone)
+}
+
+/// A site that moves together is one change of the site, not six faults; later the same on one
+/// compressor alone is a fault.
+#[test]
+fn a_site_that_moves_together_opens_no_device_ticket_and_one_device_alone_does() {
+    let (transitions, metrics, site_change, alone) = site_change_then_one_alone(SiteNotice::Log);
     let opened = opened(&transitions);
     let ticketed: Vec<&Incident> = opened.iter().copied().filter(|i| i.suppressed.is_none()).collect();
     let grouped: Vec<&Incident> =
@@ -318,11 +328,35 @@ fn a_site_that_moves_together_opens_no_device_ticket_and_one_device_alone_does()
     assert!(early.is_empty(), "the site's change opened device tickets: {early:?}");
     assert!(grouped.len() >= 3, "the devices that moved together are recorded as one change: {grouped:?}");
     assert_eq!(metrics.site_wide_changes.get(), 1, "the site is noticed once");
+    assert!(opened.iter().all(|i| i.site_notice.is_none()), "a notice in the log only, by default");
     assert!(
         ticketed.iter().any(|i| i.device == "comp-0" && i.opened_at >= alone),
         "one compressor alone is a fault: {:?}",
         opened.iter().map(|i| (&i.device, &i.metric, i.opened_at - alone, &i.suppressed)).collect::<Vec<_>>()
     );
+}
+
+/// With `incident.site_wide.notice = "ticket"` the site's change is one ticket, the site's
+/// notice; the devices' own incidents open none, and the lone fault later opens its own.
+#[test]
+fn a_site_wide_change_can_be_one_ticket_for_the_site() {
+    let (transitions, metrics, _, alone) = site_change_then_one_alone(SiteNotice::Ticket);
+    let opened = opened(&transitions);
+    let ticketed: Vec<&Incident> = opened.iter().copied().filter(|i| i.suppressed.is_none()).collect();
+    let notices: Vec<&Incident> = ticketed.iter().copied().filter(|i| i.site_notice.is_some()).collect();
+    assert_eq!(notices.len(), 1, "one notice for the change: {notices:?}");
+    assert!(notices[0]
+        .site_notice
+        .as_deref()
+        .is_some_and(|n| n.contains("devices at north began to deviate together")));
+    assert_eq!(metrics.site_wide_changes.get(), 1);
+    let devices: Vec<_> = ticketed
+        .iter()
+        .filter(|i| i.site_notice.is_none() && i.opened_at < alone)
+        .map(|i| (&i.device, &i.metric))
+        .collect();
+    assert!(devices.is_empty(), "no device ticket besides the notice: {devices:?}");
+    assert!(ticketed.iter().any(|i| i.device == "comp-0" && i.opened_at >= alone && i.site_notice.is_none()));
 }
 
 /// A stuck sensor freezes alone: when two of a machine's metrics repeat one value together

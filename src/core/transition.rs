@@ -8,7 +8,7 @@ use super::checks::SENSOR_READINGS;
 use super::{Core, ACTUAL, DEDUP, FLAPPING, PREDICTED};
 use crate::assets::AssetInfo;
 use crate::detect::{time_to_limit, FaultKind, Forecast, Limit};
-use crate::incident::{Incident, Transition, UpdateReason};
+use crate::incident::{Incident, SiteNotice, Transition, UpdateReason};
 use crate::metrics::{KindLabel, ReasonLabel, TierLabel};
 use crate::store::{Route, Store, StoreError};
 use crate::suppress::Suppression;
@@ -34,13 +34,21 @@ impl Core {
             Transition::Resolved(_) | Transition::Closed(..) => Action::Resolve,
         };
         let (inc, why) = t.parts_mut();
-        let asset = self.registry.lookup(&inc.device);
+        let mut asset = self.registry.lookup(&inc.device);
         let site = inc.site.clone().or_else(|| self.registry.site(&inc.device).map(str::to_string));
         let recent = self.recent_readings(inc)?;
         match action {
-            Action::Open => self.opening(inc, &asset, site.as_deref(), &recent)?,
-            Action::Update => self.updating(inc, &asset, why),
+            Action::Open => self.opening(inc, &mut asset, site.as_deref(), &recent)?,
+            Action::Update => {
+                if inc.site_notice.is_some() {
+                    self.registry.lowest_priority(&mut asset);
+                }
+                self.updating(inc, &asset, why)
+            }
             Action::Resolve => {
+                if inc.site_notice.is_some() {
+                    self.registry.lowest_priority(&mut asset);
+                }
                 self.metrics.incidents_resolved.inc();
             }
         }
@@ -88,20 +96,24 @@ impl Core {
     fn opening(
         &mut self,
         inc: &mut Incident,
-        asset: &AssetInfo,
+        asset: &mut AssetInfo,
         site: Option<&str>,
         recent: &RecentReadings,
     ) -> Result<(), StoreError> {
         inc.recent = recent.until(inc.opened_at, self.evidence_readings)?;
-        // People respond from when the ticket is raised (wall clock), also for back-filled or
-        // replayed readings whose event time lies in the past.
         let now = (self.clock)();
-        let raised = now.max(inc.opened_at);
-        inc.respond_by = Some(raised + asset.respond_within.as_millis() as i64);
         inc.suppressed = self.suppressor.on_open(inc, site, now);
         if let (None, Some(site)) = (&inc.suppressed, site) {
             inc.suppressed = self.site_wide(inc, site);
         }
+        if inc.site_notice.is_some() {
+            // The site's notice, not a device's fault: at the lowest priority.
+            self.registry.lowest_priority(asset);
+        }
+        // People respond from when the ticket is raised (wall clock), also for back-filled or
+        // replayed readings whose event time lies in the past.
+        let raised = now.max(inc.opened_at);
+        inc.respond_by = Some(raised + asset.respond_within.as_millis() as i64);
         if let Some(s) = &inc.suppressed {
             self.count_suppressed(s.label());
         }
@@ -117,7 +129,7 @@ impl Core {
 
     /// Whether the incident is part of a change of its whole site (see `incident::site_wide`):
     /// then it opens no ticket of its own, and the change's first incident gives the site's notice.
-    fn site_wide(&mut self, inc: &Incident, site: &str) -> Option<Suppression> {
+    fn site_wide(&mut self, inc: &mut Incident, site: &str) -> Option<Suppression> {
         if !crate::incident::groupable(inc.fault) {
             return None;
         }
@@ -131,9 +143,13 @@ impl Core {
                 together.devices, together.of
             );
         }
-        Some(Suppression::SiteWide {
-            reason: format!("{} of {} devices at {site} began to deviate together", together.devices, together.of),
-        })
+        let reason = format!("{} of {} devices at {site} began to deviate together", together.devices, together.of);
+        if together.first && self.site_wide.notice() == SiteNotice::Ticket {
+            // This incident's ticket is the site's notice.
+            inc.site_notice = Some(reason);
+            return None;
+        }
+        Some(Suppression::SiteWide { reason })
     }
 
     /// An update of an open ticket: numbered, and counted by why it is sent.

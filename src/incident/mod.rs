@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::detect::{Anomaly, FaultKind};
 use crate::reading::Reading;
 pub use config::IncidentConfig;
-pub use site_wide::{groupable, SiteWide, SiteWideConfig, Together};
+pub use site_wide::{groupable, SiteNotice, SiteWide, SiteWideConfig, Together};
 
 pub(crate) use summary::num;
 pub use summary::{describe, format_duration};
@@ -89,6 +89,10 @@ pub struct Incident {
     /// What happened to the incident, in order: `(time ms, event)`.
     #[serde(default)]
     pub timeline: Vec<(i64, String)>,
+    /// This incident opened a site-wide change and its ticket is the site's notice
+    /// (`incident.site_wide.notice = "ticket"`): what moved together, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_notice: Option<String>,
 }
 
 /// Who an incident is about: device, site and metric.
@@ -130,6 +134,7 @@ impl Incident {
             updates: 0,
             verdict: None,
             timeline: Vec::new(),
+            site_notice: None,
         }
     }
 

@@ -5,6 +5,10 @@
 //! `fieldwatch_site_wide_changes_total`. Alertmanager's grouping and inhibition are the model:
 //! alerts that share a cause are grouped, and the group's notice stands in for its members.
 //!
+//! With `notice = "ticket"` the notice is also a ticket: the change's first incident is sent,
+//! at the lowest priority, as the site's notice (what moved together, since when, what to
+//! check), and resolves with it; the others stay recorded without tickets.
+//!
 //! A device's *episode* is its run of anomalies of the kinds a change of operating context
 //! shows (deviation, drift, pattern, a device model's verdict), from its onset until it has been
 //! quiet for `window`. An incident opening is part of a site-wide change when, counting its own
@@ -34,11 +38,31 @@ pub struct SiteWideConfig {
     /// Onsets this close together are together; an episode ends after this long without anomaly.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
+    /// How a change is made known: `log` (a warning and a count) or `ticket` (also one
+    /// low-priority ticket for the site, through the sinks).
+    pub notice: SiteNotice,
+}
+
+/// How a site-wide change is made known.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SiteNotice {
+    /// A warning in the log and `fieldwatch_site_wide_changes_total`.
+    #[default]
+    Log,
+    /// The same, and the change's first incident is sent as one ticket for the site.
+    Ticket,
 }
 
 impl Default for SiteWideConfig {
     fn default() -> Self {
-        Self { enabled: true, min_devices: 3, share: 0.25, window: Duration::from_secs(15 * 60) }
+        Self {
+            enabled: true,
+            min_devices: 3,
+            share: 0.25,
+            window: Duration::from_secs(15 * 60),
+            notice: SiteNotice::Log,
+        }
     }
 }
 
@@ -101,6 +125,11 @@ pub struct Together {
 impl SiteWide {
     pub fn new(config: &SiteWideConfig) -> SiteWide {
         SiteWide { config: config.clone(), ..SiteWide::default() }
+    }
+
+    /// How a change is made known.
+    pub fn notice(&self) -> SiteNotice {
+        self.config.notice
     }
 
     fn window_ms(&self) -> i64 {

@@ -48,11 +48,40 @@ fn default_steps(inc: &Incident) -> Vec<String> {
     }
 }
 
+/// The title and summary of a site's notice (see `incident::site_wide`): what moved together
+/// and since when, said as a change of the site, with the device it was first seen on.
+fn site_notice(inc: &Incident, change: &str) -> (String, String) {
+    let site = inc.site.as_deref().unwrap_or("the site");
+    (
+        format!("{site}: devices changed together (site-wide change)"),
+        format!(
+            "{change} since {}, first {} ({} {}): a change of the whole site's operating context, such as the weather, a plant-wide change of load or product, or a shared supply, rather than a fault of each device. Their incidents are recorded and open no tickets of their own; this notice stands for them",
+            format_ts(inc.first_seen),
+            inc.device,
+            inc.metric,
+            inc.fault.as_str()
+        ),
+    )
+}
+
+/// What to do about a site's notice.
+fn site_steps(inc: &Incident) -> Vec<String> {
+    let site = inc.site.as_deref().unwrap_or("the site");
+    vec![
+        format!("Confirm what changed at {site} at that time: weather, production plan or set points, a shared utility (power, cooling water, supply pressure)"),
+        "If nothing explains it, check what the devices share before inspecting each one".into(),
+        "List the grouped incidents with `fieldwatch incidents`; a device whose fault begins on its own still opens its own ticket".into(),
+    ]
+}
+
 /// The command for an incident change.
 pub fn command(inc: &Incident, action: Action, ctx: &TicketContext) -> TicketCommand {
     // A unit configured empty is no unit.
     let unit = ctx.unit.filter(|u| !u.trim().is_empty());
-    let (title, summary) = describe(inc, unit);
+    let (title, summary) = match &inc.site_notice {
+        Some(change) => site_notice(inc, change),
+        None => describe(inc, unit),
+    };
     let p = &inc.peak;
     // Every command of an incident's life has its own key: updates are numbered, and each
     // resolve is numbered by the reopen it ends (a receiver that honours the key must not take
@@ -64,6 +93,7 @@ pub fn command(inc: &Incident, action: Action, ctx: &TicketContext) -> TicketCom
     };
     let respond_by = inc.respond_by.unwrap_or(inc.opened_at + ctx.asset.respond_within.as_millis() as i64);
     let (next_steps, runbook_link) = match ctx.runbook {
+        _ if inc.site_notice.is_some() => (site_steps(inc), None),
         Some(r) => (r.steps.clone(), r.link.clone()),
         None => (default_steps(inc), None),
     };
@@ -221,6 +251,40 @@ mod tests {
         assert!(keys.insert(command(&inc, Action::Resolve, &ctx).idempotency_key), "{keys:?}");
         // The same command again (a retry) has the same key.
         assert!(!keys.insert(command(&inc, Action::Resolve, &ctx).idempotency_key));
+    }
+
+    #[test]
+    fn a_site_notice_reads_as_the_sites_change_with_what_to_check() {
+        let peak = crate::detect::Anomaly::new(FaultKind::Drift, "context", 1_000, 52.0, 0.9);
+        let subject = crate::incident::Subject {
+            device: "comp-3".into(),
+            site: Some("north".into()),
+            metric: "discharge_temp".into(),
+        };
+        let mut inc = Incident::new(subject, 1_000, 4_000, peak, 3);
+        inc.site_notice = Some("4 of 10 devices at north began to deviate together".into());
+        let registry = crate::assets::Registry::new(&Default::default(), None, &Default::default());
+        let mut asset = registry.lookup(&inc.device);
+        registry.lowest_priority(&mut asset);
+        let ctx = TicketContext {
+            unit: Some("°C"),
+            asset,
+            runbook: None,
+            checks: Vec::new(),
+            note: None,
+            predicted_failure_at: None,
+            forecast: None,
+            needs_review: false,
+        };
+        let t = command(&inc, Action::Open, &ctx).ticket;
+        assert_eq!(t.title, "north: devices changed together (site-wide change)");
+        assert!(t.summary.starts_with("4 of 10 devices at north began to deviate together since "), "{}", t.summary);
+        assert!(
+            t.summary.contains("first comp-3 (discharge_temp drift)")
+                && t.summary.contains("rather than a fault of each")
+        );
+        assert!(t.next_steps[0].starts_with("Confirm what changed at north"), "{:?}", t.next_steps);
+        assert_eq!(t.priority, crate::assets::Priority::P4);
     }
 
     #[test]
