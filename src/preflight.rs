@@ -109,7 +109,8 @@ pub fn check(config: &Config) -> Vec<Finding> {
     if config.decode.device_field.is_none() {
         if let Some(pattern) = &config.decode.topic_pattern {
             for (i, filter) in config.mqtt.topics.iter().enumerate() {
-                if !can_match(filter, pattern) {
+                let sparkplug = config.decode.sparkplug.is_some() && filter.starts_with("spBv1.0/");
+                if !sparkplug && !can_match(filter, pattern) {
                     out.push(warning(
                         format!("mqtt.topics[{i}]"),
                         format!("`{filter}` can never match decode.topic_pattern `{pattern}`: every message on it would be rejected (no_device)"),

@@ -27,7 +27,7 @@ use super::link::Polled;
 pub use super::link::{connect, Ack, Client, Connection, IngestError};
 use super::LinkState;
 use crate::backoff::backoff;
-use crate::decode::{Decoded, Decoder};
+use crate::decode::{Decoded, Decoder, Publish};
 use crate::metrics::Metrics;
 use crate::reading::{now_ms, Message};
 use crate::store::Store;
@@ -113,7 +113,10 @@ pub async fn run(
             }
             Ok(Polled::Message { topic, payload, ack }) => {
                 tracing::trace!(%topic, ?ack, "received");
-                let message = decoder.decode_message(Message { topic, payload, received_ms: now_ms() });
+                let mut message = decoder.decode_message(Message { topic, payload, received_ms: now_ms() });
+                if let Some(request) = message.publish.take() {
+                    request_rebirth(&client, request, &metrics);
+                }
                 let send = tokio::select! {
                     _ = cancel.cancelled() => break,
                     r = tx.send(Inbound { message, ack }) => r,
@@ -188,6 +191,18 @@ pub async fn run(
             }
         })
         .await;
+    }
+}
+
+/// Publishes a Sparkplug rebirth request the decoder asked for (`decode.sparkplug.request_rebirth`);
+/// logged and counted here only.
+fn request_rebirth(client: &Client, request: Publish, metrics: &Metrics) {
+    match client.try_publish(&request.topic, request.payload) {
+        Ok(()) => {
+            metrics.sparkplug_rebirths_requested.inc();
+            tracing::info!(topic = %request.topic, why = request.why, "asked a Sparkplug edge node to rebirth");
+        }
+        Err(e) => tracing::warn!(topic = %request.topic, error = %e, "cannot queue a Sparkplug rebirth request"),
     }
 }
 
