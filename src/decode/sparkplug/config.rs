@@ -20,13 +20,24 @@ pub struct SparkplugConfig {
     /// out of step is asked again, not flooded.
     #[serde(with = "humantime_serde")]
     pub rebirth_interval: Duration,
+    /// Eclipse Tahu's Python client, and the libraries built on it (mqtt-spb-wrapper), send an
+    /// NDEATH whose `bdSeq` is one below their NBIRTH's. Set for such edge nodes: a death with
+    /// the NBIRTH's `bdSeq` or the one before ends the session (a late NDEATH of an earlier
+    /// session then goes unnoticed only if it is exactly one below). Off: the `bdSeq` must
+    /// match, as Sparkplug 3.0 has it.
+    pub legacy_bd_seq: bool,
     /// The site of each group id (`group -> site`); a group not listed is its own site.
     pub sites: BTreeMap<String, String>,
 }
 
 impl Default for SparkplugConfig {
     fn default() -> Self {
-        Self { request_rebirth: false, rebirth_interval: Duration::from_secs(10), sites: BTreeMap::new() }
+        Self {
+            request_rebirth: false,
+            rebirth_interval: Duration::from_secs(10),
+            legacy_bd_seq: false,
+            sites: BTreeMap::new(),
+        }
     }
 }
 

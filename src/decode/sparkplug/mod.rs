@@ -174,6 +174,7 @@ impl SparkplugDecoder {
             site: &site,
             found: Found::default(),
             stale: None,
+            legacy_bd_seq: self.config.legacy_bd_seq,
         };
         let result = match topic.kind {
             Kind::NBirth => sessions.birth(&node_id).and_then(|node| step.node_birth(node)),
@@ -253,6 +254,8 @@ struct Step<'a> {
     found: Found,
     /// Why the node's session is out of step, if it is.
     stale: Option<&'static str>,
+    /// `decode.sparkplug.legacy_bd_seq`.
+    legacy_bd_seq: bool,
 }
 
 impl Step<'_> {
@@ -272,7 +275,8 @@ impl Step<'_> {
             return Ok(());
         };
         if let (Some(theirs), Some(ours)) = (bd_seq, node.bd_seq) {
-            if theirs != ours {
+            let one_below = self.legacy_bd_seq && theirs.wrapping_add(1) % 256 == ours % 256;
+            if theirs != ours && !one_below {
                 return Err(RejectReason::SparkplugOldDeath { death: theirs, session: ours });
             }
         }
@@ -300,10 +304,10 @@ impl Step<'_> {
         if !node.born {
             return Err(self.not_born());
         }
-        let seq = self.seq();
+        let (seq, last) = (self.seq(), node.seq);
         if !node.next_seq(seq) {
             self.stale = Some("sequence gap");
-            tracing::debug!(node = %self.device, ?seq, "sparkplug sequence gap");
+            tracing::debug!(device = %self.device, ?seq, ?last, "Sparkplug sequence gap");
         }
         match kind {
             Kind::DBirth => {

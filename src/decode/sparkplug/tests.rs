@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use prost::Message as _;
 
 use super::proto::{DataSet, DataType, Metric, MetricValue, Payload};
@@ -8,11 +6,11 @@ use super::*;
 const NOW: i64 = 1_700_000_000_000;
 
 fn decoder(request_rebirth: bool) -> SparkplugDecoder {
-    let cfg = SparkplugConfig {
-        request_rebirth,
-        rebirth_interval: Duration::from_secs(10),
-        sites: [("plantA".to_string(), "north".to_string())].into(),
-    };
+    decoder_with(SparkplugConfig { request_rebirth, ..SparkplugConfig::default() })
+}
+
+fn decoder_with(cfg: SparkplugConfig) -> SparkplugDecoder {
+    let cfg = SparkplugConfig { sites: [("plantA".to_string(), "north".to_string())].into(), ..cfg };
     SparkplugDecoder::new(&cfg, 64 * 1024)
 }
 
@@ -286,4 +284,21 @@ fn the_group_is_the_site_unless_mapped() {
     let p = payload(Some(0), vec![metric(Some("v"), None, DataType::Double, MetricValue::DoubleValue(1.0))]);
     let o = d.decode(&msg("spBv1.0/other/NBIRTH/gw9", p), None);
     assert_eq!(o.readings.unwrap()[0].site.as_deref(), Some("other"));
+}
+
+#[test]
+fn legacy_nodes_end_their_session_with_the_bd_seq_before_their_births() {
+    let death = |d: &SparkplugDecoder, bd: u64| {
+        let p = payload(None, vec![metric(Some("bdSeq"), None, DataType::Int64, MetricValue::LongValue(bd))]);
+        d.decode(&msg("spBv1.0/plantA/NDEATH/gw1", p), None)
+    };
+    let strict = decoder(false);
+    nbirth(&strict, 0);
+    assert_eq!(death(&strict, 255).readings.unwrap_err().label(), "sparkplug_old_death");
+    let legacy = decoder_with(SparkplugConfig { legacy_bd_seq: true, ..SparkplugConfig::default() });
+    nbirth(&legacy, 5);
+    assert_eq!(death(&legacy, 3).readings.unwrap_err().label(), "sparkplug_old_death");
+    assert_eq!(death(&legacy, 4).presence.len(), 1, "one below the NBIRTH's ends the session");
+    nbirth(&legacy, 0);
+    assert_eq!(death(&legacy, 255).presence.len(), 1, "and wraps");
 }
