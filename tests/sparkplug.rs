@@ -320,3 +320,23 @@ async fn bad_sparkplug_input_is_rejected_by_reason_and_the_neighbours_readings_f
     assert_eq!(status, 200);
     big_task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_births_taught_outlives_a_daemon_restart() {
+    let (broker, dir) = (Mosquitto::start(), tempfile::tempdir().unwrap());
+    let config = config(&broker, &dir);
+    let mut daemon = config.start().await;
+    let mut node = EdgeNode::connect(broker.port, 0).await;
+    node.birth().await;
+    node.data(70.0).await;
+    daemon.wait_metric("fieldwatch_readings_total", 3).await;
+    daemon.signal("TERM");
+    assert!(daemon.wait().success());
+    // DATA by alias while the daemon is away (queued on its persistent session) and after.
+    node.data(70.5).await;
+    let daemon = config.start().await;
+    node.data(71.0).await;
+    daemon.wait_metric("fieldwatch_readings_total", 2).await;
+    assert_eq!(daemon.metric("fieldwatch_rejected_messages_total").await, Some(0), "{}", daemon.log());
+    assert_eq!(daemon.metric("fieldwatch_sparkplug_rebirths_requested_total").await, Some(0));
+}

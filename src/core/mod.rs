@@ -308,7 +308,7 @@ impl Core {
     /// [`Core::process_messages`] for messages decoded already, with [`Core::decoder`].
     pub fn process_decoded(&mut self, batch: Vec<Decoded>) -> Result<BatchOutcome, StoreError> {
         let mut out = BatchOutcome::default();
-        for Decoded { message, readings, ignored, partial, skipped, presence, publish: _ } in batch {
+        for Decoded { message, readings, ignored, partial, skipped, presence, .. } in batch {
             self.metrics.messages.inc();
             if skipped > 0 {
                 self.count_skipped(&message.topic, skipped);

@@ -174,12 +174,24 @@ pub struct Decoded {
     pub presence: Vec<Presence>,
     /// A Sparkplug rebirth request for the ingest task to publish.
     pub publish: Option<Publish>,
+    /// The Sparkplug edge node whose session this message changed, for the ingest task to keep
+    /// ([`Decoder::sparkplug_saved`]).
+    pub session_changed: Option<String>,
 }
 
 impl Decoded {
     /// A JSON message's outcome: readings (or a rejection) and the ignored fields, nothing more.
     fn json(message: Message, readings: Result<Vec<Reading>, RejectReason>, ignored: Vec<IgnoredField>) -> Decoded {
-        Decoded { message, readings, ignored, partial: None, skipped: 0, presence: Vec::new(), publish: None }
+        Decoded {
+            message,
+            readings,
+            ignored,
+            partial: None,
+            skipped: 0,
+            presence: Vec::new(),
+            publish: None,
+            session_changed: None,
+        }
     }
 }
 
@@ -260,6 +272,7 @@ impl Decoder {
                 skipped: o.skipped,
                 presence: o.presence,
                 publish: o.publish,
+                session_changed: o.session_changed,
             };
         }
         let mut ignored = Vec::new();
@@ -273,6 +286,18 @@ impl Decoder {
             return sp.decode(msg, self.max_age_ms).readings;
         }
         self.decode_noting(msg, &mut Vec::new())
+    }
+
+    /// The store entries (key, value) that keep a Sparkplug edge node's session (what its
+    /// BIRTHs declared) across a restart; none without `[decode.sparkplug]`.
+    pub fn sparkplug_saved(&self, node: &str) -> Vec<(String, Vec<u8>)> {
+        self.sparkplug.as_ref().map(|sp| sp.saved(node)).unwrap_or_default()
+    }
+
+    /// Restores the Sparkplug sessions kept by [`Decoder::sparkplug_saved`]; `load` reads a
+    /// store key. Returns how many edge nodes it knows.
+    pub fn restore_sparkplug(&self, load: impl Fn(&str) -> Option<Vec<u8>>) -> usize {
+        self.sparkplug.as_ref().map_or(0, |sp| sp.restore(load))
     }
 
     /// The Sparkplug decoder, when it is configured and `topic` is in its namespace.

@@ -80,6 +80,10 @@ pub async fn run(
     let mut raised = false;
     let persistent = !cfg.clean_session;
     let mut had_session = persistent && matches!(store.meta(&session_key(&cfg)), Ok(Some(_)));
+    let nodes = decoder.restore_sparkplug(|key| store.meta(key).ok().flatten());
+    if nodes > 0 {
+        tracing::info!(edge_nodes = nodes, "Sparkplug sessions restored: their DATA is read without a new BIRTH");
+    }
     loop {
         let event = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -116,6 +120,9 @@ pub async fn run(
                 let mut message = decoder.decode_message(Message { topic, payload, received_ms: now_ms() });
                 if let Some(request) = message.publish.take() {
                     request_rebirth(&client, request, &metrics);
+                }
+                if let Some(node) = message.session_changed.take() {
+                    keep_session(&decoder, &node, &store);
                 }
                 let send = tokio::select! {
                     _ = cancel.cancelled() => break,
@@ -191,6 +198,17 @@ pub async fn run(
             }
         })
         .await;
+    }
+}
+
+/// Keeps what a Sparkplug BIRTH or DEATH changed in an edge node's session, so that its DATA
+/// (aliases only) is read after a restart without a new BIRTH. Durable with the next flush; a
+/// write that fails is logged: the node is then asked to rebirth after a restart.
+fn keep_session(decoder: &Decoder, node: &str, store: &Store) {
+    for (key, value) in decoder.sparkplug_saved(node) {
+        if let Err(e) = store.set_meta(&key, &value) {
+            tracing::warn!(node, error = %e, "cannot keep a Sparkplug session");
+        }
     }
 }
 

@@ -51,11 +51,21 @@ pub struct Outcome {
     pub presence: Vec<Presence>,
     /// A rebirth request to publish.
     pub publish: Option<Publish>,
+    /// The edge node whose session a BIRTH or DEATH changed: what it learnt is to be kept
+    /// ([`SparkplugDecoder::saved`]).
+    pub session_changed: Option<String>,
 }
 
 impl Outcome {
     fn rejected(reason: RejectReason) -> Outcome {
-        Outcome { readings: Err(reason), partial: None, skipped: 0, presence: Vec::new(), publish: None }
+        Outcome {
+            readings: Err(reason),
+            partial: None,
+            skipped: 0,
+            presence: Vec::new(),
+            publish: None,
+            session_changed: None,
+        }
     }
 
     /// A message taken that says nothing to a consumer (a command, the host's state).
@@ -194,7 +204,9 @@ impl SparkplugDecoder {
             self.rebirth(&mut sessions, &topic, &node_id, msg.received_ms, why)
         });
         drop(sessions);
+        let births_or_deaths = matches!(topic.kind, Kind::NBirth | Kind::NDeath | Kind::DBirth | Kind::DDeath);
         Outcome {
+            session_changed: (births_or_deaths && result.is_ok()).then_some(node_id),
             readings: result.map(|()| found.readings),
             partial: found.partial,
             skipped: found.skipped,
@@ -235,6 +247,17 @@ impl SparkplugDecoder {
             payload: payload.encode_to_vec(),
             why,
         })
+    }
+
+    /// The store entries (key, value) that keep `node`'s session across a restart.
+    pub fn saved(&self, node: &str) -> Vec<(String, Vec<u8>)> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).saved(node)
+    }
+
+    /// Restores the sessions kept by [`SparkplugDecoder::saved`]; `load` reads a store key.
+    /// Returns how many edge nodes it knows.
+    pub fn restore(&self, load: impl Fn(&str) -> Option<Vec<u8>>) -> usize {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).restore(load)
     }
 
     /// The sessions, for tests.

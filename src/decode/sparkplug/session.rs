@@ -1,10 +1,20 @@
 //! What a Sparkplug consumer must remember of each edge node between messages: whether it is
 //! born, its `seq` and `bdSeq`, and the names, aliases and types its BIRTHs declared.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
 
 use super::proto::DataType;
 use crate::decode::RejectReason;
+
+/// The store key of the list of edge nodes whose sessions are kept (see [`Sessions::saved`]).
+pub const SAVED_NODES_KEY: &str = "sparkplug.nodes";
+
+/// The store key of an edge node's kept session.
+fn saved_key(node: &str) -> String {
+    format!("sparkplug.node.{node}")
+}
 
 /// Most edge nodes remembered; a new one beyond is refused (`too_many_devices`).
 const MAX_NODES: usize = 10_000;
@@ -29,6 +39,9 @@ pub(super) struct NodeSession {
     pub stale: bool,
     /// The last `seq`; `None` after a message without one.
     pub seq: Option<u8>,
+    /// Restored from the store after a restart: the `seq` the node is at is not known, so the
+    /// next one is taken as it comes.
+    resumed: bool,
     /// The NBIRTH's `bdSeq`: the NDEATH that ends this session carries the same.
     pub bd_seq: Option<u64>,
     /// Each born device's metrics by name (`""`: the node's own).
@@ -44,7 +57,9 @@ pub(super) struct NodeSession {
 impl NodeSession {
     /// `seq` follows the last one (255 wraps to 0); records it either way.
     pub fn next_seq(&mut self, seq: Option<u8>) -> bool {
-        let in_step = matches!((self.seq, seq), (Some(last), Some(now)) if now == last.wrapping_add(1));
+        let in_step = matches!((self.seq, seq), (Some(last), Some(now)) if now == last.wrapping_add(1))
+            || (self.resumed && seq.is_some());
+        self.resumed = false;
         self.seq = seq;
         in_step
     }
@@ -112,6 +127,59 @@ impl NodeSession {
     }
 }
 
+/// What is kept of a session across a restart: what its BIRTHs declared (the DATA after a
+/// restart carries only aliases) and its `bdSeq`. Datatypes as their numbers.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SavedSession {
+    born: bool,
+    bd_seq: Option<u64>,
+    own: BTreeMap<String, i32>,
+    devices: BTreeMap<String, BTreeMap<String, i32>>,
+    /// alias → (device, metric).
+    aliases: BTreeMap<u64, (String, String)>,
+}
+
+impl SavedSession {
+    fn of(n: &NodeSession) -> SavedSession {
+        let types = |m: &HashMap<String, DataType>| m.iter().map(|(k, t)| (k.clone(), *t as i32)).collect();
+        SavedSession {
+            born: n.born,
+            bd_seq: n.bd_seq,
+            own: types(&n.own),
+            devices: n.devices.iter().map(|(d, m)| (d.clone(), types(m))).collect(),
+            aliases: n.aliases.iter().map(|(a, (d, b))| (*a, (d.clone(), b.name.clone()))).collect(),
+        }
+    }
+
+    fn restore(self) -> NodeSession {
+        let known = |t: i32| DataType::try_from(t).ok();
+        let types = |m: BTreeMap<String, i32>| -> HashMap<String, DataType> {
+            m.into_iter().filter_map(|(k, t)| Some((k, known(t)?))).collect()
+        };
+        let own = types(self.own);
+        let devices: HashMap<String, HashMap<String, DataType>> =
+            self.devices.into_iter().map(|(d, m)| (d, types(m))).collect();
+        let aliases = self
+            .aliases
+            .into_iter()
+            .filter_map(|(alias, (device, name))| {
+                let metrics = if device.is_empty() { &own } else { devices.get(&device)? };
+                let datatype = *metrics.get(&name)?;
+                Some((alias, (device, Born { name, datatype })))
+            })
+            .collect();
+        NodeSession {
+            born: self.born,
+            bd_seq: self.bd_seq,
+            resumed: true,
+            own,
+            devices,
+            aliases,
+            ..NodeSession::default()
+        }
+    }
+}
+
 /// Every edge node's session, by `{group}/{edge_node}`.
 #[derive(Debug, Default)]
 pub struct Sessions {
@@ -153,6 +221,34 @@ impl Sessions {
         }
         session.rebirth_requested_at = Some(now);
         true
+    }
+
+    /// The store entries that keep `node`'s session across a restart: its own, and the list
+    /// of nodes (empty when `node` is not known).
+    pub fn saved(&self, node: &str) -> Vec<(String, Vec<u8>)> {
+        let Some(session) = self.nodes.get(node) else { return Vec::new() };
+        let mut names: Vec<&String> = self.nodes.keys().collect();
+        names.sort();
+        // Maps with string keys and plain values: serialising them cannot fail (an empty entry
+        // would only be skipped at restore).
+        let session = serde_json::to_vec(&SavedSession::of(session)).unwrap_or_default();
+        let names = serde_json::to_vec(&names).unwrap_or_default();
+        vec![(saved_key(node), session), (SAVED_NODES_KEY.to_string(), names)]
+    }
+
+    /// Restores the sessions [`Sessions::saved`] kept; `load` reads a store key. An entry that
+    /// cannot be read is skipped: its node is asked to rebirth when it next sends DATA.
+    pub fn restore(&mut self, load: impl Fn(&str) -> Option<Vec<u8>>) -> usize {
+        let Some(names) = load(SAVED_NODES_KEY).and_then(|b| serde_json::from_slice::<Vec<String>>(&b).ok()) else {
+            return 0;
+        };
+        for node in names.into_iter().take(MAX_NODES) {
+            let saved = load(&saved_key(&node)).and_then(|b| serde_json::from_slice::<SavedSession>(&b).ok());
+            if let Some(saved) = saved {
+                self.nodes.insert(node, saved.restore());
+            }
+        }
+        self.nodes.len()
     }
 
     /// Whether `node` is born and in step, for tests.

@@ -302,3 +302,28 @@ fn legacy_nodes_end_their_session_with_the_bd_seq_before_their_births() {
     nbirth(&legacy, 0);
     assert_eq!(death(&legacy, 255).presence.len(), 1, "and wraps");
 }
+
+#[test]
+fn a_kept_session_reads_data_by_alias_after_a_restart() {
+    let d = decoder(true);
+    let n = nbirth(&d, 4);
+    assert_eq!(n.session_changed.as_deref(), Some("plantA/gw1"));
+    let b = dbirth(&d, 1);
+    assert_eq!(b.session_changed.as_deref(), Some("plantA/gw1"));
+    assert!(ddata(&d, 2, vec![temp(10, 1.0)]).session_changed.is_none(), "DATA changes no session");
+    let kept: std::collections::HashMap<String, Vec<u8>> = d.saved("plantA/gw1").into_iter().collect();
+
+    let after = decoder(true);
+    assert_eq!(after.restore(|key| kept.get(key).cloned()), 1);
+    // The seq it is at is not known after the restart: the first one is taken as it comes.
+    let o = ddata(&after, 77, vec![temp(10, 3.5)]);
+    assert_eq!(values(&o), vec![("plantA/gw1/comp-1".into(), "Discharge/Temp".into(), 3.5)]);
+    assert!(o.publish.is_none());
+    assert!(ddata(&after, 79, vec![temp(10, 3.5)]).publish.is_some(), "then seq is checked again");
+    // bdSeq is kept too: the session's own death certificate ends it.
+    let p = payload(None, vec![metric(Some("bdSeq"), None, DataType::Int64, MetricValue::LongValue(4))]);
+    assert_eq!(after.decode(&msg("spBv1.0/plantA/NDEATH/gw1", p), None).presence.len(), 2);
+
+    let nothing = decoder(false);
+    assert_eq!(nothing.restore(|_| Some(b"not json".to_vec())), 0);
+}
