@@ -184,6 +184,7 @@ async fn sparkplug_and_json_devices_share_one_daemon() {
     assert!(devices.contains("Discharge/Temp") && devices.contains("Running"), "{devices}");
     assert_eq!(daemon.metric("fieldwatch_rejected_messages_total").await, Some(0), "{}", daemon.log());
     assert_eq!(daemon.metric("fieldwatch_sparkplug_rebirths_requested_total").await, Some(0));
+    assert_eq!(daemon.metric("fieldwatch_sparkplug_out_of_step_total").await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,6 +202,7 @@ async fn a_seq_gap_or_an_alias_never_born_asks_the_edge_node_to_rebirth() {
     assert_eq!(request.metrics[0].name.as_deref(), Some("Node Control/Rebirth"));
     assert_eq!(request.metrics[0].value, Some(MetricValue::BooleanValue(true)));
     daemon.wait_metric("fieldwatch_readings_total", 4).await;
+    daemon.wait_metric("fieldwatch_sparkplug_out_of_step_total{reason=\"seq_gap\"}", 1).await;
 
     // After the rebirth, an alias never born: refused, counted, kept aside, and asked again.
     node.birth().await;
@@ -212,6 +214,7 @@ async fn a_seq_gap_or_an_alias_never_born_asks_the_edge_node_to_rebirth() {
     daemon.wait_metric("fieldwatch_rejected_messages_total{reason=\"sparkplug_unknown_alias\"}", 1).await;
     tokio::time::timeout(Duration::from_secs(10), commands.recv()).await.unwrap().unwrap();
     daemon.wait_metric("fieldwatch_sparkplug_rebirths_requested_total", 2).await;
+    daemon.wait_metric("fieldwatch_sparkplug_out_of_step_total{reason=\"unknown_alias\"}", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,4 +342,5 @@ async fn what_the_births_taught_outlives_a_daemon_restart() {
     daemon.wait_metric("fieldwatch_readings_total", 2).await;
     assert_eq!(daemon.metric("fieldwatch_rejected_messages_total").await, Some(0), "{}", daemon.log());
     assert_eq!(daemon.metric("fieldwatch_sparkplug_rebirths_requested_total").await, Some(0));
+    assert_eq!(daemon.metric("fieldwatch_sparkplug_out_of_step_total").await, Some(0));
 }

@@ -127,6 +127,7 @@ async fn an_independent_edge_node_is_read_across_the_seq_wrap_asked_to_rebirth_a
     // DBIRTH: temperature, running; NBIRTH: uptime and the rebirth command (a Boolean); 300 x 2.
     daemon.wait_metric("fieldwatch_readings_total", 604).await;
     assert_eq!(daemon.metric("fieldwatch_sparkplug_rebirths_requested_total").await, Some(0), "{}", daemon.log());
+    assert_eq!(daemon.metric("fieldwatch_sparkplug_out_of_step_total").await, Some(0));
     assert_eq!(daemon.metric("fieldwatch_rejected_messages_total").await, Some(0), "{}", daemon.log());
     let (_, devices) = daemon.get("/api/devices").await.unwrap();
     assert!(devices.contains("plantA/gw1/comp-1") && devices.contains("DATA/temperature"), "{devices}");
@@ -136,6 +137,7 @@ async fn an_independent_edge_node_is_read_across_the_seq_wrap_asked_to_rebirth_a
     node.expect("REBIRTH").await;
     node.expect("READY").await;
     daemon.wait_metric("fieldwatch_sparkplug_rebirths_requested_total", 1).await;
+    daemon.wait_metric("fieldwatch_sparkplug_out_of_step_total{reason=\"seq_gap\"}", 1).await;
     // The DDATA after the gap, and 5 after the births (whose values repeat the last DDATA's).
     daemon.wait_metric("fieldwatch_readings_total", 604 + 2 + 10).await;
     assert_eq!(daemon.metric("fieldwatch_rejected_messages_total").await, Some(0), "{}", daemon.log());

@@ -174,6 +174,8 @@ pub struct Decoded {
     pub presence: Vec<Presence>,
     /// A Sparkplug rebirth request for the ingest task to publish.
     pub publish: Option<Publish>,
+    /// Why the message's Sparkplug edge node is out of step, if it is (counted by the ingest task).
+    pub out_of_step: Option<&'static str>,
     /// The Sparkplug edge node whose session this message changed, for the ingest task to keep
     /// ([`Decoder::sparkplug_saved`]).
     pub session_changed: Option<String>,
@@ -190,6 +192,7 @@ impl Decoded {
             skipped: 0,
             presence: Vec::new(),
             publish: None,
+            out_of_step: None,
             session_changed: None,
         }
     }
@@ -272,6 +275,7 @@ impl Decoder {
                 skipped: o.skipped,
                 presence: o.presence,
                 publish: o.publish,
+                out_of_step: o.out_of_step,
                 session_changed: o.session_changed,
             };
         }

@@ -35,6 +35,14 @@ pub const NAMESPACE: &str = "spBv1.0";
 /// The metric an edge node is asked to rebirth with.
 pub const REBIRTH_METRIC: &str = "Node Control/Rebirth";
 
+/// Why an edge node is out of step: the `reason` values of
+/// `fieldwatch_sparkplug_out_of_step_total`.
+pub const OUT_OF_STEP_REASONS: [&str; 4] = [SEQ_GAP, NOT_BORN, UNKNOWN_ALIAS, TYPE_CHANGED];
+const SEQ_GAP: &str = "seq_gap";
+const NOT_BORN: &str = "not_born";
+const UNKNOWN_ALIAS: &str = "unknown_alias";
+const TYPE_CHANGED: &str = "type_changed";
+
 /// The metric of NBIRTH and NDEATH that ties a death certificate to its session.
 const BD_SEQ: &str = "bdSeq";
 
@@ -51,6 +59,8 @@ pub struct Outcome {
     pub presence: Vec<Presence>,
     /// A rebirth request to publish.
     pub publish: Option<Publish>,
+    /// Why the edge node is out of step after this message (one of [`OUT_OF_STEP_REASONS`]).
+    pub out_of_step: Option<&'static str>,
     /// The edge node whose session a BIRTH or DEATH changed: what it learnt is to be kept
     /// ([`SparkplugDecoder::saved`]).
     pub session_changed: Option<String>,
@@ -64,6 +74,7 @@ impl Outcome {
             skipped: 0,
             presence: Vec::new(),
             publish: None,
+            out_of_step: None,
             session_changed: None,
         }
     }
@@ -212,6 +223,7 @@ impl SparkplugDecoder {
             skipped: found.skipped,
             presence: found.presence,
             publish,
+            out_of_step: stale,
         }
     }
 
@@ -329,7 +341,7 @@ impl Step<'_> {
         }
         let (seq, last) = (self.seq(), node.seq);
         if !node.next_seq(seq) {
-            self.stale = Some("sequence gap");
+            self.stale = Some(SEQ_GAP);
             tracing::debug!(device = %self.device, ?seq, ?last, "Sparkplug sequence gap");
         }
         match kind {
@@ -355,7 +367,7 @@ impl Step<'_> {
     /// The node (or this device of it) was not born: the message is refused and the node asked to
     /// rebirth.
     fn not_born(&mut self) -> RejectReason {
-        self.stale = Some("data before birth");
+        self.stale = Some(NOT_BORN);
         RejectReason::SparkplugNotBorn(self.device.to_string())
     }
 
@@ -387,7 +399,7 @@ impl Step<'_> {
     fn data(&mut self, node: &NodeSession, device: &str) -> Result<(), RejectReason> {
         for m in &self.payload.metrics {
             let Some(Born { name, datatype }) = node.born_metric(device, m.alias, m.name.as_deref()) else {
-                self.stale = Some("unknown alias");
+                self.stale = Some(UNKNOWN_ALIAS);
                 return Err(RejectReason::SparkplugUnknownAlias {
                     alias: m.alias,
                     name: m.name.as_deref().map(|n| n.chars().take(200).collect()),
@@ -401,7 +413,7 @@ impl Step<'_> {
                     continue;
                 }
                 Some(d) => {
-                    self.stale = Some("metric changed type");
+                    self.stale = Some(TYPE_CHANGED);
                     return Err(RejectReason::SparkplugTypeChanged {
                         metric: name.clone(),
                         born: format!("{datatype:?}"),
