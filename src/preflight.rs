@@ -181,4 +181,15 @@ mod tests {
         assert!(keys.contains(&("ticket.sinks", Severity::Warning)), "{found:?}");
         assert!(keys.contains(&("mqtt.topics[0]", Severity::Warning)), "{found:?}");
     }
+
+    #[test]
+    fn a_sparkplug_filter_is_no_mismatch_once_sparkplug_is_decoded() {
+        let topics = "[mqtt]\ntopics = [\"plant/+/+/telemetry\", \"spBv1.0/#\"]\n";
+        let warned = |text: &str| {
+            let config = Config::parse(text, Path::new("x.toml")).unwrap();
+            check(&config).iter().any(|f| f.key == "mqtt.topics[1]")
+        };
+        assert!(warned(topics), "without [decode.sparkplug] its messages would all be rejected");
+        assert!(!warned(&format!("{topics}[decode.sparkplug]\n")));
+    }
 }
