@@ -55,11 +55,18 @@ def main():
     # QoS 1 (the library defaults to 0): a broker may drop QoS 0 messages for a subscriber that
     # is busy, and this test counts every reading (dropped ones are a seq gap, tested with --gap).
     # The library gives the node and each device an MQTT connection of its own, so the broker
-    # may pass a DBIRTH on before the NBIRTH it follows; a moment between them keeps the order
-    # (Sparkplug has an edge node publish its devices' messages on its own session).
+    # may pass a DBIRTH on before the NBIRTH it follows (Sparkplug has an edge node publish its
+    # devices' messages on its own session). Waiting for the NBIRTH's PUBACK keeps the order:
+    # mosquitto queues a message for its subscribers before it acknowledges it.
+    def acknowledged(entity):
+        deadline = time.time() + 5
+        # paho-mqtt 1.6 keeps unacknowledged QoS 1 messages in _out_messages.
+        while getattr(entity._mqtt, "_out_messages", None) and time.time() < deadline:
+            time.sleep(0.01)
+
     def births():
         node.publish_birth(qos=1)
-        time.sleep(0.2)
+        acknowledged(node)
         device.publish_birth(qos=1)
 
     births()
