@@ -319,6 +319,9 @@ async fn bad_sparkplug_input_is_rejected_by_reason_and_the_neighbours_readings_f
     let rejected: Vec<serde_json::Value> = serde_json::from_str(&rejected).unwrap();
     assert!(rejected.iter().any(|r| r["reason"].as_str().unwrap().contains("was born Double")), "{rejected:#?}");
     assert!(rejected.iter().all(|r| r["payload"].as_str().unwrap().len() <= 4096));
+    // Protobuf is binary: kept as hex.
+    let malformed = rejected.iter().find(|r| r["reason"].as_str().unwrap().contains("not a valid protobuf")).unwrap();
+    assert_eq!(malformed["payload"], "hex:0affffff");
     let (status, _) = daemon.get("/readyz").await.unwrap();
     assert_eq!(status, 200);
     big_task.abort();

@@ -400,12 +400,11 @@ impl Core {
         let label = reason.label();
         self.metrics.count_rejected(label);
         self.log_rejected(label, &msg.topic, &reason.to_string());
-        let payload_end = msg.payload.len().min(REJECTED_PAYLOAD_MAX);
         self.store.reject(&Rejected {
             received_ms: msg.received_ms,
             topic: msg.topic.clone(),
             reason: reason.to_string(),
-            payload: String::from_utf8_lossy(&msg.payload[..payload_end]).into_owned(),
+            payload: crate::decode::kept_payload(&msg.topic, &msg.payload, REJECTED_PAYLOAD_MAX),
         })
     }
 

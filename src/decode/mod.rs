@@ -408,6 +408,22 @@ impl Decoder {
     }
 }
 
+/// What is kept aside of a rejected message's payload, at most `max` bytes of text: the text
+/// itself (lossy), or for a Sparkplug message (protobuf, binary) `hex:` and its first bytes in
+/// hex, which a lossy text copy would mangle.
+pub fn kept_payload(topic: &str, payload: &[u8], max: usize) -> String {
+    if topic.starts_with(sparkplug::NAMESPACE) {
+        let bytes = &payload[..payload.len().min(max.saturating_sub(4) / 2)];
+        let mut text = String::with_capacity(4 + 2 * bytes.len());
+        text.push_str("hex:");
+        for b in bytes {
+            text.push_str(&format!("{b:02x}"));
+        }
+        return text;
+    }
+    String::from_utf8_lossy(&payload[..payload.len().min(max)]).into_owned()
+}
+
 /// A device id is 1–128 characters, none of them a control character.
 fn check_device(device: &str) -> Result<(), RejectReason> {
     if device.is_empty() || device.len() > 128 || device.chars().any(char::is_control) {

@@ -327,3 +327,12 @@ fn a_kept_session_reads_data_by_alias_after_a_restart() {
     let nothing = decoder(false);
     assert_eq!(nothing.restore(|_| Some(b"not json".to_vec())), 0);
 }
+
+#[test]
+fn a_rejected_sparkplug_payload_is_kept_as_hex_within_the_limit() {
+    use crate::decode::kept_payload;
+    assert_eq!(kept_payload("spBv1.0/g/NDATA/n", &[0x0a, 0xff, 0x00], 4096), "hex:0aff00");
+    assert_eq!(kept_payload("spBv1.0/g/NDATA/n", &[7; 10_000], 4096).len(), 4 + 2 * 2046);
+    assert_eq!(kept_payload("plant/s/d/telemetry", b"{\"a\": 1}", 4096), "{\"a\": 1}");
+    assert_eq!(kept_payload("plant/s/d/telemetry", &[b'x'; 5000], 4096).len(), 4096);
+}
