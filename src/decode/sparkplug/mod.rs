@@ -16,6 +16,8 @@
 pub mod config;
 pub mod proto;
 mod session;
+mod topic;
+mod value;
 
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +27,8 @@ pub use config::SparkplugConfig;
 use proto::{DataType, Metric, MetricValue, Payload};
 pub use session::Sessions;
 use session::{Born, NodeSession};
+use topic::{parse_topic, Kind, Topic};
+use value::{integer, is_numeric, known_type, number};
 
 use super::{check_device, check_time, Presence, Publish, RejectReason};
 use crate::reading::{Message, Reading};
@@ -92,57 +96,6 @@ struct Found {
     partial: Option<RejectReason>,
     skipped: u32,
     presence: Vec<Presence>,
-}
-
-/// The message types of a Sparkplug topic that concern a consumer.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
-    NBirth,
-    NData,
-    NDeath,
-    DBirth,
-    DData,
-    DDeath,
-    /// Commands (ours included) and host state: not telemetry, taken without a word.
-    Other,
-}
-
-/// A parsed topic.
-struct Topic<'a> {
-    group: &'a str,
-    kind: Kind,
-    node: &'a str,
-    device: Option<&'a str>,
-}
-
-fn parse_topic(topic: &str) -> Result<Topic<'_>, RejectReason> {
-    let bad = || RejectReason::SparkplugTopic(topic.chars().take(200).collect());
-    let mut levels = topic.split('/');
-    if levels.next() != Some(NAMESPACE) {
-        return Err(bad());
-    }
-    let group = levels.next().filter(|g| !g.is_empty()).ok_or_else(bad)?;
-    let kind = match levels.next() {
-        _ if group == "STATE" => Kind::Other,
-        Some("NBIRTH") => Kind::NBirth,
-        Some("NDATA") => Kind::NData,
-        Some("NDEATH") => Kind::NDeath,
-        Some("DBIRTH") => Kind::DBirth,
-        Some("DDATA") => Kind::DData,
-        Some("DDEATH") => Kind::DDeath,
-        Some("NCMD" | "DCMD") => Kind::Other,
-        _ => return Err(bad()),
-    };
-    if kind == Kind::Other {
-        return Ok(Topic { group, kind, node: "", device: None });
-    }
-    let node = levels.next().filter(|n| !n.is_empty()).ok_or_else(bad)?;
-    let device = levels.next();
-    let needs_device = matches!(kind, Kind::DBirth | Kind::DData | Kind::DDeath);
-    if levels.next().is_some() || device.is_some_and(str::is_empty) || needs_device != device.is_some() {
-        return Err(bad());
-    }
-    Ok(Topic { group, kind, node, device })
 }
 
 /// Decodes Sparkplug B messages, keeping each edge node's session.
@@ -460,52 +413,6 @@ impl Step<'_> {
             value: number,
         });
         Ok(())
-    }
-}
-
-/// The datatype a number names, if Sparkplug defines it.
-fn known_type(d: u32) -> Option<DataType> {
-    i32::try_from(d).ok().and_then(|d| DataType::try_from(d).ok()).filter(|t| *t != DataType::Unknown)
-}
-
-fn is_numeric(t: DataType) -> bool {
-    use DataType::*;
-    matches!(t, Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 | Float | Double | Boolean)
-}
-
-/// The reading a numeric metric's value makes: signed integers are two's complement in the low
-/// bits of their field (Tahu writes an Int8 of -1 as 255, others as 0xFFFF_FFFF: both read -1).
-fn number(t: DataType, v: &MetricValue) -> Option<f64> {
-    use DataType::*;
-    use MetricValue::*;
-    let bits = match v {
-        IntValue(x) => u64::from(*x),
-        LongValue(x) => *x,
-        FloatValue(x) if matches!(t, Float | Double) => return Some(f64::from(*x)),
-        DoubleValue(x) if matches!(t, Float | Double) => return Some(*x),
-        BooleanValue(b) if t == Boolean => return Some(if *b { 1.0 } else { 0.0 }),
-        _ => return None,
-    };
-    Some(match t {
-        Int8 => f64::from(bits as u8 as i8),
-        Int16 => f64::from(bits as u16 as i16),
-        Int32 => f64::from(bits as u32 as i32),
-        Int64 => bits as i64 as f64,
-        UInt8 => f64::from(bits as u8),
-        UInt16 => f64::from(bits as u16),
-        UInt32 => f64::from(bits as u32),
-        UInt64 => bits as f64,
-        Boolean => (bits != 0) as u8 as f64,
-        _ => return None,
-    })
-}
-
-/// An integer metric's value (`bdSeq`).
-fn integer(m: &Metric) -> Option<u64> {
-    match m.value {
-        Some(MetricValue::IntValue(x)) => Some(u64::from(x)),
-        Some(MetricValue::LongValue(x)) => Some(x),
-        _ => None,
     }
 }
 
