@@ -266,7 +266,7 @@ impl Decoder {
     /// Decodes a message, keeping it with the result (see [`Decoded`]).
     pub fn decode_message(&self, message: Message) -> Decoded {
         if let Some(sp) = self.sparkplug_for(&message.topic) {
-            let o = sp.decode(&message, self.max_age_ms);
+            let o = self.admit(sp.decode(&message, self.max_age_ms));
             return Decoded {
                 message,
                 readings: o.readings,
@@ -287,7 +287,7 @@ impl Decoder {
     /// Decodes one message into its readings, or says why it cannot.
     pub fn decode(&self, msg: &Message) -> Result<Vec<Reading>, RejectReason> {
         if let Some(sp) = self.sparkplug_for(&msg.topic) {
-            return sp.decode(msg, self.max_age_ms).readings;
+            return self.admit(sp.decode(msg, self.max_age_ms)).readings;
         }
         self.decode_noting(msg, &mut Vec::new())
     }
@@ -302,6 +302,22 @@ impl Decoder {
     /// store key. Returns how many edge nodes it knows.
     pub fn restore_sparkplug(&self, load: impl Fn(&str) -> Option<Vec<u8>>) -> usize {
         self.sparkplug.as_ref().map_or(0, |sp| sp.restore(load))
+    }
+
+    /// A Sparkplug outcome under `decode.require_known_devices`: the readings and presence of a
+    /// device not in `decode.known_devices` are refused (`unknown_device`), as a JSON message's.
+    fn admit(&self, mut o: sparkplug::Outcome) -> sparkplug::Outcome {
+        let Some(known) = &self.known_devices else { return o };
+        o.presence.retain(|p| {
+            let (Presence::Offline { device, .. } | Presence::Online { device, .. }) = p;
+            known.contains(device)
+        });
+        if let Some(device) = o.readings.as_ref().ok().and_then(|r| r.first()).map(|r| &r.device) {
+            if !known.contains(device) {
+                o.readings = Err(RejectReason::UnknownDevice(device.clone()));
+            }
+        }
+        o
     }
 
     /// The Sparkplug decoder, when it is configured and `topic` is in its namespace.

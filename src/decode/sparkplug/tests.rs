@@ -336,3 +336,24 @@ fn a_rejected_sparkplug_payload_is_kept_as_hex_within_the_limit() {
     assert_eq!(kept_payload("plant/s/d/telemetry", b"{\"a\": 1}", 4096), "{\"a\": 1}");
     assert_eq!(kept_payload("plant/s/d/telemetry", &[b'x'; 5000], 4096).len(), 4096);
 }
+
+#[test]
+fn known_devices_are_required_of_sparkplug_devices_too() {
+    use crate::decode::{DecodeConfig, Decoder};
+    let cfg = DecodeConfig {
+        require_known_devices: true,
+        known_devices: vec!["plantA/gw1/comp-1".into()],
+        sparkplug: Some(SparkplugConfig::default()),
+        ..DecodeConfig::default()
+    };
+    let d = Decoder::new(&cfg);
+    let birth = |topic: &str, seq: u64| {
+        let p = payload(Some(seq), vec![metric(Some("v"), Some(seq), DataType::Double, MetricValue::DoubleValue(1.0))]);
+        d.decode_message(msg(topic, p))
+    };
+    let node = birth("spBv1.0/plantA/NBIRTH/gw1", 0);
+    assert_eq!(node.readings.unwrap_err().label(), "unknown_device");
+    assert!(node.presence.is_empty());
+    assert_eq!(birth("spBv1.0/plantA/DBIRTH/gw1/comp-1", 1).readings.unwrap().len(), 1);
+    assert_eq!(birth("spBv1.0/plantA/DBIRTH/gw1/comp-2", 2).readings.unwrap_err().label(), "unknown_device");
+}
