@@ -9,7 +9,8 @@
 //!
 //! - [`config`]: the typed, validated configuration (`config/fieldwatch.toml`).
 //! - [`ingest`]: the MQTT source (rumqttc, MQTT 3.1.1 or 5, QoS 1, manual acks after storage).
-//! - [`decode`]: topic + JSON payload → [`reading::Reading`]s, or a counted rejection.
+//! - [`decode`]: topic + JSON payload, or a Sparkplug B message, → [`reading::Reading`]s, or a
+//!   counted rejection.
 //! - [`store`]: the sled database: readings, rejected messages, incidents, the ticket outbox.
 //! - [`detect`]: streaming detectors per series (baseline, flatline, limits, novelty).
 //! - [`model`]: learned per-device models (PCA, Gaussian mixture) fitted in the background.

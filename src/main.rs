@@ -234,6 +234,9 @@ enum Command {
         /// asset and sink settings; the demo keeps its own broker, database and ticket file).
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// The compressors speak Sparkplug B (one edge node per site) instead of JSON.
+        #[arg(long)]
+        sparkplug: bool,
     },
 }
 
@@ -445,10 +448,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         #[cfg(feature = "embedded-broker")]
-        Command::Demo { duration, data_dir, devices, config } => {
+        Command::Demo { duration, data_dir, devices, config, sparkplug } => {
             init_logging("warn,rumqttd=off");
             run_async(async move {
-                let opts = fieldwatch::demo::DemoOptions { duration, data_dir, devices, config };
+                let opts = fieldwatch::demo::DemoOptions { duration, data_dir, devices, config, sparkplug };
                 fieldwatch::demo::run(opts, shutdown_signal()).await?;
                 Ok(())
             })

@@ -109,7 +109,8 @@ pub fn check(config: &Config) -> Vec<Finding> {
     if config.decode.device_field.is_none() {
         if let Some(pattern) = &config.decode.topic_pattern {
             for (i, filter) in config.mqtt.topics.iter().enumerate() {
-                if !can_match(filter, pattern) {
+                let sparkplug = config.decode.sparkplug.is_some() && filter.starts_with("spBv1.0/");
+                if !sparkplug && !can_match(filter, pattern) {
                     out.push(warning(
                         format!("mqtt.topics[{i}]"),
                         format!("`{filter}` can never match decode.topic_pattern `{pattern}`: every message on it would be rejected (no_device)"),
@@ -179,5 +180,16 @@ mod tests {
         assert!(keys.contains(&("mqtt.tls.ca_file", Severity::Error)), "{found:?}");
         assert!(keys.contains(&("ticket.sinks", Severity::Warning)), "{found:?}");
         assert!(keys.contains(&("mqtt.topics[0]", Severity::Warning)), "{found:?}");
+    }
+
+    #[test]
+    fn a_sparkplug_filter_is_no_mismatch_once_sparkplug_is_decoded() {
+        let topics = "[mqtt]\ntopics = [\"plant/+/+/telemetry\", \"spBv1.0/#\"]\n";
+        let warned = |text: &str| {
+            let config = Config::parse(text, Path::new("x.toml")).unwrap();
+            check(&config).iter().any(|f| f.key == "mqtt.topics[1]")
+        };
+        assert!(warned(topics), "without [decode.sparkplug] its messages would all be rejected");
+        assert!(!warned(&format!("{topics}[decode.sparkplug]\n")));
     }
 }

@@ -7,12 +7,22 @@ use fieldwatch::ticket::{Action, TicketCommand};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_writes_a_complete_ticket_for_the_injected_fault() {
+    demo_tickets_the_injected_fault(false, "comp-03").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sparkplug_demo_tickets_the_same_fault_under_its_sparkplug_id() {
+    demo_tickets_the_injected_fault(true, "site-north/gw/comp-03").await;
+}
+
+async fn demo_tickets_the_injected_fault(sparkplug: bool, faulty: &str) {
     let dir = tempfile::tempdir().unwrap();
     let opts = DemoOptions {
         duration: Some(Duration::from_secs(20)),
         data_dir: dir.path().to_path_buf(),
         devices: 4,
         config: None,
+        sparkplug,
     };
     let report = run(opts, std::future::pending()).await.unwrap();
     // History is published as fast as the broker takes it; how much of it is stored by the end
@@ -25,13 +35,13 @@ async fn demo_writes_a_complete_ticket_for_the_injected_fault() {
     // Device 3 of the fleet (comp-03) gets a lasting +18 °C step when the live phase starts.
     let step = tickets
         .iter()
-        .find(|t| t.ticket.device == "comp-03" && t.ticket.fault == "discharge_temp.deviation")
+        .find(|t| t.ticket.device == faulty && t.ticket.fault == "discharge_temp.deviation")
         .unwrap_or_else(|| panic!("no ticket for the injected step: {text}"));
     assert_eq!(step.action, Action::Open);
     assert_eq!(step.ticket.site.as_deref(), Some("site-north"));
     assert!(step.ticket.summary.starts_with("discharge_temp rose to"), "{}", step.ticket.summary);
     assert!(step.ticket.evidence.recent.len() >= 3);
     assert_eq!(step.ticket.evidence.unit.as_deref(), Some("°C"));
-    // Healthy devices stay quiet.
-    assert!(tickets.iter().all(|t| t.ticket.device == "comp-03"), "{text}");
+    // Healthy devices stay quiet, and a clean end sends no death certificate.
+    assert!(tickets.iter().all(|t| t.ticket.device == faulty), "{text}");
 }

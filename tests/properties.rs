@@ -664,3 +664,99 @@ fn config_errors_name_the_file() {
         assert!(err.to_string().contains(FILE), "{err}");
     }
 }
+
+/// A Sparkplug metric as a sender might write it: a name or an alias of a small set (so DATA
+/// meets what a BIRTH declared), any datatype number, any kind of value.
+fn sparkplug_metric() -> impl Strategy<Value = fieldwatch::decode::sparkplug::proto::Metric> {
+    use fieldwatch::decode::sparkplug::proto::{Metric, MetricValue};
+    let value = prop_oneof![
+        any::<u32>().prop_map(MetricValue::IntValue),
+        any::<u64>().prop_map(MetricValue::LongValue),
+        any::<f32>().prop_map(MetricValue::FloatValue),
+        any::<f64>().prop_map(MetricValue::DoubleValue),
+        any::<bool>().prop_map(MetricValue::BooleanValue),
+        "[a-z]{0,4}".prop_map(MetricValue::StringValue),
+    ];
+    (
+        prop::option::of(prop::sample::select(vec!["a", "b", "bdSeq", "Node Control/Rebirth"])),
+        prop::option::of(0u64..6),
+        prop::option::of(0u32..40),
+        prop::option::of(value),
+        // Mostly the payload's time; sometimes a metric's own, anywhere.
+        prop::option::weighted(0.2, any::<u64>()),
+    )
+        .prop_map(|(name, alias, datatype, value, timestamp)| Metric {
+            name: name.map(str::to_string),
+            alias,
+            datatype,
+            value,
+            timestamp,
+            ..Metric::default()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A Sparkplug session of births, data and deaths (some corrupted), decoded in order by one
+    /// decoder: it never panics, every rejection has a listed label, readings are finite and
+    /// belong to the topic's edge node, and rebirth requests go to that node's NCMD topic.
+    #[test]
+    fn any_sparkplug_session_decodes_to_readings_or_listed_reasons(
+        messages in prop::collection::vec(
+            (
+                0usize..8,
+                any::<bool>(),
+                prop::option::of(0u64..300),
+                prop::collection::vec(sparkplug_metric(), 0..5),
+                prop::option::of((any::<prop::sample::Index>(), any::<u8>())),
+            ),
+            1..30,
+        ),
+    ) {
+        use fieldwatch::decode::sparkplug::proto::Payload;
+        use fieldwatch::decode::sparkplug::SparkplugConfig;
+        use fieldwatch::decode::Presence;
+        use prost::Message as _;
+        const KINDS: [&str; 8] = ["NBIRTH", "NDATA", "NDEATH", "DBIRTH", "DDATA", "DDEATH", "NCMD", "NBOGUS"];
+        let cfg = DecodeConfig {
+            sparkplug: Some(SparkplugConfig { request_rebirth: true, ..SparkplugConfig::default() }),
+            ..DecodeConfig::default()
+        };
+        let decoder = Decoder::new(&cfg);
+        for (i, (kind, second, seq, metrics, corrupt)) in messages.into_iter().enumerate() {
+            let kind = KINDS[kind];
+            let device = if second { "d2" } else { "d1" };
+            let topic = if kind.starts_with('D') { format!("spBv1.0/g/{kind}/n/{device}") } else { format!("spBv1.0/g/{kind}/n") };
+            let received_ms = 1_700_000_000_000 + i as i64;
+            let mut payload = Payload { timestamp: Some(received_ms as u64), metrics, seq, ..Payload::default() }.encode_to_vec();
+            if let Some((at, xor)) = corrupt {
+                if !payload.is_empty() {
+                    let at = at.index(payload.len());
+                    payload[at] ^= xor;
+                }
+            }
+            let decoded = decoder.decode_message(message(topic, payload, received_ms));
+            match &decoded.readings {
+                Ok(readings) => {
+                    for r in readings {
+                        prop_assert!(r.value.is_finite(), "{r:?}");
+                        prop_assert!(r.device == "g/n" || r.device.starts_with("g/n/d"), "{r:?}");
+                        prop_assert_eq!(r.site.as_deref(), Some("g"));
+                    }
+                }
+                Err(reason) => prop_assert!(ALL_REJECT_LABELS.contains(&reason.label()), "{reason:?}"),
+            }
+            if let Some(p) = &decoded.partial {
+                prop_assert!(ALL_REJECT_LABELS.contains(&p.label()), "{p:?}");
+            }
+            for p in &decoded.presence {
+                let (Presence::Offline { device, .. } | Presence::Online { device, .. }) = p;
+                prop_assert!(device.starts_with("g/n"), "{p:?}");
+            }
+            if let Some(publish) = &decoded.publish {
+                prop_assert_eq!(publish.topic.as_str(), "spBv1.0/g/NCMD/n");
+            }
+        }
+    }
+}

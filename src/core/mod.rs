@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::assets::{AssetsConfig, Priority, PriorityConfig, Registry, Tier};
-use crate::decode::{DecodeConfig, Decoded, Decoder, RejectReason};
+use crate::decode::{DecodeConfig, Decoded, Decoder, Presence, RejectReason};
 use crate::detect::{Anomaly, DetectConfig, DetectorBank, FaultKind, Observation, DETECTORS};
 use crate::incident::{groupable, Incident, IncidentConfig, IncidentPolicy, SiteWide, Transition};
 use crate::metrics::{FaultLabel, Labels, Metrics, ReasonLabel, StateLabel};
@@ -136,9 +136,11 @@ const FLAPPING: &str = "flapping";
 pub const SUPPRESSION_REASONS: [&str; 8] =
     [MAINTENANCE, SILENCE, OBSERVE, SHADOW, NEEDS_REVIEW, SITE_WIDE, DEDUP, FLAPPING];
 /// Every `reason` of `fieldwatch_fields_ignored_total`.
-pub const IGNORED_FIELD_REASONS: [&str; 2] = [NUMERIC_TEXT, NOT_A_NUMBER];
+pub const IGNORED_FIELD_REASONS: [&str; 3] = [NUMERIC_TEXT, NOT_A_NUMBER, SPARKPLUG_NOT_NUMERIC];
 const NUMERIC_TEXT: &str = "numeric_text";
 const NOT_A_NUMBER: &str = "not_a_number";
+/// A Sparkplug metric of a type that is no reading (String, Bytes, DataSet, Template, ...).
+const SPARKPLUG_NOT_NUMERIC: &str = "sparkplug_not_numeric";
 /// Every `kind` of `fieldwatch_lead_time_seconds`: to a forecast limit crossing, or to the
 /// crossing itself.
 pub const LEAD_TIME_KINDS: [&str; 2] = [PREDICTED, ACTUAL];
@@ -306,24 +308,90 @@ impl Core {
     /// [`Core::process_messages`] for messages decoded already, with [`Core::decoder`].
     pub fn process_decoded(&mut self, batch: Vec<Decoded>) -> Result<BatchOutcome, StoreError> {
         let mut out = BatchOutcome::default();
-        for Decoded { message, readings, ignored } in batch {
+        for Decoded { message, readings, ignored, partial, skipped, presence, .. } in batch {
             self.metrics.messages.inc();
+            if skipped > 0 {
+                self.count_skipped(&message.topic, skipped);
+            }
             if let Ok(r) = &readings {
                 self.make_room(r)?;
             }
             match readings.and_then(|r| self.within_limits(r)) {
                 Ok((readings, over)) => {
                     self.count_ignored(&readings, &ignored);
-                    self.process_readings(&readings, message.received_ms, &mut out)?;
-                    if let Some(reason) = over {
-                        // The new series are refused; the message's other readings were taken.
+                    self.process_by_event_time(readings, message.received_ms, &mut out)?;
+                    // The new series, or a Sparkplug metric of an unknown type, are refused;
+                    // the message's other readings were taken.
+                    if let Some(reason) = over.or(partial) {
                         self.reject(&message, &reason, &mut out)?;
                     }
                 }
                 Err(reason) => self.reject(&message, &reason, &mut out)?,
             }
+            for p in presence {
+                self.presence(p, &mut out)?;
+            }
         }
         Ok(out)
+    }
+
+    /// [`Core::process_readings`] for one message, a group of readings per event time: a
+    /// Sparkplug message may carry its metrics' own timestamps (a JSON message has one time).
+    fn process_by_event_time(
+        &mut self,
+        mut readings: Vec<Reading>,
+        received_ms: i64,
+        out: &mut BatchOutcome,
+    ) -> Result<(), StoreError> {
+        if readings.windows(2).all(|w| w[0].ts == w[1].ts) {
+            self.process_readings(&readings, received_ms, out)?;
+            return Ok(());
+        }
+        readings.sort_by_key(|r| r.ts);
+        for group in readings.chunk_by(|a, b| a.ts == b.ts) {
+            self.process_readings(group, received_ms, out)?;
+        }
+        Ok(())
+    }
+
+    /// A Sparkplug BIRTH or DEATH: a death opens the device's connectivity incident (the one a
+    /// silence opens, so the silence check adds none), a birth resolves it.
+    fn presence(&mut self, p: Presence, out: &mut BatchOutcome) -> Result<(), StoreError> {
+        match p {
+            Presence::Offline { device, site, since_ms } => {
+                tracing::info!(%device, since = %crate::reading::format_ts(since_ms), "death certificate: device offline");
+                if let Some(t) = self.incidents.offline(&device, site, since_ms, since_ms) {
+                    out.transitions.push(self.persist(t)?);
+                }
+            }
+            Presence::Online { device, at_ms } => {
+                if let Some(t) = self.incidents.heard(&device, at_ms) {
+                    out.transitions.push(self.persist(t)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts and logs (rate-limited) Sparkplug metrics of a type that is no reading.
+    fn count_skipped(&mut self, topic: &str, n: u32) {
+        self.metrics
+            .fields_ignored
+            .get_or_create(&ReasonLabel { reason: SPARKPLUG_NOT_NUMERIC.into() })
+            .inc_by(u64::from(n));
+        let now = Instant::now();
+        let entry = self.reject_log.entry("field:sparkplug_not_numeric").or_insert((now - REJECT_LOG_EVERY, 0));
+        if now.duration_since(entry.0) >= REJECT_LOG_EVERY {
+            tracing::info!(
+                topic,
+                metrics = n,
+                suppressed_since_last = entry.1,
+                "Sparkplug metrics that are not numbers (String, Bytes, DataSet, Template, File, ...) were skipped"
+            );
+            *entry = (now, 0);
+        } else {
+            entry.1 += 1;
+        }
     }
 
     /// Counts, logs and keeps aside a rejected message (its payload cut).
@@ -332,12 +400,11 @@ impl Core {
         let label = reason.label();
         self.metrics.count_rejected(label);
         self.log_rejected(label, &msg.topic, &reason.to_string());
-        let payload_end = msg.payload.len().min(REJECTED_PAYLOAD_MAX);
         self.store.reject(&Rejected {
             received_ms: msg.received_ms,
             topic: msg.topic.clone(),
             reason: reason.to_string(),
-            payload: String::from_utf8_lossy(&msg.payload[..payload_end]).into_owned(),
+            payload: crate::decode::kept_payload(&msg.topic, &msg.payload, REJECTED_PAYLOAD_MAX),
         })
     }
 

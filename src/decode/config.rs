@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::sparkplug::SparkplugConfig;
 use crate::settings::{bad, Invalid};
 
 /// How a payload's event time is written.
@@ -64,6 +65,10 @@ pub struct DecodeConfig {
     /// are freed (a silent-device incident stays open). It starts afresh if it returns.
     #[serde(with = "humantime_serde")]
     pub forget_after: Duration,
+    /// `[decode.sparkplug]`: present, the `spBv1.0/` topics are Sparkplug B (the rest above
+    /// applies to the JSON topics only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparkplug: Option<SparkplugConfig>,
 }
 
 impl Default for DecodeConfig {
@@ -82,6 +87,7 @@ impl Default for DecodeConfig {
             max_devices: 10_000,
             max_series: 100_000,
             forget_after: Duration::from_secs(7 * 86_400),
+            sparkplug: None,
         }
     }
 }
@@ -130,6 +136,9 @@ impl DecodeConfig {
         }
         if d.require_known_devices && d.known_devices.is_empty() {
             return bad("decode.known_devices", "require_known_devices is set but the list is empty");
+        }
+        if let Some(sp) = &d.sparkplug {
+            sp.validate()?;
         }
         Ok(())
     }

@@ -1,9 +1,13 @@
-//! Decode: a message (topic + JSON payload) becomes readings, mapped by `[decode]` config.
+//! Decode: a message (topic + JSON payload) becomes readings, mapped by `[decode]` config;
+//! with `[decode.sparkplug]`, a Sparkplug B message on a `spBv1.0/` topic is decoded by
+//! [`sparkplug`] instead, into the same readings.
 //!
-//! Pure and synchronous, so it is tested without a broker. A message that cannot be decoded is
-//! rejected whole, with a [`RejectReason`] that is counted, logged and kept aside by the caller.
+//! Synchronous and free of I/O, so it is tested without a broker. A message that cannot be
+//! decoded is rejected whole, with a [`RejectReason`] that is counted, logged and kept aside by
+//! the caller.
 
 pub mod config;
+pub mod sparkplug;
 
 use std::collections::HashSet;
 
@@ -12,6 +16,7 @@ use serde_json::Value;
 use crate::reading::{Message, Reading};
 
 pub use config::{DecodeConfig, MetricMapping, TimestampFormat};
+use sparkplug::SparkplugDecoder;
 
 /// Why a message was rejected. The label is a Prometheus label value, so keep it short and fixed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -42,10 +47,26 @@ pub enum RejectReason {
     TooManyDevices(String),
     #[error("series `{0}` is new and decode.max_series series are already tracked")]
     TooManySeries(String),
+    #[error("Sparkplug payload is {size} bytes, over the {limit} byte limit")]
+    SparkplugTooLarge { size: usize, limit: usize },
+    #[error("not a Sparkplug B topic (spBv1.0/group/type/edge_node[/device]): `{0}`")]
+    SparkplugTopic(String),
+    #[error("Sparkplug payload is not a valid protobuf Payload: {0}")]
+    SparkplugMalformed(String),
+    #[error("Sparkplug metric `{metric}` has an unknown datatype ({datatype:?}); it was skipped")]
+    SparkplugUnknownDatatype { metric: String, datatype: Option<u32> },
+    #[error("Sparkplug metric (alias {alias:?}, name {name:?}) was never born")]
+    SparkplugUnknownAlias { alias: Option<u64>, name: Option<String> },
+    #[error("Sparkplug metric `{metric}` was born {born} and is now {now}")]
+    SparkplugTypeChanged { metric: String, born: String, now: String },
+    #[error("Sparkplug DATA or DEATH from `{0}` before its BIRTH")]
+    SparkplugNotBorn(String),
+    #[error("Sparkplug NDEATH of an earlier session (bdSeq {death}, the session's is {session}); ignored")]
+    SparkplugOldDeath { death: u64, session: u64 },
 }
 
 /// Every label [`RejectReason::label`] can return.
-pub const ALL_REJECT_LABELS: [&str; 13] = [
+pub const ALL_REJECT_LABELS: [&str; 21] = [
     "too_large",
     "not_json",
     "not_object",
@@ -59,6 +80,14 @@ pub const ALL_REJECT_LABELS: [&str; 13] = [
     "too_old",
     "too_many_devices",
     "too_many_series",
+    "sparkplug_too_large",
+    "sparkplug_bad_topic",
+    "sparkplug_malformed",
+    "sparkplug_unknown_datatype",
+    "sparkplug_unknown_alias",
+    "sparkplug_type_changed",
+    "sparkplug_not_born",
+    "sparkplug_old_death",
 ];
 
 impl RejectReason {
@@ -78,6 +107,14 @@ impl RejectReason {
             RejectReason::NonFinite(_) => "non_finite",
             RejectReason::BadTimestamp(_) => "bad_timestamp",
             RejectReason::NoMetrics => "no_metrics",
+            RejectReason::SparkplugTooLarge { .. } => "sparkplug_too_large",
+            RejectReason::SparkplugTopic(_) => "sparkplug_bad_topic",
+            RejectReason::SparkplugMalformed(_) => "sparkplug_malformed",
+            RejectReason::SparkplugUnknownDatatype { .. } => "sparkplug_unknown_datatype",
+            RejectReason::SparkplugUnknownAlias { .. } => "sparkplug_unknown_alias",
+            RejectReason::SparkplugTypeChanged { .. } => "sparkplug_type_changed",
+            RejectReason::SparkplugNotBorn(_) => "sparkplug_not_born",
+            RejectReason::SparkplugOldDeath { .. } => "sparkplug_old_death",
         }
     }
 }
@@ -107,6 +144,8 @@ pub struct Decoder {
     known_devices: Option<HashSet<String>>,
     /// Readings older than this before their receive time are rejected (`too_old`).
     max_age_ms: Option<i64>,
+    /// With `[decode.sparkplug]`: decodes the `spBv1.0/` topics.
+    sparkplug: Option<SparkplugDecoder>,
 }
 
 /// A scalar field of an accepted message that was not taken as a metric because it is not a
@@ -126,6 +165,55 @@ pub struct Decoded {
     pub readings: Result<Vec<Reading>, RejectReason>,
     /// The fields of an accepted message that look like metrics but are not numbers.
     pub ignored: Vec<IgnoredField>,
+    /// Part of an accepted message was refused (a Sparkplug metric of an unknown datatype): the
+    /// message is counted and kept aside under this reason, its readings are taken.
+    pub partial: Option<RejectReason>,
+    /// Sparkplug metrics of a type that is no reading (String, Bytes, DataSet, Template, ...).
+    pub skipped: u32,
+    /// Devices a Sparkplug BIRTH or DEATH says came online or went offline.
+    pub presence: Vec<Presence>,
+    /// A Sparkplug rebirth request for the ingest task to publish.
+    pub publish: Option<Publish>,
+    /// Why the message's Sparkplug edge node is out of step, if it is (counted by the ingest task).
+    pub out_of_step: Option<&'static str>,
+    /// The Sparkplug edge node whose session this message changed, for the ingest task to keep
+    /// ([`Decoder::sparkplug_saved`]).
+    pub session_changed: Option<String>,
+}
+
+impl Decoded {
+    /// A JSON message's outcome: readings (or a rejection) and the ignored fields, nothing more.
+    fn json(message: Message, readings: Result<Vec<Reading>, RejectReason>, ignored: Vec<IgnoredField>) -> Decoded {
+        Decoded {
+            message,
+            readings,
+            ignored,
+            partial: None,
+            skipped: 0,
+            presence: Vec::new(),
+            publish: None,
+            out_of_step: None,
+            session_changed: None,
+        }
+    }
+}
+
+/// A device that a Sparkplug BIRTH or DEATH reported online or offline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Presence {
+    /// A death certificate: the device is offline from `since_ms` (receive time).
+    Offline { device: String, site: Option<String>, since_ms: i64 },
+    /// A birth: the device is back.
+    Online { device: String, at_ms: i64 },
+}
+
+/// A message the decoder asks the ingest task to publish: a Sparkplug rebirth request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publish {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    /// Why it is asked for (a short phrase for the log).
+    pub why: &'static str,
 }
 
 /// Event times further than this ahead of the receive time are rejected: a device with a wrong
@@ -164,6 +252,7 @@ impl Decoder {
             max_payload_bytes: cfg.max_payload_bytes,
             known_devices: cfg.require_known_devices.then(|| cfg.known_devices.iter().cloned().collect()),
             max_age_ms: None,
+            sparkplug: cfg.sparkplug.as_ref().map(|sp| SparkplugDecoder::new(sp, cfg.max_payload_bytes)),
         }
     }
 
@@ -176,14 +265,66 @@ impl Decoder {
 
     /// Decodes a message, keeping it with the result (see [`Decoded`]).
     pub fn decode_message(&self, message: Message) -> Decoded {
+        if let Some(sp) = self.sparkplug_for(&message.topic) {
+            let o = self.admit(sp.decode(&message, self.max_age_ms));
+            return Decoded {
+                message,
+                readings: o.readings,
+                ignored: Vec::new(),
+                partial: o.partial,
+                skipped: o.skipped,
+                presence: o.presence,
+                publish: o.publish,
+                out_of_step: o.out_of_step,
+                session_changed: o.session_changed,
+            };
+        }
         let mut ignored = Vec::new();
         let readings = self.decode_noting(&message, &mut ignored);
-        Decoded { message, readings, ignored }
+        Decoded::json(message, readings, ignored)
     }
 
     /// Decodes one message into its readings, or says why it cannot.
     pub fn decode(&self, msg: &Message) -> Result<Vec<Reading>, RejectReason> {
+        if let Some(sp) = self.sparkplug_for(&msg.topic) {
+            return self.admit(sp.decode(msg, self.max_age_ms)).readings;
+        }
         self.decode_noting(msg, &mut Vec::new())
+    }
+
+    /// The store entries (key, value) that keep a Sparkplug edge node's session (what its
+    /// BIRTHs declared) across a restart; none without `[decode.sparkplug]`.
+    pub fn sparkplug_saved(&self, node: &str) -> Vec<(String, Vec<u8>)> {
+        self.sparkplug.as_ref().map(|sp| sp.saved(node)).unwrap_or_default()
+    }
+
+    /// Restores the Sparkplug sessions kept by [`Decoder::sparkplug_saved`]; `load` reads a
+    /// store key. Returns how many edge nodes it knows.
+    pub fn restore_sparkplug(&self, load: impl Fn(&str) -> Option<Vec<u8>>) -> usize {
+        self.sparkplug.as_ref().map_or(0, |sp| sp.restore(load))
+    }
+
+    /// A Sparkplug outcome under `decode.require_known_devices`: the readings and presence of a
+    /// device not in `decode.known_devices` are refused (`unknown_device`), as a JSON message's.
+    fn admit(&self, mut o: sparkplug::Outcome) -> sparkplug::Outcome {
+        let Some(known) = &self.known_devices else { return o };
+        o.presence.retain(|p| {
+            let (Presence::Offline { device, .. } | Presence::Online { device, .. }) = p;
+            known.contains(device)
+        });
+        if let Some(device) = o.readings.as_ref().ok().and_then(|r| r.first()).map(|r| &r.device) {
+            if !known.contains(device) {
+                o.readings = Err(RejectReason::UnknownDevice(device.clone()));
+            }
+        }
+        o
+    }
+
+    /// The Sparkplug decoder, when it is configured and `topic` is in its namespace.
+    fn sparkplug_for(&self, topic: &str) -> Option<&SparkplugDecoder> {
+        let sp = self.sparkplug.as_ref()?;
+        let rest = topic.strip_prefix(sparkplug::NAMESPACE)?;
+        (rest.is_empty() || rest.starts_with('/')).then_some(sp)
     }
 
     /// [`Decoder::decode`], noting in `ignored` the fields of an accepted message that look like
@@ -207,9 +348,7 @@ impl Decoder {
             }
         }
         let device = device.ok_or(RejectReason::NoDevice)?;
-        if device.is_empty() || device.len() > 128 || device.chars().any(char::is_control) {
-            return Err(RejectReason::BadDevice(device));
-        }
+        check_device(&device)?;
         if let Some(known) = &self.known_devices {
             if !known.contains(&device) {
                 return Err(RejectReason::UnknownDevice(device));
@@ -220,17 +359,7 @@ impl Decoder {
             Some(v) => parse_timestamp(v, self.timestamp_format)?,
             None => msg.received_ms,
         };
-        if ts > msg.received_ms.saturating_add(MAX_FUTURE_MS) {
-            return Err(RejectReason::BadTimestamp("more than 24 h in the future".into()));
-        }
-        if ts < 0 {
-            return Err(RejectReason::BadTimestamp("before 1970".into()));
-        }
-        if let Some(age) = self.max_age_ms {
-            if ts < msg.received_ms.saturating_sub(age) {
-                return Err(RejectReason::TooOld(crate::reading::format_ts(ts)));
-            }
-        }
+        check_time(ts, msg.received_ms, self.max_age_ms)?;
 
         let mut readings = Vec::new();
         let mut push = |metric: &str, value: f64| {
@@ -293,6 +422,47 @@ impl Decoder {
         }
         (device, site)
     }
+}
+
+/// What is kept aside of a rejected message's payload, at most `max` bytes of text: the text
+/// itself (lossy), or for a Sparkplug message (protobuf, binary) `hex:` and its first bytes in
+/// hex, which a lossy text copy would mangle.
+pub fn kept_payload(topic: &str, payload: &[u8], max: usize) -> String {
+    if topic.starts_with(sparkplug::NAMESPACE) {
+        let bytes = &payload[..payload.len().min(max.saturating_sub(4) / 2)];
+        let mut text = String::with_capacity(4 + 2 * bytes.len());
+        text.push_str("hex:");
+        for b in bytes {
+            text.push_str(&format!("{b:02x}"));
+        }
+        return text;
+    }
+    String::from_utf8_lossy(&payload[..payload.len().min(max)]).into_owned()
+}
+
+/// A device id is 1–128 characters, none of them a control character.
+fn check_device(device: &str) -> Result<(), RejectReason> {
+    if device.is_empty() || device.len() > 128 || device.chars().any(char::is_control) {
+        return Err(RejectReason::BadDevice(device.to_string()));
+    }
+    Ok(())
+}
+
+/// An event time `ts` is usable: after 1970, at most a day ahead of its receive time, and not
+/// older than `max_age_ms` before it.
+fn check_time(ts: i64, received_ms: i64, max_age_ms: Option<i64>) -> Result<(), RejectReason> {
+    if ts > received_ms.saturating_add(MAX_FUTURE_MS) {
+        return Err(RejectReason::BadTimestamp("more than 24 h in the future".into()));
+    }
+    if ts < 0 {
+        return Err(RejectReason::BadTimestamp("before 1970".into()));
+    }
+    if let Some(age) = max_age_ms {
+        if ts < received_ms.saturating_sub(age) {
+            return Err(RejectReason::TooOld(crate::reading::format_ts(ts)));
+        }
+    }
+    Ok(())
 }
 
 /// A JSON pointer (RFC 6901) parsed once, as its unescaped tokens. `serde_json`'s

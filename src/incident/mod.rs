@@ -433,6 +433,25 @@ impl IncidentPolicy {
     /// Opens a sensor-health incident for a device silent since `last_heard` (wall-clock ms),
     /// unless one is open already. No debounce: staleness is already a duration.
     pub fn silent(&mut self, device: &str, site: Option<String>, last_heard: i64, now: i64) -> Option<Transition> {
+        self.unheard(device, site, last_heard, now, "staleness")
+    }
+
+    /// Opens the connectivity incident of a device whose death certificate (a Sparkplug NDEATH
+    /// or DDEATH) arrived, offline since `since`. It is the silence's incident (same key), so the
+    /// silence check finds it open and opens no second one, and the device's next message (its
+    /// BIRTH) resolves it through [`IncidentPolicy::heard`].
+    pub fn offline(&mut self, device: &str, site: Option<String>, since: i64, now: i64) -> Option<Transition> {
+        self.unheard(device, site, since, now, OFFLINE_DETECTOR)
+    }
+
+    fn unheard(
+        &mut self,
+        device: &str,
+        site: Option<String>,
+        last_heard: i64,
+        now: i64,
+        detector: &'static str,
+    ) -> Option<Transition> {
         let key = Incident::key_for(device, SILENT_METRIC, FaultKind::Silent);
         if self.open.contains_key(&key) {
             return None;
@@ -440,7 +459,7 @@ impl IncidentPolicy {
         if self.resolved.get(&key).is_some_and(|i| i.verdict == Some(Verdict::WontFix)) {
             return None;
         }
-        let peak = Anomaly::new(FaultKind::Silent, "staleness", now, (now - last_heard) as f64 / 1000.0, 1.0);
+        let peak = Anomaly::new(FaultKind::Silent, detector, now, (now - last_heard) as f64 / 1000.0, 1.0);
         let subject = Subject { device: device.to_string(), site, metric: SILENT_METRIC.into() };
         let inc = Incident::new(subject, last_heard, now, peak, 0);
         self.watch(&key);
@@ -491,6 +510,9 @@ impl IncidentPolicy {
 
 /// The metric name of device-level sensor-health incidents.
 pub const SILENT_METRIC: &str = "telemetry";
+/// The "detector" of a connectivity incident a death certificate opened (see
+/// [`IncidentPolicy::offline`]).
+pub const OFFLINE_DETECTOR: &str = "death_certificate";
 /// The metric name of device-level model incidents (`device/<device>/multivariate`).
 pub const DEVICE_METRIC: &str = "device";
 

@@ -137,6 +137,15 @@ pub fn describe(inc: &Incident, unit: Option<&str>) -> (String, String) {
                 format_duration((p.bound.unwrap_or(0.0) * 1000.0) as i64)
             ),
         ),
+        FaultKind::Silent if p.detector == super::OFFLINE_DETECTOR => (
+            format!("{}: edge node offline", inc.device),
+            format!(
+                "edge node offline since {}: {} sent its death certificate (Sparkplug NDEATH or DDEATH) \
+                 and has not been born again; a connection or power problem, not an equipment fault",
+                crate::reading::format_ts(inc.first_seen),
+                inc.device
+            ),
+        ),
         FaultKind::Silent => (
             format!("{}: no telemetry", inc.device),
             format!(

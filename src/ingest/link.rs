@@ -82,6 +82,19 @@ impl Client {
         }
     }
 
+    /// Queues a QoS 0 publish without waiting (a Sparkplug rebirth request: asked again if
+    /// lost, never worth holding the event loop for).
+    pub fn try_publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), RequestError> {
+        match self {
+            Client::V311(c) => {
+                c.try_publish(topic, QoS::AtMostOnce, false, payload).map_err(|e| RequestError(e.to_string()))
+            }
+            Client::V5(c) => c
+                .try_publish(topic, v5::mqttbytes::QoS::AtMostOnce, false, payload)
+                .map_err(|e| RequestError(e.to_string())),
+        }
+    }
+
     /// Queues a clean DISCONNECT, which keeps the persistent session and sends no will.
     pub fn try_disconnect(&self) -> Result<(), RequestError> {
         match self {

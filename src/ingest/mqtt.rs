@@ -27,8 +27,8 @@ use super::link::Polled;
 pub use super::link::{connect, Ack, Client, Connection, IngestError};
 use super::LinkState;
 use crate::backoff::backoff;
-use crate::decode::{Decoded, Decoder};
-use crate::metrics::Metrics;
+use crate::decode::{Decoded, Decoder, Publish};
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::reading::{now_ms, Message};
 use crate::store::Store;
 
@@ -80,6 +80,11 @@ pub async fn run(
     let mut raised = false;
     let persistent = !cfg.clean_session;
     let mut had_session = persistent && matches!(store.meta(&session_key(&cfg)), Ok(Some(_)));
+    let mut out_of_step = OutOfStep::new(&metrics);
+    let nodes = decoder.restore_sparkplug(|key| store.meta(key).ok().flatten());
+    if nodes > 0 {
+        tracing::info!(edge_nodes = nodes, "Sparkplug sessions restored: their DATA is read without a new BIRTH");
+    }
     loop {
         let event = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -113,7 +118,16 @@ pub async fn run(
             }
             Ok(Polled::Message { topic, payload, ack }) => {
                 tracing::trace!(%topic, ?ack, "received");
-                let message = decoder.decode_message(Message { topic, payload, received_ms: now_ms() });
+                let mut message = decoder.decode_message(Message { topic, payload, received_ms: now_ms() });
+                if let Some(reason) = message.out_of_step {
+                    out_of_step.note(reason, &message.message.topic, &metrics);
+                }
+                if let Some(request) = message.publish.take() {
+                    request_rebirth(&client, request, &metrics);
+                }
+                if let Some(node) = message.session_changed.take() {
+                    keep_session(&decoder, &node, &store);
+                }
                 let send = tokio::select! {
                     _ = cancel.cancelled() => break,
                     r = tx.send(Inbound { message, ack }) => r,
@@ -188,6 +202,64 @@ pub async fn run(
             }
         })
         .await;
+    }
+}
+
+/// Sparkplug edge nodes found out of step: counted by reason, logged at most once per reason
+/// every 10 s (with a count of the lines left out).
+struct OutOfStep {
+    logged: std::collections::HashMap<&'static str, (std::time::Instant, u64)>,
+}
+
+impl OutOfStep {
+    const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    /// Every reason's series exists at zero from the start.
+    fn new(metrics: &Metrics) -> OutOfStep {
+        for reason in crate::decode::sparkplug::OUT_OF_STEP_REASONS {
+            metrics.sparkplug_out_of_step.get_or_create_owned(&ReasonLabel { reason: reason.into() });
+        }
+        OutOfStep { logged: std::collections::HashMap::new() }
+    }
+
+    fn note(&mut self, reason: &'static str, topic: &str, metrics: &Metrics) {
+        metrics.sparkplug_out_of_step.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+        let now = std::time::Instant::now();
+        let entry = self.logged.entry(reason).or_insert((now - Self::LOG_EVERY, 0));
+        if now.duration_since(entry.0) >= Self::LOG_EVERY {
+            tracing::warn!(
+                topic,
+                reason,
+                suppressed_since_last = entry.1,
+                "Sparkplug edge node out of step: it needs a new BIRTH (decode.sparkplug.request_rebirth asks for one)"
+            );
+            *entry = (now, 0);
+        } else {
+            entry.1 += 1;
+        }
+    }
+}
+
+/// Keeps what a Sparkplug BIRTH or DEATH changed in an edge node's session, so that its DATA
+/// (aliases only) is read after a restart without a new BIRTH. Durable with the next flush; a
+/// write that fails is logged: the node is then asked to rebirth after a restart.
+fn keep_session(decoder: &Decoder, node: &str, store: &Store) {
+    for (key, value) in decoder.sparkplug_saved(node) {
+        if let Err(e) = store.set_meta(&key, &value) {
+            tracing::warn!(node, error = %e, "cannot keep a Sparkplug session");
+        }
+    }
+}
+
+/// Publishes a Sparkplug rebirth request the decoder asked for (`decode.sparkplug.request_rebirth`);
+/// logged and counted here only.
+fn request_rebirth(client: &Client, request: Publish, metrics: &Metrics) {
+    match client.try_publish(&request.topic, request.payload) {
+        Ok(()) => {
+            metrics.sparkplug_rebirths_requested.inc();
+            tracing::info!(topic = %request.topic, why = request.why, "asked a Sparkplug edge node to rebirth");
+        }
+        Err(e) => tracing::warn!(topic = %request.topic, error = %e, "cannot queue a Sparkplug rebirth request"),
     }
 }
 

@@ -206,6 +206,10 @@ pub struct Metrics {
     pub mqtt_connection_errors: Counter,
     /// Reconnects where the broker had lost our persistent session.
     pub mqtt_sessions_lost: Counter,
+    /// Sparkplug rebirth requests published (`decode.sparkplug.request_rebirth`).
+    pub sparkplug_rebirths_requested: Counter,
+    /// Sparkplug edge nodes found out of step, by why (a seq gap, data before birth, ...).
+    pub sparkplug_out_of_step: Family<ReasonLabel, Counter>,
     /// Store writes or flushes that failed (a full disk, an I/O error).
     pub store_errors: Counter,
     /// Bytes the store's files take on disk (see `Store::size_on_disk`).
@@ -253,6 +257,8 @@ impl Metrics {
             series_tracked: Gauge::default(),
             mqtt_connection_errors: Counter::default(),
             mqtt_sessions_lost: Counter::default(),
+            sparkplug_rebirths_requested: Counter::default(),
+            sparkplug_out_of_step: Family::default(),
             store_errors: Counter::default(),
             store_disk_bytes: Gauge::default(),
             retention_removed: Counter::default(),
@@ -371,6 +377,16 @@ impl Metrics {
             "mqtt_sessions_lost",
             "Reconnects where the broker had lost our persistent session (what it queued meanwhile is gone)",
             m.mqtt_sessions_lost.clone(),
+        );
+        r.register(
+            "sparkplug_rebirths_requested",
+            "Sparkplug edge nodes asked to rebirth (a sequence gap, data before birth, an alias never born)",
+            m.sparkplug_rebirths_requested.clone(),
+        );
+        r.register(
+            "sparkplug_out_of_step",
+            "Sparkplug messages that found their edge node out of step, by reason (seq_gap, not_born, unknown_alias, type_changed)",
+            m.sparkplug_out_of_step.clone(),
         );
         r.register(
             "store_errors",

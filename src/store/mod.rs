@@ -64,7 +64,8 @@ pub struct Rejected {
     pub received_ms: i64,
     pub topic: String,
     pub reason: String,
-    /// The payload as text (lossy), cut to [`REJECTED_PAYLOAD_MAX`] bytes.
+    /// The payload as text (lossy), or for a binary Sparkplug payload `hex:` and its bytes in
+    /// hex; at most [`REJECTED_PAYLOAD_MAX`] bytes (`decode::kept_payload`).
     pub payload: String,
 }
 

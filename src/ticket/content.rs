@@ -202,7 +202,9 @@ pub fn validate(t: &Ticket) -> Result<(), String> {
     if !(0.0..=1.0).contains(&t.confidence) {
         return missing("confidence");
     }
-    if t.evidence.recent.is_empty() && t.state == IncidentState::Open {
+    // A silent device's evidence is the silence: an edge node whose death certificate came
+    // before any reading of its own has none to show.
+    if t.evidence.recent.is_empty() && t.state == IncidentState::Open && t.fault_kind != FaultKind::Silent {
         return missing("evidence.recent");
     }
     Ok(())

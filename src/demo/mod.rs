@@ -2,7 +2,10 @@
 //!
 //! An embedded MQTT broker (rumqttd) on a free loopback port, simulated compressors publishing
 //! ten minutes of history and then live 1 Hz telemetry with injected faults, the real daemon,
-//! and the file sink writing `DIR/tickets.jsonl`. Each ticket is printed as it opens.
+//! and the file sink writing `DIR/tickets.jsonl`. Each ticket is printed as it opens. With
+//! `--sparkplug` the compressors speak Sparkplug B instead of JSON ([`sparkplug`]).
+
+pub mod sparkplug;
 
 use std::io::{BufRead, Seek};
 use std::path::{Path, PathBuf};
@@ -39,6 +42,8 @@ pub struct DemoOptions {
     pub devices: usize,
     /// A config to run instead of the built-in `config/demo.toml` (see [`demo_config_from`]).
     pub config: Option<PathBuf>,
+    /// The compressors publish Sparkplug B, one edge node per site (see [`sparkplug`]).
+    pub sparkplug: bool,
 }
 
 /// What the demo did.
@@ -52,7 +57,7 @@ pub struct DemoReport {
 }
 
 /// The shipped demo configuration.
-pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 
 /// A free TCP port on loopback (the embedded broker cannot bind port 0 and report it).
 pub fn free_port() -> std::io::Result<u16> {
@@ -127,15 +132,19 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     std::fs::create_dir_all(&opts.data_dir)?;
     let port = free_port()?;
     start_broker(port)?;
-    let config = match &opts.config {
+    let mut config = match &opts.config {
         Some(path) => demo_config_from(Config::load(path)?, port, &opts.data_dir)?,
         None => demo_config(port, &opts.data_dir)?,
     };
+    if opts.sparkplug {
+        sparkplug::sparkplug_config(&mut config, opts.devices);
+    }
     let tickets_file = opts.data_dir.join("tickets.jsonl");
     let already = std::fs::metadata(&tickets_file).map(|m| m.len()).unwrap_or(0);
     println!(
-        "fieldwatch demo: broker on 127.0.0.1:{port}, {} simulated compressors, data in {}",
+        "fieldwatch demo: broker on 127.0.0.1:{port}, {} simulated compressors{}, data in {}",
         opts.devices,
+        if opts.sparkplug { " as Sparkplug B edge nodes (one per site)" } else { "" },
         opts.data_dir.display()
     );
     println!("tickets are written to {}\n", tickets_file.display());
@@ -159,8 +168,14 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     let live_start = now_ms() + 3_000;
     let mut sim = Simulator::new(opts.devices, Simulator::demo_faults(live_start), 42);
     let sim_cancel = cancel.clone();
+    let sparkplug = opts.sparkplug;
     let publisher = tokio::spawn(async move {
-        sim.publish(&client, Duration::from_secs(600), Duration::from_secs(1), None, &sim_cancel).await
+        let (history, period) = (Duration::from_secs(600), Duration::from_secs(1));
+        if sparkplug {
+            sparkplug::publish(&mut sim, port, history, period, &sim_cancel).await
+        } else {
+            sim.publish(&client, history, period, None, &sim_cancel).await
+        }
     });
 
     let mut report = DemoReport { tickets_file: tickets_file.clone(), ..DemoReport::default() };
