@@ -214,6 +214,20 @@ pub fn validate(t: &Ticket) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// A ticket's context with nothing around the incident but its unit and asset.
+    fn plain_context(unit: Option<&str>, asset: AssetInfo) -> TicketContext<'_> {
+        TicketContext {
+            unit,
+            asset,
+            runbook: None,
+            checks: Vec::new(),
+            note: None,
+            predicted_failure_at: None,
+            forecast: None,
+            needs_review: false,
+        }
+    }
+
     #[test]
     fn every_command_of_an_incident_has_its_own_key() {
         let peak = crate::detect::Anomaly {
@@ -233,16 +247,7 @@ mod tests {
         let subject = crate::incident::Subject { device: "comp-1".into(), site: None, metric: "temp".into() };
         let mut inc = Incident::new(subject, 1_000, 4_000, peak, 3);
         let asset = crate::assets::Registry::new(&Default::default(), None, &Default::default()).lookup(&inc.device);
-        let ctx = TicketContext {
-            unit: None,
-            asset,
-            runbook: None,
-            checks: Vec::new(),
-            note: None,
-            predicted_failure_at: None,
-            forecast: None,
-            needs_review: false,
-        };
+        let ctx = plain_context(None, asset);
         let mut keys = std::collections::HashSet::new();
         assert!(keys.insert(command(&inc, Action::Open, &ctx).idempotency_key));
         assert!(keys.insert(command(&inc, Action::Resolve, &ctx).idempotency_key));
@@ -268,16 +273,7 @@ mod tests {
         let registry = crate::assets::Registry::new(&Default::default(), None, &Default::default());
         let mut asset = registry.lookup(&inc.device);
         registry.lowest_priority(&mut asset);
-        let ctx = TicketContext {
-            unit: Some("°C"),
-            asset,
-            runbook: None,
-            checks: Vec::new(),
-            note: None,
-            predicted_failure_at: None,
-            forecast: None,
-            needs_review: false,
-        };
+        let ctx = plain_context(Some("°C"), asset);
         let t = command(&inc, Action::Open, &ctx).ticket;
         assert_eq!(t.title, "north: devices changed together (site-wide change)");
         assert!(t.summary.starts_with("4 of 10 devices at north began to deviate together since "), "{}", t.summary);
