@@ -35,20 +35,16 @@ impl Core {
         };
         let (inc, why) = t.parts_mut();
         let mut asset = self.registry.lookup(&inc.device);
+        if inc.site_notice.is_some() {
+            // A site's notice (set when it opened, see `opening`) stays at the lowest priority.
+            self.registry.lowest_priority(&mut asset);
+        }
         let site = inc.site.clone().or_else(|| self.registry.site(&inc.device).map(str::to_string));
         let recent = self.recent_readings(inc)?;
         match action {
             Action::Open => self.opening(inc, &mut asset, site.as_deref(), &recent)?,
-            Action::Update => {
-                if inc.site_notice.is_some() {
-                    self.registry.lowest_priority(&mut asset);
-                }
-                self.updating(inc, &asset, why)
-            }
+            Action::Update => self.updating(inc, &asset, why),
             Action::Resolve => {
-                if inc.site_notice.is_some() {
-                    self.registry.lowest_priority(&mut asset);
-                }
                 self.metrics.incidents_resolved.inc();
             }
         }
