@@ -70,12 +70,14 @@ impl EdgeNode {
     }
 }
 
-/// The alias of metric `m` of simulated device `d`: unique across the edge node.
-fn alias(d: usize, m: usize) -> u64 {
+/// The alias of metric `m` of device `d` (numbered uniquely within its edge node): unique across
+/// the edge node.
+pub fn alias(d: usize, m: usize) -> u64 {
     (d * METRICS.len() + m) as u64
 }
 
-fn double(name: Option<&str>, alias: u64, datatype: bool, v: f64) -> Metric {
+/// A Double metric: `name` and `datatype` as in a BIRTH, or only the alias as in a DATA.
+pub fn double(name: Option<&str>, alias: u64, datatype: bool, v: f64) -> Metric {
     Metric {
         name: name.map(str::to_string),
         alias: Some(alias),
@@ -85,7 +87,8 @@ fn double(name: Option<&str>, alias: u64, datatype: bool, v: f64) -> Metric {
     }
 }
 
-fn bd_seq() -> Metric {
+/// The `bdSeq` metric of an NBIRTH or NDEATH: 0, in every session.
+pub fn bd_seq() -> Metric {
     Metric {
         name: Some("bdSeq".into()),
         datatype: Some(DataType::Int64 as u32),
