@@ -28,6 +28,15 @@
 //! - **Following seasons, never a fault.** After commissioning the statistics keep learning,
 //!   forgetting with `adapt_half_life`, only from messages where every residual is below half
 //!   its limit; the model is refitted from them every `refit_every`.
+//! - **Following the site.** What the site's other devices show in a metric (the median of their
+//!   residuals) is a feature of that metric, so the regression learns how strongly a device
+//!   follows its site; commissioning seldom sees a weather front, so that gain starts small. A
+//!   message is therefore also learnt from when every residual is below half its limit *beside
+//!   the site*, i.e. once the device is taken to follow its site fully: a front is learnt while
+//!   it comes (refitted eight times as often meanwhile), and a device's own fault, which its
+//!   site does not show, never is. A jump of the whole site (a residual past twice its limit at
+//!   once) is not learnt this way: it is a site-wide change, grouped as such (see
+//!   `incident::site_wide`).
 //!
 //! The fit solves the ridge normal equations of standardised features with linfa's Cholesky
 //! solver (`linfa-linalg`).
@@ -143,6 +152,11 @@ const NOISE_TAU_MS: f64 = 3_600_000.0;
 const EXPLAINED_FOR: i64 = 15 * 60_000;
 /// Readings a metric's noise estimate takes whole before jumps are capped in it.
 const NOISE_WARMUP: u32 = 30;
+/// A residual this many times its limit is a jump, not a movement learnt beside the site.
+const JUMP: f64 = 2.0;
+/// While a device is learnt beside its site (its site is moving), it is refitted this many
+/// times as often as `refit_every`: the gain it follows its site with is what is being learnt.
+const EAGER_REFITS: i64 = 8;
 /// A value further than this share of the range seen so far beyond it is a new operating region.
 const NEW_REGION: f64 = 0.1;
 
@@ -188,12 +202,10 @@ impl SiteCommon {
             }
         };
         site.entries[i] = (ts, r);
-        let fresh = |e: &(i64, f64)| (ts - e.0).abs() <= fresh_ms;
         if site.entries.len() <= SITE_EXACT_UP_TO {
-            let mut others: Vec<f64> =
-                site.entries.iter().enumerate().filter(|(j, e)| *j != i && fresh(e)).map(|(_, e)| e.1).collect();
-            return if others.len() < SITE_MIN_OTHERS { 0.0 } else { median(&mut others) };
+            return site.others(Some(i), ts, fresh_ms);
         }
+        let fresh = |e: &(i64, f64)| (ts - e.0).abs() <= fresh_ms;
         match site.cached {
             Some((at, m)) if (ts - at).abs() < SITE_REFRESH_MS => m,
             _ => {
@@ -214,6 +226,25 @@ impl SiteCommon {
                     *moved = i;
                 }
             }
+        }
+    }
+}
+
+impl SiteMetric {
+    /// The median of the residuals taken within `fresh_ms` of `ts` of every device but the one
+    /// at `own`; 0 with fewer than [`SITE_MIN_OTHERS`] of them.
+    fn others(&self, own: Option<usize>, ts: i64, fresh_ms: i64) -> f64 {
+        let mut others: Vec<f64> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(j, e)| Some(*j) != own && (ts - e.0).abs() <= fresh_ms)
+            .map(|(_, e)| e.1)
+            .collect();
+        if others.len() < SITE_MIN_OTHERS {
+            0.0
+        } else {
+            median(&mut others)
         }
     }
 }
@@ -695,23 +726,32 @@ impl DeviceContext {
                 m.hi = m.hi.max(m.smoothed);
             }
             self.last_excess = 0.0;
-            self.learn(config, ts, z);
+            self.learn(config, ts, z, false);
             return None;
         }
         let mut worst: Option<(usize, f64, f64, f64)> = None;
         let mut healthy = true;
+        let mut with_site = true;
+        let own = self.own_dim();
         self.last_excess = 0.0;
         for (j, (m, &(r, predicted))) in self.metrics.iter_mut().zip(residuals).enumerate() {
             let excess = r.abs() / m.limit;
             (m.excess, m.judged_at) = (excess, Some(ts));
             healthy &= excess < 0.5;
+            // What is left when the device follows its site's common part fully; a jump (a
+            // residual already past twice its limit) is left to the site-wide grouping.
+            let common = z[own + j] * self.unit[j];
+            let follows = m.coef.get(own + j).copied().unwrap_or(0.0);
+            with_site &= (r - (1.0 - follows) * common).abs() / m.limit < 0.5 && excess < JUMP;
             self.last_excess = self.last_excess.max(excess);
             if excess > 1.0 && worst.is_none_or(|w| excess > w.1) {
                 worst = Some((j, excess, r, predicted));
             }
         }
-        if healthy {
-            self.learn(config, ts, z);
+        if healthy || with_site {
+            // Beside the site, what is learnt is how strongly the device follows it: refitted
+            // sooner.
+            self.learn(config, ts, z, !healthy);
         }
         let (j, excess, r, predicted) = worst?;
         let m = &self.metrics[j];
@@ -729,13 +769,14 @@ impl DeviceContext {
     }
 
     /// Learns from a message after commissioning (forgetting with `adapt_half_life`), refitting
-    /// every `refit_every`.
-    fn learn(&mut self, config: &ContextConfig, ts: i64, z: &[f64]) {
+    /// every `refit_every` (`eager`: [`EAGER_REFITS`] times as often).
+    fn learn(&mut self, config: &ContextConfig, ts: i64, z: &[f64], eager: bool) {
         let dt = self.last_learn_ts.map_or(0, |t| (ts - t).max(0));
         let keep = 0.5f64.powf(dt as f64 / config.adapt_half_life.as_millis() as f64);
         self.accumulate(z, keep);
         self.last_learn_ts = Some(ts);
-        if self.last_fit_ts.is_none_or(|t| ts - t >= config.refit_every.as_millis() as i64) {
+        let every = config.refit_every.as_millis() as i64 / if eager { EAGER_REFITS } else { 1 };
+        if self.last_fit_ts.is_none_or(|t| ts - t >= every) {
             self.fit(config.ridge);
             self.last_fit_ts = Some(ts);
         }
@@ -914,6 +955,49 @@ mod tests {
         site.forget("b");
         assert_eq!(site.record("t", "d", 10, 100.0, 60_000), 2.5, "a and c");
         assert_eq!(site.record("t", "a", 120_000, 1.0, 60_000), 0.0, "the others are stale");
+    }
+
+    /// A weather front warms a whole site's discharge temperatures by 6 °C over a day, holds,
+    /// and passes: each device learns how it follows its site and none alarms for long; a
+    /// fault of one device's current during the front still alarms.
+    #[test]
+    fn a_weather_front_at_the_whole_site_is_followed_and_a_fault_during_it_still_alarms() {
+        let config = ContextConfig::default();
+        let names = ["vibration", "current", "discharge_temp"];
+        let mut devices: Vec<DeviceContext> = (0..4).map(|_| DeviceContext::new(&config, 0, &names)).collect();
+        let mut site = SiteCommon::default();
+        let front = |ts: i64| {
+            let d = (ts - 2 * 24 * HOUR) as f64 / (24 * HOUR) as f64;
+            6.0 * d.clamp(0.0, 1.0).min((3.0 - d).clamp(0.0, 1.0))
+        };
+        let fault_from = 3 * 24 * HOUR;
+        let mut runs = [0usize; 4];
+        let mut longest = vec![(0usize, 0i64, None); 4];
+        let mut fault_alarms = 0;
+        let mut ts = 0;
+        while ts < 5 * 24 * HOUR {
+            for (k, ctx) in devices.iter_mut().enumerate() {
+                // Each device on its own phase of the day; the front reaches them all at once.
+                let at = ts + k as i64 * 37 * MIN;
+                let mut values = device(at, if k == 0 && ts >= fault_from + 12 * HOUR { 2.5 } else { 0.0 });
+                values[1].1 += front(ts);
+                let name = format!("d{k}");
+                let alarm = ctx.observe(&config, ts, &values, &mut site, &name).anomaly;
+                if k == 0 && ts >= fault_from + 12 * HOUR {
+                    fault_alarms += usize::from(alarm.as_ref().is_some_and(|a| a.0 == "current"));
+                    continue;
+                }
+                runs[k] = if alarm.is_some() { runs[k] + 1 } else { 0 };
+                if runs[k] > longest[k].0 {
+                    longest[k] = (runs[k], ts / HOUR, alarm.map(|a| a.0));
+                }
+            }
+            ts += 10_000;
+        }
+        assert!(devices.iter().all(|d| d.phase() == ContextPhase::Watching));
+        // Five minutes of messages (the slow debounce) in a row would be a ticket.
+        assert!(longest.iter().all(|n| n.0 < 30), "longest runs of alarms (messages, hour, metric): {longest:?}");
+        assert!(fault_alarms > 30, "the fault during the front alarms ({fault_alarms} messages)");
     }
 
     #[test]
