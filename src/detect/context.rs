@@ -203,7 +203,7 @@ impl SiteCommon {
         };
         site.entries[i] = (ts, r);
         if site.entries.len() <= SITE_EXACT_UP_TO {
-            return site.others(Some(i), ts, fresh_ms);
+            return site.others(i, ts, fresh_ms);
         }
         let fresh = |e: &(i64, f64)| (ts - e.0).abs() <= fresh_ms;
         match site.cached {
@@ -233,12 +233,12 @@ impl SiteCommon {
 impl SiteMetric {
     /// The median of the residuals taken within `fresh_ms` of `ts` of every device but the one
     /// at `own`; 0 with fewer than [`SITE_MIN_OTHERS`] of them.
-    fn others(&self, own: Option<usize>, ts: i64, fresh_ms: i64) -> f64 {
+    fn others(&self, own: usize, ts: i64, fresh_ms: i64) -> f64 {
         let mut others: Vec<f64> = self
             .entries
             .iter()
             .enumerate()
-            .filter(|(j, e)| Some(*j) != own && (ts - e.0).abs() <= fresh_ms)
+            .filter(|(j, e)| *j != own && (ts - e.0).abs() <= fresh_ms)
             .map(|(_, e)| e.1)
             .collect();
         if others.len() < SITE_MIN_OTHERS {
@@ -970,7 +970,7 @@ mod tests {
             let d = (ts - 2 * 24 * HOUR) as f64 / (24 * HOUR) as f64;
             6.0 * d.clamp(0.0, 1.0).min((3.0 - d).clamp(0.0, 1.0))
         };
-        let fault_from = 3 * 24 * HOUR;
+        let fault_from = 3 * 24 * HOUR + 12 * HOUR;
         let mut runs = [0usize; 4];
         let mut longest = vec![(0usize, 0i64, None); 4];
         let mut fault_alarms = 0;
@@ -979,11 +979,12 @@ mod tests {
             for (k, ctx) in devices.iter_mut().enumerate() {
                 // Each device on its own phase of the day; the front reaches them all at once.
                 let at = ts + k as i64 * 37 * MIN;
-                let mut values = device(at, if k == 0 && ts >= fault_from + 12 * HOUR { 2.5 } else { 0.0 });
+                let faulty = k == 0 && ts >= fault_from;
+                let mut values = device(at, if faulty { 2.5 } else { 0.0 });
                 values[1].1 += front(ts);
                 let name = format!("d{k}");
                 let alarm = ctx.observe(&config, ts, &values, &mut site, &name).anomaly;
-                if k == 0 && ts >= fault_from + 12 * HOUR {
+                if faulty {
                     fault_alarms += usize::from(alarm.as_ref().is_some_and(|a| a.0 == "current"));
                     continue;
                 }
