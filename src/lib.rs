@@ -26,6 +26,10 @@
 //! - [`score`]: the 0..1 anomaly score every detector and model reports.
 //! - [`logging`]: log output for a terminal, a file, the systemd journal or a log shipper.
 
+// Outside tests nothing may panic on an unwrap: input, config, network and disk errors are
+// errors (`Result`), and what cannot fail says why in its own code.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 /// A hash map of the hot path: hashbrown's map (the one std's is built on, with `entry_ref`) with
 /// aHash, several times cheaper than SipHash for the short device and metric names hashed a
 /// dozen times per message, and seeded at random like std's (names come from the wire: no

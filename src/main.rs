@@ -1,4 +1,5 @@
 //! The `fieldwatch` command line: parse, set up logging, dispatch. Everything else is the library.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
