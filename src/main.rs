@@ -205,8 +205,10 @@ enum Command {
         /// weekends, weather and communication gaps over this many days (see `--family`).
         #[arg(long)]
         days: Option<i64>,
-        /// The physics of a `--days` fleet: `a` (linear), `b` (affinity laws and compression) or
-        /// `c` (the fleets of `b` as a PLC gateway reports them: exact zeros at rest, coarse sensors).
+        /// The physics of a `--days` fleet: `a` (linear), `b` (affinity laws and compression),
+        /// `c` (the fleets of `b` as a PLC gateway reports them: exact zeros at rest, coarse
+        /// sensors) or `d` (the machines of `b` on on/off control: starts and stops all shift
+        /// long, an inrush at each start, a discharge temperature that lags).
         #[arg(long, default_value = "a")]
         family: fieldwatch::sim::fleet::Family,
         /// Days of healthy history before a `--days` fleet's faults may start (commissioning).

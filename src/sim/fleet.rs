@@ -132,6 +132,14 @@ pub enum Family {
     /// read exactly 0, and every value comes in its sensor's resolution (0.5 °C, 0.1 bar,
     /// 0.1 A, 0.1 mm/s, 0.1 m³/h), so healthy sensors repeat themselves.
     Gateway,
+    /// The machines of [`Family::Physics`] on on/off control, as most small plant runs: during
+    /// the shift a compressor or pump does not follow its demand smoothly but starts and stops
+    /// (a pressure or level band: full load for minutes, then stopped or unloaded for minutes,
+    /// the share of time on following the demand; below its lowest load it only cycles). A start
+    /// draws an inrush current and shakes for a few seconds; a compressor's discharge
+    /// temperature follows its compression with a thermal lag of minutes, so it lags every start
+    /// and stop.
+    Cycling,
 }
 
 impl std::str::FromStr for Family {
@@ -141,7 +149,8 @@ impl std::str::FromStr for Family {
             "a" | "linear" => Ok(Family::Linear),
             "b" | "physics" => Ok(Family::Physics),
             "c" | "gateway" => Ok(Family::Gateway),
-            _ => Err(format!("unknown fleet family `{s}` (a or linear, b or physics, c or gateway)")),
+            "d" | "cycling" => Ok(Family::Cycling),
+            _ => Err(format!("unknown fleet family `{s}` (a or linear, b or physics, c or gateway, d or cycling)")),
         }
     }
 }
@@ -159,6 +168,82 @@ struct Week {
     /// Per device: its own slow wander of load.
     wander: Vec<f64>,
     last_ts: Vec<Option<i64>>,
+    /// Per device: its on/off control ([`Family::Cycling`] only).
+    cycling: Vec<OnOff>,
+}
+
+/// A device on on/off control ([`Family::Cycling`]): a store (a receiver's pressure, a tank's
+/// level) that the device fills while on and the demand empties; it starts at the bottom of
+/// its band and stops at the top.
+#[derive(Debug, Clone)]
+struct OnOff {
+    /// The load it runs at while on.
+    on_load: f64,
+    /// The load while "off": 0 (stopped) or a compressor's unloaded running.
+    off_load: f64,
+    /// Minutes to fill the whole band at full load with no demand (sets the cycle length).
+    band_min: f64,
+    /// Where in the band the store is (0..1), and whether the device is on.
+    store: f64,
+    on: bool,
+    /// When it last started (ms).
+    started: Option<i64>,
+    /// The thermal lag of its discharge temperature (ms) and its lagged value.
+    temp_tau_ms: f64,
+    temp: Option<f64>,
+    temp_at: Option<i64>,
+}
+
+impl OnOff {
+    fn new(rng: &mut StdRng, equipment: Equipment) -> OnOff {
+        let unloads = equipment == Equipment::Compressor && rng.gen_bool(0.5);
+        OnOff {
+            on_load: rng.gen_range(0.85..1.0),
+            off_load: if unloads { rng.gen_range(0.15..0.3) } else { 0.0 },
+            band_min: rng.gen_range(4.0..12.0),
+            store: rng.gen_range(0.0..1.0),
+            on: false,
+            started: None,
+            temp_tau_ms: rng.gen_range(3.0..8.0) * 60_000.0,
+            temp: None,
+            temp_at: None,
+        }
+    }
+
+    /// The load at `ts` after `dt` ms of `demand` (0..1): on, off, or following the demand
+    /// smoothly when it is above what the device delivers on/off.
+    fn step(&mut self, ts: i64, dt: i64, demand: f64) -> f64 {
+        let per_ms = 1.0 / (self.band_min * 60_000.0);
+        if demand >= self.on_load * 0.97 {
+            // Demand past what the band can hold: it runs continuously and modulates.
+            if !self.on {
+                self.started = Some(ts);
+            }
+            self.on = true;
+            self.store = 0.5;
+            return demand;
+        }
+        // Unloaded or stopped, it delivers nothing.
+        let supply = if self.on { self.on_load } else { 0.0 };
+        self.store = (self.store + (supply - demand) * dt as f64 * per_ms).clamp(0.0, 1.0);
+        if self.on && self.store >= 1.0 {
+            self.on = false;
+        } else if !self.on && self.store <= 0.0 && demand > 0.02 {
+            self.on = true;
+            // Somewhere within the last reporting period.
+            self.started = Some(ts - (ts / PERIOD_MS).rem_euclid(7) * PERIOD_MS / 7);
+        }
+        if self.on {
+            self.on_load
+        } else {
+            self.off_load
+        }
+    }
+
+    /// Seconds since the last start, while on.
+    fn since_start_s(&self, ts: i64) -> Option<f64> {
+        self.started.filter(|_| self.on).map(|s| (ts - s) as f64 / 1000.0)
+    }
 }
 
 fn compressor(rng: &mut StdRng) -> Vec<MetricModel> {
@@ -366,6 +451,9 @@ impl Fleet {
         let disturbances = (0..n).map(|_| Disturbances::new(&mut rng, start_ms, end_ms)).collect();
         let ambient_gain = (0..n).map(|_| rng.gen_range(0.8..1.2)).collect();
         let thermal_lag_ms = (0..n).map(|_| rng.gen_range(15.0..60.0) * 60_000.0).collect();
+        // Its own generator, so the other families' fleets stay what they were.
+        let mut on_off_rng = StdRng::seed_from_u64(seed ^ 0x0c0c_1e5e);
+        let cycling = fleet.devices.iter().map(|d| OnOff::new(&mut on_off_rng, d.equipment)).collect();
         // Faults after the quiet days, at any hour, lasting as in `scenario`.
         let first = start_ms + (quiet_days * DAY as f64) as i64;
         for f in &mut fleet.faults {
@@ -388,6 +476,7 @@ impl Fleet {
             lagged_ambient: vec![None; n],
             wander: vec![0.0; n],
             last_ts: vec![None; n],
+            cycling,
         });
         fleet
     }
@@ -414,7 +503,10 @@ impl Fleet {
         let k = dt as f64 / (2.0 * HOUR as f64);
         w.wander[device] += -k * w.wander[device] + 0.04 * (2.0 * k).sqrt() * self.noise.sample(&mut self.rng);
         let target = (w.duty[device].target(ts) + w.wander[device]).clamp(0.0, 1.0);
-        let load = lag(&mut self.load[device], target, dt, 10.0 * 60_000.0);
+        let mut load = lag(&mut self.load[device], target, dt, 10.0 * 60_000.0);
+        if w.family == Family::Cycling {
+            load = w.cycling[device].step(ts, dt, load);
+        }
         let weather = &w.weather[site];
         let ambient = lag(&mut w.lagged_ambient[device], weather.ambient(ts), dt, w.thermal_lag_ms[device]);
         let relative = w.ambient_gain[device] * (ambient - weather.mean);
@@ -444,7 +536,16 @@ impl Fleet {
         let d = &self.devices[device];
         let cycle = ((ts as f64 / d.cycle_ms + d.phase) * std::f64::consts::TAU).sin() * d.cycle_depth;
         // A stopped device (real days, at night) has no duty cycle either.
-        let load = if family.is_some() { (load_now + cycle * load_now.min(1.0)).max(0.0) } else { load_now + cycle };
+        let load = match family {
+            // On/off control is its short cycle.
+            Some(Family::Cycling) => load_now,
+            Some(_) => (load_now + cycle * load_now.min(1.0)).max(0.0),
+            None => load_now + cycle,
+        };
+        let since_start = self.week.as_ref().and_then(|w| match w.family {
+            Family::Cycling => w.cycling[device].since_start_s(ts),
+            _ => None,
+        });
         let in_maintenance = self.maintenance.iter().any(|&(dev, from, to)| dev == device && ts >= from && ts < to);
         let faults: Vec<FleetFault> =
             self.faults.iter().filter(|f| f.device == device && ts >= f.start_ms).copied().collect();
@@ -460,6 +561,10 @@ impl Fleet {
                     (FaultKind::CoolingDrift { rise }, "discharge_temp") => extra += rise * progress,
                     (FaultKind::Fouling { loss }, "flow") => extra -= loss * progress * spec.load_gain * load,
                     (FaultKind::Fouling { loss }, "current") => extra += 0.5 * loss * progress * spec.load_gain * load,
+                    // On/off, the load is either set: the current rises against it instead.
+                    (FaultKind::Relation, "current") if family == Some(Family::Cycling) => {
+                        effective_load = load * (1.0 + 0.3 * progress)
+                    }
                     (FaultKind::Relation, "current") => {
                         effective_load = (2.0 * load_now - load + 0.15 * progress).max(0.0)
                     }
@@ -470,6 +575,10 @@ impl Fleet {
             let base = match family {
                 Some(Family::Physics | Family::Gateway) => {
                     physics(self.devices[device].equipment, spec, effective_load, ambient)
+                }
+                Some(Family::Cycling) => {
+                    let v = physics(self.devices[device].equipment, spec, effective_load, ambient);
+                    self.cycling_transients(device, spec, v, since_start, ts)
                 }
                 Some(Family::Linear) if spec.name == "discharge_temp" => {
                     spec.level + spec.load_gain * effective_load + ambient
@@ -488,6 +597,32 @@ impl Fleet {
             out.push(super::transmit(&mut self.frozen[device * 4 + m], v, stuck));
         }
         out
+    }
+
+    /// What a start and the thermal mass add to a [`Family::Cycling`] device's steady value
+    /// `v`: the inrush current and a shake in the first seconds after a start, and the discharge
+    /// temperature's lag behind its compression.
+    fn cycling_transients(
+        &mut self,
+        device: usize,
+        spec: &MetricModel,
+        v: f64,
+        since_start: Option<f64>,
+        ts: i64,
+    ) -> f64 {
+        let Some(w) = self.week.as_mut() else { return v };
+        let start = since_start.map_or(0.0, |s| (-s / 6.0).exp());
+        match spec.name {
+            "current" => v * (1.0 + 2.5 * start),
+            "vibration" => v + 1.5 * spec.level * start,
+            "discharge_temp" => {
+                let c = &mut w.cycling[device];
+                let dt = c.temp_at.map_or(PERIOD_MS, |t| (ts - t).max(0));
+                c.temp_at = Some(ts);
+                lag(&mut c.temp, v, dt, c.temp_tau_ms)
+            }
+            _ => v,
+        }
     }
 
     /// The load of a set-point fleet's device at `ts`: its set point, approached over minutes.
@@ -525,6 +660,52 @@ mod tests {
         assert_eq!(a.values(3, 0), b.values(3, 0));
         let other = Fleet::scenario(30, 24, 0, 2);
         assert_ne!(other.failing(), a.failing(), "another seed fails other devices");
+    }
+
+    #[test]
+    fn a_cycling_machine_starts_and_stops_through_its_shift_with_an_inrush_and_a_lagging_temperature() {
+        let mut f = Fleet::week(Family::Cycling, 30, 3, 2.0, 0, 7);
+        let comp = (0..30)
+            .find(|&d| f.devices[d].equipment == Equipment::Compressor && !f.failing().contains(&d))
+            .unwrap_or(1);
+        let names: Vec<&str> = f.devices[comp].metrics.iter().map(|m| m.name).collect();
+        let current = names.iter().position(|n| *n == "current").unwrap_or(3);
+        let temp = names.iter().position(|n| *n == "discharge_temp").unwrap_or(0);
+        let (mut starts, mut stops, mut inrush) = (0, 0, 0);
+        let mut was_on = None;
+        let mut temps_after_start = Vec::new();
+        let mut rises = Vec::new();
+        let mut ts = 0;
+        while ts < 2 * DAY {
+            let v = f.values(comp, ts);
+            let w = f.week.as_ref().unwrap();
+            let on = w.cycling[comp].on;
+            if was_on == Some(false) && on {
+                starts += 1;
+                if v[current]
+                    > 1.3 * (f.devices[comp].metrics[current].level + f.devices[comp].metrics[current].load_gain)
+                {
+                    inrush += 1;
+                }
+                temps_after_start.clear();
+            }
+            if was_on == Some(true) && !on {
+                stops += 1;
+            }
+            if on && temps_after_start.len() < 30 {
+                temps_after_start.push(v[temp]);
+                if temps_after_start.len() == 30 {
+                    rises.push(temps_after_start[29] - temps_after_start[1]);
+                }
+            }
+            was_on = Some(on);
+            ts += PERIOD_MS;
+        }
+        assert!(starts >= 10 && stops >= 10, "{starts} starts, {stops} stops in two days");
+        assert!(inrush * 2 >= starts, "a start draws an inrush: {inrush} of {starts}");
+        // Between ten seconds and five minutes after a start the discharge temperature climbs.
+        rises.sort_by(f64::total_cmp);
+        assert!(!rises.is_empty() && rises[rises.len() / 2] > 1.0, "rises after starts: {rises:?}");
     }
 
     #[test]
