@@ -103,8 +103,13 @@ pub struct Core {
     state_saved_at: Option<i64>,
     /// The newest event time when the state was last written: a fast backfill (hours of event
     /// time a minute) writes it every [`checkpoint::STATE_SAVE_EVERY_MS`] of event time too,
-    /// so a crash in it loses minutes of learning, not hours.
+    /// so a crash in it loses minutes of learning, not hours. `None` after a save by the tick:
+    /// the next message starts this clock again.
     state_saved_at_event: Option<i64>,
+    /// No checkpoint by event time before this wall time (ms): the last one wrote so much that
+    /// writing it again every 5 minutes of a fast backfill's event time would fill sled's file
+    /// with copies of it (see [`checkpoint::CHECKPOINT_BYTES_PER_SEC`]).
+    checkpoint_not_before: i64,
     /// When an eviction from the full device table was last logged (wall ms).
     evictions_logged_at: Option<i64>,
     limits: Limits,
@@ -252,6 +257,7 @@ impl Core {
             models,
             state_saved_at: None,
             state_saved_at_event: None,
+            checkpoint_not_before: i64::MIN,
             evictions_logged_at: None,
             limits: Limits {
                 max_devices: config.decode.max_devices,
@@ -532,7 +538,7 @@ impl Core {
         out: &mut BatchOutcome,
     ) -> Result<Option<f64>, StoreError> {
         let Some(first) = readings.first() else { return Ok(None) };
-        self.checkpoint_by_event_time(first.ts)?;
+        self.checkpoint_by_event_time(first.ts, received_ms)?;
         self.heard_from(&first.device, received_ms, out)?;
         self.devices.note_cadence(&first.device, first.ts);
         let mut series = std::mem::take(&mut self.series_scratch);
