@@ -5,6 +5,7 @@
 //! once. It is synchronous; the caller flushes the store after each batch (group commit) and only
 //! then acknowledges the batch to its source.
 
+mod checkpoint;
 mod checks;
 mod devices;
 mod feedback;
@@ -101,9 +102,14 @@ pub struct Core {
     /// stored copies behind as garbage in the database file.
     state_saved_at: Option<i64>,
     /// The newest event time when the state was last written: a fast backfill (hours of event
-    /// time a minute) writes it every [`STATE_SAVE_EVERY_MS`] of event time too, so a crash
-    /// in it loses minutes of learning, not hours.
+    /// time a minute) writes it every [`checkpoint::STATE_SAVE_EVERY_MS`] of event time too,
+    /// so a crash in it loses minutes of learning, not hours. `None` after a save by the tick:
+    /// the next message starts this clock again.
     state_saved_at_event: Option<i64>,
+    /// No checkpoint by event time before this wall time (ms): the last one wrote so much that
+    /// writing it again every 5 minutes of a fast backfill's event time would fill sled's file
+    /// with copies of it (see [`checkpoint::CHECKPOINT_BYTES_PER_SEC`]).
+    checkpoint_not_before: i64,
     /// When an eviction from the full device table was last logged (wall ms).
     evictions_logged_at: Option<i64>,
     limits: Limits,
@@ -157,10 +163,6 @@ const ABRUPT_METRICS: usize = 2;
 /// A device is silent after this many of its own reporting intervals (when that is longer
 /// than `stale_after`).
 const SILENT_CADENCES: f64 = 5.0;
-/// Every series' detector state is written to the store this often (tick time), and a
-/// series' own at the next tick after its healthy reference was fixed or dropped. What a crash
-/// can lose in between is a few minutes of baseline adaptation, never a reference.
-const STATE_SAVE_EVERY_MS: i64 = 5 * 60_000;
 
 /// The values of every label of the metrics whose set is fixed, from the components that own
 /// them: what [`Metrics::new`] creates at zero.
@@ -225,6 +227,8 @@ impl Core {
         for (device, context) in store.contexts::<crate::detect::DeviceContext>()? {
             detectors.restore_context(&device, context);
         }
+        // What was restored is what the store holds: the first save writes what changes after.
+        detectors.mark_stored();
         let devices =
             devices::Devices::restore(series, store.devices()?.into_iter().collect(), crate::reading::now_ms());
         let mut units: HashMap<String, String> = config.decode.units.clone().into_iter().collect();
@@ -253,6 +257,7 @@ impl Core {
             models,
             state_saved_at: None,
             state_saved_at_event: None,
+            checkpoint_not_before: i64::MIN,
             evictions_logged_at: None,
             limits: Limits {
                 max_devices: config.decode.max_devices,
@@ -533,7 +538,7 @@ impl Core {
         out: &mut BatchOutcome,
     ) -> Result<Option<f64>, StoreError> {
         let Some(first) = readings.first() else { return Ok(None) };
-        self.checkpoint_by_event_time(first.ts)?;
+        self.checkpoint_by_event_time(first.ts, received_ms)?;
         self.heard_from(&first.device, received_ms, out)?;
         self.devices.note_cadence(&first.device, first.ts);
         let mut series = std::mem::take(&mut self.series_scratch);
@@ -696,17 +701,6 @@ impl Core {
         self.incidents.forget_pending(device);
     }
 
-    /// Writes the detector state every [`STATE_SAVE_EVERY_MS`] of event time (the clock's tick
-    /// writes it by wall time): a backfill replays hours a minute.
-    fn checkpoint_by_event_time(&mut self, ts: i64) -> Result<(), StoreError> {
-        let saved = *self.state_saved_at_event.get_or_insert(ts);
-        if ts - saved >= STATE_SAVE_EVERY_MS {
-            self.save_detector_state()?;
-            self.state_saved_at_event = Some(ts);
-        }
-        Ok(())
-    }
-
     /// Learns from readings known to be healthy (a recorded healthy run, `replay --train`):
     /// the detectors learn their references from them; nothing is stored or reported.
     pub fn learn_readings(&mut self, readings: &[Reading]) {
@@ -772,18 +766,7 @@ impl Core {
     /// broker connection started (`None` while it is down): a silent broker link is not an
     /// equipment fault, and after a reconnect devices get `stale_after` to be heard again.
     pub fn tick(&mut self, now: i64, link_up_since: Option<i64>) -> Result<Vec<Transition>, StoreError> {
-        let changed = self.detectors.take_references_changed();
-        let saved_at = *self.state_saved_at.get_or_insert(now);
-        if now - saved_at >= STATE_SAVE_EVERY_MS {
-            self.save_detector_state()?;
-            self.state_saved_at = Some(now);
-        } else {
-            for (device, metric) in changed {
-                if let Some(state) = self.detectors.state(&device, &metric) {
-                    self.store.put_detector_state(&device, &metric, &state)?;
-                }
-            }
-        }
+        self.checkpoint_by_wall_time(now)?;
         let mut out = Vec::new();
         for t in self.incidents.tick(now) {
             out.push(self.persist(t)?);
@@ -904,22 +887,6 @@ impl Core {
         Ok(out)
     }
 
-    /// Writes every series' detector state (the healthy reference, the baseline, a flatline
-    /// run) to the store, durable with the next flush, so a restart does not re-learn a
-    /// reference from a fault under way. Returns
-    /// how many were written.
-    pub fn save_detector_state(&self) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for (device, metric, state) in self.detectors.states() {
-            self.store.put_detector_state(device, metric, &state)?;
-            n += 1;
-        }
-        for (device, context) in self.detectors.contexts() {
-            self.store.put_context(device, context)?;
-        }
-        Ok(n)
-    }
-
     /// Number of series with detector state.
     pub fn series_tracked(&self) -> usize {
         self.detectors.len()
@@ -959,8 +926,8 @@ mod timing {
     use crate::store::Store;
     use crate::suppress::Suppression;
 
-    const T0: i64 = 1_767_225_600_000;
-    const MINUTE: i64 = 60_000;
+    pub(super) const T0: i64 = 1_767_225_600_000;
+    pub(super) const MINUTE: i64 = 60_000;
     const HOUR: i64 = 60 * MINUTE;
     const DAY: i64 = 24 * HOUR;
 
@@ -969,17 +936,17 @@ mod timing {
         static NOW: Cell<i64> = const { Cell::new(0) };
     }
 
-    fn now() -> i64 {
+    pub(super) fn now() -> i64 {
         NOW.with(Cell::get)
     }
 
-    fn set_now(ms: i64) {
+    pub(super) fn set_now(ms: i64) {
         NOW.with(|n| n.set(ms));
     }
 
     /// The settings of the daemon tests (`tests/common`), a webhook sink `api` that is never
     /// called (its outbox is what the tests read), and no sensor-health incidents.
-    fn config() -> Config {
+    pub(super) fn config() -> Config {
         let settings = include_str!("../../tests/common/settings.toml");
         let mut config = Config::parse(settings, Path::new("settings.toml")).unwrap();
         config.incident.stale_after = Duration::ZERO;
@@ -989,7 +956,7 @@ mod timing {
     }
 
     /// A core on a temporary store, on the test's clock.
-    fn core(config: &Config) -> (Core, Arc<Store>, Arc<Metrics>) {
+    pub(super) fn core(config: &Config) -> (Core, Arc<Store>, Arc<Metrics>) {
         let store = Arc::new(Store::temporary().unwrap());
         let metrics = Arc::new(Metrics::new(&super::metric_labels()));
         let mut core = Core::new(config.core(), store.clone(), metrics.clone()).unwrap();
@@ -998,7 +965,7 @@ mod timing {
     }
 
     /// One reading of `device` at event time `ts`, heard now; what it changed, committed.
-    fn send(core: &mut Core, device: &str, ts: i64, value: f64) -> Vec<Transition> {
+    pub(super) fn send(core: &mut Core, device: &str, ts: i64, value: f64) -> Vec<Transition> {
         let r =
             Reading { device: device.into(), site: Some("site-1".into()), metric: "discharge_temp".into(), ts, value };
         let mut out = BatchOutcome::default();

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::FastMap;
+use crate::{FastMap, FastSet};
 
 pub use baseline::Baseline;
 pub use context::{ContextConfig, ContextPhase, ContextVerdict, DeviceContext, SiteCommon};
@@ -311,6 +311,10 @@ pub struct DetectorBank {
     contexts: FastMap<String, DeviceContext>,
     /// Per site: what its devices' residuals share.
     sites: FastMap<String, SiteCommon>,
+    /// Devices whose series or context reference changed since their state was last stored:
+    /// a checkpoint writes these only (see [`DetectorBank::changed_states`]), so a device that
+    /// sent nothing in between costs no write.
+    changed: FastSet<String>,
 }
 
 /// A false alarm widens a series' alarm band by this factor ...
@@ -328,6 +332,15 @@ impl DetectorBank {
             references_changed: Vec::new(),
             contexts: FastMap::default(),
             sites: FastMap::default(),
+            changed: FastSet::default(),
+        }
+    }
+
+    /// Notes that `device`'s state is no longer the stored one; its name is copied only the
+    /// first time after a checkpoint.
+    fn touch(&mut self, device: &str) {
+        if !self.changed.contains(device) {
+            self.changed.insert(device.to_string());
         }
     }
 
@@ -340,10 +353,11 @@ impl DetectorBank {
         ts: i64,
         values: &[(&str, f64)],
     ) -> ContextVerdict {
-        let config = &self.config.context;
-        if !config.enabled || values.is_empty() {
+        if !self.config.context.enabled || values.is_empty() {
             return ContextVerdict { anomaly: None, commissioned: false };
         }
+        self.touch(device);
+        let config = &self.config.context;
         let names: Vec<&str> = values.iter().map(|v| v.0).collect();
         let ctx = self.contexts.entry_ref(device).or_insert_with(|| DeviceContext::new(config, ts, &names));
         if let Some(all) = ctx.with_new(&names) {
@@ -389,9 +403,10 @@ impl DetectorBank {
         self.contexts.values().filter(|c| c.phase() == ContextPhase::Watching).count()
     }
 
-    /// Every device's context reference, to store.
-    pub fn contexts(&self) -> impl Iterator<Item = (&str, &DeviceContext)> {
-        self.contexts.iter().map(|(d, c)| (d.as_str(), c))
+    /// The context reference of every device that changed since the last
+    /// [`DetectorBank::mark_stored`], to store.
+    pub fn changed_contexts(&self) -> impl Iterator<Item = (&str, &DeviceContext)> {
+        self.contexts.iter().filter(|(d, _)| self.changed.contains(d.as_str())).map(|(d, c)| (d.as_str(), c))
     }
 
     /// Restores a device's context reference (from the store, at start).
@@ -412,6 +427,7 @@ impl DetectorBank {
         self.tuning.remove(&(device.to_string(), metric.to_string()));
         if !self.series.contains_key(device) {
             self.contexts.remove(device);
+            self.changed.remove(device);
             for site in self.sites.values_mut() {
                 site.forget(device);
             }
@@ -433,6 +449,7 @@ impl DetectorBank {
             for d in s.all() {
                 d.desensitize(new / old);
             }
+            self.touch(device);
         }
         new
     }
@@ -440,6 +457,7 @@ impl DetectorBank {
     /// A series' detectors, built on first sight: one hash per level, and the names are copied
     /// only when the series is new.
     fn entry(&mut self, device: &str, metric: &str) -> &mut SeriesDetectors {
+        self.touch(device);
         let (config, limits, tuning) = (&self.config, &self.limits, &self.tuning);
         let by_metric = self.series.entry_ref(device).or_default();
         by_metric.entry_ref(metric).or_insert_with(|| Box::new(build(config, limits, tuning, device, metric)))
@@ -462,6 +480,7 @@ impl DetectorBank {
     pub fn recommission(&mut self, device: &str, metric: &str) {
         let s = build(&self.config, &self.limits, &self.tuning, device, metric);
         self.series.entry_ref(device).or_default().insert(metric.to_string(), Box::new(s));
+        self.touch(device);
         self.references_changed.push((device.to_string(), metric.to_string()));
     }
 
@@ -474,9 +493,11 @@ impl DetectorBank {
 
     /// Ends learning from a healthy recording: every series' reference is fixed.
     pub fn end_learning(&mut self) {
-        for c in self.contexts.values_mut() {
+        for (device, c) in &mut self.contexts {
             c.end_learning(&self.config.context);
+            self.changed.insert(device.clone());
         }
+        self.changed.extend(self.series.keys().cloned());
         for (device, by_metric) in &mut self.series {
             for (metric, s) in by_metric {
                 for d in s.all() {
@@ -493,12 +514,25 @@ impl DetectorBank {
         s.drift.as_ref()?.reference().copied()
     }
 
-    /// The state of every series that survives a restart, to store.
-    pub fn states(&self) -> impl Iterator<Item = (&str, &str, SeriesState)> {
+    /// The state that survives a restart of every series whose device changed since the last
+    /// [`DetectorBank::mark_stored`], to store.
+    pub fn changed_states(&self) -> impl Iterator<Item = (&str, &str, SeriesState)> {
         self.series
             .iter()
+            .filter(|(d, _)| self.changed.contains(d.as_str()))
             .flat_map(|(d, by)| by.iter().map(move |(m, s)| (d, m, s)))
             .map(|(d, m, s)| (d.as_str(), m.as_str(), s.state()))
+    }
+
+    /// What [`DetectorBank::changed_states`] and [`DetectorBank::changed_contexts`] gave is
+    /// stored (or was restored from the store): nothing has changed since.
+    pub fn mark_stored(&mut self) {
+        self.changed.clear();
+    }
+
+    /// How many devices changed since the last [`DetectorBank::mark_stored`].
+    pub fn changed_devices(&self) -> usize {
+        self.changed.len()
     }
 
     /// The state of one series, if it is tracked.

@@ -504,11 +504,14 @@ impl Store {
     }
 
     /// Records the detector state of a series (durable with the next flush), in the binary
-    /// encoding: [`STATE_POSTCARD`], then the state as postcard.
-    pub fn put_detector_state<T: Serialize>(&self, device: &str, metric: &str, state: &T) -> Result<(), StoreError> {
+    /// encoding: [`STATE_POSTCARD`], then the state as postcard. Returns the bytes written (key
+    /// and value).
+    pub fn put_detector_state<T: Serialize>(&self, device: &str, metric: &str, state: &T) -> Result<usize, StoreError> {
         let key = [device.as_bytes(), &[0], metric.as_bytes()].concat();
-        self.detector_state.insert(key, postcard::to_extend(state, vec![STATE_POSTCARD])?)?;
-        Ok(())
+        let value = postcard::to_extend(state, vec![STATE_POSTCARD])?;
+        let bytes = key.len() + value.len();
+        self.detector_state.insert(key, value)?;
+        Ok(bytes)
     }
 
     /// Every stored detector state: (device, metric, state), binary or the JSON of earlier
@@ -619,10 +622,13 @@ impl Store {
         Ok(())
     }
 
-    /// Records a device's context reference (durable with the next flush).
-    pub fn put_context<T: Serialize>(&self, device: &str, state: &T) -> Result<(), StoreError> {
-        self.context.insert(device.as_bytes(), postcard::to_extend(state, vec![CONTEXT_POSTCARD])?)?;
-        Ok(())
+    /// Records a device's context reference (durable with the next flush). Returns the bytes
+    /// written (key and value).
+    pub fn put_context<T: Serialize>(&self, device: &str, state: &T) -> Result<usize, StoreError> {
+        let value = postcard::to_extend(state, vec![CONTEXT_POSTCARD])?;
+        let bytes = device.len() + value.len();
+        self.context.insert(device.as_bytes(), value)?;
+        Ok(bytes)
     }
 
     /// Every stored context reference: (device, state). One that no longer parses (an older
