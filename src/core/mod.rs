@@ -224,8 +224,15 @@ impl Core {
             detectors.restore(&device, &metric, state);
             series.push((device, metric));
         }
+        let mut older = 0;
         for (device, context) in store.contexts::<crate::detect::DeviceContext>()? {
-            detectors.restore_context(&device, context);
+            older += usize::from(!detectors.restore_context(&device, context));
+        }
+        if older > 0 {
+            tracing::warn!(
+                devices = older,
+                "context references stored by an older version do not fit this one: these devices commission again"
+            );
         }
         // What was restored is what the store holds: the first save writes what changes after.
         detectors.mark_stored();

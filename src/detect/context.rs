@@ -23,8 +23,14 @@
 //!   deviations). The limit is thus set by how well the device's own normal days can be
 //!   predicted, not by a textbook distribution.
 //! - **Smoothing.** Values are smoothed (an EWMA with time constant `smoothing`) before they
-//!   are compared, so noise averages out while a lasting shift adds up; the regression is
-//!   linear, so the residual of the smoothed values is the smoothed residual.
+//!   are compared, so noise averages out while a lasting shift adds up; the squares are smoothed
+//!   after squaring, so the regression is linear in what is smoothed and the residual of the
+//!   smoothed values is the smoothed residual, through a start or a stop too.
+//! - **Lags.** Each metric's slower smoothing (four times `smoothing`) is a feature of the
+//!   others', taken only where it leaves less than 0.7 of the residual the present values
+//!   leave: the discharge temperature of an on/off compressor lags every start and stop by
+//!   minutes, and is predicted from a blend of the two; a metric that follows the present
+//!   values is predicted from them alone.
 //! - **Following seasons, never a fault.** After commissioning the statistics keep learning,
 //!   forgetting with `adapt_half_life`, only from messages where every residual is below half
 //!   its limit; the model is refitted from them every `refit_every`.
@@ -159,6 +165,17 @@ const JUMP: f64 = 2.0;
 const EAGER_REFITS: i64 = 8;
 /// A value further than this share of the range seen so far beyond it is a new operating region.
 const NEW_REGION: f64 = 0.1;
+/// The slow smoothing of each metric, a feature of the others', is this many times `smoothing`:
+/// with the plain one, a lag of minutes (a discharge temperature behind a start) is a blend of
+/// the two.
+const SLOW_TAUS: f64 = 4.0;
+/// The feature layout of [`DeviceContext`] (stored with it, its first field): 2 added the
+/// smoothed squares and the slow smoothings. The layouts before had no number; their first
+/// field, the phase, reads as 0 or 1.
+const LAYOUT: u32 = 2;
+/// The others' slow smoothings predict a metric only where they leave less than this share of
+/// the residual standard deviation the present values leave.
+const LAGGED_GAIN: f64 = 0.7;
 
 /// The residuals of one site's devices, per metric: what they show together is the site's
 /// (the weather, a plant-wide change), not one device's fault.
@@ -273,6 +290,13 @@ pub enum ContextPhase {
 struct MetricState {
     name: String,
     smoothed: f64,
+    /// The smoothed square of the readings (smoothed after squaring: the regression is then
+    /// the same for smoothed values as for raw ones, a start or stop included), and a slower
+    /// smoothing of the readings ([`SLOW_TAUS`]): what a thermal mass follows.
+    #[serde(default)]
+    smoothed_sq: f64,
+    #[serde(default)]
+    slow: f64,
     last_ts: Option<i64>,
     /// Since when readings came without a gap.
     warm_since: i64,
@@ -310,6 +334,10 @@ struct MetricState {
 /// One device's context model (see the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceContext {
+    /// Which feature layout the Gram matrix and the coefficients are in ([`LAYOUT`]); one
+    /// stored by an older version commissions again.
+    #[serde(default)]
+    layout: u32,
     phase: ContextPhase,
     metrics: Vec<MetricState>,
     harmonics: usize,
@@ -368,6 +396,8 @@ impl DeviceContext {
             .map(|n| MetricState {
                 name: n.to_string(),
                 smoothed: 0.0,
+                smoothed_sq: 0.0,
+                slow: 0.0,
                 last_ts: None,
                 warm_since: ts,
                 last_value: 0.0,
@@ -385,8 +415,9 @@ impl DeviceContext {
                 judged_at: None,
             })
             .collect();
-        let dim = 1 + 3 * metrics.len() + 2 * config.daily_harmonics;
+        let dim = 1 + 4 * metrics.len() + 2 * config.daily_harmonics;
         DeviceContext {
+            layout: LAYOUT,
             phase: ContextPhase::Commissioning,
             metrics,
             harmonics: config.daily_harmonics,
@@ -479,14 +510,20 @@ impl DeviceContext {
         self.own_dim() + self.metrics.len()
     }
 
-    /// The features of the device's own: 1, its metrics and their squares, the harmonics. The
-    /// site's common residuals of each metric follow them.
+    /// The features of the device's own: 1, its metrics and their squares, their slow
+    /// smoothings, the harmonics. The site's common residuals of each metric follow them.
     fn own_dim(&self) -> usize {
-        1 + 2 * self.metrics.len() + 2 * self.harmonics
+        1 + 3 * self.metrics.len() + 2 * self.harmonics
     }
 
-    /// The device's own features at `ts`: 1, each smoothed metric and its square, and the daily
-    /// harmonics (the site's common residuals are appended later).
+    /// Whether it was stored in this version's feature layout.
+    pub fn current_layout(&self) -> bool {
+        self.layout == LAYOUT
+    }
+
+    /// The device's own features at `ts`: 1, each smoothed metric and its smoothed square, each
+    /// metric's slow smoothing, and the daily harmonics (the site's common residuals are
+    /// appended later).
     fn features(&mut self, ts: i64) -> Vec<f64> {
         if self.origin.len() != self.metrics.len() {
             self.origin = self.metrics.iter().map(|m| m.smoothed).collect();
@@ -495,9 +532,14 @@ impl DeviceContext {
         let mut z = Vec::with_capacity(self.dim());
         z.push(1.0);
         for (i, m) in self.metrics.iter().enumerate() {
-            let x = (m.smoothed - self.origin[i]) / self.unit[i];
-            z.push(x);
-            z.push(x * x);
+            let (o, u) = (self.origin[i], self.unit[i]);
+            // The smoothing of ((v - o) / u)², from the smoothings of v and v².
+            let sq = ((m.smoothed_sq - 2.0 * o * m.smoothed + o * o) / (u * u)).max(0.0);
+            z.push((m.smoothed - o) / u);
+            z.push(sq);
+        }
+        for (i, m) in self.metrics.iter().enumerate() {
+            z.push((m.slow - self.origin[i]) / self.unit[i]);
         }
         let day = (ts.rem_euclid(86_400_000) as f64) / 86_400_000.0 * std::f64::consts::TAU;
         for k in 1..=self.harmonics {
@@ -570,10 +612,15 @@ impl DeviceContext {
                     m.noise_n = m.noise_n.saturating_add(1);
                     let weight = (1.0 - (-dt / NOISE_TAU_MS).exp()).max(1.0 / f64::from(m.noise_n));
                     m.noise += (capped - m.noise) * weight;
-                    m.smoothed += (value - m.smoothed) * (1.0 - (-dt / tau).exp());
+                    let a = 1.0 - (-dt / tau).exp();
+                    m.smoothed += (value - m.smoothed) * a;
+                    m.smoothed_sq += (value * value - m.smoothed_sq) * a;
+                    m.slow += (value - m.slow) * (1.0 - (-dt / (SLOW_TAUS * tau)).exp());
                 }
                 _ => {
                     m.smoothed = value;
+                    m.smoothed_sq = value * value;
+                    m.slow = value;
                     m.warm_since = ts;
                 }
             }
@@ -812,7 +859,8 @@ fn tri(d: usize, i: usize, j: usize) -> usize {
 }
 
 /// The ridge regression of each of `k` metrics on the other features, from a Gram matrix `g`
-/// (its upper triangle, see [`tri`]) of feature vectors (1, each metric and its square, the rest): per
+/// (its upper triangle, see [`tri`]) of feature vectors (1, each metric and its square, each
+/// metric's slow smoothing, the rest): per
 /// metric its coefficients over the features and the in-sample residual standard deviation
 /// (in feature units). `None` when there is too little to fit on or the solve fails.
 fn fit_gram(g: &[f64], d: usize, k: usize, ridge: f64) -> Option<Vec<(Vec<f64>, f64)>> {
@@ -822,49 +870,72 @@ fn fit_gram(g: &[f64], d: usize, k: usize, ridge: f64) -> Option<Vec<(Vec<f64>, 
     }
     let mean: Vec<f64> = (0..d).map(|i| g[i] / n).collect();
     let cov = |i: usize, j: usize| g[tri(d, i, j)] / n - mean[i] * mean[j];
+    let slow = 1 + 2 * k..1 + 3 * k;
     let mut fits = Vec::with_capacity(k);
     for t in 0..k {
         let target = 1 + 2 * t;
-        // Predictors: every feature but the intercept and the target's own two, when it varies.
-        let preds: Vec<usize> =
-            (1..d).filter(|&p| p != target && p != target + 1 && cov(p, p) > 1e-12 * (1.0 + mean[p].abs())).collect();
-        let scale: Vec<f64> = preds.iter().map(|&p| cov(p, p).sqrt()).collect();
-        let np = preds.len();
-        let mut beta = vec![0.0; np];
-        if np > 0 {
-            let mut a = Array2::<f64>::zeros((np, np));
-            let mut b = Array2::<f64>::zeros((np, 1));
-            for (x, &p) in preds.iter().enumerate() {
-                for (y, &q) in preds.iter().enumerate() {
-                    a[[x, y]] = cov(p, q) / (scale[x] * scale[y]) + if x == y { ridge.max(1e-9) } else { 0.0 };
-                }
-                b[[x, 0]] = cov(p, target) / scale[x];
-            }
-            let solved = a.solvec(&b).ok()?;
-            for x in 0..np {
-                beta[x] = solved[[x, 0]] / scale[x];
-            }
-        }
-        let mut coef = vec![0.0; d];
-        coef[0] = mean[target] - preds.iter().zip(&beta).map(|(&p, b)| b * mean[p]).sum::<f64>();
-        for (&p, b) in preds.iter().zip(&beta) {
-            coef[p] = *b;
-        }
-        // In-sample residual variance: var(y) - 2 b'c + b'Cb.
-        let mut var = cov(target, target);
-        for (x, &p) in preds.iter().enumerate() {
-            var -= 2.0 * beta[x] * cov(p, target);
-            for (y, &q) in preds.iter().enumerate() {
-                var += beta[x] * beta[y] * cov(p, q);
-            }
-        }
-        let sigma = var.max(0.0).sqrt();
-        if !sigma.is_finite() || coef.iter().any(|x| !x.is_finite()) {
-            return None;
-        }
-        fits.push((coef, sigma));
+        // Predictors: every feature but the intercept and the target's own three, when it varies;
+        // the others' slow smoothings only where they explain most of what the present values
+        // leave (a temperature lagging every start of an on/off machine), not a little of it.
+        let own = |p: usize| p == target || p == target + 1 || p == slow.start + t;
+        let varies = |p: usize| cov(p, p) > 1e-12 * (1.0 + mean[p].abs());
+        let present: Vec<usize> = (1..d).filter(|&p| !own(p) && !slow.contains(&p) && varies(p)).collect();
+        let all: Vec<usize> = (1..d).filter(|&p| !own(p) && varies(p)).collect();
+        let fast = solve_ridge(&cov, &mean, d, target, &present, ridge)?;
+        let fit = match solve_ridge(&cov, &mean, d, target, &all, ridge) {
+            Some(lagged) if lagged.1 < LAGGED_GAIN * fast.1 => lagged,
+            _ => fast,
+        };
+        fits.push(fit);
     }
     Some(fits)
+}
+
+/// The ridge regression of feature `target` on the features `preds` (see [`fit_gram`]): its
+/// coefficients over all `d` features and the in-sample residual standard deviation.
+fn solve_ridge(
+    cov: &dyn Fn(usize, usize) -> f64,
+    mean: &[f64],
+    d: usize,
+    target: usize,
+    preds: &[usize],
+    ridge: f64,
+) -> Option<(Vec<f64>, f64)> {
+    let scale: Vec<f64> = preds.iter().map(|&p| cov(p, p).sqrt()).collect();
+    let np = preds.len();
+    let mut beta = vec![0.0; np];
+    if np > 0 {
+        let mut a = Array2::<f64>::zeros((np, np));
+        let mut b = Array2::<f64>::zeros((np, 1));
+        for (x, &p) in preds.iter().enumerate() {
+            for (y, &q) in preds.iter().enumerate() {
+                a[[x, y]] = cov(p, q) / (scale[x] * scale[y]) + if x == y { ridge.max(1e-9) } else { 0.0 };
+            }
+            b[[x, 0]] = cov(p, target) / scale[x];
+        }
+        let solved = a.solvec(&b).ok()?;
+        for x in 0..np {
+            beta[x] = solved[[x, 0]] / scale[x];
+        }
+    }
+    let mut coef = vec![0.0; d];
+    coef[0] = mean[target] - preds.iter().zip(&beta).map(|(&p, b)| b * mean[p]).sum::<f64>();
+    for (&p, b) in preds.iter().zip(&beta) {
+        coef[p] = *b;
+    }
+    // In-sample residual variance: var(y) - 2 b'c + b'Cb.
+    let mut var = cov(target, target);
+    for (x, &p) in preds.iter().enumerate() {
+        var -= 2.0 * beta[x] * cov(p, target);
+        for (y, &q) in preds.iter().enumerate() {
+            var += beta[x] * beta[y] * cov(p, q);
+        }
+    }
+    let sigma = var.max(0.0).sqrt();
+    if !sigma.is_finite() || coef.iter().any(|x| !x.is_finite()) {
+        return None;
+    }
+    Some((coef, sigma))
 }
 
 #[cfg(test)]
@@ -905,6 +976,66 @@ mod tests {
         let later = run(&mut ctx, &config, 24 * HOUR, 5 * 24 * HOUR, 0.0);
         assert_eq!(ctx.phase(), ContextPhase::Watching, "commissioned after a day");
         assert!(later.is_empty(), "{:?}", later.first());
+    }
+
+    /// An on/off compressor: on at full load for 12 minutes, off for 9, round the clock; its
+    /// current and pressure follow at once, its discharge temperature with a 5-minute lag
+    /// (plus `drift` °C).
+    struct OnOff {
+        temp: f64,
+    }
+
+    impl OnOff {
+        fn values(&mut self, ts: i64, drift: f64) -> [(&'static str, f64); 3] {
+            let on = ts % (21 * MIN) < 12 * MIN;
+            let load = if on { 0.9 } else { 0.0 };
+            let noise = |k: f64| 0.05 * ((ts as f64 / 1e4 * k).sin() * 43758.5).fract();
+            self.temp += (30.0 + 60.0 * load - self.temp) * (1.0 - (-10_000.0f64 / (5.0 * MIN as f64)).exp());
+            let current = if on { 6.0 + 12.0 * load } else { 0.3 };
+            [
+                ("current", current + noise(1.7)),
+                ("discharge_temp", self.temp + drift + noise(2.3)),
+                ("suction_pressure", 4.6 - 0.6 * load + 0.1 * noise(3.9)),
+            ]
+        }
+    }
+
+    #[test]
+    fn a_temperature_that_lags_every_start_of_an_on_off_machine_is_learnt_and_its_drift_alarms() {
+        let config = ContextConfig::default();
+        let mut ctx = DeviceContext::new(&config, 0, &["current", "discharge_temp", "suction_pressure"]);
+        let mut machine = OnOff { temp: 30.0 };
+        let mut site = SiteCommon::default();
+        let (mut healthy, mut first_alarm) = (0, None);
+        let mut ts = 0;
+        while ts < 4 * 24 * HOUR {
+            // From the third day on, the cooling fails: +15 °C over two hours.
+            let drift = (ts - 3 * 24 * HOUR).max(0) as f64 / (2 * HOUR) as f64 * 15.0;
+            let alarm = ctx.observe(&config, ts, &machine.values(ts, drift.min(15.0)), &mut site, "c").anomaly;
+            match alarm {
+                Some(_) if drift == 0.0 => healthy += 1,
+                Some((metric, _)) if first_alarm.is_none() => first_alarm = Some((ts - 3 * 24 * HOUR, metric)),
+                _ => {}
+            }
+            ts += 10_000;
+        }
+        assert_eq!(ctx.phase(), ContextPhase::Watching);
+        assert_eq!(healthy, 0, "no alarm in two healthy days of starts and stops");
+        let (after, metric) = first_alarm.expect("the cooling drift alarms");
+        // (Before the others' slow smoothings were features, it never alarmed.)
+        assert!(after < 2 * HOUR, "alarmed {} min into the drift, on {metric}", after / MIN);
+    }
+
+    #[test]
+    fn a_reference_of_an_older_layout_is_told_apart() {
+        let config = ContextConfig::default();
+        let ctx = DeviceContext::new(&config, 0, &["current", "discharge_temp"]);
+        let stored: DeviceContext = postcard::from_bytes(&postcard::to_allocvec(&ctx).unwrap()).unwrap();
+        assert!(stored.current_layout());
+        // An older record starts with its phase: 0 (commissioning) or 1 (watching).
+        for phase in [0u32, 1] {
+            assert!(!DeviceContext { layout: phase, ..ctx.clone() }.current_layout());
+        }
     }
 
     #[test]

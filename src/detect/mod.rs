@@ -409,11 +409,16 @@ impl DetectorBank {
         self.contexts.iter().filter(|(d, _)| self.changed.contains(d.as_str())).map(|(d, c)| (d.as_str(), c))
     }
 
-    /// Restores a device's context reference (from the store, at start).
-    pub fn restore_context(&mut self, device: &str, context: DeviceContext) {
+    /// Restores a device's context reference (from the store, at start); false when it was
+    /// stored in an older feature layout, and the device commissions again.
+    pub fn restore_context(&mut self, device: &str, context: DeviceContext) -> bool {
+        if !context.current_layout() {
+            return false;
+        }
         if self.config.context.enabled {
             self.contexts.insert(device.to_string(), context);
         }
+        true
     }
 
     /// Drops a series' detectors and tuning (its device was forgotten).
