@@ -335,7 +335,9 @@ pub struct DeviceSummary {
 /// all (`[detect.context] enabled`).
 pub fn device_summaries(store: &Store, commissions: bool) -> Result<Vec<DeviceSummary>, crate::store::StoreError> {
     use crate::detect::{ContextPhase, DeviceContext};
-    let contexts: std::collections::HashMap<String, DeviceContext> = store.contexts()?.into_iter().collect();
+    // One of an older layout is not the device's: it commissions again.
+    let contexts: std::collections::HashMap<String, DeviceContext> =
+        store.contexts::<DeviceContext>()?.into_iter().filter(|(_, c)| c.current_layout()).collect();
     let mut reported: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
     for (_, device, metric) in store.all_series()? {
         reported.entry(device).or_default().push(metric);

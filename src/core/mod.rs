@@ -224,10 +224,13 @@ impl Core {
             detectors.restore(&device, &metric, state);
             series.push((device, metric));
         }
-        let mut older = 0;
+        // A reference of an older version either does not decode or decodes with an older
+        // layout number: both are counted.
+        let mut restored = 0;
         for (device, context) in store.contexts::<crate::detect::DeviceContext>()? {
-            older += usize::from(!detectors.restore_context(&device, context));
+            restored += usize::from(detectors.restore_context(&device, context));
         }
+        let older = store.context_records().saturating_sub(restored);
         if older > 0 {
             tracing::warn!(
                 devices = older,

@@ -644,6 +644,11 @@ impl Store {
         Ok(out)
     }
 
+    /// How many context references are stored, readable or not.
+    pub fn context_records(&self) -> usize {
+        self.context.len()
+    }
+
     /// Removes a device's context reference (it was forgotten).
     pub fn remove_context(&self, device: &str) -> Result<(), StoreError> {
         self.context.remove(device.as_bytes())?;
