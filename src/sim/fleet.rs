@@ -542,10 +542,6 @@ impl Fleet {
             Some(_) => (load_now + cycle * load_now.min(1.0)).max(0.0),
             None => load_now + cycle,
         };
-        let since_start = self.week.as_ref().and_then(|w| match w.family {
-            Family::Cycling => w.cycling[device].since_start_s(ts),
-            _ => None,
-        });
         let in_maintenance = self.maintenance.iter().any(|&(dev, from, to)| dev == device && ts >= from && ts < to);
         let faults: Vec<FleetFault> =
             self.faults.iter().filter(|f| f.device == device && ts >= f.start_ms).copied().collect();
@@ -578,7 +574,7 @@ impl Fleet {
                 }
                 Some(Family::Cycling) => {
                     let v = physics(self.devices[device].equipment, spec, effective_load, ambient);
-                    self.cycling_transients(device, spec, v, since_start, ts)
+                    self.cycling_transients(device, spec, v, ts)
                 }
                 Some(Family::Linear) if spec.name == "discharge_temp" => {
                     spec.level + spec.load_gain * effective_load + ambient
@@ -602,16 +598,9 @@ impl Fleet {
     /// What a start and the thermal mass add to a [`Family::Cycling`] device's steady value
     /// `v`: the inrush current and a shake in the first seconds after a start, and the discharge
     /// temperature's lag behind its compression.
-    fn cycling_transients(
-        &mut self,
-        device: usize,
-        spec: &MetricModel,
-        v: f64,
-        since_start: Option<f64>,
-        ts: i64,
-    ) -> f64 {
+    fn cycling_transients(&mut self, device: usize, spec: &MetricModel, v: f64, ts: i64) -> f64 {
         let Some(w) = self.week.as_mut() else { return v };
-        let start = since_start.map_or(0.0, |s| (-s / 6.0).exp());
+        let start = w.cycling[device].since_start_s(ts).map_or(0.0, |s| (-s / 6.0).exp());
         match spec.name {
             "current" => v * (1.0 + 2.5 * start),
             "vibration" => v + 1.5 * spec.level * start,
